@@ -1,0 +1,32 @@
+//! The `announcer` binary: parse the options, set up logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = announcer::Args::parse();
+    sidekick::tls::install_crypto_provider();
+    if let Err(e) = sidekick::logging::init(&args.log) {
+        eprintln!("announcer: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("announcer: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(announcer::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("announcer: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The test bed: real servers for integration tests, started on free loopback ports in
+//! temporary directories and torn down when their handle drops (also when a test panics).
+//!
+//! - [`Etcd`] / [`EtcdCluster`]: Debian's `etcd` 3.4, one member or three; members can be
+//!   killed and restarted.
+//! - [`MariaDb`]: Debian's `mariadbd` with its own datadir, socket and port.
+//! - [`docker`]: the real Docker engine on `/var/run/docker.sock`, test images built
+//!   `FROM scratch` (no registry is reachable), containers removed on drop.
+//! - [`SocketProxy`]: a Docker socket proxy a test can cut, to break the event stream.
+//!
+//! A missing server is a test failure whose message says how to install it; nothing here
+//! skips. Every server process dies with the test process (`PR_SET_PDEATHSIG`), so a
+//! test killed by a timeout leaves nothing behind.
+
+#![allow(clippy::missing_panics_doc, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod docker;
+mod etcd;
+mod mariadb;
+mod process;
+mod proxy;
+
+pub use etcd::{Etcd, EtcdCluster};
+pub use mariadb::MariaDb;
+pub use process::{bin, free_port, http_get, require_program, signal, wait_for};
+pub use proxy::SocketProxy;
+
+/// The path of the world dump: `$WORLD_DUMP`, else `../shared/data/world_innodb.sql`
+/// beside the repository. It is data from outside the project and is never copied in.
+#[must_use]
+pub fn world_dump() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("WORLD_DUMP") {
+        return p.into();
+    }
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/world_innodb.sql");
+    assert!(
+        p.exists(),
+        "testbed: the world dump is missing at {} (set WORLD_DUMP=/path/to/world_innodb.sql)",
+        p.display()
+    );
+    p.canonicalize().unwrap_or(p)
+}
+
+/// A short random suffix for names that must not clash between parallel tests.
+#[must_use]
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
