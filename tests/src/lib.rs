@@ -7,6 +7,7 @@
 //! - [`docker`]: the real Docker engine on `/var/run/docker.sock`, test images built
 //!   `FROM scratch` (no registry is reachable), containers removed on drop.
 //! - [`SocketProxy`]: a Docker socket proxy a test can cut, to break the event stream.
+//! - [`clb_sim`]: a stateful simulator of Rackspace Identity + Cloud Load Balancers.
 //!
 //! A missing server is a test failure whose message says how to install it; nothing here
 //! skips. Every server process dies with the test process (`PR_SET_PDEATHSIG`), so a
@@ -14,6 +15,7 @@
 
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod clb_sim;
 pub mod docker;
 mod etcd;
 mod mariadb;
