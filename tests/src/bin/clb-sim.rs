@@ -9,7 +9,10 @@ use testbed::clb_sim::{ClbSim, RateLimits, SimConfig};
 
 /// Command-line options; every flag has an environment twin.
 #[derive(Debug, Parser)]
-#[command(name = "clb-sim", about = "A stateful simulator of Rackspace Identity v2.0 + Cloud Load Balancers v1.0")]
+#[command(
+    name = "clb-sim",
+    about = "A stateful simulator of Rackspace Identity v2.0 + Cloud Load Balancers v1.0"
+)]
 struct Args {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, env = "CLB_SIM_LISTEN", default_value = "127.0.0.1:8900")]
@@ -59,7 +62,11 @@ fn main() {
         api_key: args.api_key,
         tenant: args.tenant,
         regions,
-        load_balancers: args.load_balancer_id.iter().map(|id| (*id, args.region.clone())).collect(),
+        load_balancers: args
+            .load_balancer_id
+            .iter()
+            .map(|id| (*id, args.region.clone()))
+            .collect(),
         token_lifetime: args.token_lifetime,
         pending_time: args.pending,
         node_limit: args.node_limit,
@@ -70,13 +77,18 @@ fn main() {
         },
         ..SimConfig::default()
     });
-    println!("clb-sim: identity {} (POST /tokens), load balancers {}", sim.identity_url(), sim.endpoint());
+    println!(
+        "clb-sim: identity {} (POST /tokens), load balancers {}",
+        sim.identity_url(),
+        sim.endpoint()
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

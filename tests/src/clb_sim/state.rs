@@ -287,13 +287,22 @@ impl State {
 
     fn identity(&mut self, method: &str, path: &str, body: &[u8], wall: SystemTime) -> Reply {
         if path.trim_end_matches('/') != "/v2.0/tokens" {
-            return Reply::json(404, json!({"itemNotFound": {"code": 404, "message": "Resource not found"}}));
+            return Reply::json(
+                404,
+                json!({"itemNotFound": {"code": 404, "message": "Resource not found"}}),
+            );
         }
         if method != "POST" {
-            return Reply::json(405, json!({"badMethod": {"code": 405, "message": "Method not allowed"}}));
+            return Reply::json(
+                405,
+                json!({"badMethod": {"code": 405, "message": "Method not allowed"}}),
+            );
         }
         let Ok(doc) = serde_json::from_slice::<Value>(body) else {
-            return Reply::json(400, json!({"badRequest": {"code": 400, "message": "Invalid json request body"}}));
+            return Reply::json(
+                400,
+                json!({"badRequest": {"code": 400, "message": "Invalid json request body"}}),
+            );
         };
         let creds = &doc["auth"]["RAX-KSKEY:apiKeyCredentials"];
         let (Some(user), Some(key)) = (creds["username"].as_str(), creds["apiKey"].as_str()) else {
@@ -437,7 +446,10 @@ impl State {
     fn rate_limit(&mut self, verb: Verb, now: Instant, wall: SystemTime) -> Option<Reply> {
         let limit = self.config.rate_limits.of(verb);
         let window = self.windows.entry(verb).or_default();
-        while window.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
             window.pop_front();
         }
         let in_second: Vec<Instant> = window
@@ -589,11 +601,7 @@ impl State {
         let Some(lb) = self.lbs.get(&id) else {
             return Reply::message(404, "Load balancer not found");
         };
-        let after: Vec<&Node> = lb
-            .nodes
-            .values()
-            .filter(|n| marker.is_none_or(|m| n.id > m))
-            .collect();
+        let after: Vec<&Node> = lb.nodes.values().filter(|n| marker.is_none_or(|m| n.id > m)).collect();
         let shown: Vec<Value> = after.iter().take(limit).map(|n| n.to_json()).collect();
         let mut body = json!({"nodes": shown});
         if after.len() > limit
