@@ -1,4 +1,7 @@
 //! The `announcer` binary: parse the options, set up logging, run.
+//!
+//! One current-thread runtime: the work is a handful of sockets and timers, and a single
+//! thread keeps the footprint small (see the README's "Footprint").
 
 use std::process::ExitCode;
 
@@ -11,11 +14,7 @@ fn main() -> ExitCode {
         eprintln!("announcer: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("announcer: cannot start the async runtime: {e}");

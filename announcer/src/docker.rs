@@ -1,0 +1,618 @@
+//! The only code that talks to Docker.
+//!
+//! [`follow`] lists the containers, then follows Docker's event stream and sends what it
+//! sees as [`Update`]s: a full [`Update::Snapshot`] after every (re)connect and on the
+//! resync timer, and an [`Update::Changed`] after each event that can change whether a
+//! container is usable (`start`, `restart`, `die`, `stop`, `kill`, `oom`, `pause`,
+//! `unpause`, `health_status`, `rename`, `destroy`). When the stream breaks or the socket
+//! vanishes it reconnects with backoff, takes a fresh snapshot and resumes the events from
+//! the time of the last one seen (`since`), so nothing that happened during the gap is
+//! missed. It never gives up: Docker restarting is not a reason to exit.
+//!
+//! Docker's answers become [`ContainerFacts`] here ([`facts_from_inspect`] is pure), so
+//! nothing else in the crate knows bollard's types.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::BackoffBuilder;
+use bollard::Docker;
+use bollard::models::{ContainerInspectResponse, ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::query_parameters::{EventsOptions, ListContainersOptionsBuilder};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// Seconds a Docker request may take (the event stream itself is long-lived).
+const REQUEST_TIMEOUT_SECS: u64 = 30;
+
+/// Inspections running at once during a snapshot.
+const PARALLEL_INSPECTS: usize = 8;
+
+/// A container's lifecycle state as Docker reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Created, never started.
+    Created,
+    /// Running (and not paused).
+    Running,
+    /// Frozen by `docker pause`.
+    Paused,
+    /// Being restarted by its restart policy.
+    Restarting,
+    /// Being removed.
+    Removing,
+    /// Stopped.
+    Exited,
+    /// Dead (failed removal).
+    Dead,
+}
+
+impl State {
+    /// Lower-case name, as `docker ps` shows it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Restarting => "restarting",
+            State::Removing => "removing",
+            State::Exited => "exited",
+            State::Dead => "dead",
+        }
+    }
+}
+
+/// Docker's HEALTHCHECK status of a container that has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Within the start period, no verdict yet.
+    Starting,
+    /// The last checks passed.
+    Healthy,
+    /// The checks failed `retries` times.
+    Unhealthy,
+}
+
+/// One published port: container port `container_port/proto` on `host_ip:host_port`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PublishedPort {
+    /// The port inside the container (`80` of `80/tcp`).
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub proto: String,
+    /// The host address Docker binds (`None` or `0.0.0.0`: every address).
+    pub host_ip: Option<Ipv4Addr>,
+    /// The host port: what records carry as `port`.
+    pub host_port: u16,
+}
+
+impl PublishedPort {
+    /// `80/tcp`.
+    #[must_use]
+    pub fn spec(&self) -> String {
+        format!("{}/{}", self.container_port, self.proto)
+    }
+}
+
+/// Everything the announcer needs to know about one container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerFacts {
+    /// Full container id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: State,
+    /// HEALTHCHECK status, when the image or run defines one.
+    pub health: Option<Health>,
+    /// Labels (`announce.*` and registrator's `SERVICE_*` may be here).
+    pub labels: BTreeMap<String, String>,
+    /// Environment, `KEY=VALUE` (registrator's `SERVICE_*` may be here).
+    pub env: Vec<String>,
+    /// Published ports, sorted, one entry per container port (the first IPv4 binding).
+    pub ports: Vec<PublishedPort>,
+    /// The container's IPv4 addresses on its networks, sorted.
+    pub ips: Vec<Ipv4Addr>,
+}
+
+impl ContainerFacts {
+    /// Running and not paused: the only state in which a container is announced.
+    #[must_use]
+    pub fn is_up(&self) -> bool {
+        self.state == State::Running
+    }
+
+    /// The value of environment variable `key`.
+    #[must_use]
+    pub fn env_var(&self, key: &str) -> Option<&str> {
+        self.env.iter().find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == key).then_some(v)
+        })
+    }
+}
+
+/// Which containers to follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every container on the host (`announcer host`).
+    All,
+    /// The container with this name, whatever its id over time (`announcer container`).
+    Named(String),
+}
+
+/// What [`follow`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// The full truth: every container in scope that is not stopped. Containers absent
+    /// from it are gone or stopped.
+    Snapshot(Vec<ContainerFacts>),
+    /// One container changed (`None`: it no longer exists).
+    Changed {
+        /// Container id.
+        id: String,
+        /// Its facts now.
+        facts: Option<ContainerFacts>,
+    },
+}
+
+/// Turns an inspect answer into facts (pure).
+#[must_use]
+pub fn facts_from_inspect(c: &ContainerInspectResponse) -> ContainerFacts {
+    let st = c.state.as_ref();
+    let state = match st.and_then(|s| s.status) {
+        Some(ContainerStateStatusEnum::RUNNING) => State::Running,
+        Some(ContainerStateStatusEnum::PAUSED) => State::Paused,
+        Some(ContainerStateStatusEnum::RESTARTING) => State::Restarting,
+        Some(ContainerStateStatusEnum::REMOVING) => State::Removing,
+        Some(ContainerStateStatusEnum::CREATED) => State::Created,
+        Some(ContainerStateStatusEnum::DEAD) => State::Dead,
+        _ => State::Exited,
+    };
+    // Belt and braces: some engines report `running` with the paused flag set.
+    let state = if state == State::Running && st.and_then(|s| s.paused) == Some(true) {
+        State::Paused
+    } else {
+        state
+    };
+    let health = st
+        .and_then(|s| s.health.as_ref())
+        .and_then(|h| h.status)
+        .and_then(|h| match h {
+            HealthStatusEnum::STARTING => Some(Health::Starting),
+            HealthStatusEnum::HEALTHY => Some(Health::Healthy),
+            HealthStatusEnum::UNHEALTHY => Some(Health::Unhealthy),
+            _ => None,
+        });
+    let config = c.config.as_ref();
+    let labels: BTreeMap<String, String> = config
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let env = config.and_then(|c| c.env.clone()).unwrap_or_default();
+    let net = c.network_settings.as_ref();
+    let mut ports: Vec<PublishedPort> = Vec::new();
+    for (spec, bindings) in net.and_then(|n| n.ports.as_ref()).into_iter().flatten() {
+        let (port, proto) = spec.split_once('/').unwrap_or((spec.as_str(), "tcp"));
+        let Ok(container_port) = port.parse::<u16>() else {
+            continue;
+        };
+        // Prefer an IPv4 binding; Docker lists `0.0.0.0` and `::` for the same port.
+        let binding = bindings.iter().flatten().find_map(|b| {
+            let host_port = b.host_port.as_deref()?.parse::<u16>().ok().filter(|p| *p != 0)?;
+            let ip = b.host_ip.as_deref().unwrap_or("");
+            if ip.contains(':') {
+                return None;
+            }
+            Some((ip.parse::<Ipv4Addr>().ok().filter(|i| !i.is_unspecified()), host_port))
+        });
+        if let Some((host_ip, host_port)) = binding {
+            ports.push(PublishedPort {
+                container_port,
+                proto: proto.to_owned(),
+                host_ip,
+                host_port,
+            });
+        }
+    }
+    ports.sort();
+    let mut ips: Vec<Ipv4Addr> = net
+        .and_then(|n| n.networks.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, ep)| ep.ip_address.as_deref()?.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ContainerFacts {
+        id: c.id.clone().unwrap_or_default(),
+        name: c.name.as_deref().unwrap_or_default().trim_start_matches('/').to_owned(),
+        state,
+        health,
+        labels,
+        env,
+        ports,
+        ips,
+    }
+}
+
+/// Connects to `--docker-host` (`unix:///path` or `tcp://host:port`) and negotiates the
+/// API version (the engine here speaks 1.41; bollard would otherwise ask for its newest).
+///
+/// # Errors
+/// [`Error::DockerHost`] for an unusable value; [`Error::Docker`] when Docker does not answer.
+pub async fn connect(host: &str) -> Result<Docker, Error> {
+    let docker = if let Some(path) = host.strip_prefix("unix://") {
+        Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else if host.starts_with("tcp://") || host.starts_with("http://") {
+        Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else if host.starts_with('/') {
+        Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+    } else {
+        return Err(Error::DockerHost(host.to_owned()));
+    };
+    let docker = docker.map_err(|source| Error::Docker {
+        op: format!("connect to {host}"),
+        source,
+    })?;
+    docker.negotiate_version().await.map_err(|source| Error::Docker {
+        op: format!("connect to {host}"),
+        source,
+    })
+}
+
+/// Checks the `--docker-host` syntax without connecting.
+///
+/// # Errors
+/// A message naming the value.
+pub fn parse_docker_host(s: &str) -> Result<String, String> {
+    let ok = (s.starts_with("unix://") && s.len() > "unix://".len())
+        || s.starts_with("tcp://")
+        || s.starts_with("http://")
+        || s.starts_with('/');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "invalid docker host {s:?}: expected unix:///path/to/docker.sock or tcp://host:port"
+        ))
+    }
+}
+
+/// The facts of one container by name or id; `None` when it does not exist.
+///
+/// # Errors
+/// [`Error::Docker`] for anything but "no such container".
+pub async fn inspect(docker: &Docker, name_or_id: &str) -> Result<Option<ContainerFacts>, Error> {
+    match docker.inspect_container(name_or_id, None).await {
+        Ok(c) => Ok(Some(facts_from_inspect(&c))),
+        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+        Err(source) => Err(Error::Docker {
+            op: format!("inspect {name_or_id}"),
+            source,
+        }),
+    }
+}
+
+/// Every container in scope that is not stopped, inspected.
+async fn snapshot(docker: &Docker, scope: &Scope) -> Result<Vec<ContainerFacts>, Error> {
+    match scope {
+        Scope::Named(name) => Ok(inspect(docker, name).await?.into_iter().collect()),
+        Scope::All => {
+            // Running and paused containers; stopped ones are announced by nobody.
+            let list = docker
+                .list_containers(Some(ListContainersOptionsBuilder::new().all(false).build()))
+                .await
+                .map_err(|source| Error::Docker {
+                    op: "list containers".into(),
+                    source,
+                })?;
+            let ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
+            let results: Vec<Result<Option<ContainerFacts>, Error>> = futures::stream::iter(ids)
+                .map(|id| async move { inspect(docker, &id).await })
+                .buffer_unordered(PARALLEL_INSPECTS)
+                .collect()
+                .await;
+            let mut out = Vec::new();
+            for r in results {
+                out.extend(r?);
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        }
+    }
+}
+
+/// Event actions that can change whether a container is usable.
+const ACTIONS: [&str; 11] = [
+    "start",
+    "restart",
+    "die",
+    "stop",
+    "kill",
+    "oom",
+    "pause",
+    "unpause",
+    "health_status",
+    "rename",
+    "destroy",
+];
+
+/// The action of an event without its detail (`health_status: healthy` -> `health_status`).
+fn base_action(action: &str) -> &str {
+    action.split(':').next().unwrap_or_default().trim()
+}
+
+/// `since` for Docker: `seconds.nanoseconds`.
+fn since_value(time_nano: i64) -> String {
+    format!(
+        "{}.{:09}",
+        time_nano.div_euclid(1_000_000_000),
+        time_nano.rem_euclid(1_000_000_000)
+    )
+}
+
+/// Follows Docker until `shutdown` is cancelled or the receiver is gone. Never fails:
+/// errors are logged and retried with backoff.
+pub async fn follow(
+    host: String,
+    scope: Scope,
+    tx: mpsc::Sender<Update>,
+    resync: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut since: Option<i64> = None;
+    let mut backoff = sidekick::retry::reconnect().build();
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_cancelled() || tx.is_closed() {
+            return;
+        }
+        match session(&host, &scope, &tx, resync, &shutdown, &mut since, &mut failures).await {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                // The first failure of an outage is a warning; repeats are quieter.
+                if failures == 1 {
+                    tracing::warn!(error = %e, "docker unavailable; retrying with backoff (records stay while their lease lives)");
+                } else {
+                    tracing::debug!(error = %e, failures, "docker still unavailable");
+                }
+            }
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One connection to Docker: snapshot, then events until the stream breaks (`Err`) or
+/// the announcer stops (`Ok`).
+async fn session(
+    host: &str,
+    scope: &Scope,
+    tx: &mpsc::Sender<Update>,
+    resync: Duration,
+    shutdown: &CancellationToken,
+    since: &mut Option<i64>,
+    failures: &mut u32,
+) -> Result<(), Error> {
+    let docker = connect(host).await?;
+    let listed_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or_default();
+    let facts = snapshot(&docker, scope).await?;
+    if *failures > 0 {
+        tracing::info!(containers = facts.len(), "docker is back: resynced");
+    } else {
+        tracing::info!(containers = facts.len(), "docker listed");
+    }
+    *failures = 0;
+    let mut current_id: Option<String> = match scope {
+        Scope::Named(_) => facts.first().map(|f| f.id.clone()),
+        Scope::All => None,
+    };
+    if tx.send(Update::Snapshot(facts)).await.is_err() {
+        return Ok(());
+    }
+    // Events from the last one seen (or from just before the list, with a second of
+    // margin): replays cost an idempotent re-inspection, a gap would cost a wrong record.
+    let from = since.unwrap_or(listed_at - 1_000_000_000);
+    let mut filters = HashMap::new();
+    filters.insert("type".to_owned(), vec!["container".to_owned()]);
+    let opts = EventsOptions {
+        since: Some(since_value(from)),
+        until: None,
+        filters: Some(filters),
+    };
+    let mut events = docker.events(Some(opts));
+    let mut resync_timer = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
+    resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let msg = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = resync_timer.tick() => {
+                let facts = snapshot(&docker, scope).await?;
+                if tx.send(Update::Snapshot(facts)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            msg = events.next() => msg,
+        };
+        let msg = match msg {
+            Some(Ok(m)) => m,
+            Some(Err(source)) => {
+                return Err(Error::Docker {
+                    op: "event stream".into(),
+                    source,
+                });
+            }
+            None => {
+                return Err(Error::Docker {
+                    op: "event stream".into(),
+                    source: bollard::errors::Error::IOError {
+                        err: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed by the daemon"),
+                    },
+                });
+            }
+        };
+        if let Some(t) = msg.time_nano {
+            *since = Some(t);
+        }
+        let action = msg.action.as_deref().map(base_action).unwrap_or_default();
+        if !ACTIONS.contains(&action) {
+            continue;
+        }
+        let actor = msg.actor.unwrap_or_default();
+        let id = actor.id.unwrap_or_default();
+        let name = actor.attributes.as_ref().and_then(|a| a.get("name")).cloned();
+        tracing::debug!(action, id = %short(&id), name = name.as_deref().unwrap_or(""), "docker event");
+        let update = match scope {
+            Scope::Named(wanted) => {
+                // Follow the name: a new container of that name, a rename to or from it.
+                let concerns = name.as_deref() == Some(wanted.as_str()) || current_id.as_deref() == Some(id.as_str());
+                if !concerns {
+                    continue;
+                }
+                let facts = inspect(&docker, wanted).await?;
+                current_id = facts.as_ref().map(|f| f.id.clone());
+                Update::Snapshot(facts.into_iter().collect())
+            }
+            Scope::All => {
+                let facts = if action == "destroy" {
+                    None
+                } else {
+                    inspect(&docker, &id).await?
+                };
+                Update::Changed { id, facts }
+            }
+        };
+        if tx.send(update).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The first 12 characters of an id, as Docker shows it.
+#[must_use]
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use bollard::models::{
+        ContainerConfig, ContainerState, EndpointSettings, HealthStatusEnum, NetworkSettings, PortBinding,
+    };
+
+    use super::*;
+
+    fn binding(ip: &str, port: &str) -> PortBinding {
+        PortBinding {
+            host_ip: Some(ip.into()),
+            host_port: Some(port.into()),
+        }
+    }
+
+    #[test]
+    fn inspect_answer_becomes_facts() {
+        let mut ports = HashMap::new();
+        ports.insert(
+            "80/tcp".to_owned(),
+            Some(vec![binding("0.0.0.0", "18001"), binding("::", "18001")]),
+        );
+        ports.insert("443/tcp".to_owned(), Some(vec![binding("::", "18443")]));
+        ports.insert("9000/tcp".to_owned(), None);
+        ports.insert("53/udp".to_owned(), Some(vec![binding("127.0.0.1", "1053")]));
+        let mut networks = HashMap::new();
+        networks.insert(
+            "bridge".to_owned(),
+            EndpointSettings {
+                ip_address: Some("172.17.0.3".into()),
+                ..EndpointSettings::default()
+            },
+        );
+        let c = ContainerInspectResponse {
+            id: Some("abc".into()),
+            name: Some("/web-01".into()),
+            state: Some(ContainerState {
+                status: Some(ContainerStateStatusEnum::RUNNING),
+                health: Some(bollard::models::Health {
+                    status: Some(HealthStatusEnum::HEALTHY),
+                    ..Default::default()
+                }),
+                ..ContainerState::default()
+            }),
+            config: Some(ContainerConfig {
+                env: Some(vec!["SERVICE_NAME=web".into(), "PATH=/bin".into()]),
+                ..ContainerConfig::default()
+            }),
+            network_settings: Some(NetworkSettings {
+                ports: Some(ports),
+                networks: Some(networks),
+                ..NetworkSettings::default()
+            }),
+            ..ContainerInspectResponse::default()
+        };
+        let f = facts_from_inspect(&c);
+        assert_eq!(f.name, "web-01");
+        assert_eq!(f.state, State::Running);
+        assert_eq!(f.health, Some(Health::Healthy));
+        assert_eq!(f.ips, vec![Ipv4Addr::new(172, 17, 0, 3)]);
+        assert_eq!(f.env_var("SERVICE_NAME"), Some("web"));
+        assert_eq!(f.env_var("SERVICE"), None);
+        let got: Vec<(String, Option<Ipv4Addr>, u16)> =
+            f.ports.iter().map(|p| (p.spec(), p.host_ip, p.host_port)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("53/udp".into(), Some(Ipv4Addr::LOCALHOST), 1053),
+                ("80/tcp".into(), None, 18001),
+            ]
+        );
+        assert!(f.is_up());
+    }
+
+    #[test]
+    fn paused_and_stopped_are_not_up() {
+        for (status, paused, want) in [
+            (ContainerStateStatusEnum::PAUSED, false, State::Paused),
+            (ContainerStateStatusEnum::RUNNING, true, State::Paused),
+            (ContainerStateStatusEnum::EXITED, false, State::Exited),
+            (ContainerStateStatusEnum::RESTARTING, false, State::Restarting),
+        ] {
+            let c = ContainerInspectResponse {
+                state: Some(ContainerState {
+                    status: Some(status),
+                    paused: Some(paused),
+                    ..ContainerState::default()
+                }),
+                ..ContainerInspectResponse::default()
+            };
+            let f = facts_from_inspect(&c);
+            assert_eq!(f.state, want);
+            assert!(!f.is_up());
+        }
+    }
+
+    #[test]
+    fn event_helpers() {
+        assert_eq!(base_action("health_status: healthy"), "health_status");
+        assert_eq!(base_action("exec_start: sh"), "exec_start");
+        assert_eq!(since_value(1_700_000_000_123_456_789), "1700000000.123456789");
+        assert_eq!(since_value(5), "0.000000005");
+        assert!(parse_docker_host("unix:///var/run/docker.sock").is_ok());
+        assert!(parse_docker_host("tcp://127.0.0.1:2375").is_ok());
+        assert!(parse_docker_host("ssh://x").unwrap_err().contains("\"ssh://x\""));
+    }
+}
