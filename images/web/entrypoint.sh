@@ -1,0 +1,54 @@
+#!/bin/sh
+# Starts php-fpm and nginx and supervises both: when either exits the other is stopped, and
+# SIGTERM/SIGINT (docker stop) stops both. Exits 0 after a requested stop, 1 when a server
+# died on its own (so a restart policy notices).
+set -eu
+
+port="${PORT:-80}"
+case "$port" in
+  '' | *[!0-9]*) echo "entrypoint: PORT must be a port number, not '$port'" >&2; exit 2 ;;
+esac
+if [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
+  echo "entrypoint: PORT must be between 1 and 65535, not '$port'" >&2; exit 2
+fi
+
+mkdir -p /tmp/nginx
+sed "s/@PORT@/$port/" /etc/nginx/nginx.conf.in >/tmp/nginx.conf
+rm -f /tmp/php-fpm.sock
+
+php-fpm8.2 --nodaemonize --fpm-config /etc/php/8.2/fpm/php-fpm.conf &
+fpm=$!
+# nginx starts once php-fpm listens, so the first requests do not meet a 502 (up to 10 s).
+tries=0
+while [ ! -S /tmp/php-fpm.sock ] && [ "$tries" -lt 100 ] && kill -0 "$fpm" 2>/dev/null; do
+  sleep 0.1
+  tries=$((tries + 1))
+done
+nginx -e stderr -c /tmp/nginx.conf -g 'daemon off;' &
+nginx=$!
+echo "entrypoint: php-fpm (pid $fpm) and nginx (pid $nginx) started, listening on port $port" >&2
+
+stopping=""
+stop() {
+  stopping=1
+  kill -TERM "$nginx" "$fpm" 2>/dev/null || true
+}
+trap stop TERM INT
+
+# busybox sh has no `wait -n`: poll both every second. Waiting on the sleep lets a signal
+# interrupt at once, and reaps a server that died so that `kill -0` sees it gone.
+while [ -z "$stopping" ] && kill -0 "$nginx" 2>/dev/null && kill -0 "$fpm" 2>/dev/null; do
+  sleep 1 &
+  wait $! || true
+done
+requested="$stopping"
+if [ -z "$requested" ]; then
+  echo "entrypoint: a server exited on its own; stopping the other" >&2
+  stop
+fi
+set +e
+wait "$nginx"; nginx_status=$?
+wait "$fpm"; fpm_status=$?
+echo "entrypoint: stopped (nginx exit $nginx_status, php-fpm exit $fpm_status)" >&2
+[ -n "$requested" ] && exit 0
+exit 1
