@@ -33,6 +33,11 @@ packages=(nginx "php$php_version-fpm" "php$php_version-mysql" busybox-static)
 log() { echo "build.sh: $*" >&2; }
 die() { echo "build.sh: $*" >&2; exit 1; }
 
+# One build at a time on this machine (tests and the demo may start several at once):
+# two first builds racing would give two image ids for the same content.
+exec 9>"${TMPDIR:-/tmp}/sidekick-web-build.lock"
+flock 9
+
 # 1. The packages the image is made of.
 missing=()
 for p in "${packages[@]}"; do
