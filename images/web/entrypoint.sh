@@ -16,24 +16,30 @@ mkdir -p /tmp/nginx
 sed "s/@PORT@/$port/" /etc/nginx/nginx.conf.in >/tmp/nginx.conf
 rm -f /tmp/php-fpm.sock
 
+# The trap is set before anything starts: as PID 1 this shell would otherwise ignore
+# SIGTERM, and docker stop would have to wait for its SIGKILL.
+fpm=""
+nginx=""
+stopping=""
+stop() {
+  stopping=1
+  for pid in $nginx $fpm; do kill -TERM "$pid" 2>/dev/null || true; done
+}
+trap stop TERM INT
+
 php-fpm8.2 --nodaemonize --fpm-config /etc/php/8.2/fpm/php-fpm.conf &
 fpm=$!
 # nginx starts once php-fpm listens, so the first requests do not meet a 502 (up to 10 s).
 tries=0
-while [ ! -S /tmp/php-fpm.sock ] && [ "$tries" -lt 100 ] && kill -0 "$fpm" 2>/dev/null; do
+while [ -z "$stopping" ] && [ ! -S /tmp/php-fpm.sock ] && [ "$tries" -lt 100 ] && kill -0 "$fpm" 2>/dev/null; do
   sleep 0.1
   tries=$((tries + 1))
 done
-nginx -e stderr -c /tmp/nginx.conf -g 'daemon off;' &
-nginx=$!
-echo "entrypoint: php-fpm (pid $fpm) and nginx (pid $nginx) started, listening on port $port" >&2
-
-stopping=""
-stop() {
-  stopping=1
-  kill -TERM "$nginx" "$fpm" 2>/dev/null || true
-}
-trap stop TERM INT
+if [ -z "$stopping" ]; then
+  nginx -e stderr -c /tmp/nginx.conf -g 'daemon off;' &
+  nginx=$!
+  echo "entrypoint: php-fpm (pid $fpm) and nginx (pid $nginx) started, listening on port $port" >&2
+fi
 
 # busybox sh has no `wait -n`: poll both every second. Waiting on the sleep lets a signal
 # interrupt at once, and reaps a server that died so that `kill -0` sees it gone.
@@ -47,7 +53,9 @@ if [ -z "$requested" ]; then
   stop
 fi
 set +e
-wait "$nginx"; nginx_status=$?
+nginx_status=-
+fpm_status=-
+if [ -n "$nginx" ]; then wait "$nginx"; nginx_status=$?; fi
 wait "$fpm"; fpm_status=$?
 echo "entrypoint: stopped (nginx exit $nginx_status, php-fpm exit $fpm_status)" >&2
 [ -n "$requested" ] && exit 0
