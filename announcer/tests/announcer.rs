@@ -1,0 +1,736 @@
+//! The announcer against the real Docker engine and real etcd servers (testbed).
+//!
+//! Each test starts its own etcd (or cluster), uses containers with unique names and a
+//! unique `--hostname`, and runs the real binary, so tests are independent and can run in
+//! parallel. TTLs are 2-3 s and checks every 500 ms to keep the file fast; waits poll
+//! with generous deadlines, and no test asserts a speed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+#[path = "announcer/support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{GetOptions, PutOptions, WatchOptions};
+use support::{Announcer, PATIENCE, PRIVATE, PUBLIC, dump, global_args, has_any, has_record, run_to_end, wait_until};
+use testbed::docker::{self, Spec};
+use testbed::{Etcd, EtcdCluster, SocketProxy, unique};
+
+fn args(global: Vec<String>, rest: &[&str]) -> Vec<String> {
+    let mut a = global;
+    a.extend(rest.iter().map(|s| (*s).to_owned()));
+    a
+}
+
+fn container_args(
+    endpoints: &str,
+    host: &str,
+    name: &str,
+    service: &str,
+    instance: &str,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut a = args(
+        global_args(endpoints, host),
+        &["container", name, "--service", service, "--instance", instance],
+    );
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a
+}
+
+#[tokio::test]
+async fn announces_on_start_five_keys_on_one_lease_at_one_revision_and_writes_nothing_while_idle() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("ann-web");
+    let host = unique("host");
+    // Created but not started: the announcer waits for it.
+    let c = Spec::web(&image).name(&name).create(&d).await;
+    let _a = Announcer::start(&container_args(&etcd.endpoint(), &host, &name, "web", "web01", &[]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        dump(&mut client, "/services/").await.is_empty(),
+        "nothing before the container runs"
+    );
+
+    // Watch the port key, start the container, and measure how long the record takes.
+    let mut events = client
+        .watch("/services/web/web01/port", Some(WatchOptions::new()))
+        .await
+        .unwrap();
+    // The first message only says the watch exists.
+    let created = events.message().await.unwrap().unwrap();
+    assert!(created.created());
+    c.start().await;
+    let started = Instant::now();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let msg = events.message().await.unwrap().unwrap();
+            if !msg.events().is_empty() {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("record appears");
+    eprintln!(
+        "MEASURED docker start returned -> /services/web/web01/port visible: {:?}",
+        started.elapsed()
+    );
+
+    let port = c.host_port("80/tcp").await;
+    let kvs = dump(&mut client, "/services/").await;
+    let want = [
+        ("/services/web/web01/host", host.clone()),
+        ("/services/web/web01/port", port.to_string()),
+        ("/services/web/web01/private_ipv4_addr", PRIVATE.to_owned()),
+        ("/services/web/web01/public_ipv4_addr", PUBLIC.to_owned()),
+        ("/services/web/web01/unit", name.clone()),
+    ];
+    let got: Vec<(&str, String)> = kvs.iter().map(|(k, v)| (k.as_str(), v.value.clone())).collect();
+    let want: Vec<(&str, String)> = want.iter().map(|(k, v)| (*k, v.clone())).collect();
+    assert_eq!(got, want);
+    let leases: std::collections::BTreeSet<i64> = kvs.values().map(|v| v.lease).collect();
+    let revisions: std::collections::BTreeSet<i64> = kvs.values().map(|v| v.mod_revision).collect();
+    assert_eq!(leases.len(), 1, "one lease: {kvs:?}");
+    assert_ne!(leases.first(), Some(&0), "on a lease: {kvs:?}");
+    assert_eq!(revisions.len(), 1, "one transaction: {kvs:?}");
+
+    // Idle for more than two TTLs: the lease is kept alive and nothing is rewritten.
+    let before = client.get("/", None).await.unwrap().header().unwrap().revision();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after_resp = client.get("/", None).await.unwrap();
+    let after = after_resp.header().unwrap().revision();
+    assert_eq!(before, after, "an idle announcer writes nothing");
+    assert_eq!(
+        dump(&mut client, "/services/").await,
+        kvs,
+        "the record lives on its kept-alive lease"
+    );
+}
+
+#[tokio::test]
+async fn withdraws_on_stop_die_and_pause_and_reannounces_on_start_restart_and_unpause() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("ann-life");
+    let host = unique("host");
+    let c = Spec::web(&image).name(&name).run(&d).await;
+    let _a = Announcer::start(&container_args(&etcd.endpoint(), &host, &name, "web", "w1", &[]));
+    let present = |k: &std::collections::BTreeMap<String, support::Kv>| has_record(k, "web", "w1");
+    let absent = |k: &std::collections::BTreeMap<String, support::Kv>| k.is_empty();
+    wait_until(&mut client, "/services/", PATIENCE, "announced", present).await;
+
+    c.stop(1).await;
+    wait_until(&mut client, "/services/", PATIENCE, "withdrawn after stop", absent).await;
+    c.start().await;
+    wait_until(&mut client, "/services/", PATIENCE, "announced after start", present).await;
+
+    c.kill("SIGKILL").await;
+    wait_until(&mut client, "/services/", PATIENCE, "withdrawn after die", absent).await;
+    c.start().await;
+    wait_until(&mut client, "/services/", PATIENCE, "announced after start", present).await;
+
+    c.pause().await;
+    wait_until(&mut client, "/services/", PATIENCE, "withdrawn after pause", absent).await;
+    c.unpause().await;
+    wait_until(&mut client, "/services/", PATIENCE, "announced after unpause", present).await;
+
+    // docker restart: the record goes with the old process and comes back with the new.
+    let rev_before = dump(&mut client, "/services/").await["/services/web/w1/port"].mod_revision;
+    c.restart(1).await;
+    wait_until(&mut client, "/services/", PATIENCE, "re-announced after restart", |k| {
+        k.get("/services/web/w1/port")
+            .is_some_and(|v| v.mod_revision > rev_before)
+            && has_record(k, "web", "w1")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_revokes_the_lease_so_records_vanish_at_once() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("ann-term");
+    let host = unique("host");
+    let _c = Spec::web(&image).name(&name).run(&d).await;
+    let mut a = Announcer::start(&container_args(
+        &etcd.endpoint(),
+        &host,
+        &name,
+        "web",
+        "t1",
+        &["--ttl", "30s"],
+    ));
+    wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+        has_record(k, "web", "t1")
+    })
+    .await;
+    let status = a.signal_and_wait(libc::SIGTERM, PATIENCE).await;
+    assert!(status.success(), "graceful stop exits 0: {status:?}\n{}", a.log());
+    // With a 30 s TTL, only the revoke can explain the records being gone now.
+    assert!(dump(&mut client, "/services/").await.is_empty(), "records gone at exit");
+}
+
+#[tokio::test]
+async fn sigkill_leaves_records_until_the_ttl_runs_out() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("ann-kill");
+    let host = unique("host");
+    let _c = Spec::web(&image).name(&name).run(&d).await;
+    let mut a = Announcer::start(&container_args(
+        &etcd.endpoint(),
+        &host,
+        &name,
+        "web",
+        "k1",
+        &["--ttl", "3s"],
+    ));
+    wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+        has_record(k, "web", "k1")
+    })
+    .await;
+    let _ = a.signal_and_wait(libc::SIGKILL, PATIENCE).await;
+    assert!(
+        has_record(&dump(&mut client, "/services/").await, "web", "k1"),
+        "a killed announcer cannot revoke: the record stays while the lease lives"
+    );
+    wait_until(&mut client, "/services/", PATIENCE, "expired with the lease", |k| {
+        k.is_empty()
+    })
+    .await;
+}
+
+fn labelled(image: &str, name: &str, service: &str) -> Spec {
+    Spec::web(image).name(name).label("announce.service", service)
+}
+
+#[tokio::test]
+async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_dies() {
+    let mut cluster = EtcdCluster::start(3);
+    let mut client = cluster.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let (a_name, b_name) = (unique("ann-cl-a"), unique("ann-cl-b"));
+    let _ca = labelled(&image, &a_name, "web").run(&d).await;
+    let cb = labelled(&image, &b_name, "web").create(&d).await;
+    let _a = Announcer::start(&args(
+        global_args(&cluster.endpoints_arg(), &host),
+        &["host", "--ttl", "3s"],
+    ));
+    wait_until(&mut client, "/services/", PATIENCE, "a announced", |k| {
+        has_record(k, "web", &a_name)
+    })
+    .await;
+
+    let leader = cluster.leader().await.expect("a leader");
+    cluster.kill(leader);
+    // Longer than two TTLs: the lease must be kept alive through the surviving members.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let mut survivor = etcd_client::Client::connect([cluster.endpoint((leader + 1) % 3)], None)
+        .await
+        .unwrap();
+    assert!(
+        has_record(&dump(&mut survivor, "/services/").await, "web", &a_name),
+        "record of a kept alive with a member dead"
+    );
+    cb.start().await;
+    wait_until(
+        &mut survivor,
+        "/services/",
+        PATIENCE,
+        "b announced with a member dead",
+        |k| has_record(k, "web", &b_name) && has_record(k, "web", &a_name),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn records_come_back_after_etcd_stops_and_restarts_and_reflect_what_changed_meanwhile() {
+    let mut etcd = Etcd::start();
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let (a_name, b_name, c_name) = (unique("ann-er-a"), unique("ann-er-b"), unique("ann-er-c"));
+    let _ca = labelled(&image, &a_name, "web").run(&d).await;
+    let cb = labelled(&image, &b_name, "web").run(&d).await;
+    let cc = labelled(&image, &c_name, "web").create(&d).await;
+    let mut a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
+    {
+        let mut client = etcd.client().await;
+        wait_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
+            has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+        })
+        .await;
+    }
+    etcd.kill();
+    // While etcd is away (longer than the TTL): b stops, c starts.
+    cb.stop(1).await;
+    cc.start().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(a.running(), "the announcer keeps running while etcd is away");
+    etcd.restart();
+    let mut client = etcd.client().await;
+    wait_until(&mut client, "/services/", PATIENCE, "a and c back, b gone", |k| {
+        has_record(k, "web", &a_name) && has_record(k, "web", &c_name) && !has_any(k, "web", &b_name)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_the_cut() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let proxy = SocketProxy::start("/var/run/docker.sock");
+    let host = unique("host");
+    let (a_name, b_name, c_name) = (unique("ann-cut-a"), unique("ann-cut-b"), unique("ann-cut-c"));
+    let _ca = labelled(&image, &a_name, "web").run(&d).await;
+    let cb = labelled(&image, &b_name, "web").run(&d).await;
+    let cc = labelled(&image, &c_name, "web").create(&d).await;
+    let mut a = Announcer::start(&args(
+        global_args(&etcd.endpoint(), &host),
+        &["--docker-host", &proxy.docker_host(), "host"],
+    ));
+    wait_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
+        has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+    })
+    .await;
+
+    proxy.cut();
+    cb.stop(1).await;
+    cc.start().await;
+    // Longer than the TTL: records stay while Docker is unreachable (they are still true
+    // as far as the announcer can know, and the lease is kept alive).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = dump(&mut client, "/services/").await;
+    assert!(
+        has_record(&during, "web", &a_name),
+        "a stays during the cut: {during:?}"
+    );
+    assert!(a.running());
+
+    proxy.restore();
+    wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "after restore: a and c, not b",
+        |k| has_record(k, "web", &a_name) && has_record(k, "web", &c_name) && !has_any(k, "web", &b_name),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn stale_records_of_this_host_are_deleted_at_start_and_others_are_left_alone() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let live = unique("ann-live");
+    // Leftovers without a lease (what a crashed writer of another kind leaves behind).
+    for (instance, owner) in [("stale1", host.as_str()), ("other1", "another-host")] {
+        for (f, v) in [
+            ("unit", "u"),
+            ("host", owner),
+            ("public_ipv4_addr", "1.1.1.1"),
+            ("private_ipv4_addr", "10.0.0.1"),
+            ("port", "1234"),
+        ] {
+            client
+                .put(format!("/services/web/{instance}/{f}"), v, None)
+                .await
+                .unwrap();
+        }
+    }
+    client
+        .put(
+            "/services/api/stalejson",
+            format!("{{\"host\":\"{host}\",\"private_ipv4_addr\":\"10.0.0.1\",\"port\":1}}"),
+            None,
+        )
+        .await
+        .unwrap();
+    // web1 must not be mistaken for web10.
+    client
+        .put("/services/web/stale10/host", "another-host", None)
+        .await
+        .unwrap();
+    let _c = labelled(&image, &live, "web").run(&d).await;
+    let _a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
+    let kvs = wait_until(&mut client, "/services/", PATIENCE, "live announced, stale gone", |k| {
+        has_record(k, "web", &live) && !has_any(k, "web", "stale1") && !has_any(k, "api", "stalejson")
+    })
+    .await;
+    assert!(
+        has_record(&kvs, "web", "other1"),
+        "another host's record is left alone: {kvs:?}"
+    );
+    assert!(kvs.contains_key("/services/web/stale10/host"), "{kvs:?}");
+}
+
+#[tokio::test]
+async fn value_layout_writes_the_seeds_db_record_and_container_mode_cleans_its_own_stale_key() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let name = unique("ann-db");
+    // A stale record of this host's db (pointing at our private address), and another
+    // instance that this process does not manage.
+    client
+        .put(
+            "/services/db/db_private_ip",
+            format!("{{\"value\": \"{PRIVATE}\"}}"),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .put("/services/db/other", format!("{{\"value\": \"{PRIVATE}\"}}"), None)
+        .await
+        .unwrap();
+    let c = Spec::web(&image).name(&name).create(&d).await;
+    let _a = Announcer::start(&container_args(
+        &etcd.endpoint(),
+        &host,
+        &name,
+        "db",
+        "db_private_ip",
+        &["--layout", "value"],
+    ));
+    wait_until(&mut client, "/services/", PATIENCE, "stale db key deleted", |k| {
+        !k.contains_key("/services/db/db_private_ip")
+    })
+    .await;
+    assert!(
+        dump(&mut client, "/services/db/other").await.len() == 1,
+        "only its own instance is managed"
+    );
+    c.start().await;
+    let kvs = wait_until(
+        &mut client,
+        "/services/db/db_private_ip",
+        PATIENCE,
+        "db announced",
+        |k| k.contains_key("/services/db/db_private_ip"),
+    )
+    .await;
+    let v = &kvs["/services/db/db_private_ip"];
+    assert_eq!(v.value, format!("{{\"value\": \"{PRIVATE}\"}}"));
+    assert_ne!(v.lease, 0);
+}
+
+#[tokio::test]
+async fn http_health_gate_announces_only_while_the_check_answers_2xx() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let name = unique("ann-health");
+    let c = Spec::web(&image).name(&name).run(&d).await;
+    let port = c.host_port("80/tcp").await;
+    c.wait_http(port, "/cgi-bin/health").await;
+    let mut argv = global_args(&etcd.endpoint(), &host);
+    argv.extend(["--check".to_owned(), "http:/cgi-bin/health".to_owned()]);
+    argv.extend(
+        ["container", &name, "--service", "web", "--instance", "h1"]
+            .iter()
+            .map(|s| (*s).to_owned()),
+    );
+    let a = Announcer::start(&argv);
+    // The health page answers 500: several checks happen, nothing is announced.
+    wait_until_log(&a, "check does not pass yet").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(dump(&mut client, "/services/").await.is_empty(), "500 is not announced");
+
+    c.exec(&["touch", "/tmp/healthy"]).await;
+    wait_until(&mut client, "/services/", PATIENCE, "announced once healthy", |k| {
+        has_record(k, "web", "h1")
+    })
+    .await;
+    c.exec(&["rm", "/tmp/healthy"]).await;
+    wait_until(&mut client, "/services/", PATIENCE, "withdrawn when failing", |k| {
+        k.is_empty()
+    })
+    .await;
+    c.exec(&["touch", "/tmp/healthy"]).await;
+    wait_until(&mut client, "/services/", PATIENCE, "re-announced on recovery", |k| {
+        has_record(k, "web", "h1")
+    })
+    .await;
+}
+
+async fn wait_until_log(a: &Announcer, needle: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !a.log().contains(needle) {
+        assert!(Instant::now() < deadline, "log never said {needle:?}:\n{}", a.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let (l, r, p, bad, ign, none) = (
+        unique("ann-lbl"),
+        unique("ann-reg"),
+        unique("ann-regp"),
+        unique("ann-bad"),
+        unique("ann-ign"),
+        unique("ann-none"),
+    );
+    let cl = Spec::web(&image)
+        .name(&l)
+        .label("announce.service", "web")
+        .label("announce.instance", "l1")
+        .label("announce.layout", "json")
+        .run(&d)
+        .await;
+    let cr = Spec::web(&image).name(&r).env("SERVICE_NAME=api").run(&d).await;
+    let cp = Spec::web(&image).name(&p).env("SERVICE_80_NAME=www").run(&d).await;
+    let _cb = labelled(&image, &bad, "web")
+        .label("announce.port", "abc")
+        .run(&d)
+        .await;
+    let _ci = Spec::web(&image)
+        .name(&ign)
+        .env("SERVICE_NAME=api")
+        .env("SERVICE_IGNORE=1")
+        .run(&d)
+        .await;
+    let _cn = Spec::web(&image).name(&none).run(&d).await;
+    let a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
+    let kvs = wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "labelled and registrator containers",
+        |k| k.contains_key("/services/web/l1") && has_record(k, "api", &r) && has_record(k, "www", &p),
+    )
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&kvs["/services/web/l1"].value).unwrap();
+    assert_eq!(doc["port"], cl.host_port("80/tcp").await);
+    assert_eq!(doc["host"], host.as_str());
+    assert_eq!(doc["container_name"], l.as_str());
+    assert_eq!(
+        kvs[&format!("/services/api/{r}/port")].value,
+        cr.host_port("80/tcp").await.to_string()
+    );
+    assert_eq!(
+        kvs[&format!("/services/www/{p}/port")].value,
+        cp.host_port("80/tcp").await.to_string()
+    );
+    wait_until_log(&a, "announce.port=\"abc\"").await;
+    // Give the skipped ones every chance, then check they never appeared.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let kvs = dump(&mut client, "/services/").await;
+    for name in [&bad, &ign, &none] {
+        assert!(
+            !kvs.keys().any(|k| k.contains(name.as_str())),
+            "{name} must not be announced: {kvs:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn explain_prints_the_record_and_why_without_writing() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let name = unique("ann-explain");
+    let c = labelled(&image, &name, "web")
+        .label("announce.instance", "e1")
+        .run(&d)
+        .await;
+    let port = c.host_port("80/tcp").await;
+    c.wait_http(port, "/").await;
+    let (status, out, err) = run_to_end(&args(global_args(&etcd.endpoint(), &host), &["explain", &name]));
+    assert!(status.success(), "{status:?}\n{out}\n{err}");
+    for fragment in [
+        "explained as host mode".to_owned(),
+        "service \"web\" from label announce.service".to_owned(),
+        "instance \"e1\" from label announce.instance".to_owned(),
+        "port 80/tcp: the only published port".to_owned(),
+        format!("private address {PRIVATE} from --private-ipv4"),
+        format!("/services/web/e1/port = {port}"),
+        format!("/services/web/e1/host = {host}"),
+        "check tcp passes now".to_owned(),
+    ] {
+        assert!(out.contains(&fragment), "{fragment:?} missing from:\n{out}");
+    }
+    // Container mode explanation with another layout.
+    let (status, out, _) = run_to_end(&args(
+        global_args(&etcd.endpoint(), &host),
+        &[
+            "explain",
+            &name,
+            "--service",
+            "db",
+            "--instance",
+            "db_private_ip",
+            "--layout",
+            "value",
+        ],
+    ));
+    assert!(status.success());
+    assert!(
+        out.contains(&format!("/services/db/db_private_ip = {{\"value\": \"{PRIVATE}\"}}")),
+        "{out}"
+    );
+    assert!(dump(&mut client, "/").await.is_empty(), "explain writes nothing");
+
+    // A container that does not exist, and one with a bad label: one-line errors, exit 1.
+    let (status, _, err) = run_to_end(&args(
+        global_args(&etcd.endpoint(), &host),
+        &["explain", "no-such-ann-x"],
+    ));
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-ann-x"), "{err}");
+    let bad = unique("ann-explain-bad");
+    let _cb = labelled(&image, &bad, "web")
+        .label("announce.port", "abc")
+        .run(&d)
+        .await;
+    let (status, _, err) = run_to_end(&args(global_args(&etcd.endpoint(), &host), &["explain", &bad]));
+    assert_eq!(status.code(), Some(1));
+    assert!(err.contains("announce.port=\"abc\""), "{err}");
+}
+
+#[tokio::test]
+async fn bad_input_exits_non_zero_naming_the_value_and_writes_nothing() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let name = unique("ann-badin");
+    let c = Spec::web(&image).name(&name).run(&d).await;
+    let two = unique("ann-two");
+    let _c2 = Spec::web(&image).name(&two).publish("8080/tcp", 0).run(&d).await;
+    let ep = etcd.endpoint();
+    let dead = format!("http://127.0.0.1:{}", testbed::free_port());
+    let g = |endpoints: &str| global_args(endpoints, &host);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            args(
+                g(&ep),
+                &[
+                    "container",
+                    &name,
+                    "--service",
+                    "web",
+                    "--instance",
+                    "x",
+                    "--layout",
+                    "yaml",
+                ],
+            ),
+            "yaml",
+        ),
+        (
+            args(
+                g(&ep),
+                &[
+                    "--check",
+                    "ping",
+                    "container",
+                    &name,
+                    "--service",
+                    "web",
+                    "--instance",
+                    "x",
+                ],
+            ),
+            "ping",
+        ),
+        (
+            args(
+                g(&ep),
+                &["container", &name, "--service", "web", "--instance", "web/01"],
+            ),
+            "web/01",
+        ),
+        (
+            args(
+                g(&ep),
+                &[
+                    "container",
+                    &name,
+                    "--service",
+                    "web",
+                    "--instance",
+                    "x",
+                    "--port",
+                    "abc",
+                ],
+            ),
+            "abc",
+        ),
+        // Runtime refusals: a port the container does not publish, several ports and no choice.
+        (
+            args(
+                g(&ep),
+                &[
+                    "container",
+                    &name,
+                    "--service",
+                    "web",
+                    "--instance",
+                    "x",
+                    "--port",
+                    "8080/tcp",
+                ],
+            ),
+            "8080/tcp",
+        ),
+        (
+            args(g(&ep), &["container", &two, "--service", "web", "--instance", "x"]),
+            "several ports",
+        ),
+        (
+            args(g(&dead), &["container", &name, "--service", "web", "--instance", "x"]),
+            dead.as_str(),
+        ),
+    ];
+    for (argv, value) in cases {
+        let (status, _, err) = run_to_end(&argv);
+        assert!(!status.success(), "{argv:?} must fail");
+        let first = err
+            .lines()
+            .find(|l| l.contains("error") || l.starts_with("announcer:"))
+            .unwrap_or_default();
+        assert!(first.contains(value), "the error names {value:?}: {err}");
+    }
+    assert!(dump(&mut client, "/").await.is_empty(), "nothing written");
+    drop(c);
+    let kvs = client.get("/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(kvs.count(), 0);
+    // An unreachable etcd is also refused by `host` mode.
+    let (status, _, err) = run_to_end(&args(g(&dead), &["host"]));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains(&dead), "{err}");
+    let _ = PutOptions::new();
+}
