@@ -1,22 +1,161 @@
-//! dbhelper (skeleton: its behaviour comes with its own issue).
+//! dbhelper: waits for the database, seeds it from a SQL dump once and atomically, creates
+//! the application user, verifies as that user, and exits.
+//!
+//! The flow, one module per step:
+//! [`locate`] (flags, docker-link variables or an etcd key) → [`wait`] (login + `SELECT 1`
+//! with backoff) → [`dump`] (pure splitter) → [`plan`] (pure: redirect database statements,
+//! merge inserts) → [`load`] (staging database, marker, one atomic rename) → [`user`] →
+//! [`verify`] → exit 0.
+//!
+//! Invariants: `dump` and `plan` do no I/O and never decode the dump's text; only `load`
+//! writes the seeded database, and only with one `RENAME TABLE`; passwords are only read in
+//! [`args`] and only sent by [`db::opts`] and [`user`].
 
+pub mod args;
+pub mod db;
+pub mod dump;
+mod error;
+pub mod load;
+pub mod locate;
+pub mod plan;
+pub mod progress;
+pub mod user;
+pub mod verify;
+pub mod wait;
+
+use mysql_async::Conn;
 use sidekick::etcd::EtcdArgs;
-use sidekick::logging::LogArgs;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-/// Command-line options; every flag has an environment twin.
-#[derive(Debug, clap::Parser)]
-#[command(name = "dbhelper", version, about)]
-pub struct Args {
-    #[command(flatten)]
-    pub etcd: EtcdArgs,
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+pub use args::{Args, Command, DbArgs, SeedArgs};
+pub use error::{EXIT_ACCESS_DENIED, EXIT_DUMP, EXIT_FAILURE, EXIT_NOT_READY, EXIT_USAGE, Error, describe, snippet};
 
-/// Runs the binary.
+use args::{Credentials, Environment};
+use load::{DumpFile, Outcome, SeedOptions};
+use locate::{Address, Lookup};
+
+/// Runs the command.
 ///
 /// # Errors
-/// Everything that stops it, with the offending value named.
-pub async fn run(_args: Args) -> anyhow::Result<()> {
+/// Everything that stops it, with the offending value named; [`Error::exit_code`] gives
+/// the exit status.
+pub async fn run(args: Args) -> Result<(), Error> {
+    let cancel = sidekick::shutdown::on_signals()
+        .map_err(|e| Error::Options(format!("cannot install the signal handlers: {e}")))?;
+    let env = Environment::from_process();
+    match &args.command {
+        Command::Wait(db) => {
+            let (address, _, conn) = ready(db, &args.etcd, &env, &cancel).await?;
+            let _ = conn.disconnect().await;
+            println!("database at {address} is ready");
+            Ok(())
+        }
+        Command::Seed(seed) => run_seed(seed, &args.etcd, &env, &cancel).await,
+    }
+}
+
+/// Finds the database and waits until it takes a login: steps 1 and 2.
+async fn ready(
+    db: &DbArgs,
+    etcd: &EtcdArgs,
+    env: &Environment,
+    cancel: &CancellationToken,
+) -> Result<(Address, Credentials, Conn), Error> {
+    let root = db.root_credentials(env)?;
+    let deadline = Instant::now() + db.wait_timeout;
+    let lookup = locate::choose(
+        db.host.as_deref(),
+        db.port,
+        env.link_addr.as_deref(),
+        env.link_port.as_deref(),
+        db.db_etcd_key.as_deref(),
+    )?;
+    let address = match lookup {
+        Lookup::Fixed(address) => address,
+        Lookup::Etcd { key, port } => locate::from_etcd(etcd, &key, port, deadline, cancel).await?,
+    };
+    tracing::info!(address = %address, source = %address.source, "found the database");
+    let conn = wait::ready(&address, &root, deadline, cancel).await?;
+    Ok((address, root, conn))
+}
+
+async fn run_seed(
+    seed: &SeedArgs,
+    etcd: &EtcdArgs,
+    env: &Environment,
+    cancel: &CancellationToken,
+) -> Result<(), Error> {
+    let started = Instant::now();
+    let app = seed.app_credentials(env)?;
+    let dump = DumpFile::read(&seed.dump)?;
+    tracing::info!(
+        path = %dump.path.display(),
+        size = %progress::human_bytes(dump.bytes.len()),
+        statements = dump.statements,
+        sha256 = %dump.sha256,
+        source_database = dump.source_database.as_deref().unwrap_or("-"),
+        "dump read"
+    );
+    let (address, root, conn) = ready(&seed.db, etcd, env, cancel).await?;
+    let mut admin = db::Admin::new(conn, address.clone()).await?;
+    let opts = SeedOptions {
+        database: &seed.database,
+        force: seed.force,
+        batch_bytes: seed.batch_bytes,
+        lock_wait: seed.db.wait_timeout,
+    };
+    let outcome = load::seed(&mut admin, &root, &dump, &opts, cancel).await?;
+    let db = &seed.database;
+    let name = dump
+        .path
+        .file_name()
+        .map_or_else(|| dump.path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let (marker, summary) = match &outcome {
+        Outcome::AlreadyLoaded(m) => {
+            let s = format!(
+                "{db}: already seeded from {name} (sha256 {}, loaded {}); nothing loaded (--force reloads)",
+                short(&m.sha256),
+                m.loaded_at
+            );
+            tracing::info!("{s}");
+            (m, s)
+        }
+        Outcome::Loaded(m) => {
+            let s = format!(
+                "{db}: seeded from {name} (sha256 {}, {} statements) in {:.2?}",
+                short(&m.sha256),
+                dump.statements,
+                started.elapsed()
+            );
+            tracing::info!("{s}");
+            (m, s)
+        }
+    };
+    user::ensure(&mut admin, &app, db).await?;
+    let _ = admin.conn.disconnect().await;
+
+    let tables: Vec<String> = marker.tables.iter().map(|(t, _)| t.clone()).collect();
+    let seen = verify::counts(&address, &app, db, &tables).await?;
+    for ((table, recorded), (_, now)) in marker.tables.iter().zip(&seen) {
+        if recorded != now {
+            if matches!(outcome, Outcome::Loaded(_)) {
+                return Err(Error::Verify {
+                    database: db.clone(),
+                    reason: format!("table {table:?} has {now} rows, the load counted {recorded}"),
+                });
+            }
+            tracing::warn!(database = %db, "table {table:?} has {now} rows, {recorded} when seeded (changed since)");
+        }
+    }
+    println!("{summary}");
+    for (table, n) in &seen {
+        println!("{db}.{table}: {n} rows");
+    }
+    tracing::info!(user = %app.user, "the app user can log in and read every table");
     Ok(())
+}
+
+fn short(sha: &str) -> &str {
+    sha.get(..12).unwrap_or(sha)
 }

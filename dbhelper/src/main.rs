@@ -1,4 +1,4 @@
-//! The `dbhelper` binary: parse the options, set up logging, run.
+//! The `dbhelper` binary: parse the options, set up logging, run, exit with the error's status.
 
 use std::process::ExitCode;
 
@@ -9,13 +9,9 @@ fn main() -> ExitCode {
     sidekick::tls::install_crypto_provider();
     if let Err(e) = sidekick::logging::init(&args.log) {
         eprintln!("dbhelper: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(dbhelper::EXIT_USAGE);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("dbhelper: cannot start the async runtime: {e}");
@@ -25,8 +21,8 @@ fn main() -> ExitCode {
     match runtime.block_on(dbhelper::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dbhelper: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("dbhelper: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

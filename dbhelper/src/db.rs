@@ -1,0 +1,168 @@
+//! Connecting to the database, and writing names and strings into SQL safely.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder};
+
+use crate::Error;
+use crate::args::Credentials;
+use crate::error::describe;
+use crate::locate::Address;
+
+/// The longest a single login may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection options for `address` as `creds`, optionally with a default database.
+///
+/// Built field by field (never from a URL), so a password with any characters works and
+/// cannot make the driver panic. TCP only: the driver's default of switching to the
+/// server's unix socket for loopback addresses is turned off, because that socket is not
+/// reachable from another container and would bypass the address the user gave.
+#[must_use]
+pub fn opts(address: &Address, creds: &Credentials, database: Option<&str>) -> Opts {
+    OptsBuilder::default()
+        .ip_or_hostname(address.host.clone())
+        .tcp_port(address.port)
+        .user(Some(creds.user.clone()))
+        .pass(creds.password.as_ref().map(|p| p.expose().to_owned()))
+        .db_name(database.map(str::to_owned))
+        .prefer_socket(false)
+        .stmt_cache_size(0)
+        .into()
+}
+
+/// Logs in, bounded by `timeout`.
+///
+/// # Errors
+/// The driver's error; a timeout becomes an I/O error of kind `TimedOut`.
+pub async fn connect(opts: Opts, timeout: Duration) -> Result<Conn, mysql_async::Error> {
+    match tokio::time::timeout(timeout, Conn::new(opts)).await {
+        Ok(res) => res,
+        Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer to the login within {timeout:?}"),
+        )))),
+    }
+}
+
+/// A name as a quoted identifier: `` `a``b` ``.
+#[must_use]
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A string literal that reads back as `s` whether or not the session has
+/// `NO_BACKSLASH_ESCAPES` (say which with `backslash_escapes`).
+#[must_use]
+pub fn literal(s: &str, backslash_escapes: bool) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' if backslash_escapes => out.push_str("\\\\"),
+            '\0' if backslash_escapes => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// An administrator connection with what dbhelper needs to know about its session.
+#[derive(Debug)]
+pub struct Admin {
+    /// The connection.
+    pub conn: Conn,
+    /// Where it goes, for messages.
+    pub address: Address,
+    /// Whether backslashes escape in string literals (no `NO_BACKSLASH_ESCAPES`).
+    pub backslash_escapes: bool,
+}
+
+impl Admin {
+    /// Reads the session facts of a fresh connection.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the server does not answer.
+    pub async fn new(mut conn: Conn, address: Address) -> Result<Admin, Error> {
+        let mode: Option<String> = conn
+            .query_first("SELECT @@SESSION.sql_mode")
+            .await
+            .map_err(|e| db_error("reading sql_mode", &address, &e))?;
+        let backslash_escapes = !mode
+            .unwrap_or_default()
+            .to_ascii_uppercase()
+            .contains("NO_BACKSLASH_ESCAPES");
+        Ok(Admin {
+            conn,
+            address,
+            backslash_escapes,
+        })
+    }
+
+    /// A string literal for this session.
+    #[must_use]
+    pub fn literal(&self, s: &str) -> String {
+        literal(s, self.backslash_escapes)
+    }
+
+    /// Runs a statement that returns nothing.
+    ///
+    /// # Errors
+    /// [`Error::Database`] naming `what`.
+    pub async fn exec(&mut self, what: &str, sql: &str) -> Result<(), Error> {
+        self.conn
+            .query_drop(sql)
+            .await
+            .map_err(|e| db_error(what, &self.address, &e))
+    }
+
+    /// Runs a query and collects its rows.
+    ///
+    /// # Errors
+    /// [`Error::Database`] naming `what`.
+    pub async fn rows<T>(&mut self, what: &str, sql: &str) -> Result<Vec<T>, Error>
+    where
+        T: mysql_async::prelude::FromRow + Send + 'static,
+    {
+        self.conn
+            .query(sql)
+            .await
+            .map_err(|e| db_error(what, &self.address, &e))
+    }
+}
+
+/// An [`Error::Database`] for `what` at `address`.
+#[must_use]
+pub fn db_error(what: &str, address: &Address, e: &mysql_async::Error) -> Error {
+    Error::Database {
+        what: what.to_owned(),
+        host: address.host.clone(),
+        port: address.port,
+        reason: describe(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_identifiers() {
+        let cases: &[(&str, bool, &str)] = &[
+            ("plain", true, "'plain'"),
+            ("it's", true, "'it''s'"),
+            (r"back\slash", true, r"'back\\slash'"),
+            (r"back\slash", false, r"'back\slash'"),
+            ("nul\0", true, r"'nul\0'"),
+            ("é", true, "'é'"),
+        ];
+        for (input, escapes, want) in cases {
+            assert_eq!(literal(input, *escapes), *want, "{input:?} {escapes}");
+        }
+        assert_eq!(ident("City"), "`City`");
+        assert_eq!(ident("a`b"), "`a``b`");
+    }
+}

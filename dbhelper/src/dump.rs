@@ -1,0 +1,771 @@
+//! The dump splitter: bytes in, pieces out.
+//!
+//! [`split`] cuts a SQL dump into [`Piece`]s the way the `mysql` command-line client reads
+//! a script: statements end at the current delimiter (`;` unless a `DELIMITER` command
+//! changed it), except inside `'…'`, `"…"` and `` `…` `` quotes (with backslash escapes
+//! and doubled quotes), `-- ` / `#` line comments and `/* … */` comments. Version comments
+//! (`/*!40101 … */`, `/*M!100101 … */`) and optimizer hints (`/*+ … */`) are code: they stay
+//! in the statement, byte for byte, and the server executes them. A line `USE db` without a
+//! delimiter is a statement of its own, as the client treats it.
+//!
+//! Guarantees (each checked by the tests below):
+//! - it does no I/O and never decodes text: a latin1 dump stays latin1, bytes are only
+//!   compared with ASCII;
+//! - it never panics, whatever the input;
+//! - the pieces cover the input exactly, in order: joining every piece's bytes gives the
+//!   input back, so each statement is a byte-exact slice of the dump;
+//! - an input that ends inside a quote or a comment is an error naming where that quote or
+//!   comment started.
+
+use std::ops::Range;
+
+/// What a piece of the dump is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PieceKind {
+    /// A statement to send to the server (without its delimiter and trailing whitespace).
+    Statement {
+        /// 1-based position among the dump's statements, for error messages.
+        number: usize,
+        /// How the statement ended.
+        end: StatementEnd,
+    },
+    /// The delimiter that ended the statement before it.
+    Delimiter,
+    /// A `DELIMITER x` client command line; `new` is the delimiter from then on.
+    DelimiterCommand {
+        /// The new delimiter's bytes.
+        new: Vec<u8>,
+    },
+    /// Whitespace and comments between statements.
+    Gap,
+}
+
+/// How a statement ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatementEnd {
+    /// At the current delimiter.
+    Delimiter,
+    /// At the end of a client-command line (`USE db` without a delimiter).
+    Line,
+    /// At the end of the input, without a delimiter (the client runs it anyway).
+    EndOfInput,
+}
+
+/// One contiguous piece of the dump.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// What it is.
+    pub kind: PieceKind,
+    /// Where its bytes are in the input.
+    pub range: Range<usize>,
+    /// The 1-based line of its first byte.
+    pub line: usize,
+}
+
+impl Piece {
+    /// The statement number when this piece is a statement.
+    #[must_use]
+    pub fn statement_number(&self) -> Option<usize> {
+        match self.kind {
+            PieceKind::Statement { number, .. } => Some(number),
+            _ => None,
+        }
+    }
+}
+
+/// What kind of construct an input ended inside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Open {
+    /// A `'…'` string.
+    SingleQuote,
+    /// A `"…"` string.
+    DoubleQuote,
+    /// A `` `…` `` identifier.
+    Backtick,
+    /// A `/* … */` comment.
+    Comment,
+    /// A `/*! … */` version comment (or `/*M! … */`, `/*+ … */`).
+    VersionComment,
+}
+
+impl std::fmt::Display for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Open::SingleQuote => "a '-quoted string",
+            Open::DoubleQuote => "a \"-quoted string",
+            Open::Backtick => "a `-quoted identifier",
+            Open::Comment => "a /* comment",
+            Open::VersionComment => "a /*! version comment",
+        })
+    }
+}
+
+/// Why a dump cannot be split.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    /// The input ends before a quote or comment is closed.
+    #[error("the dump ends inside {open} that starts at line {line} (byte {offset})")]
+    Unterminated {
+        /// What was left open.
+        open: Open,
+        /// The 1-based line where it starts.
+        line: usize,
+        /// The byte offset where it starts.
+        offset: usize,
+    },
+    /// A `DELIMITER` command without a usable delimiter.
+    #[error("DELIMITER at line {line} {reason}")]
+    BadDelimiter {
+        /// The 1-based line of the command.
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+/// Splits a dump into pieces that cover it exactly.
+///
+/// # Errors
+/// [`SplitError`] when the input ends inside a quote or comment, or a `DELIMITER` command
+/// has no usable argument.
+pub fn split(input: &[u8]) -> Result<Vec<Piece>, SplitError> {
+    Splitter::new(input).run()
+}
+
+/// The statements of `pieces` with their bytes.
+pub fn statements<'a>(input: &'a [u8], pieces: &'a [Piece]) -> impl Iterator<Item = (&'a Piece, &'a [u8])> + 'a {
+    pieces
+        .iter()
+        .filter(|p| matches!(p.kind, PieceKind::Statement { .. }))
+        .map(move |p| (p, &input[p.range.clone()]))
+}
+
+/// 1-based line of `offset` (used on error paths only; pieces count lines incrementally).
+fn line_of(input: &[u8], offset: usize) -> usize {
+    1 + input[..offset.min(input.len())].iter().filter(|&&b| b == b'\n').count()
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// The end of the line holding `from`: the index of its `\n`, or the input's end.
+fn end_of_line(input: &[u8], from: usize) -> usize {
+    input[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(input.len(), |p| from + p)
+}
+
+/// `haystack` contains `needle` (byte comparison).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Does a comment that the server ignores start at `i`? Returns its kind: `--` followed by
+/// whitespace, a control character or the end; `#`; `/*` not followed by `!`, `M!` or `+`.
+fn plain_comment_at(input: &[u8], i: usize) -> Option<CommentKind> {
+    match input.get(i)? {
+        b'#' => Some(CommentKind::Line),
+        b'-' if input.get(i + 1) == Some(&b'-') => match input.get(i + 2) {
+            None => Some(CommentKind::Line),
+            Some(&c) if c <= b' ' || c == 0x7f => Some(CommentKind::Line),
+            _ => None,
+        },
+        b'/' if input.get(i + 1) == Some(&b'*') => {
+            if code_comment_len(input, i).is_some() {
+                None
+            } else {
+                Some(CommentKind::Block)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Length of the opener when a code comment (`/*!`, `/*M!`, `/*+`) starts at `i`.
+fn code_comment_len(input: &[u8], i: usize) -> Option<usize> {
+    let rest = input.get(i..)?;
+    if rest.starts_with(b"/*!") || rest.starts_with(b"/*+") {
+        Some(3)
+    } else if rest.starts_with(b"/*M!") {
+        Some(4)
+    } else {
+        None
+    }
+}
+
+#[derive(Clone, Copy)]
+enum CommentKind {
+    Line,
+    Block,
+}
+
+struct Splitter<'a> {
+    input: &'a [u8],
+    pieces: Vec<Piece>,
+    delimiter: Vec<u8>,
+    statements: usize,
+    /// Line counting: `line` is the line of byte `line_pos`.
+    line_pos: usize,
+    line: usize,
+}
+
+impl<'a> Splitter<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        Splitter {
+            input,
+            pieces: Vec::new(),
+            delimiter: b";".to_vec(),
+            statements: 0,
+            line_pos: 0,
+            line: 1,
+        }
+    }
+
+    /// Line of `pos`; positions are asked in increasing order.
+    fn line_at(&mut self, pos: usize) -> usize {
+        if pos < self.line_pos {
+            return line_of(self.input, pos);
+        }
+        self.line += self.input[self.line_pos..pos].iter().filter(|&&b| b == b'\n').count();
+        self.line_pos = pos;
+        self.line
+    }
+
+    fn push(&mut self, kind: PieceKind, range: Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        // Adjacent gaps become one.
+        let last = self.pieces.last_mut();
+        if let Some(last) = last.filter(|l| kind == PieceKind::Gap && l.kind == kind && l.range.end == range.start) {
+            last.range.end = range.end;
+            return;
+        }
+        let line = self.line_at(range.start);
+        self.pieces.push(Piece { kind, range, line });
+    }
+
+    fn push_statement(&mut self, range: Range<usize>, end: StatementEnd) {
+        // Trailing whitespace belongs to the gap that follows.
+        let mut stop = range.end;
+        while stop > range.start && is_space(self.input[stop - 1]) {
+            stop -= 1;
+        }
+        if stop == range.start {
+            self.push(PieceKind::Gap, range);
+            return;
+        }
+        self.statements += 1;
+        let number = self.statements;
+        self.push(PieceKind::Statement { number, end }, range.start..stop);
+        self.push(PieceKind::Gap, stop..range.end);
+    }
+
+    fn unterminated(&self, open: Open, offset: usize) -> SplitError {
+        SplitError::Unterminated {
+            open,
+            line: line_of(self.input, offset),
+            offset,
+        }
+    }
+
+    /// Skips a comment the server ignores that starts at `i`; returns the index after it.
+    fn skip_plain_comment(&self, i: usize, kind: CommentKind) -> Result<usize, SplitError> {
+        match kind {
+            // The newline itself is not part of the comment.
+            CommentKind::Line => Ok(end_of_line(self.input, i)),
+            CommentKind::Block => self.input[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map(|p| i + 2 + p + 2)
+                .ok_or_else(|| self.unterminated(Open::Comment, i)),
+        }
+    }
+
+    /// Skips a quoted string or identifier that starts at `i`; returns the index after it.
+    fn skip_quoted(&self, i: usize) -> Result<usize, SplitError> {
+        let quote = self.input[i];
+        let escapes = quote != b'`';
+        let mut j = i + 1;
+        while j < self.input.len() {
+            let b = self.input[j];
+            if escapes && b == b'\\' {
+                j += 2;
+                continue;
+            }
+            if b == quote {
+                // A doubled quote is an escaped quote: the scan goes on either way, since
+                // `'a''b'` reads as two adjacent strings with the same result for splitting.
+                return Ok(j + 1);
+            }
+            j += 1;
+        }
+        let open = match quote {
+            b'\'' => Open::SingleQuote,
+            b'"' => Open::DoubleQuote,
+            _ => Open::Backtick,
+        };
+        Err(self.unterminated(open, i))
+    }
+
+    /// At a line start in a gap: is this a `USE db` line without the delimiter?
+    /// Returns where the word starts and where the line ends.
+    fn use_line(&self, line_start: usize) -> Option<(usize, usize)> {
+        let eol = end_of_line(self.input, line_start);
+        let line = &self.input[line_start..eol];
+        let word = line.iter().position(|&b| b != b' ' && b != b'\t')?;
+        let rest = &line[word..];
+        let is_use =
+            rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"use") && rest.get(3).is_none_or(|&b| is_space(b));
+        if !is_use || contains(line, &self.delimiter) {
+            return None;
+        }
+        Some((line_start + word, eol))
+    }
+
+    /// In a gap: is there a `DELIMITER x` command at `i`? It takes the rest of the line.
+    /// Returns the end of the command (trailing whitespace excluded), the end of the line
+    /// and the new delimiter.
+    fn delimiter_command(&self, i: usize) -> Result<Option<(usize, usize, Vec<u8>)>, SplitError> {
+        const WORD: &[u8] = b"delimiter";
+        let rest = &self.input[i..];
+        let is_cmd = rest.len() >= WORD.len()
+            && rest[..WORD.len()].eq_ignore_ascii_case(WORD)
+            && rest.get(WORD.len()).is_none_or(|&b| is_space(b));
+        if !is_cmd {
+            return Ok(None);
+        }
+        let bad = |reason| SplitError::BadDelimiter {
+            line: line_of(self.input, i),
+            reason,
+        };
+        let eol = end_of_line(self.input, i);
+        let mut arg = &self.input[i + WORD.len()..eol];
+        while let [first, tail @ ..] = arg {
+            if !is_space(*first) {
+                break;
+            }
+            arg = tail;
+        }
+        let new: Vec<u8> = match arg.first() {
+            None => return Err(bad("has no delimiter after it")),
+            Some(&q @ (b'\'' | b'"' | b'`')) => {
+                let inner = &arg[1..];
+                let end = inner.iter().position(|&b| b == q).unwrap_or(inner.len());
+                inner[..end].to_vec()
+            }
+            Some(_) => arg.iter().copied().take_while(|&b| !is_space(b)).collect(),
+        };
+        if new.is_empty() {
+            return Err(bad("has an empty delimiter"));
+        }
+        if new.contains(&b'\\') {
+            return Err(bad("has a delimiter with a backslash"));
+        }
+        let mut stop = eol;
+        while stop > i && is_space(self.input[stop - 1]) {
+            stop -= 1;
+        }
+        Ok(Some((stop, eol, new)))
+    }
+
+    fn run(mut self) -> Result<Vec<Piece>, SplitError> {
+        let input = self.input;
+        let n = input.len();
+        let mut i = 0;
+        let mut gap_start = 0;
+        // Start of the pending statement, if one has begun.
+        let mut stmt_start: Option<usize> = None;
+        // Start of an open version comment inside the pending statement.
+        let mut code_comment: Option<usize> = None;
+
+        while i < n {
+            let Some(start) = stmt_start else {
+                // Between statements: whitespace, comments and client commands.
+                let at_line_start = i == 0 || input[i - 1] == b'\n';
+                if let Some((word, eol)) = at_line_start.then(|| self.use_line(i)).flatten() {
+                    self.push(PieceKind::Gap, gap_start..word);
+                    self.push_statement(word..eol, StatementEnd::Line);
+                    i = eol;
+                    gap_start = eol;
+                    continue;
+                }
+                if is_space(input[i]) {
+                    i += 1;
+                    continue;
+                }
+                if let Some(kind) = plain_comment_at(input, i) {
+                    i = self.skip_plain_comment(i, kind)?;
+                    continue;
+                }
+                if let Some((stop, eol, new)) = self.delimiter_command(i)? {
+                    self.push(PieceKind::Gap, gap_start..i);
+                    self.push(PieceKind::DelimiterCommand { new: new.clone() }, i..stop);
+                    self.delimiter = new;
+                    i = eol;
+                    gap_start = stop;
+                    continue;
+                }
+                self.push(PieceKind::Gap, gap_start..i);
+                stmt_start = Some(i);
+                continue;
+            };
+
+            if code_comment.is_none() && input[i..].starts_with(&self.delimiter) {
+                self.push_statement(start..i, StatementEnd::Delimiter);
+                let end = i + self.delimiter.len();
+                self.push(PieceKind::Delimiter, i..end);
+                i = end;
+                gap_start = i;
+                stmt_start = None;
+                continue;
+            }
+            match input[i] {
+                b'\'' | b'"' | b'`' => i = self.skip_quoted(i)?,
+                b'*' if code_comment.is_some() && input.get(i + 1) == Some(&b'/') => {
+                    code_comment = None;
+                    i += 2;
+                }
+                b'/' if input.get(i + 1) == Some(&b'*') => {
+                    if let Some(len) = code_comment_len(input, i).filter(|_| code_comment.is_none()) {
+                        code_comment = Some(i);
+                        i += len;
+                    } else {
+                        i = self.skip_plain_comment(i, CommentKind::Block)?;
+                    }
+                }
+                _ => match plain_comment_at(input, i) {
+                    Some(kind) => i = self.skip_plain_comment(i, kind)?,
+                    None => i += 1,
+                },
+            }
+        }
+
+        match stmt_start {
+            Some(start) => {
+                if let Some(open) = code_comment {
+                    return Err(self.unterminated(Open::VersionComment, open));
+                }
+                self.push_statement(start..n, StatementEnd::EndOfInput);
+            }
+            None => self.push(PieceKind::Gap, gap_start..n),
+        }
+        Ok(self.pieces)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// The statements of `input` as strings (lossy, for readable test tables).
+    fn stmts(input: &[u8]) -> Vec<String> {
+        let pieces = split(input).unwrap();
+        statements(input, &pieces)
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
+    fn assert_covers(input: &[u8], pieces: &[Piece]) {
+        let mut joined = Vec::new();
+        let mut at = 0;
+        for p in pieces {
+            assert_eq!(p.range.start, at, "pieces are contiguous: {pieces:?}");
+            assert!(!p.range.is_empty(), "no empty piece: {pieces:?}");
+            joined.extend_from_slice(&input[p.range.clone()]);
+            at = p.range.end;
+        }
+        assert_eq!(joined, input, "joining the pieces gives the input back");
+    }
+
+    #[test]
+    fn tricky_inputs_table() {
+        let cases: &[(&str, &[&str])] = &[
+            ("SELECT 1; SELECT 2;", &["SELECT 1", "SELECT 2"]),
+            ("SELECT 1", &["SELECT 1"]),
+            ("  \n\n", &[]),
+            (";;;", &[]),
+            ("INSERT INTO t VALUES ('a;b');", &["INSERT INTO t VALUES ('a;b')"]),
+            (
+                r"INSERT INTO t VALUES ('it\'s;');x;",
+                &[r"INSERT INTO t VALUES ('it\'s;')", "x"],
+            ),
+            (
+                "INSERT INTO t VALUES ('it''s;');x;",
+                &["INSERT INTO t VALUES ('it''s;')", "x"],
+            ),
+            (r#"SELECT "a\";b";x"#, &[r#"SELECT "a\";b""#, "x"]),
+            (r#"SELECT "a"";b";x"#, &[r#"SELECT "a"";b""#, "x"]),
+            (r"SELECT '\\';x;", &[r"SELECT '\\'", "x"]),
+            ("SELECT `a;b``c;d`;x", &["SELECT `a;b``c;d`", "x"]),
+            (r"SELECT `a\`;x;", &[r"SELECT `a\`", "x"]),
+            ("-- a comment; here\nSELECT 1;", &["SELECT 1"]),
+            ("SELECT 1 -- tail; comment\n;", &["SELECT 1 -- tail; comment"]),
+            ("SELECT 1--1;", &["SELECT 1--1"]),
+            ("SELECT 1 --\tx;\n;", &["SELECT 1 --\tx;"]),
+            ("# hash; comment\nSELECT 1;", &["SELECT 1"]),
+            ("SELECT 1 # tail;\n, 2;", &["SELECT 1 # tail;\n, 2"]),
+            ("/* block; comment */ SELECT 1;", &["SELECT 1"]),
+            ("SELECT /* in; side */ 1;", &["SELECT /* in; side */ 1"]),
+            ("/*!40101 SET NAMES latin1 */;", &["/*!40101 SET NAMES latin1 */"]),
+            ("/*!40101 SET @a='x;y' */;z;", &["/*!40101 SET @a='x;y' */", "z"]),
+            (
+                "/*!50003 CREATE*/ /*!50003 TRIGGER t BEGIN x; END */;",
+                &["/*!50003 CREATE*/ /*!50003 TRIGGER t BEGIN x; END */"],
+            ),
+            ("/*M!100101 SET a=1 */;", &["/*M!100101 SET a=1 */"]),
+            (
+                "SELECT /*+ MAX_EXECUTION_TIME(1) */ 1;",
+                &["SELECT /*+ MAX_EXECUTION_TIME(1) */ 1"],
+            ),
+            (
+                "USE `world`\n--\nDROP TABLE IF EXISTS `City`;",
+                &["USE `world`", "DROP TABLE IF EXISTS `City`"],
+            ),
+            ("use world\r\nSELECT 1;", &["use world", "SELECT 1"]),
+            ("USE world;\nSELECT 1;", &["USE world", "SELECT 1"]),
+            ("SELECT 1;\n  USE w\nSELECT 2;", &["SELECT 1", "USE w", "SELECT 2"]),
+            ("user_table;", &["user_table"]),
+            ("SELECT\nuse_me;", &["SELECT\nuse_me"]),
+            (
+                "DELIMITER ;;\nCREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END ;;\nDELIMITER ;\nSELECT 3;",
+                &["CREATE PROCEDURE p() BEGIN SELECT 1; SELECT 2; END", "SELECT 3"],
+            ),
+            (
+                "delimiter //\nSELECT ';//'//\nSELECT 2//",
+                &["SELECT ';//'", "SELECT 2"],
+            ),
+            ("DELIMITER $$ trailing words\nSELECT 1$$", &["SELECT 1"]),
+            ("DELIMITER '//'\nSELECT 1//", &["SELECT 1"]),
+            ("SELECT 1; DELIMITER //\nSELECT 2//", &["SELECT 1", "SELECT 2"]),
+            ("DELETE FROM t;", &["DELETE FROM t"]),
+            ("DELIMITERS;", &["DELIMITERS"]),
+            ("SELECT 1 /* c */ ;", &["SELECT 1 /* c */"]),
+            ("-- only a comment", &[]),
+            ("--", &[]),
+            ("SELECT 1\n--", &["SELECT 1\n--"]),
+        ];
+        for (input, want) in cases {
+            let got = stmts(input.as_bytes());
+            assert_eq!(&got, want, "input {input:?}");
+            assert_covers(input.as_bytes(), &split(input.as_bytes()).unwrap());
+        }
+    }
+
+    #[test]
+    fn latin1_bytes_pass_through_unchanged() {
+        let input = b"INSERT INTO `City` VALUES (45,'B\xe9ja\xefa','DZA','B\xe9ja\xefa',117162);\n";
+        let pieces = split(input).unwrap();
+        let (_, bytes) = statements(input, &pieces).next().unwrap();
+        assert_eq!(bytes, &input[..input.len() - 2]);
+    }
+
+    #[test]
+    fn statement_numbers_and_lines() {
+        let input = b"-- header\n\nSELECT 1;\nSELECT\n 2;\n\nUSE w\nSELECT 3";
+        let pieces = split(input).unwrap();
+        let got: Vec<(usize, usize, StatementEnd)> = pieces
+            .iter()
+            .filter_map(|p| match p.kind {
+                PieceKind::Statement { number, end } => Some((number, p.line, end)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, 3, StatementEnd::Delimiter),
+                (2, 4, StatementEnd::Delimiter),
+                (3, 7, StatementEnd::Line),
+                (4, 8, StatementEnd::EndOfInput),
+            ]
+        );
+    }
+
+    #[test]
+    fn unterminated_inputs_name_where_they_start() {
+        let cases: &[(&str, Open, usize, usize)] = &[
+            ("SELECT 1;\nSELECT 'abc;\n", Open::SingleQuote, 2, 17),
+            ("SELECT \"abc", Open::DoubleQuote, 1, 7),
+            ("SELECT `abc", Open::Backtick, 1, 7),
+            (r"SELECT 'abc\'", Open::SingleQuote, 1, 7),
+            (r"SELECT 'abc\", Open::SingleQuote, 1, 7),
+            ("SELECT 1;\n\n/* open", Open::Comment, 3, 11),
+            ("SELECT 1 /* open", Open::Comment, 1, 9),
+            ("/*!40101 SET a=1 ;", Open::VersionComment, 1, 0),
+            ("/*", Open::Comment, 1, 0),
+        ];
+        for (input, open, line, offset) in cases {
+            let err = split(input.as_bytes()).unwrap_err();
+            assert_eq!(
+                err,
+                SplitError::Unterminated {
+                    open: *open,
+                    line: *line,
+                    offset: *offset
+                },
+                "input {input:?}"
+            );
+            assert!(err.to_string().contains(&format!("line {line}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_delimiter_commands() {
+        for input in [
+            "DELIMITER\nSELECT 1;",
+            "DELIMITER   \n",
+            "DELIMITER \\\\\n",
+            "DELIMITER ''\n",
+        ] {
+            let err = split(input.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, SplitError::BadDelimiter { line: 1, .. }),
+                "{input:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_world_dump_shape() {
+        // The real dump's opening, verbatim in structure: a USE line without a delimiter
+        // followed by comment lines, version comments, and single-row inserts.
+        let input = b"/*!40101 SET NAMES latin1 */;\n\nCREATE DATABASE IF NOT EXISTS `world` ;\n\nUSE `world`\n--\n-- Table structure\n--\n\nDROP TABLE IF EXISTS `City`;\nCREATE TABLE `City` (\n  `Name` char(35) NOT NULL DEFAULT ''\n) ENGINE=InnoDB DEFAULT CHARSET=latin1;\nINSERT INTO `City` VALUES (1,'Kabul');\n-- Dump completed\n";
+        assert_eq!(
+            stmts(input),
+            vec![
+                "/*!40101 SET NAMES latin1 */",
+                "CREATE DATABASE IF NOT EXISTS `world`",
+                "USE `world`",
+                "DROP TABLE IF EXISTS `City`",
+                "CREATE TABLE `City` (\n  `Name` char(35) NOT NULL DEFAULT ''\n) ENGINE=InnoDB DEFAULT CHARSET=latin1",
+                "INSERT INTO `City` VALUES (1,'Kabul')",
+            ]
+        );
+    }
+
+    /// Bytes biased towards everything the splitter treats specially.
+    fn random_sql(rng: &mut StdRng, len: usize) -> Vec<u8> {
+        const ATOMS: &[&[u8]] = &[
+            b"'",
+            b"\"",
+            b"`",
+            b"\\",
+            b";",
+            b"--",
+            b"-- ",
+            b"#",
+            b"/*",
+            b"*/",
+            b"/*!",
+            b"/*M!",
+            b"/*+",
+            b"\n",
+            b"\r\n",
+            b" ",
+            b"DELIMITER ",
+            b"delimiter //\n",
+            b"//",
+            b"$$",
+            b"USE ",
+            b"\nuse x\n",
+            b"SELECT",
+            b"a",
+            b"1",
+            b"\xe9",
+            b"\xff",
+            b"\0",
+            b"''",
+            b"(",
+            b")",
+        ];
+        let mut out = Vec::new();
+        while out.len() < len {
+            if rng.random_bool(0.1) {
+                out.push(rng.random::<u8>());
+            } else {
+                out.extend_from_slice(ATOMS[rng.random_range(0..ATOMS.len())]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_pieces_cover_the_input() {
+        let mut rng = StdRng::seed_from_u64(0x005e_eddb);
+        for round in 0..20_000 {
+            let len = rng.random_range(0..120);
+            let input = random_sql(&mut rng, len);
+            match split(&input) {
+                Ok(pieces) => {
+                    assert_covers(&input, &pieces);
+                    let mut expected = 1;
+                    for p in &pieces {
+                        if let Some(n) = p.statement_number() {
+                            assert_eq!(n, expected, "round {round}: numbering");
+                            expected += 1;
+                            let bytes = &input[p.range.clone()];
+                            assert!(!bytes.is_empty() && !is_space(bytes[bytes.len() - 1]), "trimmed");
+                        }
+                        assert_eq!(p.line, line_of(&input, p.range.start), "round {round}: line");
+                    }
+                }
+                Err(SplitError::Unterminated { offset, line, .. }) => {
+                    assert!(offset < input.len(), "round {round}: offset inside the input");
+                    assert_eq!(line, line_of(&input, offset));
+                }
+                Err(SplitError::BadDelimiter { .. }) => {}
+            }
+        }
+    }
+
+    /// Statements built from safe parts, joined with `;`, come back byte for byte.
+    #[test]
+    fn split_then_join_gives_back_each_statement() {
+        const PARTS: &[&[u8]] = &[
+            b"SELECT ",
+            b"x",
+            b"'a;b'",
+            b"'it''s'",
+            b"'\\';'",
+            b"\"q;\\\"\"",
+            b"`c;``d`",
+            b"/* c; */",
+            b"/*!40101 v; */",
+            b"-- line;\n",
+            b"# hash;\n",
+            b"\xe9\xef",
+            b"\n",
+            b"(1,2)",
+            b"--1",
+        ];
+        let mut rng = StdRng::seed_from_u64(42);
+        for _ in 0..5_000 {
+            let count = rng.random_range(1..6);
+            let mut wanted: Vec<Vec<u8>> = Vec::new();
+            let mut input = Vec::new();
+            for _ in 0..count {
+                let mut s = b"SELECT ".to_vec();
+                for _ in 0..rng.random_range(0..6) {
+                    s.extend_from_slice(PARTS[rng.random_range(0..PARTS.len())]);
+                }
+                s.push(b'1');
+                input.extend_from_slice(&s);
+                input.extend_from_slice(if rng.random_bool(0.5) { b";\n" } else { b";" });
+                wanted.push(s);
+            }
+            let pieces = split(&input).unwrap();
+            let got: Vec<&[u8]> = statements(&input, &pieces).map(|(_, b)| b).collect();
+            let want: Vec<&[u8]> = wanted.iter().map(Vec::as_slice).collect();
+            assert_eq!(got, want, "input {:?}", String::from_utf8_lossy(&input));
+            assert_covers(&input, &pieces);
+        }
+    }
+}
