@@ -289,6 +289,35 @@ async fn records_come_back_after_etcd_stops_and_restarts_and_reflect_what_change
 }
 
 #[tokio::test]
+async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_record_rewritten() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let (a_name, b_name) = (unique("ann-exp-a"), unique("ann-exp-b"));
+    let _ca = labelled(&image, &a_name, "web").run(&d).await;
+    let _cb = labelled(&image, &b_name, "web").run(&d).await;
+    let mut a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
+    let before = wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+        has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+    })
+    .await;
+    let old_lease = before.values().next().unwrap().lease;
+    // Freeze the announcer: from etcd's side it is unreachable, and its lease expires.
+    testbed::signal(a.pid(), libc::SIGSTOP);
+    wait_until(&mut client, "/services/", PATIENCE, "records expired with the lease", |k| k.is_empty()).await;
+    testbed::signal(a.pid(), libc::SIGCONT);
+    let after = wait_until(&mut client, "/services/", PATIENCE, "records rewritten on a new lease", |k| {
+        has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+    })
+    .await;
+    assert!(after.values().all(|v| v.lease != old_lease && v.lease != 0), "{after:?}");
+    assert!(a.running());
+    assert!(a.log().contains("lease expired"), "{}", a.log());
+}
+
+#[tokio::test]
 async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_the_cut() {
     let etcd = Etcd::start();
     let mut client = etcd.client().await;
