@@ -300,8 +300,23 @@ pub async fn inspect(docker: &Docker, name_or_id: &str) -> Result<Option<Contain
     }
 }
 
-/// Every container in scope that is not stopped, inspected.
-async fn snapshot(docker: &Docker, scope: &Scope) -> Result<Vec<ContainerFacts>, Error> {
+/// What a container looked like in the last list, and its facts then: a periodic resync
+/// re-inspects only containers whose list entry changed (or that an event touched), so an
+/// idle host costs one list call per resync, not one inspect per container.
+type Cache = HashMap<String, (String, ContainerFacts)>;
+
+/// The part of a list entry that tells whether a container changed: its state and the
+/// health in its status (`Up 2 minutes (healthy)`).
+fn signature(c: &bollard::models::ContainerSummary) -> String {
+    let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+    let status = c.status.as_deref().unwrap_or_default();
+    let health = status.find('(').map_or("", |i| &status[i..]);
+    format!("{state}|{health}")
+}
+
+/// Every container in scope that is not stopped, inspected (or taken from `cache` when
+/// its list entry did not change).
+async fn snapshot(docker: &Docker, scope: &Scope, cache: &mut Cache) -> Result<Vec<ContainerFacts>, Error> {
     match scope {
         Scope::Named(name) => Ok(inspect(docker, name).await?.into_iter().collect()),
         Scope::All => {
@@ -313,15 +328,29 @@ async fn snapshot(docker: &Docker, scope: &Scope) -> Result<Vec<ContainerFacts>,
                     op: "list containers".into(),
                     source,
                 })?;
-            let ids: Vec<String> = list.into_iter().filter_map(|c| c.id).collect();
-            let results: Vec<Result<Option<ContainerFacts>, Error>> = futures::stream::iter(ids)
-                .map(|id| async move { inspect(docker, &id).await })
+            let mut out = Vec::new();
+            let mut to_inspect = Vec::new();
+            let mut seen = HashMap::new();
+            for c in &list {
+                let Some(id) = c.id.clone() else { continue };
+                let sig = signature(c);
+                match cache.get(&id) {
+                    Some((cached, facts)) if *cached == sig => out.push(facts.clone()),
+                    _ => to_inspect.push((id.clone(), sig.clone())),
+                }
+                seen.insert(id, sig);
+            }
+            cache.retain(|id, _| seen.contains_key(id));
+            let results: Vec<(String, Result<Option<ContainerFacts>, Error>)> = futures::stream::iter(to_inspect)
+                .map(|(id, sig)| async move { (sig, inspect(docker, &id).await) })
                 .buffer_unordered(PARALLEL_INSPECTS)
                 .collect()
                 .await;
-            let mut out = Vec::new();
-            for r in results {
-                out.extend(r?);
+            for (sig, r) in results {
+                if let Some(facts) = r? {
+                    cache.insert(facts.id.clone(), (sig, facts.clone()));
+                    out.push(facts);
+                }
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
@@ -410,7 +439,9 @@ async fn session(
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or_default();
-    let facts = snapshot(&docker, scope).await?;
+    // A new connection starts from a clean slate: everything is inspected once.
+    let mut cache = Cache::new();
+    let facts = snapshot(&docker, scope, &mut cache).await?;
     if *failures > 0 {
         tracing::info!(containers = facts.len(), "docker is back: resynced");
     } else {
@@ -441,7 +472,7 @@ async fn session(
         let msg = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = resync_timer.tick() => {
-                let facts = snapshot(&docker, scope).await?;
+                let facts = snapshot(&docker, scope, &mut cache).await?;
                 if tx.send(Update::Snapshot(facts)).await.is_err() {
                     return Ok(());
                 }
@@ -489,6 +520,8 @@ async fn session(
                 Update::Snapshot(facts.into_iter().collect())
             }
             Scope::All => {
+                // The next resync inspects this container afresh.
+                cache.remove(&id);
                 let facts = if action == "destroy" {
                     None
                 } else {

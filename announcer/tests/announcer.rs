@@ -306,13 +306,27 @@ async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_
     let old_lease = before.values().next().unwrap().lease;
     // Freeze the announcer: from etcd's side it is unreachable, and its lease expires.
     testbed::signal(a.pid(), libc::SIGSTOP);
-    wait_until(&mut client, "/services/", PATIENCE, "records expired with the lease", |k| k.is_empty()).await;
-    testbed::signal(a.pid(), libc::SIGCONT);
-    let after = wait_until(&mut client, "/services/", PATIENCE, "records rewritten on a new lease", |k| {
-        has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
-    })
+    wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "records expired with the lease",
+        |k| k.is_empty(),
+    )
     .await;
-    assert!(after.values().all(|v| v.lease != old_lease && v.lease != 0), "{after:?}");
+    testbed::signal(a.pid(), libc::SIGCONT);
+    let after = wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "records rewritten on a new lease",
+        |k| has_record(k, "web", &a_name) && has_record(k, "web", &b_name),
+    )
+    .await;
+    assert!(
+        after.values().all(|v| v.lease != old_lease && v.lease != 0),
+        "{after:?}"
+    );
     assert!(a.running());
     assert!(a.log().contains("lease expired"), "{}", a.log());
 }
