@@ -1,0 +1,220 @@
+//! Leadership between several lb-sync instances, with etcd's election API.
+//!
+//! Each instance campaigns on `--election-key` with a lease of `--election-ttl`. The
+//! leader may apply plans only while its lease is known to be alive: after every
+//! keep-alive answer, the lease is alive until `sent + ttl` (etcd restarts the TTL when it
+//! receives the keep-alive, which is after it was sent). [`Leadership::may_apply`] is
+//! true only while that deadline is more than a margin away, so a leader that stops
+//! hearing from etcd stops applying before its lease can expire and before another
+//! instance can be elected.
+//!
+//! The only key lb-sync ever writes in etcd is its election key (under its lease).
+
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ResignOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// A view of this instance's leadership, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    /// `Some(deadline)`: leader, with the lease known alive until the deadline.
+    rx: watch::Receiver<Option<Instant>>,
+    /// How far from the deadline applying stops.
+    margin: Duration,
+}
+
+impl Leadership {
+    /// Leadership without election: always allowed.
+    #[must_use]
+    pub fn always() -> Leadership {
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let (tx, rx) = watch::channel(Some(far));
+        // Keep the sender alive forever so `changed` never fires.
+        std::mem::forget(tx);
+        Leadership {
+            rx,
+            margin: Duration::ZERO,
+        }
+    }
+
+    /// Whether a change may be applied now.
+    #[must_use]
+    pub fn may_apply(&self) -> bool {
+        matches!(*self.rx.borrow(), Some(deadline) if Instant::now() + self.margin < deadline)
+    }
+
+    /// Waits until leadership changes (won, lost, or renewed).
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Starts campaigning; returns the view the reconcile loop checks.
+///
+/// `ttl` is the lease's time to live (at least 2 s); keep-alives go every `ttl / 3`; the
+/// leader stops applying `ttl / 3` before its lease could expire.
+/// The returned task ends after `cancel`, once leadership is resigned and the lease revoked.
+pub fn start(
+    client: Client,
+    key: String,
+    ttl: Duration,
+    cancel: CancellationToken,
+) -> (Leadership, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let margin = ttl / 3;
+    let task = tokio::spawn(campaign_forever(client, key, ttl, tx, cancel));
+    (Leadership { rx, margin }, task)
+}
+
+async fn campaign_forever(
+    client: Client,
+    key: String,
+    ttl: Duration,
+    tx: watch::Sender<Option<Instant>>,
+    cancel: CancellationToken,
+) {
+    let me = format!(
+        "{}-{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim(),
+        std::process::id()
+    );
+    let ttl_secs = i64::try_from(ttl.as_secs().max(2)).unwrap_or(10);
+    let mut delays = {
+        use backon::BackoffBuilder;
+        sidekick::retry::backoff(Duration::from_millis(200), Duration::from_secs(5)).build()
+    };
+    loop {
+        let ended = session(&client, &key, &me, ttl_secs, &tx, &cancel).await;
+        tx.send_replace(None);
+        if ended == Ended::Cancelled {
+            return;
+        }
+        let d = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(d) => {}
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Cancelled,
+    Lost,
+}
+
+/// One lease: grant, keep alive, campaign, lead until the lease cannot be confirmed.
+async fn session(
+    client: &Client,
+    key: &str,
+    me: &str,
+    ttl_secs: i64,
+    tx: &watch::Sender<Option<Instant>>,
+    cancel: &CancellationToken,
+) -> Ended {
+    let mut lease_client = client.lease_client();
+    let mut election = client.election_client();
+    let granted_at = Instant::now();
+    let lease = match lease_client.grant(ttl_secs, None).await {
+        Ok(l) => l.id(),
+        Err(e) => {
+            tracing::warn!("election: cannot get a lease: {e}");
+            return Ended::Lost;
+        }
+    };
+    let ttl = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(10));
+    let mut alive_until = granted_at + ttl;
+    let (mut keeper, mut stream) = match lease_client.keep_alive(lease).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("election: cannot keep the lease alive: {e}");
+            return Ended::Lost;
+        }
+    };
+    let mut campaign_client = election.clone();
+    let name = key.to_owned();
+    let value = me.to_owned();
+    let campaign = async move { campaign_client.campaign(name, value, lease).await };
+    tokio::pin!(campaign);
+    let mut leader_key = None;
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(key, lease, "election: campaigning");
+    let ended = loop {
+        tokio::select! {
+            res = &mut campaign, if leader_key.is_none() => match res {
+                Ok(mut resp) => {
+                    leader_key = resp.take_leader();
+                    if leader_key.is_none() {
+                        tracing::warn!("election: campaign answered without a leader key");
+                        break Ended::Lost;
+                    }
+                    tracing::info!(key, "election: this instance is the leader");
+                    tx.send_replace(Some(alive_until));
+                }
+                Err(e) => {
+                    tracing::warn!("election: campaign failed: {e}");
+                    break Ended::Lost;
+                }
+            },
+            _ = tick.tick() => {
+                let sent = Instant::now();
+                let answer = tokio::time::timeout(ttl / 3, async {
+                    keeper.keep_alive().await?;
+                    stream.message().await
+                })
+                .await;
+                match answer {
+                    Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                        alive_until = sent + Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
+                        if leader_key.is_some() {
+                            tx.send_replace(Some(alive_until));
+                        }
+                    }
+                    Ok(Ok(Some(_))) => {
+                        tracing::warn!("election: the lease has expired");
+                        break Ended::Lost;
+                    }
+                    other => {
+                        let why = match other {
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "no answer in time".into(),
+                            _ => "stream ended".into(),
+                        };
+                        tracing::warn!("election: keep-alive failed ({why})");
+                        if Instant::now() >= alive_until {
+                            break Ended::Lost;
+                        }
+                        if let Ok((k, s)) = lease_client.keep_alive(lease).await {
+                            keeper = k;
+                            stream = s;
+                        }
+                    }
+                }
+            }
+            () = cancel.cancelled() => break Ended::Cancelled,
+        }
+    };
+    if leader_key.is_some() {
+        tx.send_replace(None);
+        if ended == Ended::Lost {
+            tracing::warn!(key, "election: leadership lost; applying stopped");
+        }
+    }
+    // Step down quickly so another instance need not wait for the lease to expire.
+    if let Some(lk) = leader_key {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            election.resign(Some(ResignOptions::new().with_leader(lk))),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), lease_client.revoke(lease)).await;
+    ended
+}

@@ -1,0 +1,1135 @@
+//! The plan: what to change on the load balancer so it matches the records, and whether
+//! it is safe to do so. A pure function of its inputs: no I/O, no clock (the caller passes
+//! `now`), no randomness, so every rule is proven by a table of cases.
+//!
+//! Every safety rule of lb-sync lives here and only here:
+//! - nothing is applied while the view of etcd is incomplete (not loaded yet, or a gap);
+//! - nothing is applied when no record is left while the load balancer has nodes;
+//! - nothing is applied when the plan would take more than `max_remove` percent of the
+//!   nodes in service out of service, or leave fewer than `min_nodes` in service;
+//! - a node whose record is unreadable is never removed (it is "unknown", not "absent");
+//! - with `managed_only`, nodes lb-sync does not manage are never touched.
+//!
+//! `force` lifts the emptiness and size rules (never the incomplete-view rule).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Where a node listens: address and port, as the load balancer identifies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint {
+    /// The node's IP address.
+    pub address: IpAddr,
+    /// The node's port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// An endpoint from its parts.
+    #[must_use]
+    pub const fn new(address: IpAddr, port: u16) -> Endpoint {
+        Endpoint { address, port }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.address {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// A node's condition. Unknown strings are kept, never an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Takes traffic.
+    Enabled,
+    /// Takes no traffic; existing connections were cut.
+    Disabled,
+    /// Takes no new connections; existing ones finish.
+    Draining,
+    /// A condition this version does not know.
+    Other(String),
+}
+
+impl Condition {
+    /// Reads the API's string.
+    #[must_use]
+    pub fn parse(s: &str) -> Condition {
+        match s {
+            "ENABLED" => Condition::Enabled,
+            "DISABLED" => Condition::Disabled,
+            "DRAINING" => Condition::Draining,
+            other => Condition::Other(other.to_owned()),
+        }
+    }
+
+    /// The API's string.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Condition::Enabled => "ENABLED",
+            Condition::Disabled => "DISABLED",
+            Condition::Draining => "DRAINING",
+            Condition::Other(s) => s,
+        }
+    }
+}
+
+/// A node's health as the load balancer's monitor sees it. Unknown strings are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// Passing its health check (or no monitor).
+    Online,
+    /// Failing its health check.
+    Offline,
+    /// A status this version does not know (treated as not online).
+    Other(String),
+}
+
+impl NodeStatus {
+    /// Reads the API's string.
+    #[must_use]
+    pub fn parse(s: &str) -> NodeStatus {
+        match s {
+            "ONLINE" => NodeStatus::Online,
+            "OFFLINE" => NodeStatus::Offline,
+            other => NodeStatus::Other(other.to_owned()),
+        }
+    }
+}
+
+/// One node as the load balancer reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// The API's id of the node.
+    pub id: u64,
+    /// The address as the API returned it (kept as text: it may not parse).
+    pub address: String,
+    /// The node's port.
+    pub port: u16,
+    /// ENABLED, DRAINING, DISABLED, ...
+    pub condition: Condition,
+    /// ONLINE, OFFLINE, ...
+    pub status: NodeStatus,
+}
+
+impl Node {
+    /// The node's endpoint, when its address is an IP address.
+    #[must_use]
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.address.parse().ok().map(|a| Endpoint::new(a, self.port))
+    }
+}
+
+/// What the records in etcd say should be on the load balancer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Endpoints of the readable records, each with the instance that asked for it.
+    pub nodes: BTreeMap<Endpoint, String>,
+    /// Endpoints of instances whose record is unreadable now: kept as they were (last
+    /// readable value), never added, never removed.
+    pub held: BTreeMap<Endpoint, String>,
+    /// Addresses of unreadable records whose address is known but whose port is not:
+    /// every node on these addresses is left alone.
+    pub held_addresses: BTreeMap<IpAddr, String>,
+    /// Unreadable records that cannot be placed at all (with why): while there is one,
+    /// no node is removed.
+    pub unknown: Vec<String>,
+    /// Every address seen in a record since start: the nodes `--managed-only` manages
+    /// when no `--port` is given.
+    pub known_addresses: BTreeSet<IpAddr>,
+    /// Whether the view is complete: initial load done and no watch gap since.
+    pub complete: bool,
+    /// The etcd revision the view reflects.
+    pub revision: i64,
+}
+
+/// Limits of the account, from `absolutelimits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Nodes per load balancer.
+    pub node_limit: usize,
+    /// Ids per bulk delete.
+    pub batch_delete: usize,
+}
+
+impl Default for Limits {
+    /// The API's defaults: 25 nodes, 10 ids per bulk delete.
+    fn default() -> Self {
+        Limits {
+            node_limit: 25,
+            batch_delete: 10,
+        }
+    }
+}
+
+/// The operator's choices that shape a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// How long a removed node drains before it is deleted.
+    pub drain: Duration,
+    /// Add new nodes as DRAINING and enable them once they report ONLINE.
+    pub add_draining: bool,
+    /// Largest share (percent) of the nodes in service one plan may take out of service.
+    pub max_remove_pct: u8,
+    /// Fewest nodes a plan may leave in service.
+    pub min_nodes: usize,
+    /// Lift the emptiness and size rules (not the incomplete-view rule).
+    pub force: bool,
+    /// Touch only managed nodes (see [`Policy::managed_port`]).
+    pub managed_only: bool,
+    /// With `managed_only`: the port of managed nodes; without it, nodes at an address
+    /// seen in a record are managed.
+    pub managed_port: Option<u16>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            drain: Duration::from_secs(30),
+            add_draining: false,
+            max_remove_pct: 50,
+            min_nodes: 1,
+            force: false,
+            managed_only: false,
+            managed_port: None,
+        }
+    }
+}
+
+/// What the load balancer looks like now.
+#[derive(Clone, Copy, Debug)]
+pub struct Actual<'a> {
+    /// Its nodes.
+    pub nodes: &'a [Node],
+    /// When each DRAINING node started draining, as far as lb-sync knows (nodes found
+    /// draining count from when they were first seen).
+    pub drain_started: &'a BTreeMap<u64, Instant>,
+    /// The time the plan is made at.
+    pub now: Instant,
+}
+
+/// A node to add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewNode {
+    /// Where it listens.
+    pub endpoint: Endpoint,
+    /// ENABLED, or DRAINING with `--add-draining`.
+    pub condition: Condition,
+}
+
+/// A change to one existing node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRef {
+    /// The API's id.
+    pub id: u64,
+    /// Where it listens (for messages).
+    pub endpoint: Endpoint,
+}
+
+/// Why a plan must not be applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The view of etcd is not complete (not loaded yet, or a watch gap).
+    Incomplete,
+    /// No record is left while the load balancer has nodes.
+    EmptyDesired {
+        /// Nodes the load balancer has (managed ones).
+        nodes: usize,
+    },
+    /// The plan would take too many nodes out of service at once.
+    TooManyRemovals {
+        /// Nodes it would take out.
+        remove: usize,
+        /// Nodes in service now.
+        in_service: usize,
+        /// The limit, percent.
+        max_pct: u8,
+    },
+    /// The plan would leave too few nodes in service.
+    BelowMinimum {
+        /// Nodes left in service.
+        left: usize,
+        /// The minimum.
+        min: usize,
+    },
+}
+
+impl Refusal {
+    /// A short stable name, for metrics labels.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Incomplete => "incomplete_view",
+            Refusal::EmptyDesired { .. } => "empty_desired",
+            Refusal::TooManyRemovals { .. } => "max_remove",
+            Refusal::BelowMinimum { .. } => "min_nodes",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Incomplete => write!(
+                f,
+                "the view of etcd is not complete (initial load not done, or the watch has a gap)"
+            ),
+            Refusal::EmptyDesired { nodes } => write!(
+                f,
+                "no record is left but the load balancer has {nodes} node(s): refusing to empty it (--force lifts this)"
+            ),
+            Refusal::TooManyRemovals {
+                remove,
+                in_service,
+                max_pct,
+            } => write!(
+                f,
+                "the plan would take {remove} of {in_service} nodes out of service, more than --max-remove {max_pct}%"
+            ),
+            Refusal::BelowMinimum { left, min } => write!(
+                f,
+                "the plan would leave {left} node(s) in service, fewer than --min-nodes {min}"
+            ),
+        }
+    }
+}
+
+/// One change, applied on its own and followed by a wait for ACTIVE.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// One POST adding these nodes.
+    Add(Vec<NewNode>),
+    /// One PUT setting the node ENABLED.
+    Enable(NodeRef),
+    /// One PUT setting the node DRAINING.
+    Drain(NodeRef),
+    /// One bulk DELETE of these nodes (at most the batch limit).
+    Delete(Vec<NodeRef>),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |nodes: &mut dyn Iterator<Item = String>| nodes.collect::<Vec<_>>().join(", ");
+        match self {
+            Step::Add(n) => write!(
+                f,
+                "add {} node(s): {}",
+                n.len(),
+                list(&mut n.iter().map(|n| format!("{} {}", n.endpoint, n.condition.as_str())))
+            ),
+            Step::Enable(n) => write!(f, "enable node {} {}", n.id, n.endpoint),
+            Step::Drain(n) => write!(f, "drain node {} {}", n.id, n.endpoint),
+            Step::Delete(n) => write!(
+                f,
+                "delete {} node(s): {}",
+                n.len(),
+                list(&mut n.iter().map(|n| format!("{} {}", n.id, n.endpoint)))
+            ),
+        }
+    }
+}
+
+/// Something the plan waits for before the next change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// The node waited on.
+    pub node: NodeRef,
+    /// What for.
+    pub what: WaitFor,
+}
+
+/// What a node is waited on for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    /// Its drain period; it is deleted after `remaining` (or with the rest of its batch).
+    Drain {
+        /// Time left.
+        remaining: Duration,
+    },
+    /// Added as DRAINING: enabled once it reports ONLINE.
+    Online,
+}
+
+/// The plan: changes in the order they are applied, what is waited for, and refusals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// New nodes, in one POST (as many as the node limit allows).
+    pub adds: Vec<NewNode>,
+    /// Desired nodes found DRAINING or DISABLED, to set ENABLED.
+    pub enables: Vec<NodeRef>,
+    /// Nodes no longer desired, to set DRAINING.
+    pub drains: Vec<NodeRef>,
+    /// Drained nodes to delete, in bulk batches.
+    pub deletes: Vec<Vec<NodeRef>>,
+    /// Nodes waited on (drain periods, ONLINE checks).
+    pub waiting: Vec<Wait>,
+    /// When non-empty, nothing is applied.
+    pub refusals: Vec<Refusal>,
+    /// Things left alone on purpose, for the operator (node limit, unreadable records, unmanaged nodes).
+    pub notes: Vec<String>,
+    /// Whether `force` lifted a refusal.
+    pub forced: bool,
+}
+
+impl Plan {
+    /// Whether nothing needs doing now or later.
+    #[must_use]
+    pub fn is_converged(&self) -> bool {
+        self.refusals.is_empty() && !self.has_steps() && self.waiting.is_empty()
+    }
+
+    /// Whether there is a change to apply now (refused or not).
+    #[must_use]
+    pub fn has_steps(&self) -> bool {
+        !self.adds.is_empty() || !self.enables.is_empty() || !self.drains.is_empty() || !self.deletes.is_empty()
+    }
+
+    /// The next change to apply, or `None` when refused or nothing is due.
+    ///
+    /// Order: adds (capacity first), enables, drains, deletes. When the node limit held
+    /// adds back and drained nodes can go, deletes come first to make room.
+    ///
+    /// An incomplete view blocks everything. The other refusals block removals only:
+    /// adds and enables never take capacity away, and applying them first turns a
+    /// replacement (one node out, one in) into make-before-break, after which the
+    /// removal is re-planned against the larger set in service.
+    #[must_use]
+    pub fn next_step(&self) -> Option<Step> {
+        if self.refusals.contains(&Refusal::Incomplete) {
+            return None;
+        }
+        let removals_ok = self.refusals.is_empty();
+        let limit_bound = self.notes.iter().any(|n| n.starts_with("node limit"));
+        if removals_ok
+            && limit_bound
+            && let Some(batch) = self.deletes.first()
+        {
+            return Some(Step::Delete(batch.clone()));
+        }
+        if !self.adds.is_empty() {
+            return Some(Step::Add(self.adds.clone()));
+        }
+        if let Some(n) = self.enables.first() {
+            return Some(Step::Enable(n.clone()));
+        }
+        if !removals_ok {
+            return None;
+        }
+        if let Some(n) = self.drains.first() {
+            return Some(Step::Drain(n.clone()));
+        }
+        self.deletes.first().map(|b| Step::Delete(b.clone()))
+    }
+
+    /// How long until something waited on may be due (the earliest drain end), if anything is waited on.
+    #[must_use]
+    pub fn next_wake(&self) -> Option<Duration> {
+        self.waiting
+            .iter()
+            .filter_map(|w| match w.what {
+                WaitFor::Drain { remaining } => Some(remaining),
+                WaitFor::Online => None,
+            })
+            .min()
+            .or_else(|| {
+                self.waiting
+                    .iter()
+                    .any(|w| w.what == WaitFor::Online)
+                    .then_some(Duration::from_secs(5))
+            })
+    }
+
+    /// Every change of the plan in application order, for printing.
+    #[must_use]
+    pub fn steps(&self) -> Vec<Step> {
+        let mut out = Vec::new();
+        if !self.adds.is_empty() {
+            out.push(Step::Add(self.adds.clone()));
+        }
+        out.extend(self.enables.iter().cloned().map(Step::Enable));
+        out.extend(self.drains.iter().cloned().map(Step::Drain));
+        out.extend(self.deletes.iter().cloned().map(Step::Delete));
+        out
+    }
+}
+
+/// Computes the plan that takes `actual` to `desired` under `limits` and `policy`.
+#[must_use]
+pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Policy) -> Plan {
+    let mut out = Plan::default();
+    let managed = |n: &Node, ep: &Endpoint| -> bool {
+        if !policy.managed_only {
+            return true;
+        }
+        match policy.managed_port {
+            Some(p) => n.port == p,
+            None => desired.known_addresses.contains(&ep.address),
+        }
+    };
+
+    // Index the load balancer by endpoint; nodes whose address is not an IP are not ours.
+    let mut present: BTreeMap<Endpoint, Vec<&Node>> = BTreeMap::new();
+    let mut mine: Vec<(&Node, Endpoint)> = Vec::new();
+    let mut unmanaged = 0usize;
+    for n in actual.nodes {
+        match n.endpoint() {
+            Some(ep) => {
+                present.entry(ep).or_default().push(n);
+                if managed(n, &ep) {
+                    mine.push((n, ep));
+                } else {
+                    unmanaged += 1;
+                }
+            }
+            None => unmanaged += 1,
+        }
+    }
+    if unmanaged > 0 && policy.managed_only {
+        out.notes
+            .push(format!("{unmanaged} node(s) not managed by lb-sync are left alone"));
+    }
+
+    // Adds: desired endpoints the load balancer lacks, within the node limit.
+    let condition = if policy.add_draining {
+        Condition::Draining
+    } else {
+        Condition::Enabled
+    };
+    let missing: Vec<Endpoint> = desired
+        .nodes
+        .keys()
+        .filter(|ep| !present.contains_key(ep))
+        .copied()
+        .collect();
+    let room = limits.node_limit.saturating_sub(actual.nodes.len());
+    if missing.len() > room {
+        out.notes.push(format!(
+            "node limit {}: {} desired node(s) not added ({})",
+            limits.node_limit,
+            missing.len() - room,
+            missing[room..]
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    out.adds = missing
+        .iter()
+        .take(room)
+        .map(|ep| NewNode {
+            endpoint: *ep,
+            condition: condition.clone(),
+        })
+        .collect();
+
+    // Enables, drains, deletes.
+    let mut ready: Vec<(NodeRef, Duration)> = Vec::new(); // node, overdue by
+    let mut pending_drain: Vec<(NodeRef, Duration)> = Vec::new(); // node, remaining
+    let mut in_service = 0usize;
+    let removals_held = !desired.unknown.is_empty();
+    for (n, ep) in &mine {
+        let node = NodeRef {
+            id: n.id,
+            endpoint: *ep,
+        };
+        let serving = matches!(n.condition, Condition::Enabled | Condition::Other(_));
+        if serving {
+            in_service += 1;
+        }
+        if desired.nodes.contains_key(ep) {
+            match &n.condition {
+                Condition::Enabled => {}
+                Condition::Draining if policy.add_draining && n.status != NodeStatus::Online => {
+                    out.waiting.push(Wait {
+                        node,
+                        what: WaitFor::Online,
+                    });
+                }
+                Condition::Draining | Condition::Disabled => out.enables.push(node),
+                Condition::Other(c) => out
+                    .notes
+                    .push(format!("node {} {ep} has an unknown condition {c:?}: left alone", n.id)),
+            }
+            continue;
+        }
+        if desired.held.contains_key(ep) || desired.held_addresses.contains_key(&ep.address) {
+            continue;
+        }
+        if removals_held {
+            continue;
+        }
+        match &n.condition {
+            Condition::Enabled | Condition::Other(_) => out.drains.push(node),
+            Condition::Disabled => ready.push((node, Duration::ZERO)),
+            Condition::Draining => {
+                let started = actual.drain_started.get(&n.id).copied().unwrap_or(actual.now);
+                let due = started + policy.drain;
+                if due <= actual.now {
+                    ready.push((node, actual.now.duration_since(due)));
+                } else {
+                    pending_drain.push((node, due.duration_since(actual.now)));
+                }
+            }
+        }
+    }
+    if removals_held {
+        out.notes.push(format!(
+            "no node is removed while a record cannot be read: {}",
+            desired.unknown.join("; ")
+        ));
+    }
+    for (ep, inst) in &desired.held {
+        out.notes
+            .push(format!("record {inst:?} is unreadable: its node {ep} is kept as it is"));
+    }
+    for (addr, inst) in &desired.held_addresses {
+        out.notes.push(format!(
+            "record {inst:?} is unreadable: nodes at {addr} are kept as they are"
+        ));
+    }
+
+    // Deletes go in as few calls as possible: wait until every draining node is due,
+    // unless a full batch is ready or the oldest has waited a whole extra drain period.
+    let overdue = ready.iter().map(|(_, o)| *o).max().unwrap_or_default();
+    let batch = limits.batch_delete.max(1);
+    let go = !ready.is_empty()
+        && ((pending_drain.is_empty() && out.drains.is_empty()) || ready.len() >= batch || overdue >= policy.drain);
+    if go {
+        let nodes: Vec<NodeRef> = ready.iter().map(|(n, _)| n.clone()).collect();
+        out.deletes = nodes.chunks(batch).map(<[NodeRef]>::to_vec).collect();
+    } else {
+        let next = pending_drain.iter().map(|(_, r)| *r).min().unwrap_or(policy.drain);
+        for (n, _) in ready {
+            out.waiting.push(Wait {
+                node: n,
+                what: WaitFor::Drain { remaining: next },
+            });
+        }
+    }
+    for (n, remaining) in pending_drain {
+        out.waiting.push(Wait {
+            node: n,
+            what: WaitFor::Drain { remaining },
+        });
+    }
+
+    // Safety.
+    if !desired.complete {
+        out.refusals.push(Refusal::Incomplete);
+    }
+    let mut lifted = Vec::new();
+    let nothing_left = desired.nodes.is_empty() && desired.held.is_empty() && desired.held_addresses.is_empty();
+    if nothing_left && !mine.is_empty() && desired.unknown.is_empty() {
+        lifted.push(Refusal::EmptyDesired { nodes: mine.len() });
+    }
+    let remove = out.drains.len();
+    if remove > 0 {
+        if remove * 100 > usize::from(policy.max_remove_pct) * in_service {
+            lifted.push(Refusal::TooManyRemovals {
+                remove,
+                in_service,
+                max_pct: policy.max_remove_pct,
+            });
+        }
+        let added = if policy.add_draining { 0 } else { out.adds.len() };
+        let left = in_service - remove + added;
+        if left < policy.min_nodes {
+            lifted.push(Refusal::BelowMinimum {
+                left,
+                min: policy.min_nodes,
+            });
+        }
+    }
+    if !lifted.is_empty() && policy.force {
+        out.forced = true;
+        for r in &lifted {
+            out.notes.push(format!("--force lifts: {r}"));
+        }
+    } else {
+        out.refusals.extend(lifted);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(last: u8) -> Endpoint {
+        Endpoint::new(IpAddr::from([10, 0, 0, last]), 8080)
+    }
+
+    fn desired(lasts: &[u8]) -> Desired {
+        Desired {
+            nodes: lasts.iter().map(|l| (ep(*l), format!("web{l:02}"))).collect(),
+            complete: true,
+            ..Desired::default()
+        }
+    }
+
+    fn node(id: u64, last: u8, condition: Condition) -> Node {
+        Node {
+            id,
+            address: format!("10.0.0.{last}"),
+            port: 8080,
+            condition,
+            status: NodeStatus::Online,
+        }
+    }
+
+    fn enabled(lasts: &[u8]) -> Vec<Node> {
+        lasts
+            .iter()
+            .map(|l| node(u64::from(*l) + 100, *l, Condition::Enabled))
+            .collect()
+    }
+
+    fn run(d: &Desired, nodes: &[Node], policy: &Policy) -> Plan {
+        run_at(d, nodes, &BTreeMap::new(), Instant::now(), policy)
+    }
+
+    fn run_at(d: &Desired, nodes: &[Node], started: &BTreeMap<u64, Instant>, now: Instant, policy: &Policy) -> Plan {
+        plan(
+            d,
+            &Actual {
+                nodes,
+                drain_started: started,
+                now,
+            },
+            &Limits::default(),
+            policy,
+        )
+    }
+
+    fn ids(nodes: &[NodeRef]) -> Vec<u64> {
+        nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// One row: name, desired, load balancer, policy, adds, drained ids, refusal reasons.
+    type Row = (
+        &'static str,
+        Desired,
+        Vec<Node>,
+        Policy,
+        usize,
+        Vec<u64>,
+        Vec<&'static str>,
+    );
+
+    /// The table: desired records, the load balancer, the policy -> adds, drains, refusal reasons.
+    #[test]
+    fn table() {
+        let big = Policy {
+            max_remove_pct: 80,
+            ..Policy::default()
+        };
+        let forced = Policy {
+            force: true,
+            ..Policy::default()
+        };
+        let min3 = Policy {
+            min_nodes: 3,
+            ..Policy::default()
+        };
+        let one_to_ten: Vec<u8> = (1..=10).collect();
+        let cases: Vec<Row> = vec![
+            (
+                "empty lb, one record: one add",
+                desired(&[1]),
+                vec![],
+                Policy::default(),
+                1,
+                vec![],
+                vec![],
+            ),
+            (
+                "1 -> 10: nine adds in one POST",
+                desired(&one_to_ten),
+                enabled(&[1]),
+                Policy::default(),
+                9,
+                vec![],
+                vec![],
+            ),
+            (
+                "converged",
+                desired(&[1, 2]),
+                enabled(&[1, 2]),
+                Policy::default(),
+                0,
+                vec![],
+                vec![],
+            ),
+            (
+                "10 -> 3 over the default cap: refused",
+                desired(&[1, 2, 3]),
+                enabled(&one_to_ten),
+                Policy::default(),
+                0,
+                (104..=110).collect(),
+                vec!["max_remove"],
+            ),
+            (
+                "10 -> 3 with --max-remove 80: seven drains",
+                desired(&[1, 2, 3]),
+                enabled(&one_to_ten),
+                big.clone(),
+                0,
+                (104..=110).collect(),
+                vec![],
+            ),
+            (
+                "10 -> 5 is exactly 50%: allowed",
+                desired(&[1, 2, 3, 4, 5]),
+                enabled(&one_to_ten),
+                Policy::default(),
+                0,
+                (106..=110).collect(),
+                vec![],
+            ),
+            (
+                "empty desired with nodes: refused",
+                desired(&[]),
+                enabled(&[1, 2]),
+                Policy::default(),
+                0,
+                vec![101, 102],
+                vec!["empty_desired", "max_remove", "min_nodes"],
+            ),
+            (
+                "empty desired, empty lb: nothing",
+                desired(&[]),
+                vec![],
+                Policy::default(),
+                0,
+                vec![],
+                vec![],
+            ),
+            (
+                "--force lifts the size rules",
+                desired(&[]),
+                enabled(&[1, 2]),
+                forced,
+                0,
+                vec![101, 102],
+                vec![],
+            ),
+            (
+                "min nodes 3: 4 -> 2 refused",
+                desired(&[1, 2]),
+                enabled(&[1, 2, 3, 4]),
+                min3.clone(),
+                0,
+                vec![103, 104],
+                vec!["min_nodes"],
+            ),
+            (
+                "min nodes 3: adds count toward it",
+                desired(&[1, 2, 5]),
+                enabled(&[1, 2, 3]),
+                min3,
+                1,
+                vec![103],
+                vec![],
+            ),
+            (
+                "1 -> 1 replaced: the drain waits for the add",
+                desired(&[2]),
+                enabled(&[1]),
+                Policy::default(),
+                1,
+                vec![101],
+                vec!["max_remove"],
+            ),
+            (
+                "1 -> 1 replaced, new node in: now the drain is half",
+                desired(&[2]),
+                enabled(&[1, 2]),
+                Policy::default(),
+                0,
+                vec![101],
+                vec![],
+            ),
+            (
+                "2 -> 1: half is allowed",
+                desired(&[1]),
+                enabled(&[1, 2]),
+                Policy::default(),
+                0,
+                vec![102],
+                vec![],
+            ),
+            (
+                "3 -> 1: two thirds refused",
+                desired(&[1]),
+                enabled(&[1, 2, 3]),
+                Policy::default(),
+                0,
+                vec![102, 103],
+                vec!["max_remove"],
+            ),
+            (
+                "incomplete view: refused, even adds",
+                Desired {
+                    complete: false,
+                    ..desired(&[1, 2])
+                },
+                enabled(&[1]),
+                Policy::default(),
+                1,
+                vec![],
+                vec!["incomplete_view"],
+            ),
+        ];
+        for (name, d, nodes, policy, adds, drains, refusals) in cases {
+            let p = run(&d, &nodes, &policy);
+            assert_eq!(p.adds.len(), adds, "{name}: adds {p:?}");
+            assert_eq!(ids(&p.drains), drains, "{name}: drains {p:?}");
+            let got: Vec<&str> = p.refusals.iter().map(Refusal::reason).collect();
+            assert_eq!(got, refusals, "{name}: refusals");
+            // Refused plans apply adds only (and nothing at all on an incomplete view).
+            let next = p.next_step();
+            match next {
+                Some(Step::Add(_)) => assert!(!p.refusals.contains(&Refusal::Incomplete), "{name}"),
+                Some(_) => assert!(p.refusals.is_empty(), "{name}: {next:?}"),
+                None => assert!(!p.refusals.is_empty() || !p.has_steps(), "{name}"),
+            }
+        }
+    }
+
+    #[test]
+    fn incomplete_is_not_lifted_by_force() {
+        let d = Desired {
+            complete: false,
+            ..desired(&[])
+        };
+        let p = run(
+            &d,
+            &enabled(&[1]),
+            &Policy {
+                force: true,
+                ..Policy::default()
+            },
+        );
+        assert_eq!(p.refusals, vec![Refusal::Incomplete]);
+        assert!(p.forced, "the empty-desired rule was lifted, the incomplete one stays");
+        assert_eq!(p.next_step(), None);
+    }
+
+    #[test]
+    fn node_limit_caps_adds_and_says_so() {
+        let want: Vec<u8> = (1..=30).collect();
+        let p = run(&desired(&want), &enabled(&[1, 2]), &Policy::default());
+        assert_eq!(p.adds.len(), 23, "25 - 2 present");
+        assert!(
+            p.notes.iter().any(|n| n.starts_with("node limit 25: 5 desired")),
+            "{:?}",
+            p.notes
+        );
+        let limits = Limits {
+            node_limit: 3,
+            batch_delete: 10,
+        };
+        let p = plan(
+            &desired(&[1, 2, 3, 4]),
+            &Actual {
+                nodes: &enabled(&[1, 2, 3]),
+                drain_started: &BTreeMap::new(),
+                now: Instant::now(),
+            },
+            &limits,
+            &Policy::default(),
+        );
+        assert!(p.adds.is_empty());
+        assert_eq!(p.next_step(), None);
+    }
+
+    #[test]
+    fn drained_nodes_are_deleted_after_the_drain_period_in_batches_of_ten() {
+        let now = Instant::now();
+        let policy = Policy {
+            drain: Duration::from_secs(30),
+            max_remove_pct: 100,
+            ..Policy::default()
+        };
+        // 13 draining nodes not desired; one desired node in service.
+        let mut nodes: Vec<Node> = (1..=13)
+            .map(|l| node(u64::from(l) + 100, l, Condition::Draining))
+            .collect();
+        nodes.push(node(200, 50, Condition::Enabled));
+        let d = desired(&[50]);
+        let early: BTreeMap<u64, Instant> = nodes.iter().map(|n| (n.id, now)).collect();
+        let p = run_at(&d, &nodes, &early, now + Duration::from_secs(10), &policy);
+        assert!(p.deletes.is_empty(), "still draining");
+        assert_eq!(p.waiting.len(), 13);
+        assert_eq!(p.next_wake(), Some(Duration::from_secs(20)));
+        assert!(!p.is_converged());
+
+        let p = run_at(&d, &nodes, &early, now + Duration::from_secs(30), &policy);
+        let batches: Vec<usize> = p.deletes.iter().map(Vec::len).collect();
+        assert_eq!(batches, vec![10, 3], "ceil(13 / 10) bulk deletes");
+        assert_eq!(
+            p.next_step().map(|s| matches!(s, Step::Delete(b) if b.len() == 10)),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn deletes_wait_for_the_whole_batch_but_not_forever() {
+        let now = Instant::now();
+        let policy = Policy {
+            drain: Duration::from_secs(10),
+            ..Policy::default()
+        };
+        let nodes = vec![
+            node(101, 1, Condition::Draining),
+            node(102, 2, Condition::Draining),
+            node(103, 3, Condition::Enabled),
+        ];
+        let d = desired(&[3]);
+        let started: BTreeMap<u64, Instant> = [(101, now), (102, now + Duration::from_secs(4))].into();
+        // 101 is due, 102 is 4 s from due: wait and delete both in one call.
+        let p = run_at(&d, &nodes, &started, now + Duration::from_secs(10), &policy);
+        assert!(p.deletes.is_empty());
+        assert_eq!(p.next_wake(), Some(Duration::from_secs(4)));
+        let p = run_at(&d, &nodes, &started, now + Duration::from_secs(14), &policy);
+        assert_eq!(
+            p.deletes.iter().map(|b| ids(b)).collect::<Vec<_>>(),
+            vec![vec![101, 102]]
+        );
+        // A node drained much later does not hold an overdue one back past one extra period.
+        let started: BTreeMap<u64, Instant> = [(101, now), (102, now + Duration::from_secs(15))].into();
+        let p = run_at(&d, &nodes, &started, now + Duration::from_secs(20), &policy);
+        assert_eq!(p.deletes.iter().map(|b| ids(b)).collect::<Vec<_>>(), vec![vec![101]]);
+    }
+
+    #[test]
+    fn a_node_found_draining_counts_from_now_and_disabled_ones_go_at_once() {
+        let now = Instant::now();
+        let nodes = vec![
+            node(101, 1, Condition::Draining),
+            node(102, 2, Condition::Disabled),
+            node(103, 3, Condition::Enabled),
+            node(104, 4, Condition::Enabled),
+        ];
+        let p = run_at(&desired(&[3, 4]), &nodes, &BTreeMap::new(), now, &Policy::default());
+        assert!(p.deletes.is_empty(), "101 has just been found draining");
+        assert!(p.waiting.iter().any(|w| w.node.id == 101));
+        let p = run_at(&desired(&[3, 4, 1]), &nodes, &BTreeMap::new(), now, &Policy::default());
+        assert_eq!(ids(&p.enables), vec![101], "desired again: enabled back");
+        assert_eq!(p.deletes.iter().map(|b| ids(b)).collect::<Vec<_>>(), vec![vec![102]]);
+    }
+
+    #[test]
+    fn add_draining_adds_as_draining_and_enables_once_online() {
+        let policy = Policy {
+            add_draining: true,
+            ..Policy::default()
+        };
+        let p = run(&desired(&[1, 2]), &enabled(&[1]), &policy);
+        assert_eq!(p.adds[0].condition, Condition::Draining);
+        let mut nodes = enabled(&[1]);
+        let mut new = node(102, 2, Condition::Draining);
+        new.status = NodeStatus::Offline;
+        nodes.push(new.clone());
+        let p = run(&desired(&[1, 2]), &nodes, &policy);
+        assert!(p.enables.is_empty() && !p.is_converged());
+        assert_eq!(p.waiting[0].what, WaitFor::Online);
+        new.status = NodeStatus::Online;
+        nodes[1] = new;
+        let p = run(&desired(&[1, 2]), &nodes, &policy);
+        assert_eq!(ids(&p.enables), vec![102]);
+    }
+
+    #[test]
+    fn unreadable_records_never_remove_a_node() {
+        let nodes = enabled(&[1, 2, 3]);
+        // web02 turned unreadable: its last endpoint is held.
+        let mut d = desired(&[1, 3]);
+        d.held.insert(ep(2), "web02".into());
+        let p = run(&d, &nodes, &Policy::default());
+        assert!(p.drains.is_empty() && p.is_converged(), "{p:?}");
+        // Address known, port not: every node on the address is kept.
+        let mut d = desired(&[1, 3]);
+        d.held_addresses.insert(ep(2).address, "web02".into());
+        assert!(run(&d, &nodes, &Policy::default()).drains.is_empty());
+        // Nothing known: no removal at all, adds still go ahead.
+        let mut d = desired(&[1, 4]);
+        d.unknown.push("web09: bad address".into());
+        let p = run(&d, &nodes, &Policy::default());
+        assert!(p.drains.is_empty());
+        assert_eq!(p.adds.len(), 1);
+        assert!(p.refusals.is_empty());
+        // Only unreadable records left: not "empty", nothing removed, nothing refused.
+        let mut d = desired(&[]);
+        d.unknown.push("web09: bad address".into());
+        let p = run(&d, &nodes, &Policy::default());
+        assert!(p.drains.is_empty() && p.refusals.is_empty());
+    }
+
+    #[test]
+    fn managed_only_leaves_other_nodes_alone() {
+        let mut nodes = enabled(&[1, 2]);
+        nodes.push(Node {
+            id: 300,
+            address: "192.0.2.7".into(),
+            port: 443,
+            condition: Condition::Enabled,
+            status: NodeStatus::Online,
+        });
+        let policy = Policy {
+            managed_only: true,
+            managed_port: Some(8080),
+            ..Policy::default()
+        };
+        let p = run(&desired(&[1]), &nodes, &policy);
+        assert_eq!(ids(&p.drains), vec![102]);
+        // Without --managed-only the stranger goes too (and the cap refuses it).
+        let p = run(&desired(&[1]), &nodes, &Policy::default());
+        assert_eq!(ids(&p.drains), vec![102, 300]);
+        // By address: only addresses seen in records are managed.
+        let mut d = desired(&[1]);
+        d.known_addresses = [ep(1).address, ep(2).address].into();
+        let policy = Policy {
+            managed_only: true,
+            ..Policy::default()
+        };
+        assert_eq!(ids(&run(&d, &nodes, &policy).drains), vec![102]);
+        // Empty desired with only unmanaged nodes is not "emptying" anything.
+        let p = run(&desired(&[]), &nodes[2..], &policy);
+        assert!(p.refusals.is_empty() && p.is_converged());
+    }
+
+    #[test]
+    fn unknown_strings_are_kept_not_errors() {
+        assert_eq!(Condition::parse("FROZEN"), Condition::Other("FROZEN".into()));
+        assert_eq!(NodeStatus::parse("DEGRADED"), NodeStatus::Other("DEGRADED".into()));
+        let mut nodes = enabled(&[1]);
+        nodes[0].condition = Condition::Other("FROZEN".into());
+        let p = run(&desired(&[1]), &nodes, &Policy::default());
+        assert!(p.notes.iter().any(|n| n.contains("FROZEN")));
+        // A node whose address is not an IP is never touched.
+        let odd = vec![Node {
+            id: 9,
+            address: "lb-node.example".into(),
+            port: 80,
+            condition: Condition::Enabled,
+            status: NodeStatus::Online,
+        }];
+        assert!(run(&desired(&[1]), &odd, &Policy::default()).drains.is_empty());
+    }
+
+    #[test]
+    fn endpoints_print_like_the_api_writes_them() {
+        assert_eq!(ep(4).to_string(), "10.0.0.4:8080");
+        let v6 = Endpoint::new("2001:db8::1".parse().unwrap(), 80);
+        assert_eq!(v6.to_string(), "[2001:db8::1]:80");
+    }
+}

@@ -1,0 +1,385 @@
+//! The reconcile loop: level-triggered, debounced, one change at a time.
+//!
+//! A pass starts after the records change (debounced: quiet for `MIN`, or `MAX` after
+//! the first change at most), every `--resync`, when a drain period ends, and when this
+//! instance becomes the leader. A pass reads the load balancer (waiting until it is
+//! ACTIVE), plans from scratch with [`plan::plan`], applies the first step, and starts
+//! over from a fresh read, until nothing is left to do or the plan is refused. Each step
+//! is applied only after a fresh [`Leadership::may_apply`].
+//!
+//! The loop remembers one thing across passes: when it drained each node, so the drain
+//! period survives re-plans (nodes found draining count from when they were first seen).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::clb::{Clb, LoadBalancer};
+use crate::election::Leadership;
+use crate::health::Health;
+use crate::plan::{self, Actual, Condition, Desired, Limits, Plan, Policy, Step};
+
+/// Most steps one pass may apply before it yields (a guard against a loop that never converges).
+const MAX_STEPS_PER_PASS: usize = 500;
+
+/// The loop's timing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Quiet time after a change before a pass.
+    pub debounce_min: Duration,
+    /// Longest delay after the first change of a burst.
+    pub debounce_max: Duration,
+    /// Pass at least this often.
+    pub resync: Duration,
+}
+
+/// How a pass ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The load balancer matches the records.
+    Converged,
+    /// Drains or ONLINE checks are pending; pass again after the duration.
+    Waiting(Duration),
+    /// A safety rule refused the plan.
+    Refused(Vec<String>),
+    /// Not the leader: nothing applied.
+    Standby,
+    /// Dry run: the plan was logged, not applied.
+    DryRun,
+    /// The pass stopped on an error.
+    Failed(String),
+}
+
+/// The loop's state.
+#[derive(Debug)]
+pub struct Reconciler {
+    clb: Clb,
+    policy: Policy,
+    limits: Limits,
+    dry_run: bool,
+    health: Arc<Health>,
+    /// Node id -> when it started draining.
+    drain_started: BTreeMap<u64, Instant>,
+    /// The refusal last logged, to log each new one once at error level.
+    last_refusal: Vec<String>,
+}
+
+impl Reconciler {
+    /// A reconciler; `policy.force` holds for the first pass that needs it, then lapses.
+    #[must_use]
+    pub fn new(clb: Clb, policy: Policy, limits: Limits, dry_run: bool, health: Arc<Health>) -> Reconciler {
+        Reconciler {
+            clb,
+            policy,
+            limits,
+            dry_run,
+            health,
+            drain_started: BTreeMap::new(),
+            last_refusal: Vec::new(),
+        }
+    }
+
+    /// Runs until `cancel`.
+    pub async fn run(
+        mut self,
+        mut desired: watch::Receiver<Desired>,
+        mut leadership: Leadership,
+        timing: Timing,
+        cancel: CancellationToken,
+    ) {
+        // The first pass waits for the first view from etcd (complete or not).
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = desired.changed() => if r.is_err() { return },
+        }
+        let mut wake: Option<Instant> = None;
+        let mut was_leader = leadership.may_apply();
+        loop {
+            let outcome = self.pass(&desired, &leadership, &cancel).await;
+            let next_resync = Instant::now() + timing.resync;
+            wake = match &outcome {
+                Outcome::Waiting(d) => Some(Instant::now() + *d),
+                Outcome::Failed(_) => Some(Instant::now() + timing.resync.min(Duration::from_secs(10))),
+                _ => None,
+            }
+            .or(wake.filter(|w| *w > Instant::now()));
+            let deadline = wake.map_or(next_resync, |w| w.min(next_resync));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = desired.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        debounce(&mut desired, timing, &cancel).await;
+                        break;
+                    }
+                    () = tokio::time::sleep_until(deadline.into()) => break,
+                    () = leadership.changed() => {
+                        let now_leader = leadership.may_apply();
+                        let changed = now_leader != was_leader;
+                        was_leader = now_leader;
+                        if changed {
+                            break;
+                        }
+                    }
+                }
+            }
+            if wake.is_some_and(|w| w <= Instant::now()) {
+                wake = None;
+            }
+        }
+    }
+
+    /// One pass: read, plan, apply one step, again, until done, refused or failed.
+    pub async fn pass(
+        &mut self,
+        desired: &watch::Receiver<Desired>,
+        leadership: &Leadership,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        let outcome = self.pass_inner(desired, leadership, cancel).await;
+        let failed = matches!(outcome, Outcome::Failed(_));
+        self.health.pass(failed);
+        let leader = leadership.may_apply();
+        self.health.update(|s| {
+            s.leader = leader;
+            s.state = match &outcome {
+                Outcome::Converged => "converged",
+                Outcome::Waiting(_) => "waiting",
+                Outcome::Refused(_) => "refused",
+                Outcome::Standby => "standby",
+                Outcome::DryRun => "dry_run",
+                Outcome::Failed(_) => "error",
+            }
+            .into();
+            s.refusals = match &outcome {
+                Outcome::Refused(r) => r.clone(),
+                _ => Vec::new(),
+            };
+            match &outcome {
+                Outcome::Failed(e) => s.last_error = Some(e.clone()),
+                Outcome::Standby => {}
+                _ => s.last_error = None,
+            }
+        });
+        if !matches!(outcome, Outcome::Refused(_)) {
+            self.last_refusal.clear();
+        }
+        outcome
+    }
+
+    async fn pass_inner(
+        &mut self,
+        desired: &watch::Receiver<Desired>,
+        leadership: &Leadership,
+        cancel: &CancellationToken,
+    ) -> Outcome {
+        if !leadership.may_apply() && !self.dry_run {
+            tracing::debug!("not the leader: nothing to do");
+            return Outcome::Standby;
+        }
+        let mut steps = 0usize;
+        loop {
+            if cancel.is_cancelled() {
+                return Outcome::Failed(Error::Cancelled.to_string());
+            }
+            let lb = match self.clb.wait_active(cancel).await {
+                Ok(lb) => lb,
+                Err(e) => {
+                    tracing::error!("cannot read load balancer {}: {e}", self.clb.load_balancer_id());
+                    return Outcome::Failed(e.to_string());
+                }
+            };
+            let view = desired.borrow().clone();
+            let now = Instant::now();
+            self.note_drains(&lb, now);
+            let plan = plan::plan(
+                &view,
+                &Actual {
+                    nodes: &lb.nodes,
+                    drain_started: &self.drain_started,
+                    now,
+                },
+                &self.limits,
+                &self.policy,
+            );
+            self.health.update(|s| {
+                s.complete = view.complete;
+                s.desired_nodes = view.nodes.len();
+                s.lb_nodes = lb.nodes.len();
+            });
+            if !plan.refusals.is_empty() {
+                self.report_refusal(&plan);
+            }
+            for note in &plan.notes {
+                tracing::debug!("{note}");
+            }
+            let Some(step) = plan.next_step() else {
+                return self.settle(&plan);
+            };
+            if self.dry_run {
+                for s in plan.steps() {
+                    tracing::info!("dry run: would {s}");
+                }
+                return Outcome::DryRun;
+            }
+            if !leadership.may_apply() {
+                tracing::warn!("leadership not confirmed: stopping before {step}");
+                return Outcome::Standby;
+            }
+            steps += 1;
+            if steps > MAX_STEPS_PER_PASS {
+                let msg = format!("no convergence after {MAX_STEPS_PER_PASS} steps; trying again later");
+                tracing::error!("{msg}");
+                return Outcome::Failed(msg);
+            }
+            tracing::info!("{step}");
+            match self.apply(&step).await {
+                Ok(()) => {
+                    if plan.forced {
+                        tracing::warn!("applied under --force");
+                    }
+                }
+                Err(e) if e.retryable() => {
+                    tracing::info!("{step}: {e}; reading the load balancer again");
+                }
+                Err(e) => {
+                    tracing::error!("{step} failed: {e}");
+                    return Outcome::Failed(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// The end of a pass with nothing left to apply now.
+    fn settle(&mut self, plan: &Plan) -> Outcome {
+        if !plan.refusals.is_empty() {
+            return Outcome::Refused(plan.refusals.iter().map(ToString::to_string).collect());
+        }
+        if self.policy.force {
+            tracing::info!("--force has served its one pass and is lifted");
+            self.policy.force = false;
+        }
+        match plan.next_wake() {
+            Some(d) => Outcome::Waiting(d),
+            None => {
+                tracing::debug!("converged");
+                Outcome::Converged
+            }
+        }
+    }
+
+    fn report_refusal(&mut self, plan: &Plan) {
+        let reasons: Vec<String> = plan.refusals.iter().map(ToString::to_string).collect();
+        for r in &plan.refusals {
+            self.health.refusal(r.reason());
+        }
+        if reasons != self.last_refusal {
+            for r in &reasons {
+                tracing::error!(
+                    lb = self.clb.load_balancer_id(),
+                    "plan refused, load balancer left unchanged: {r}"
+                );
+            }
+            self.last_refusal = reasons;
+        }
+    }
+
+    /// Keeps the drain clock: nodes seen draining without a start time start now.
+    fn note_drains(&mut self, lb: &LoadBalancer, now: Instant) {
+        self.drain_started.retain(|id, _| {
+            lb.nodes
+                .iter()
+                .any(|n| n.id == *id && n.condition == Condition::Draining)
+        });
+        for n in &lb.nodes {
+            if n.condition == Condition::Draining {
+                self.drain_started.entry(n.id).or_insert(now);
+            }
+        }
+    }
+
+    async fn apply(&mut self, step: &Step) -> Result<(), Error> {
+        match step {
+            Step::Add(nodes) => {
+                let added = self.clb.add_nodes(nodes).await?;
+                for n in added {
+                    if n.condition == Condition::Draining {
+                        self.drain_started.remove(&n.id);
+                    }
+                }
+                Ok(())
+            }
+            Step::Enable(n) => self.clb.set_condition(n.id, &Condition::Enabled).await,
+            Step::Drain(n) => {
+                self.clb.set_condition(n.id, &Condition::Draining).await?;
+                self.drain_started.insert(n.id, Instant::now());
+                Ok(())
+            }
+            Step::Delete(nodes) => {
+                let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+                self.clb.delete_nodes(&ids).await
+            }
+        }
+    }
+}
+
+/// Waits until the records have been quiet for `debounce_min`, or `debounce_max` has
+/// passed since the first change, whichever comes first.
+async fn debounce(desired: &mut watch::Receiver<Desired>, timing: Timing, cancel: &CancellationToken) {
+    // Tokio's clock, so that tests with a paused clock see the debounce.
+    let first = tokio::time::Instant::now();
+    let mut last = first;
+    loop {
+        let deadline = (last + timing.debounce_min).min(first + timing.debounce_max);
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep_until(deadline) => return,
+            r = desired.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                last = tokio::time::Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_waits_for_quiet_but_not_past_max() {
+        let timing = Timing {
+            debounce_min: Duration::from_secs(1),
+            debounce_max: Duration::from_secs(5),
+            resync: Duration::from_secs(60),
+        };
+        let (tx, mut rx) = watch::channel(Desired::default());
+        let cancel = CancellationToken::new();
+        // Quiet: returns after MIN.
+        let t = tokio::time::Instant::now();
+        debounce(&mut rx, timing, &cancel).await;
+        let near = |got: Duration, want: Duration| got >= want && got < want + Duration::from_millis(10);
+        assert!(near(t.elapsed(), Duration::from_secs(1)), "{:?}", t.elapsed());
+        // A change every 500 ms forever: returns at MAX.
+        let writer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if tx.send(Desired::default()).is_err() {
+                    return;
+                }
+            }
+        });
+        let t = tokio::time::Instant::now();
+        debounce(&mut rx, timing, &cancel).await;
+        assert!(near(t.elapsed(), Duration::from_secs(5)), "{:?}", t.elapsed());
+        writer.abort();
+    }
+}

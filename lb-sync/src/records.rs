@@ -1,0 +1,427 @@
+//! The desired set, from etcd: the only code of lb-sync that reads records.
+//!
+//! [`follow`] loads the prefix, then watches it from the next revision, and publishes a
+//! [`Desired`] after every change. It knows whether its view is complete: not before the
+//! initial load, and not during a watch gap (a broken watch is resumed from the last
+//! revision seen and the view is complete again once etcd confirms, with a progress
+//! notification, that every event up to its current revision was delivered). When the
+//! revision to resume from has been compacted away, the whole prefix is loaded again.
+//!
+//! Records are decoded with the shared schema ([`sidekick::schema::decode_service`]). A
+//! record that cannot be read is skipped with a warning and never makes its node absent:
+//! its instance keeps the endpoint it last had, or its address is held, or, when nothing
+//! can be told, removals are held (see [`Desired`]).
+//!
+//! lb-sync never writes records: this module only reads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use sidekick::schema::{AddressField, decode_service, field, normalize_prefix};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::plan::{Desired, Endpoint};
+
+/// Which records make the desired set, and how a record becomes a node.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The service directory, normalised (`/services/web`).
+    pub prefix: String,
+    /// Which address of a record the load balancer reaches.
+    pub address_field: AddressField,
+    /// A fixed node port instead of the record's `port`.
+    pub node_port: Option<u16>,
+}
+
+impl Source {
+    /// `prefix` normalised, with the other choices.
+    #[must_use]
+    pub fn new(prefix: &str, address_field: AddressField, node_port: Option<u16>) -> Source {
+        Source {
+            prefix: normalize_prefix(prefix),
+            address_field,
+            node_port,
+        }
+    }
+
+    /// The key prefix watched: the directory with a trailing `/`.
+    #[must_use]
+    pub fn key_prefix(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// The service name: the last segment of the prefix (`web`).
+    #[must_use]
+    pub fn service(&self) -> String {
+        self.prefix.rsplit('/').next().unwrap_or_default().to_owned()
+    }
+}
+
+/// Turns the stored key/values into a [`Desired`], remembering what each instance last
+/// looked like so an unreadable record keeps its node.
+#[derive(Debug, Default)]
+pub struct Builder {
+    /// Instance -> endpoint of its last readable record.
+    last_known: BTreeMap<String, Endpoint>,
+    /// Every address seen in a record.
+    known_addresses: BTreeSet<IpAddr>,
+    /// Instance -> the warning last logged for it (to log each problem once).
+    warned: BTreeMap<String, String>,
+}
+
+impl Builder {
+    /// The desired set of `kvs` (every key under the prefix).
+    pub fn build(
+        &mut self,
+        source: &Source,
+        kvs: &BTreeMap<Vec<u8>, Vec<u8>>,
+        complete: bool,
+        revision: i64,
+    ) -> Desired {
+        let key_prefix = source.key_prefix();
+        let decoded = decode_service(
+            &key_prefix,
+            &source.service(),
+            kvs.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        );
+        let mut out = Desired {
+            complete,
+            revision,
+            ..Desired::default()
+        };
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        for (instance, result) in decoded {
+            seen.insert(instance.clone());
+            let problem = match result {
+                Ok(rec) => match rec.address(source.address_field) {
+                    Some(ip) => {
+                        let ep = Endpoint::new(IpAddr::V4(ip), source.node_port.unwrap_or(rec.port));
+                        out.nodes.entry(ep).or_insert_with(|| instance.clone());
+                        self.last_known.insert(instance.clone(), ep);
+                        self.known_addresses.insert(ep.address);
+                        if self.warned.remove(&instance).is_some() {
+                            tracing::info!(instance, "record is readable again");
+                        }
+                        continue;
+                    }
+                    None => format!("record {instance:?} has no {}", source.address_field),
+                },
+                Err(e) => e.to_string(),
+            };
+            if self.warned.get(&instance) != Some(&problem) {
+                tracing::warn!(instance, "skipping unreadable record: {problem}");
+                self.warned.insert(instance.clone(), problem.clone());
+            }
+            let salvaged = salvage_address(kvs, &key_prefix, &instance, source.address_field);
+            if let Some(ep) = self.last_known.get(&instance) {
+                out.held.insert(*ep, instance.clone());
+            } else if let (Some(addr), Some(port)) = (salvaged, source.node_port) {
+                // The port of the record does not matter: the node port is fixed.
+                let ep = Endpoint::new(addr, port);
+                out.nodes.entry(ep).or_insert_with(|| instance.clone());
+                self.known_addresses.insert(addr);
+            } else if let Some(addr) = salvaged {
+                out.held_addresses.insert(addr, instance.clone());
+                self.known_addresses.insert(addr);
+            } else {
+                out.unknown.push(format!("{instance}: {problem}"));
+            }
+        }
+        // A record that is gone is absent: forget it.
+        self.last_known.retain(|i, _| seen.contains(i));
+        self.warned.retain(|i, _| seen.contains(i));
+        out.known_addresses = self.known_addresses.clone();
+        out
+    }
+}
+
+/// The address of an unreadable record, when that field alone can be read.
+fn salvage_address(
+    kvs: &BTreeMap<Vec<u8>, Vec<u8>>,
+    key_prefix: &str,
+    instance: &str,
+    which: AddressField,
+) -> Option<IpAddr> {
+    let name = match which {
+        AddressField::Public => field::PUBLIC_IPV4,
+        AddressField::Private => field::PRIVATE_IPV4,
+    };
+    let parse = |s: &str| s.trim().parse::<IpAddr>().ok();
+    if let Some(v) = kvs.get(format!("{key_prefix}{instance}/{name}").as_bytes()) {
+        return std::str::from_utf8(v).ok().and_then(parse);
+    }
+    let v = kvs.get(format!("{key_prefix}{instance}").as_bytes())?;
+    let doc: serde_json::Value = serde_json::from_slice(v).ok()?;
+    doc.get(name)?.as_str().and_then(parse)
+}
+
+/// Loads the whole prefix: the key/values and the revision they were read at.
+///
+/// # Errors
+/// [`Error::EtcdRequest`] when etcd does not answer.
+pub async fn load(client: &mut Client, source: &Source) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, i64), Error> {
+    let resp = client
+        .get(source.key_prefix(), Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|source| Error::EtcdRequest {
+            what: "range read of the prefix",
+            source,
+        })?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let kvs = resp
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
+        .collect();
+    Ok((kvs, revision))
+}
+
+/// Follows the prefix until `cancel`, publishing every new desired set on `tx`.
+pub async fn follow(mut client: Client, source: Source, tx: watch::Sender<Desired>, cancel: CancellationToken) {
+    let mut builder = Builder::default();
+    let mut kvs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut revision: i64 = 0;
+    let mut loaded = false;
+    let mut delays = backoff();
+    let publish = |builder: &mut Builder, kvs: &BTreeMap<Vec<u8>, Vec<u8>>, complete: bool, revision: i64| {
+        let d = builder.build(&source, kvs, complete, revision);
+        tx.send_replace(d);
+    };
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        if !loaded {
+            match load(&mut client, &source).await {
+                Ok((fresh, rev)) => {
+                    kvs = fresh;
+                    revision = rev;
+                    loaded = true;
+                    delays = backoff();
+                    tracing::info!(prefix = %source.prefix, revision, keys = kvs.len(), "loaded the records");
+                    publish(&mut builder, &kvs, true, revision);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; retrying");
+                    if sleep_or_cancel(&mut delays, &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        // Watch from the next revision; a resumed watch is complete only after etcd's
+        // progress notification says every event up to now has arrived.
+        let resumed = !tx.borrow().complete;
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_progress_notify();
+        let mut stream = match client.watch(source.key_prefix(), Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(revision, "cannot watch the records: {e}; retrying");
+                mark_incomplete(&tx);
+                if sleep_or_cancel(&mut delays, &cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut waiting_progress = resumed;
+        loop {
+            let msg = tokio::select! {
+                () = cancel.cancelled() => return,
+                m = stream.message() => m,
+            };
+            match msg {
+                Ok(Some(resp)) => {
+                    if resp.canceled() {
+                        if resp.compact_revision() > 0 {
+                            tracing::warn!(
+                                revision,
+                                compacted_to = resp.compact_revision(),
+                                "the revision to resume from was compacted: loading the whole prefix again"
+                            );
+                            loaded = false;
+                        } else {
+                            tracing::warn!(reason = resp.cancel_reason(), "etcd cancelled the watch; resuming");
+                        }
+                        mark_incomplete(&tx);
+                        break;
+                    }
+                    if resp.created() {
+                        if waiting_progress && let Err(e) = stream.request_progress().await {
+                            tracing::warn!("cannot ask etcd for watch progress: {e}");
+                        }
+                        continue;
+                    }
+                    delays = backoff();
+                    let events = resp.events();
+                    for ev in events {
+                        let Some(kv) = ev.kv() else { continue };
+                        match ev.event_type() {
+                            EventType::Put => {
+                                kvs.insert(kv.key().to_vec(), kv.value().to_vec());
+                            }
+                            EventType::Delete => {
+                                kvs.remove(kv.key());
+                            }
+                        }
+                        revision = revision.max(kv.mod_revision());
+                    }
+                    if events.is_empty() {
+                        // A progress notification: everything up to its revision is here.
+                        if let Some(h) = resp.header() {
+                            revision = revision.max(h.revision());
+                        }
+                        if waiting_progress {
+                            waiting_progress = false;
+                            tracing::info!(revision, "watch resumed; the view is complete again");
+                            publish(&mut builder, &kvs, true, revision);
+                        }
+                    } else {
+                        publish(&mut builder, &kvs, !waiting_progress, revision);
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    let why = match msg {
+                        Err(e) => e.to_string(),
+                        _ => "stream ended".into(),
+                    };
+                    tracing::warn!(revision, "the watch broke ({why}); resuming from the next revision");
+                    mark_incomplete(&tx);
+                    break;
+                }
+            }
+        }
+        if sleep_or_cancel(&mut delays, &cancel).await {
+            return;
+        }
+    }
+}
+
+fn mark_incomplete(tx: &watch::Sender<Desired>) {
+    tx.send_if_modified(|d| {
+        let was = d.complete;
+        d.complete = false;
+        was
+    });
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    sidekick::retry::backoff(Duration::from_millis(200), Duration::from_secs(5)).build()
+}
+
+/// Sleeps the next backoff delay; true when cancelled meanwhile.
+async fn sleep_or_cancel(delays: &mut impl Iterator<Item = Duration>, cancel: &CancellationToken) -> bool {
+    let d = delays.next().unwrap_or(Duration::from_secs(5));
+    tokio::select! {
+        () = cancel.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sidekick::schema::{Layout, Record};
+
+    use super::*;
+
+    fn record(instance: &str, ip: [u8; 4], port: u16) -> Record {
+        Record {
+            service: "web".into(),
+            instance: instance.into(),
+            unit: format!("monweb@{instance}.service"),
+            host: "core01".into(),
+            public_ipv4: Some([203, 0, 113, ip[3]].into()),
+            private_ipv4: ip.into(),
+            port,
+            container_id: String::new(),
+            container_name: String::new(),
+        }
+    }
+
+    fn put(kvs: &mut BTreeMap<Vec<u8>, Vec<u8>>, rec: &Record, layout: Layout) {
+        for (k, v) in rec.entries("/services", layout) {
+            kvs.insert(k.into_bytes(), v.into_bytes());
+        }
+    }
+
+    fn set(kvs: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: &str, value: &str) {
+        kvs.insert(key.as_bytes().to_vec(), value.as_bytes().to_vec());
+    }
+
+    fn ep(ip: [u8; 4], port: u16) -> Endpoint {
+        Endpoint::new(IpAddr::from(ip), port)
+    }
+
+    #[test]
+    fn fields_and_json_records_become_nodes() {
+        let source = Source::new("/services/web/", AddressField::Private, None);
+        assert_eq!(source.key_prefix(), "/services/web/");
+        assert_eq!(source.service(), "web");
+        let mut kvs = BTreeMap::new();
+        put(&mut kvs, &record("web01", [10, 0, 0, 1], 8001), Layout::Fields);
+        put(&mut kvs, &record("web02", [10, 0, 0, 2], 8002), Layout::Json);
+        // Another service is not ours.
+        set(&mut kvs, "/services/db/db_private_ip", "{\"value\": \"10.0.0.9\"}");
+        let d = Builder::default().build(&source, &kvs, true, 5);
+        let got: Vec<Endpoint> = d.nodes.keys().copied().collect();
+        assert_eq!(got, vec![ep([10, 0, 0, 1], 8001), ep([10, 0, 0, 2], 8002)]);
+        assert!(d.complete && d.unknown.is_empty());
+
+        let public = Source::new("/services/web", AddressField::Public, Some(80));
+        let d = Builder::default().build(&public, &kvs, true, 5);
+        let got: Vec<Endpoint> = d.nodes.keys().copied().collect();
+        assert_eq!(got, vec![ep([203, 0, 113, 1], 80), ep([203, 0, 113, 2], 80)]);
+    }
+
+    #[test]
+    fn a_record_gone_bad_keeps_its_node_and_a_deleted_one_does_not() {
+        let source = Source::new("/services/web", AddressField::Private, None);
+        let mut b = Builder::default();
+        let mut kvs = BTreeMap::new();
+        put(&mut kvs, &record("web01", [10, 0, 0, 1], 8001), Layout::Fields);
+        put(&mut kvs, &record("web02", [10, 0, 0, 2], 8002), Layout::Fields);
+        b.build(&source, &kvs, true, 1);
+        // web02's port turns to "abc": its last endpoint is held.
+        set(&mut kvs, "/services/web/web02/port", "abc");
+        let d = b.build(&source, &kvs, true, 2);
+        assert_eq!(d.nodes.len(), 1);
+        assert_eq!(d.held.get(&ep([10, 0, 0, 2], 8002)).map(String::as_str), Some("web02"));
+        // Deleted: absent.
+        kvs.retain(|k, _| !k.starts_with(b"/services/web/web02/"));
+        let d = b.build(&source, &kvs, true, 3);
+        assert!(d.held.is_empty() && d.nodes.len() == 1);
+    }
+
+    #[test]
+    fn never_seen_bad_records_hold_their_address_or_all_removals() {
+        let source = Source::new("/services/web", AddressField::Private, None);
+        let mut kvs = BTreeMap::new();
+        put(&mut kvs, &record("web01", [10, 0, 0, 1], 8001), Layout::Fields);
+        // web03: no port key at all; web04: address not an IP.
+        put(&mut kvs, &record("web03", [10, 0, 0, 3], 8003), Layout::Fields);
+        kvs.remove(b"/services/web/web03/port".as_slice());
+        put(&mut kvs, &record("web04", [10, 0, 0, 4], 8004), Layout::Fields);
+        set(&mut kvs, "/services/web/web04/private_ipv4_addr", "not-an-ip");
+        let d = Builder::default().build(&source, &kvs, true, 1);
+        assert_eq!(d.nodes.len(), 1);
+        assert_eq!(
+            d.held_addresses.keys().copied().collect::<Vec<_>>(),
+            vec![IpAddr::from([10, 0, 0, 3])]
+        );
+        assert_eq!(d.unknown.len(), 1);
+        assert!(d.unknown[0].starts_with("web04"), "{:?}", d.unknown);
+        // With a fixed node port, an address is all a record needs.
+        let fixed = Source::new("/services/web", AddressField::Private, Some(80));
+        let d = Builder::default().build(&fixed, &kvs, true, 1);
+        assert!(d.nodes.contains_key(&ep([10, 0, 0, 3], 80)));
+    }
+}
