@@ -229,7 +229,7 @@ where
         let mut last: Option<bool> = None;
         let mut delay = FIRST_RETRY;
         loop {
-            let result = probe(&check, &target, timeout.min(interval.max(FIRST_RETRY)), &mut via_host).await;
+            let result = probe(&check, &target, timeout, &mut via_host).await;
             let ok = result.is_ok();
             if last != Some(ok) {
                 report(ok, result.err().unwrap_or_default());

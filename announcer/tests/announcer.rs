@@ -519,6 +519,64 @@ async fn http_health_gate_announces_only_while_the_check_answers_2xx() {
     .await;
 }
 
+#[tokio::test]
+async fn docker_check_follows_the_containers_own_healthcheck() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let name = unique("ann-dhc");
+    let spec = Spec {
+        healthcheck: Some(
+            ["CMD", "test", "-f", "/tmp/healthy"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        ),
+        ..Spec::web(&image).name(&name)
+    };
+    let c = spec.run(&d).await;
+    let a = Announcer::start(&args(
+        global_args(&etcd.endpoint(), &host),
+        &[
+            "--check",
+            "docker",
+            "container",
+            &name,
+            "--service",
+            "web",
+            "--instance",
+            "d1",
+        ],
+    ));
+    // Docker calls it unhealthy (no /tmp/healthy yet): nothing is announced.
+    wait_until_log(&a, "docker event").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        dump(&mut client, "/services/").await.is_empty(),
+        "not healthy, not announced"
+    );
+    c.exec(&["touch", "/tmp/healthy"]).await;
+    wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "announced once Docker says healthy",
+        |k| has_record(k, "web", "d1"),
+    )
+    .await;
+    c.exec(&["rm", "/tmp/healthy"]).await;
+    wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "withdrawn once Docker says unhealthy",
+        |k| k.is_empty(),
+    )
+    .await;
+}
+
 async fn wait_until_log(a: &Announcer, needle: &str) {
     let deadline = Instant::now() + PATIENCE;
     while !a.log().contains(needle) {
