@@ -193,7 +193,9 @@ impl Error {
 pub fn describe(e: &mysql_async::Error) -> String {
     match e {
         mysql_async::Error::Server(s) => format!("ERROR {} ({}): {}", s.code, s.state, s.message),
-        mysql_async::Error::Io(io) => format!("i/o error: {io}"),
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => io.to_string(),
+        #[allow(unreachable_patterns)]
+        mysql_async::Error::Io(io) => io.to_string(),
         mysql_async::Error::Driver(d) => format!("driver error: {d}"),
         other => other.to_string(),
     }

@@ -16,7 +16,8 @@
 //! - On a statement the server rejects, the staging database is dropped and the error
 //!   names the statement; the live database is untouched.
 //!
-//! Invariant: the live database is written by one statement only, the swap.
+//! Invariant: the live database is only written by the swap (preceded by its
+//! `CREATE DATABASE IF NOT EXISTS`), so a failed first load leaves no trace at all.
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -160,12 +161,6 @@ pub async fn seed(
     cancel: &CancellationToken,
 ) -> Result<Outcome, Error> {
     let db = opts.database;
-    admin
-        .exec(
-            &format!("creating database {db:?}"),
-            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(db)),
-        )
-        .await?;
     lock(admin, db, opts.lock_wait).await?;
     let result = seed_locked(admin, root, dump, opts, cancel).await;
     let unlock = format!("SELECT RELEASE_LOCK({})", admin.literal(&lock_name(db)));
@@ -318,8 +313,8 @@ pub async fn read_marker(admin: &mut Admin, db: &str) -> Result<Option<Marker>, 
     );
     let rows: Vec<(String, u64, String, String)> = match admin.conn.query(sql).await {
         Ok(rows) => rows,
-        // ER_NO_SUCH_TABLE: never seeded by dbhelper.
-        Err(e) if server_code(&e) == Some(1146) => return Ok(None),
+        // ER_NO_SUCH_TABLE, ER_BAD_DB_ERROR: never seeded by dbhelper.
+        Err(e) if matches!(server_code(&e), Some(1146 | 1049)) => return Ok(None),
         Err(e) => return Err(db_error("reading the seed marker", &admin.address, &e)),
     };
     let Some((_, _, sha256, loaded_at)) = rows.first().cloned() else {
@@ -568,6 +563,13 @@ async fn write_marker(
 /// The one statement that changes the live database: live tables of the same names out,
 /// staged tables (and the marker) in.
 async fn swap(admin: &mut Admin, db: &str, staging: &str, marker: &Marker) -> Result<(), Error> {
+    // Created only now, so that a failed first load leaves no trace at all.
+    admin
+        .exec(
+            &format!("creating database {db:?}"),
+            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(db)),
+        )
+        .await?;
     let live = table_names(admin, db).await?;
     let retired = retired_name(db);
     let moving: Vec<&str> = marker

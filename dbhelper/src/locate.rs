@@ -165,7 +165,7 @@ pub async fn from_etcd(
     let timed_out = |last: &Option<String>| Error::EtcdKeyTimeout {
         key: key.to_owned(),
         endpoints: endpoints.clone(),
-        waited: started.elapsed(),
+        waited: crate::wait::millis(started.elapsed()),
         last: last.as_ref().map(|l| format!("; last error: {l}")).unwrap_or_default(),
     };
 

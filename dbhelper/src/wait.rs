@@ -85,7 +85,7 @@ pub async fn ready(
             return Err(Error::NotReady {
                 host: address.host.clone(),
                 port: address.port,
-                waited: started.elapsed(),
+                waited: millis(started.elapsed()),
                 attempts,
                 last,
             });
@@ -102,6 +102,12 @@ pub async fn ready(
             () = cancel.cancelled() => return Err(Error::Interrupted { during: "while waiting for the database; nothing was changed".into() }),
         }
     }
+}
+
+/// A duration cut to whole milliseconds, for messages.
+#[must_use]
+pub fn millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

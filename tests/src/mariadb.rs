@@ -36,6 +36,9 @@ impl MariaDb {
             .tempdir()
             .expect("temp dir");
         let data = dir.path().join("data");
+        // A private tmpdir: a starting server deletes every `#sql*` file in its tmpdir, so
+        // servers sharing /tmp break each other's bootstrap ("Unknown table 'mysql.tmp_user_sys'").
+        std::fs::create_dir(dir.path().join("tmp")).expect("tmp dir");
         let out = Command::new(install)
             .args([
                 "--user=root",
@@ -43,6 +46,7 @@ impl MariaDb {
                 "--skip-test-db",
             ])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", dir.path().join("tmp").display()))
             .output()
             .expect("run mariadb-install-db");
         assert!(
@@ -101,6 +105,7 @@ impl MariaDb {
             .arg("--user=root")
             .arg(format!("--datadir={}", self.datadir().display()))
             .arg(format!("--socket={}", self.socket().display()))
+            .arg(format!("--tmpdir={}", self.dir.path().join("tmp").display()))
             .arg(format!("--pid-file={}", self.dir.path().join("mysqld.pid").display()))
             .arg(format!("--port={}", self.port))
             .arg(format!("--bind-address={}", self.bind))

@@ -1,0 +1,576 @@
+//! dbhelper against a real MariaDB (and a real etcd), through the real binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+#[path = "dbhelper/support.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{
+    Proxy, Reader, Running, Trip, WORLD_COUNTS, dbhelper, root_sql, run, seed_env, sql, user_databases, world_counts,
+    world_dump, write_file,
+};
+use testbed::MariaDb;
+
+fn dump_arg() -> String {
+    world_dump().display().to_string()
+}
+
+/// The exact call of the issue (host, port, env passwords), then the app user's own login.
+#[test]
+fn seeds_the_world_dump_with_counts_latin1_text_and_a_working_app_user() {
+    let db = MariaDb::start();
+    let port = db.port().to_string();
+    let out = run(seed_env(&mut dbhelper(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--dump",
+        &dump_arg(),
+    ])));
+    out.assert_ok();
+    for line in [
+        "world.City: 4079 rows",
+        "world.Country: 239 rows",
+        "world.CountryLanguage: 984 rows",
+    ] {
+        assert!(out.stdout.contains(line), "missing {line:?} in:\n{}", out.stdout);
+    }
+    assert!(out.stdout.contains("seeded from world_innodb.sql"), "{}", out.stdout);
+
+    // `mariadb -h127.0.0.1 -P<port> -uapp -papppw world -e 'SELECT COUNT(*) FROM City'` prints 4079.
+    assert_eq!(
+        sql(db.port(), "app", "apppw", "SELECT COUNT(*) FROM world.City").unwrap(),
+        ["4079"]
+    );
+    // latin1 bytes stored as latin1, read back correctly as utf8mb4.
+    assert_eq!(
+        sql(
+            db.port(),
+            "app",
+            "apppw",
+            "SELECT Name, HEX(Name) FROM world.City WHERE ID=45"
+        )
+        .unwrap(),
+        ["Béjaïa\t42E96A61EF61"]
+    );
+    // Foreign keys as the dump declares them, pointing at the live tables.
+    assert_eq!(
+        root_sql(
+            &db,
+            "SELECT TABLE_NAME, REFERENCED_TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA FROM information_schema.REFERENTIAL_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA='world' ORDER BY TABLE_NAME"
+        ),
+        ["City\tCountry\tworld", "CountryLanguage\tCountry\tworld"]
+    );
+    // The app user may read but is not root: no access to other databases.
+    assert!(sql(db.port(), "app", "apppw", "SELECT COUNT(*) FROM mysql.user").is_err());
+    // Nothing else left behind: no staging or retired database.
+    assert_eq!(user_databases(&db), ["world"]);
+    assert_eq!(
+        root_sql(
+            &db,
+            "SELECT table_name, row_count FROM world._dbhelper_seed ORDER BY table_name"
+        ),
+        ["City\t4079", "Country\t239", "CountryLanguage\t984"]
+    );
+}
+
+#[test]
+fn second_run_skips_the_load_and_force_reloads_it() {
+    let db = MariaDb::start();
+    let port = db.port().to_string();
+    let args = ["seed", "--host", "127.0.0.1", "--port", &port, "--dump", &dump_arg()];
+    run(seed_env(&mut dbhelper(&args))).assert_ok();
+
+    // A change made after seeding survives a rerun: the rerun loads nothing.
+    root_sql(&db, "UPDATE world.City SET Name='Changed' WHERE ID=1");
+    let again = run(seed_env(&mut dbhelper(&args)));
+    again.assert_ok();
+    assert!(
+        again.stdout.contains("world: already seeded from world_innodb.sql"),
+        "{}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("world.City: 4079 rows"), "{}", again.stdout);
+    assert_eq!(root_sql(&db, "SELECT Name FROM world.City WHERE ID=1"), ["Changed"]);
+
+    // The app user's password follows APP_PW on every run.
+    let mut cmd = dbhelper(&args);
+    cmd.env("MYSQL_ROOT_PASSWORD", "secret").env("APP_PW", "newpw");
+    run(&mut cmd).assert_ok();
+    assert!(
+        sql(db.port(), "app", "apppw", "SELECT 1").is_err(),
+        "old password refused"
+    );
+    assert_eq!(
+        sql(db.port(), "app", "newpw", "SELECT COUNT(*) FROM world.Country").unwrap(),
+        ["239"]
+    );
+
+    let mut force = args.to_vec();
+    force.push("--force");
+    let forced = run(seed_env(&mut dbhelper(&force)));
+    forced.assert_ok();
+    assert!(
+        forced.stdout.contains("world: seeded from world_innodb.sql"),
+        "{}",
+        forced.stdout
+    );
+    assert_eq!(root_sql(&db, "SELECT Name FROM world.City WHERE ID=1"), ["Kabul"]);
+    assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
+    assert_eq!(user_databases(&db), ["world"]);
+}
+
+/// SIGKILL in the middle of the load (the load connection stalled by a proxy once part of
+/// the rows are in): readers never see a partial world, the next run drops the leftover
+/// staging database and loads it all.
+#[test]
+fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
+    let db = MariaDb::start();
+    let proxy = Proxy::start(db.port());
+    proxy.trip_after(100 * 1024, Trip::Stall);
+    let reader = Reader::start(db.port(), "world");
+    let pport = proxy.port.to_string();
+    let mut running = Running::spawn(seed_env(&mut dbhelper(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &pport,
+        "--dump",
+        &dump_arg(),
+        "--batch-bytes",
+        "16K",
+    ])));
+    // Wait until the staging database holds some, not all, of the cities.
+    let partial = testbed::wait_for(Duration::from_secs(30), || {
+        let n = sql(
+            db.port(),
+            "root",
+            "secret",
+            "SELECT COUNT(*) FROM world__dbhelper_new.City",
+        )
+        .ok()?;
+        let n: u64 = n.first()?.parse().ok()?;
+        (proxy.tripped() && n > 0 && n < 4079).then_some(n)
+    });
+    assert!(
+        partial.is_some(),
+        "the load never stalled half-way; stderr:\n{}",
+        running.stderr()
+    );
+    running.child.kill().unwrap();
+    let killed = running.finish(Duration::from_secs(10));
+    assert_eq!(killed.code, None, "killed by a signal");
+    proxy.cut_all();
+    assert_eq!(
+        world_counts(db.port(), "world"),
+        None,
+        "the live database shows nothing of the killed load"
+    );
+
+    let out = run(seed_env(&mut dbhelper(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &db.port().to_string(),
+        "--dump",
+        &dump_arg(),
+    ])));
+    out.assert_ok();
+    assert!(out.stderr.contains("leftover of an interrupted run"), "{}", out.stderr);
+    assert!(out.stdout.contains("world: seeded from"), "{}", out.stdout);
+    let seen = reader.stop();
+    assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
+    assert!(
+        seen.keys()
+            .all(|view| view.is_none() || view.as_deref() == Some(WORLD_COUNTS)),
+        "a reader saw a partial world: {seen:?}"
+    );
+    assert!(seen.contains_key(&None), "the reader looked before the load: {seen:?}");
+    assert_eq!(user_databases(&db), ["world"]);
+}
+
+/// The load connection drops in the middle of a forced reload: dbhelper fails with the
+/// address and statement, the old data stays live (readers never see a mix), and the next
+/// run loads the new dump.
+#[test]
+fn connection_dropped_during_a_reload_keeps_the_old_data_live() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The "old" dump: the same world with one city renamed, so old and new data differ.
+    let original = std::fs::read(world_dump()).unwrap();
+    let needle = b"(1,'Kabul',";
+    let at = original.windows(needle.len()).position(|w| w == needle).unwrap();
+    let mut old = original.clone();
+    old.splice(at..at + needle.len(), b"(1,'Old Kabul',".iter().copied());
+    let old_dump = write_file(dir.path(), "old.sql", &old);
+    let port = db.port().to_string();
+    run(seed_env(&mut dbhelper(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--dump",
+        old_dump.to_str().unwrap(),
+    ])))
+    .assert_ok();
+
+    let reader = Reader::start(db.port(), "world");
+    let proxy = Proxy::start(db.port());
+    proxy.trip_after(100 * 1024, Trip::Cut);
+    let pport = proxy.port.to_string();
+    let failed = run(seed_env(&mut dbhelper(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &pport,
+        "--dump",
+        &dump_arg(),
+        "--batch-bytes",
+        "16K",
+    ])));
+    assert!(proxy.tripped());
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    let msg = failed.error_line();
+    assert!(
+        msg.contains(&format!("127.0.0.1:{pport}"))
+            && msg.contains("loading statement")
+            && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    assert_eq!(root_sql(&db, "SELECT Name FROM world.City WHERE ID=1"), ["Old Kabul"]);
+    // The control connection survived the cut and dropped the staging database itself.
+    assert_eq!(user_databases(&db), ["world"]);
+
+    let out = run(seed_env(&mut dbhelper(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--dump",
+        &dump_arg(),
+    ])));
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("world: seeded from"),
+        "a different dump reloads without --force: {}",
+        out.stdout
+    );
+    assert_eq!(root_sql(&db, "SELECT Name FROM world.City WHERE ID=1"), ["Kabul"]);
+    let seen = reader.stop();
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        [&Some(WORLD_COUNTS.to_owned())],
+        "readers always saw a complete world: {seen:?}"
+    );
+}
+
+/// The seed's way: docker-link variables, including `DB_PORT=tcp://ADDR:PORT`, the root
+/// password from `DB_ENV_MYSQL_ROOT_PASSWORD`, and the app settings from the environment.
+#[test]
+fn finds_the_database_through_docker_link_variables() {
+    let db = MariaDb::start();
+    let port = db.port().to_string();
+    let mut cmd = dbhelper(&["seed", "--dump", &dump_arg()]);
+    cmd.env("DB_PORT", format!("tcp://127.0.0.1:{port}"))
+        .env("DB_PORT_3306_TCP_ADDR", "127.0.0.1")
+        .env("DB_PORT_3306_TCP_PORT", &port)
+        .env("DB_ENV_MYSQL_ROOT_PASSWORD", "secret")
+        .env("APP_DB_NAME", "linked")
+        .env("APP_USER", "webapp")
+        .env("APP_PW", "webpw");
+    let out = run(&mut cmd);
+    out.assert_ok();
+    assert!(out.stderr.contains("docker link"), "{}", out.stderr);
+    assert!(out.stdout.contains("linked.City: 4079 rows"), "{}", out.stdout);
+    // The dump says `USE world`, but the tables go where APP_DB_NAME says.
+    assert_eq!(user_databases(&db), ["linked"]);
+    assert_eq!(
+        sql(
+            db.port(),
+            "webapp",
+            "webpw",
+            "SELECT COUNT(*) FROM linked.CountryLanguage"
+        )
+        .unwrap(),
+        ["984"]
+    );
+}
+
+/// `--db-etcd-key`: dbhelper starts before the key exists, waits, and seeds once the
+/// announcer's value appears. The app password comes from a file.
+#[test]
+fn finds_the_database_through_an_etcd_key_that_appears_later() {
+    let db = MariaDb::start();
+    let etcd = testbed::Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pw_file = write_file(dir.path(), "app_pw", b"filepw\n");
+    let key = format!("/services/db/{}", testbed::unique("db_private_ip"));
+    let port = db.port().to_string();
+    let mut cmd = dbhelper(&[
+        "seed",
+        "--db-etcd-key",
+        &key,
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--port",
+        &port,
+        "--dump",
+        &dump_arg(),
+        "--app-password-file",
+        pw_file.to_str().unwrap(),
+        "--wait-timeout",
+        "60s",
+    ]);
+    cmd.env("MYSQL_ROOT_PASSWORD", "secret");
+    let mut running = Running::spawn(&mut cmd);
+    running.wait_for_stderr("waiting for etcd key", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(running.child.try_wait().unwrap().is_none(), "still waiting for the key");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut client = etcd.client().await;
+        client
+            .put(
+                key.as_str(),
+                sidekick::schema::encode_value("127.0.0.1".parse().unwrap()),
+                None,
+            )
+            .await
+            .unwrap();
+    });
+    let out = running.finish(Duration::from_secs(60));
+    out.assert_ok();
+    assert!(out.stderr.contains(&format!("etcd key {key}")), "{}", out.stderr);
+    assert!(out.stdout.contains("world.City: 4079 rows"), "{}", out.stdout);
+    assert_eq!(
+        sql(db.port(), "app", "filepw", "SELECT COUNT(*) FROM world.City").unwrap(),
+        ["4079"]
+    );
+}
+
+/// `dbhelper wait` keeps trying until something accepts a login on the port.
+#[test]
+fn wait_succeeds_once_a_late_database_accepts_logins() {
+    let db = MariaDb::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut cmd = dbhelper(&[
+        "wait",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--wait-timeout",
+        "60s",
+    ]);
+    cmd.env("MYSQL_ROOT_PASSWORD", "secret");
+    let mut running = Running::spawn(&mut cmd);
+    running.wait_for_stderr("waiting for the database", Duration::from_secs(20));
+    let _proxy = Proxy::start_on(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), db.port());
+    let out = running.finish(Duration::from_secs(60));
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), format!("database at 127.0.0.1:{port} is ready"));
+}
+
+#[test]
+fn a_database_that_never_comes_up_times_out_naming_host_and_port() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let started = Instant::now();
+    let out = run(&mut dbhelper(&[
+        "wait",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--wait-timeout",
+        "2s",
+    ]));
+    assert_eq!(out.code, Some(4), "{out:?}");
+    let msg = out.error_line();
+    assert!(
+        msg.contains(&format!("127.0.0.1:{port} is not ready after")) && msg.contains("refused"),
+        "{msg}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "gave up near the timeout");
+}
+
+/// A wrong root password is final at once: one login attempt, no retry storm.
+#[test]
+fn wrong_root_password_fails_at_once_with_one_attempt() {
+    let db = MariaDb::start();
+    let denied = |db: &MariaDb| -> u64 {
+        root_sql(db, "SHOW GLOBAL STATUS LIKE 'Access_denied_errors'")[0]
+            .split('\t')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let before = denied(&db);
+    let mut cmd = dbhelper(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &db.port().to_string(),
+        "--dump",
+        &dump_arg(),
+        "--wait-timeout",
+        "60s",
+    ]);
+    cmd.env("MYSQL_ROOT_PASSWORD", "wrong").env("APP_PW", "apppw");
+    let out = run(&mut cmd);
+    assert_eq!(out.code, Some(5), "{out:?}");
+    assert!(
+        out.error_line().contains("refused the login of \"root\""),
+        "{}",
+        out.error_line()
+    );
+    assert!(
+        !out.stderr.contains("wrong"),
+        "the password is never printed: {}",
+        out.stderr
+    );
+    assert_eq!(denied(&db) - before, 1, "exactly one login attempt");
+    assert!(user_databases(&db).is_empty());
+}
+
+/// A statement the server rejects (inside a run of merged inserts) is named by number,
+/// line and first bytes; nothing is left behind, not even an empty database.
+#[test]
+fn rejected_statement_is_named_and_nothing_is_left_behind() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = write_file(
+        dir.path(),
+        "bad.sql",
+        b"/*!40101 SET NAMES latin1 */;\nCREATE TABLE t (a int, b char(10));\n\
+          INSERT INTO t VALUES (1,'B\xe9ja\xefa');\nINSERT INTO t VALUES (2,'x');\n\
+          INSERT INTO t VALUES (3,'y','too many');\nINSERT INTO t VALUES (4,'z');\n",
+    );
+    let out = run(seed_env(&mut dbhelper(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &db.port().to_string(),
+        "--dump",
+        dump.to_str().unwrap(),
+    ])));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let msg = out.error_line();
+    assert!(msg.contains("statement 5 (line 5)"), "{msg}");
+    assert!(msg.contains("ERROR 1136"), "{msg}");
+    assert!(
+        msg.contains("it begins: INSERT INTO t VALUES (3,'y','too many')"),
+        "{msg}"
+    );
+    assert!(user_databases(&db).is_empty(), "{:?}", user_databases(&db));
+    assert!(
+        sql(db.port(), "app", "apppw", "SELECT 1").is_err(),
+        "no app user for a failed seed"
+    );
+}
+
+/// Dumps that cannot be used are refused before anything touches the database.
+#[test]
+fn unusable_dumps_and_options_are_refused_before_touching_the_database() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = db.port().to_string();
+    let open_quote = write_file(
+        dir.path(),
+        "quote.sql",
+        b"CREATE TABLE t (a int);\nINSERT INTO t VALUES ('abc);\n",
+    );
+    let open_comment = write_file(
+        dir.path(),
+        "comment.sql",
+        b"CREATE TABLE t (a int);\n\n/* never closed;\n",
+    );
+    let two_dbs = write_file(dir.path(), "two.sql", b"USE a\nCREATE TABLE t (a int);\nUSE b\n");
+    let empty = write_file(dir.path(), "empty.sql", b"-- nothing here\n");
+    let missing = dir.path().join("missing.sql");
+    let cases: [(&std::path::Path, u8, &[&str]); 6] = [
+        (&open_quote, 3, &["quote.sql", "'-quoted string that starts at line 2"]),
+        (&open_comment, 3, &["comment.sql", "/* comment that starts at line 3"]),
+        (&two_dbs, 3, &["two.sql", "more than one database"]),
+        (&empty, 3, &["empty.sql", "no SQL statement"]),
+        (&missing, 3, &["missing.sql", "cannot read the dump"]),
+        (dir.path(), 3, &["cannot read the dump"]),
+    ];
+    for (path, code, needles) in cases {
+        let out = run(seed_env(&mut dbhelper(&[
+            "seed",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--dump",
+            path.to_str().unwrap(),
+        ])));
+        assert_eq!(out.code, Some(i32::from(code)), "{path:?}: {out:?}");
+        for n in needles {
+            assert!(
+                out.error_line().contains(n),
+                "{path:?}: {n:?} not in {}",
+                out.error_line()
+            );
+        }
+        assert_eq!(out.stderr.lines().count(), 1, "one line, no progress: {}", out.stderr);
+    }
+    // No app password: refused, named.
+    let mut cmd = dbhelper(&["seed", "--host", "127.0.0.1", "--port", &port, "--dump", &dump_arg()]);
+    cmd.env("MYSQL_ROOT_PASSWORD", "secret");
+    let out = run(&mut cmd);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.error_line().contains("APP_PW"), "{}", out.error_line());
+    // Bad flag values are refused by the parser, naming the value.
+    let out = run(&mut dbhelper(&["seed", "--dump", "x", "--database", "a.b"]));
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("\"a.b\""), "{}", out.stderr);
+    assert!(user_databases(&db).is_empty());
+}
+
+/// SIGTERM while waiting: a prompt, clean exit that says nothing changed.
+#[test]
+fn sigterm_while_waiting_stops_promptly() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut running = Running::spawn(&mut dbhelper(&[
+        "wait",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--wait-timeout",
+        "120s",
+    ]));
+    running.wait_for_stderr("waiting for the database", Duration::from_secs(20));
+    testbed::signal(running.child.id(), libc::SIGTERM);
+    let out = running.finish(Duration::from_secs(10));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.error_line().contains("stopped by a signal while waiting"),
+        "{}",
+        out.error_line()
+    );
+}
