@@ -17,6 +17,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+/// Shortest time a due delete may wait for other draining nodes to join its batch.
+pub const DELETE_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Where a node listens: address and port, as the load balancer identifies it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Endpoint {
@@ -596,11 +599,13 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
     }
 
     // Deletes go in as few calls as possible: wait until every draining node is due,
-    // unless a full batch is ready or the oldest has waited a whole extra drain period.
+    // unless a full batch is ready or the oldest has waited long past its due time
+    // (a whole extra drain period, and at least a minute), so churn cannot starve them.
     let overdue = ready.iter().map(|(_, o)| *o).max().unwrap_or_default();
     let batch = limits.batch_delete.max(1);
+    let patience = policy.drain.max(DELETE_PATIENCE);
     let go = !ready.is_empty()
-        && ((pending_drain.is_empty() && out.drains.is_empty()) || ready.len() >= batch || overdue >= policy.drain);
+        && ((pending_drain.is_empty() && out.drains.is_empty()) || ready.len() >= batch || overdue >= patience);
     if go {
         let nodes: Vec<NodeRef> = ready.iter().map(|(n, _)| n.clone()).collect();
         out.deletes = nodes.chunks(batch).map(<[NodeRef]>::to_vec).collect();
@@ -1004,9 +1009,13 @@ mod tests {
             p.deletes.iter().map(|b| ids(b)).collect::<Vec<_>>(),
             vec![vec![101, 102]]
         );
-        // A node drained much later does not hold an overdue one back past one extra period.
+        // A node drained much later does not hold an overdue one back for long
+        // (a drain period, at least DELETE_PATIENCE).
         let started: BTreeMap<u64, Instant> = [(101, now), (102, now + Duration::from_secs(15))].into();
         let p = run_at(&d, &nodes, &started, now + Duration::from_secs(20), &policy);
+        assert!(p.deletes.is_empty(), "101 is 10 s overdue: still waits for 102");
+        let started: BTreeMap<u64, Instant> = [(101, now), (102, now + Duration::from_secs(75))].into();
+        let p = run_at(&d, &nodes, &started, now + Duration::from_secs(80), &policy);
         assert_eq!(p.deletes.iter().map(|b| ids(b)).collect::<Vec<_>>(), vec![vec![101]]);
     }
 

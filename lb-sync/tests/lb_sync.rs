@@ -1,0 +1,393 @@
+//! lb-sync against a real etcd and the CLB simulator, through the real binary.
+//!
+//! Records are written as the announcer writes them (`fields` layout, one transaction
+//! per record). Timings are short (`--drain 1s`, `--debounce 300ms:2s`, PENDING_UPDATE
+//! 300 ms) so the whole file runs in a couple of minutes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "lb_sync/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use support::{LbSync, PORT, World, eventually, quick_sim, run_once};
+use testbed::clb_sim::{RateLimit, RateLimits, SimConfig};
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// The call of the Interface section, flag for flag, keeps the LB in step.
+#[tokio::test]
+async fn the_documented_call_keeps_the_lb_in_step() {
+    let w = World::start(quick_sim()).await;
+    w.put([1, 2]).await;
+    let args: Vec<String> = [
+        "--etcd-endpoints",
+        &w.etcd.endpoint(),
+        "--prefix",
+        &w.prefix,
+        "--region",
+        "ORD",
+        "--load-balancer-id",
+        "1",
+        "--username",
+        "u",
+        "--identity-url",
+        &w.sim.identity_url(),
+        "--drain",
+        "1s",
+        "run",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let lb = LbSync::start(&args);
+    w.wait_enabled(&[1, 2], WITHIN).await;
+    assert_eq!(w.sim.auth_calls(), 1, "one token for the whole run");
+    assert!(!lb.log().contains("\"k\""), "the API key is never logged");
+}
+
+/// 1 -> 10 -> 3 records: the LB follows with the fewest calls the API allows:
+/// ceil(adds / node limit) POSTs, one PUT per drain, ceil(deletes / 10) DELETEs.
+#[tokio::test]
+async fn scale_1_to_10_to_3_follows_with_the_fewest_calls() {
+    let w = World::start(quick_sim()).await;
+    w.put([1]).await;
+    let mut a = w.lb_sync(&[]);
+    w.wait_enabled(&[1], WITHIN).await;
+    assert_eq!(w.counts().1, 1, "one POST for the first node");
+
+    w.put(2..=10).await;
+    let ten: Vec<u8> = (1..=10).collect();
+    w.wait_enabled(&ten, WITHIN).await;
+    let (_, post, put, delete) = w.counts();
+    assert_eq!((post, put, delete), (2, 0, 0), "nine adds in one POST");
+
+    // 10 -> 3 takes 70% out of service: above the default cap, so --max-remove is raised
+    // for this step (a restart with the new option, as an operator would do it).
+    a.stop(libc::SIGTERM).await;
+    w.delete(4..=10).await;
+    let _b = w.lb_sync(&["--max-remove", "80"]);
+    w.wait_enabled(&[1, 2, 3], WITHIN).await;
+    let (get, post, put, delete) = w.counts();
+    eprintln!("API calls for 1 -> 10 -> 3: GET {get}, POST {post}, PUT {put}, DELETE {delete}");
+    assert_eq!(post, 2, "ceil(9 / 25) + 1 POSTs");
+    assert_eq!(put, 7, "one PUT (DRAINING) per removed node");
+    assert_eq!(delete, 1, "ceil(7 / 10) bulk DELETEs");
+    assert_eq!(w.sim.count_status("PUT", 202), 7);
+    assert_eq!(w.sim.count_status("DELETE", 202), 1);
+}
+
+/// The same 10 -> 3 step with the default --max-remove 50% is refused: the LB keeps its
+/// ten nodes, the refusal shows in the log, /healthz and /metrics.
+#[tokio::test]
+async fn scale_down_over_the_default_cap_is_refused_and_the_lb_keeps_its_10_nodes() {
+    let w = World::start(quick_sim()).await;
+    for n in 1..=10u8 {
+        w.sim.add_node(1, &format!("10.0.0.{n}"), PORT, "ENABLED");
+    }
+    w.put(1..=10).await;
+    let lb = w.lb_sync(&[]);
+    lb.wait_health("\"converged\"", WITHIN).await;
+    w.delete(4..=10).await;
+    let health = lb.wait_health("\"refused\"", WITHIN).await;
+    assert!(health.contains("503"), "{health}");
+    assert!(health.contains("7 of 10 nodes out of service"), "{health}");
+    lb.wait_log("plan refused, load balancer left unchanged", WITHIN).await;
+    let metrics = lb.metrics();
+    assert!(
+        metrics.contains("lb_sync_refusals_total{reason=\"max_remove\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("lb_sync_refused 1"), "{metrics}");
+    // Several resyncs later, still nothing changed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ten: Vec<u8> = (1..=10).collect();
+    w.wait_enabled(&ten, Duration::ZERO).await;
+    let (_, post, put, delete) = w.counts();
+    assert_eq!((post, put, delete), (0, 0, 0));
+}
+
+/// A deleted record: its node goes DRAINING, then, after --drain, it is deleted.
+#[tokio::test]
+async fn a_deleted_record_drains_its_node_then_deletes_it() {
+    let w = World::start(quick_sim()).await;
+    w.put([1, 2]).await;
+    let _lb = w.lb_sync(&["--drain", "2s"]);
+    w.wait_enabled(&[1, 2], WITHIN).await;
+    w.delete([2]).await;
+    let draining = eventually(WITHIN, || {
+        (w.nodes() == vec![(1, "ENABLED".to_owned()), (2, "DRAINING".to_owned())]).then_some(())
+    })
+    .await;
+    assert!(draining.is_some(), "node 2 never DRAINING: {:?}", w.nodes());
+    w.wait_enabled(&[1], WITHIN).await;
+    assert_eq!(w.sim.count_status("DELETE", 202), 1);
+}
+
+/// An LB stuck in PENDING_UPDATE, then changed under our feet by "another client": lb-sync
+/// waits, retries after the 422s, and converges with no duplicate node.
+#[tokio::test]
+async fn a_load_balancer_stuck_pending_update_converges_without_duplicates() {
+    let w = World::start(quick_sim()).await;
+    w.sim.hold_pending(1, Duration::from_secs(3));
+    w.sim.inject_immutable(2);
+    w.put([1, 2, 3]).await;
+    let lb = w.lb_sync(&[]);
+    w.wait_enabled(&[1, 2, 3], Duration::from_secs(30)).await;
+    assert_eq!(w.sim.count_status("POST", 202), 1, "added once");
+    assert_eq!(w.sim.count_status("POST", 422), 2, "the two injected 422s were retried");
+    let addresses: Vec<String> = w.sim.nodes(1).into_iter().map(|n| n.address).collect();
+    let mut unique = addresses.clone();
+    unique.dedup();
+    assert_eq!(addresses, unique, "no duplicates");
+    assert!(lb.log().contains("immutable"), "{}", lb.log());
+}
+
+/// Tight rate limits and many changes: 413s come, lb-sync honours Retry-After, never sends
+/// a request of a verb while its Retry-After is in force, and converges.
+#[tokio::test]
+async fn a_rate_limit_storm_converges_without_a_request_inside_retry_after() {
+    let w = World::start(SimConfig {
+        pending_time: Duration::ZERO,
+        rate_limits: RateLimits {
+            get: RateLimit::new(3, 120),
+            post: RateLimit::new(1, 60),
+            put: RateLimit::new(1, 60),
+            delete: RateLimit::new(1, 60),
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    w.put(1..=6).await;
+    let lb = w.lb_sync(&["--max-remove", "100", "--poll", "50ms"]);
+    w.wait_enabled(&[1, 2, 3, 4, 5, 6], WITHIN).await;
+    w.delete(3..=6).await;
+    w.wait_enabled(&[1, 2], Duration::from_secs(60)).await;
+    let limited: usize = ["GET", "POST", "PUT", "DELETE"]
+        .iter()
+        .map(|v| w.sim.count_status(v, 413))
+        .sum();
+    assert!(limited > 0, "the storm hit the rate limits");
+    let inside = w.sim.requests_during_retry_after();
+    assert!(
+        inside.is_empty(),
+        "requests sent while Retry-After was in force: {inside:?}"
+    );
+    assert!(lb.log().contains("rate-limited (413)"));
+    assert!(lb.metrics().contains("outcome=\"rate_limited\""));
+}
+
+/// Tokens that expire during the run are renewed; a revoked token (401) is replaced
+/// once and the call retried; the LB keeps following.
+#[tokio::test]
+async fn token_expiry_and_revocation_mid_run_are_survived() {
+    let w = World::start(SimConfig {
+        token_lifetime: Duration::from_secs(3),
+        ..quick_sim()
+    })
+    .await;
+    w.put([1]).await;
+    let lb = w.lb_sync(&["--resync", "1s"]);
+    w.wait_enabled(&[1], WITHIN).await;
+    // Live past the first token's lifetime: resyncs keep calling, the token is renewed.
+    let renewed = eventually(WITHIN, || (w.sim.auth_calls() >= 2).then_some(())).await;
+    assert!(renewed.is_some(), "token never renewed");
+    w.sim.revoke_tokens();
+    w.put([2]).await;
+    w.wait_enabled(&[1, 2], WITHIN).await;
+    assert!(
+        w.sim.count_status("GET", 401) + w.sim.count_status("POST", 401) >= 1,
+        "the revoked token was refused"
+    );
+    assert!(w.sim.auth_calls() >= 3);
+    lb.wait_health("\"converged\"", WITHIN).await;
+}
+
+/// Every record gone at once (etcd wiped): the LB is left as it is and the refusal is
+/// visible; etcd itself gone: the view is incomplete and still nothing changes.
+#[tokio::test]
+async fn etcd_wiped_leaves_the_lb_unchanged_and_reports_the_refusal() {
+    let mut w = World::start(quick_sim()).await;
+    w.put([1, 2, 3]).await;
+    let lb = w.lb_sync(&["--max-remove", "100", "--min-nodes", "0"]);
+    w.wait_enabled(&[1, 2, 3], WITHIN).await;
+    w.wipe().await;
+    let health = lb.wait_health("refusing to empty it", WITHIN).await;
+    assert!(health.contains("503"), "{health}");
+    lb.wait_log("refusing to empty it", WITHIN).await;
+    assert!(
+        lb.metrics()
+            .contains("lb_sync_refusals_total{reason=\"empty_desired\"}")
+    );
+
+    w.etcd.kill();
+    lb.wait_health("not complete", WITHIN).await;
+    assert!(lb.metrics().contains("reason=\"incomplete_view\""));
+    w.wait_enabled(&[1, 2, 3], Duration::ZERO).await;
+    let (_, _, put, delete) = w.counts();
+    assert_eq!((put, delete), (0, 0), "nothing was drained or deleted");
+}
+
+/// Two instances with --election-key: one applies, the other stands by; kill the leader
+/// and the other takes over.
+#[tokio::test]
+async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_killed() {
+    let w = World::start(quick_sim()).await;
+    let key = format!("{}/lb-sync-leader", w.root);
+    let election = ["--election-key", key.as_str(), "--election-ttl", "2s"];
+    let a = w.lb_sync(&election);
+    let b = w.lb_sync(&election);
+    w.put([1, 2]).await;
+    w.wait_enabled(&[1, 2], WITHIN).await;
+    let roles = eventually(WITHIN, || {
+        let (ha, hb) = (a.healthz(), b.healthz());
+        let la = ha.contains("\"leader\": true");
+        let lb = hb.contains("\"leader\": true");
+        let standby = |h: &str| h.contains("\"standby\"");
+        match (la, lb) {
+            (true, false) if standby(&hb) => Some(0),
+            (false, true) if standby(&ha) => Some(1),
+            _ => None,
+        }
+    })
+    .await
+    .expect("one leader and one standby");
+    let (mut leader, follower) = if roles == 0 { (a, b) } else { (b, a) };
+    assert_eq!(w.sim.count("POST"), 1, "only the leader applied");
+
+    leader.stop(libc::SIGKILL).await;
+    w.put([3]).await;
+    w.wait_enabled(&[1, 2, 3], Duration::from_secs(30)).await;
+    follower.wait_health("\"leader\": true", WITHIN).await;
+    follower.wait_log("this instance is the leader", WITHIN).await;
+    assert_eq!(w.sim.count_status("POST", 202), 2);
+}
+
+/// Bad records (missing port, port `abc`, address not an IP) are skipped with a warning
+/// and never remove a node; a good record next to them is still added; while a record
+/// cannot be placed at all, no node is removed.
+#[tokio::test]
+async fn bad_records_are_skipped_with_a_warning_and_never_remove_a_node() {
+    let w = World::start(quick_sim()).await;
+    w.put([1, 2, 3]).await;
+    let lb = w.lb_sync(&[]);
+    w.wait_enabled(&[1, 2, 3], WITHIN).await;
+
+    // web02 turns bad (port abc); web04 is written without a port and web05 with an
+    // address that is not an IP (never readable); web06 is good.
+    w.put_raw(&format!("{}/web02/port", w.prefix), "abc").await;
+    let layout = sidekick::schema::Layout::Fields;
+    let no_port: Vec<(String, String)> = World::record(4)
+        .entries(&w.root, layout)
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("/port"))
+        .collect();
+    w.put_entries(no_port).await;
+    let no_ip: Vec<(String, String)> = World::record(5)
+        .entries(&w.root, layout)
+        .into_iter()
+        .map(|(k, v)| {
+            if k.ends_with("/private_ipv4_addr") {
+                (k, "not-an-ip".to_owned())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    w.put_entries(no_ip).await;
+    w.put([6]).await;
+    w.wait_enabled(&[1, 2, 3, 6], WITHIN).await;
+    for inst in ["web02", "web04", "web05"] {
+        lb.wait_log(&format!("skipping unreadable record: record \"{inst}\""), WITHIN)
+            .await;
+    }
+    // web05 cannot be placed: deleting web01's record removes nothing while it is there.
+    w.delete([1]).await;
+    lb.wait_log("no node is removed while a record cannot be read", WITHIN)
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    w.wait_enabled(&[1, 2, 3, 6], Duration::ZERO).await;
+    let (_, _, put, delete) = w.counts();
+    assert_eq!((put, delete), (0, 0));
+    // Once web05 is gone, web01's node is drained and deleted; web02's node stays.
+    w.delete([5]).await;
+    w.wait_enabled(&[2, 3, 6], WITHIN).await;
+}
+
+/// `lb-sync plan` prints adds, drains and refusals with reasons, changes nothing, exits 0.
+#[tokio::test]
+async fn plan_prints_adds_drains_and_refusals_then_exits() {
+    let w = World::start(quick_sim()).await;
+    w.put([1, 2, 3]).await;
+    for n in [1u8, 8, 9] {
+        w.sim.add_node(1, &format!("10.0.0.{n}"), PORT, "ENABLED");
+    }
+    let mut args = w.args();
+    args.push("plan".into());
+    let (status, out, err) = run_once(&args);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("add     10.0.0.2:8080 ENABLED"), "{out}");
+    assert!(out.contains("add     10.0.0.3:8080 ENABLED"), "{out}");
+    assert!(out.contains("drain   node") && out.contains("10.0.0.8:8080"), "{out}");
+    assert!(
+        out.contains("REFUSED the plan would take 2 of 3 nodes out of service"),
+        "{out}"
+    );
+    let (_, post, put, delete) = w.counts();
+    assert_eq!((post, put, delete), (0, 0, 0), "plan changes nothing");
+
+    let mut args = w.args();
+    args.extend(["--max-remove".into(), "100".into(), "plan".into()]);
+    let (status, out, _) = run_once(&args);
+    assert!(status.success());
+    assert!(!out.contains("REFUSED"), "{out}");
+}
+
+/// Bad input is refused with a one-line error naming it, before anything is touched.
+#[tokio::test]
+async fn bad_input_exits_non_zero_with_a_one_line_error() {
+    let w = World::start(quick_sim()).await;
+    let with = |replace: &str, value: &str| -> Vec<String> {
+        let mut args = w.args();
+        let i = args.iter().position(|a| a == replace).unwrap();
+        args[i + 1] = value.to_owned();
+        args.push("run".into());
+        args
+    };
+    let (status, _, err) = run_once(&with("--load-balancer-id", "abc"));
+    assert!(!status.success() && err.contains("abc"), "{err}");
+    let (status, _, err) = run_once(&with("--region", "ZZZ"));
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("\"ZZZ\"") && err.contains("ORD"), "{err}");
+    let (status, _, err) = run_once(&with("--username", "nobody"));
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("Unable to authenticate") && err.lines().filter(|l| l.contains("lb-sync:")).count() == 1,
+        "{err}"
+    );
+    assert!(!err.contains("\"k\""), "the key is not shown: {err}");
+    // No key at all.
+    let mut args = w.args();
+    args.push("run".into());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-sync"))
+        .args(&args)
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("RACKSPACE_API_KEY"), "{err}");
+    assert_eq!(w.counts(), (0, 0, 0, 0), "nothing reached the load balancer");
+}
+
+/// --dry-run runs the loop and logs the plan without changing the LB.
+#[tokio::test]
+async fn dry_run_logs_the_plan_and_changes_nothing() {
+    let w = World::start(quick_sim()).await;
+    w.put([1, 2]).await;
+    let lb = w.lb_sync(&["--dry-run"]);
+    lb.wait_log("dry run: would add 2 node(s)", WITHIN).await;
+    lb.wait_health("\"dry_run\"", WITHIN).await;
+    assert!(w.sim.nodes(1).is_empty());
+    assert_eq!(w.sim.count("POST"), 0);
+}
