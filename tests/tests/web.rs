@@ -39,21 +39,30 @@ fn www() -> PathBuf {
 // ---------------------------------------------------------------------------------------
 // The database and etcd.
 
-/// A MariaDB holding the world database, with the application user `app` allowed in it.
-///
-/// Loaded with the `mariadb` command-line client (`SOURCE` of the dump) and SQL for the
-/// user, the way the seed's dbhelper did it.
+/// A MariaDB holding the world database, with the application user `app` allowed in it,
+/// seeded by the project's own `dbhelper seed` (built by `cargo build --workspace --bins`).
 fn seeded_world() -> MariaDb {
     let db = MariaDb::start();
-    let dump = testbed::world_dump();
-    let _ = db.cli(&[
-        "-e",
-        &format!("CREATE DATABASE world; USE world; SOURCE {};", dump.display()),
-    ]);
-    let _ = db.cli(&[
-        "-e",
-        &format!("CREATE USER 'app'@'%' IDENTIFIED BY '{APP_PW}'; GRANT ALL ON world.* TO 'app'@'%';"),
-    ]);
+    let out = Command::new(testbed::bin("dbhelper"))
+        .args([
+            "seed",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &db.port().to_string(),
+            "--dump",
+        ])
+        .arg(testbed::world_dump())
+        .env("MYSQL_ROOT_PASSWORD", db.root_password())
+        .env("APP_PW", APP_PW)
+        .output()
+        .expect("run dbhelper seed");
+    assert!(
+        out.status.success(),
+        "dbhelper seed failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let count = db.cli(&["-N", "-e", "SELECT COUNT(*) FROM world.City"]);
     assert_eq!(count.trim(), CITIES.to_string(), "the world dump did not load");
     db
