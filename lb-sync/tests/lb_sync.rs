@@ -238,8 +238,6 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
     let election = ["--election-key", key.as_str(), "--election-ttl", "2s"];
     let a = w.lb_sync(&election);
     let b = w.lb_sync(&election);
-    w.put([1, 2]).await;
-    w.wait_enabled(&[1, 2], WITHIN).await;
     let roles = eventually(WITHIN, || {
         let (ha, hb) = (a.healthz(), b.healthz());
         let la = ha.contains("\"leader\": true");
@@ -254,7 +252,16 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
     .await
     .expect("one leader and one standby");
     let (mut leader, follower) = if roles == 0 { (a, b) } else { (b, a) };
-    assert_eq!(w.sim.count("POST"), 1, "only the leader applied");
+    w.put([1, 2]).await;
+    w.wait_enabled(&[1, 2], WITHIN).await;
+    assert_eq!(w.sim.count("POST"), 1, "one add, by the leader");
+    assert!(leader.log().contains("add 2 node(s)"), "{}", leader.log());
+    assert!(
+        !follower.log().contains("node(s):"),
+        "the standby applied nothing:\n{}",
+        follower.log()
+    );
+    assert!(follower.healthz().contains("\"standby\""));
 
     leader.stop(libc::SIGKILL).await;
     w.put([3]).await;
