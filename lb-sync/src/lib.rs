@@ -470,8 +470,10 @@ pub async fn plan_once(args: &Args, client: &mut etcd_client::Client, clb: &Clb)
             out,
             "nothing above would be applied except adds (and nothing at all on an incomplete view)"
         );
-    } else if plan.is_converged() {
+    } else if plan.is_converged() && plan.notes.is_empty() {
         let _ = writeln!(out, "converged: nothing to do");
+    } else if !plan.has_steps() {
+        let _ = writeln!(out, "nothing to apply now");
     }
     Ok(out)
 }

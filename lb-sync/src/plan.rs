@@ -6,7 +6,9 @@
 //! - nothing is applied while the view of etcd is incomplete (not loaded yet, or a gap);
 //! - nothing is applied when no record is left while the load balancer has nodes;
 //! - nothing is applied when the plan would take more than `max_remove` percent of the
-//!   nodes in service out of service, or leave fewer than `min_nodes` in service;
+//!   nodes in service out of service, or leave fewer than `min_nodes` in service (in
+//!   service: ENABLED and not OFFLINE; adds are applied before removals, so a
+//!   replacement is make-before-break);
 //! - a node whose record is unreadable is never removed (it is "unknown", not "absent");
 //! - with `managed_only`, nodes lb-sync does not manage are never touched.
 //!
@@ -536,13 +538,16 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
     let mut ready: Vec<(NodeRef, Duration)> = Vec::new(); // node, overdue by
     let mut pending_drain: Vec<(NodeRef, Duration)> = Vec::new(); // node, remaining
     let mut in_service = 0usize;
+    let mut removed_serving = 0usize;
     let removals_held = !desired.unknown.is_empty();
     for (n, ep) in &mine {
         let node = NodeRef {
             id: n.id,
             endpoint: *ep,
         };
-        let serving = matches!(n.condition, Condition::Enabled | Condition::Other(_));
+        // In service: takes traffic and is not known to fail its health check.
+        let serving =
+            matches!(n.condition, Condition::Enabled | Condition::Other(_)) && n.status != NodeStatus::Offline;
         if serving {
             in_service += 1;
         }
@@ -569,7 +574,12 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
             continue;
         }
         match &n.condition {
-            Condition::Enabled | Condition::Other(_) => out.drains.push(node),
+            Condition::Enabled | Condition::Other(_) => {
+                if serving {
+                    removed_serving += 1;
+                }
+                out.drains.push(node);
+            }
             Condition::Disabled => ready.push((node, Duration::ZERO)),
             Condition::Draining => {
                 let started = actual.drain_started.get(&n.id).copied().unwrap_or(actual.now);
@@ -634,7 +644,9 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
     if nothing_left && !mine.is_empty() && desired.unknown.is_empty() {
         lifted.push(Refusal::EmptyDesired { nodes: mine.len() });
     }
-    let remove = out.drains.len();
+    // Only nodes in service count: draining a node that fails its health check takes
+    // no capacity away.
+    let remove = removed_serving;
     if remove > 0 {
         if remove * 100 > usize::from(policy.max_remove_pct) * in_service {
             lifted.push(Refusal::TooManyRemovals {
@@ -907,6 +919,23 @@ mod tests {
                 None => assert!(!p.refusals.is_empty() || !p.has_steps(), "{name}"),
             }
         }
+    }
+
+    #[test]
+    fn nodes_failing_their_health_check_do_not_count_as_capacity() {
+        let mut nodes = enabled(&[1, 2, 3]);
+        nodes[1].status = NodeStatus::Offline;
+        nodes[2].status = NodeStatus::Offline;
+        // Removing the two dead nodes takes nothing out of service: allowed.
+        let p = run(&desired(&[1]), &nodes, &Policy::default());
+        assert_eq!(ids(&p.drains), vec![102, 103]);
+        assert!(p.refusals.is_empty(), "{:?}", p.refusals);
+        // Removing the only live one is refused, however many dead ones stay.
+        let p = run(&desired(&[2, 3]), &nodes, &Policy::default());
+        assert_eq!(
+            p.refusals.iter().map(Refusal::reason).collect::<Vec<_>>(),
+            vec!["max_remove", "min_nodes"]
+        );
     }
 
     #[test]
