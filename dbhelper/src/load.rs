@@ -494,6 +494,20 @@ async fn count_tables(admin: &mut Admin, dump: &DumpFile, staging: &str) -> Resu
             "it creates {name:?} of type {kind}; dbhelper swaps base tables only"
         )));
     }
+    // Routines, triggers and events live in the staging database and would be lost with
+    // it (or, for triggers, make the cross-database rename fail): refuse them by name.
+    let lit = admin.literal(staging);
+    let sql = format!(
+        "SELECT 'routine', ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {lit} \
+         UNION ALL SELECT 'trigger', TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {lit} \
+         UNION ALL SELECT 'event', EVENT_NAME FROM information_schema.EVENTS WHERE EVENT_SCHEMA = {lit} LIMIT 1"
+    );
+    let others: Vec<(String, String)> = admin.rows("listing the loaded routines", &sql).await?;
+    if let Some((kind, name)) = others.first() {
+        return Err(useless(format!(
+            "it creates the {kind} {name:?}; dbhelper swaps base tables only"
+        )));
+    }
     if tables.iter().any(|(name, _)| name == MARKER_TABLE) {
         return Err(useless(format!(
             "it creates a table named {MARKER_TABLE:?}, dbhelper's marker"

@@ -487,6 +487,39 @@ fn rejected_statement_is_named_and_nothing_is_left_behind() {
         sql(db.port(), "app", "apppw", "SELECT 1").is_err(),
         "no app user for a failed seed"
     );
+
+    // Loads fine, but a view or a procedure could not move with the tables: refused, by name.
+    let cases: [(&str, &[u8], &str); 2] = [
+        (
+            "view.sql",
+            b"CREATE TABLE t (a int);\nCREATE VIEW v AS SELECT a FROM t;\n",
+            "\"v\" of type VIEW",
+        ),
+        (
+            "proc.sql",
+            b"CREATE TABLE t (a int);\nDELIMITER ;;\nCREATE PROCEDURE p() BEGIN SELECT 1; END ;;\nDELIMITER ;\n",
+            "routine \"p\"",
+        ),
+    ];
+    for (name, bytes, needle) in cases {
+        let dump = write_file(dir.path(), name, bytes);
+        let out = run(seed_env(&mut dbhelper(&[
+            "seed",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &db.port().to_string(),
+            "--dump",
+            dump.to_str().unwrap(),
+        ])));
+        assert_eq!(out.code, Some(3), "{out:?}");
+        assert!(
+            out.error_line().contains(needle) && out.error_line().contains("base tables only"),
+            "{}",
+            out.error_line()
+        );
+        assert!(user_databases(&db).is_empty(), "{:?}", user_databases(&db));
+    }
 }
 
 /// Dumps that cannot be used are refused before anything touches the database.
