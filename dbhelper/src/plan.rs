@@ -759,6 +759,163 @@ mod tests {
         assert!(err.to_string().contains("\"b\" at line 3"), "{err}");
     }
 
+    /// Random single-row inserts into two tables, with tricky values, planned with random
+    /// limits: every row comes out exactly once, in order, in a statement for its table.
+    #[test]
+    fn merging_keeps_every_row_in_order() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+
+        const VALUES: &[&str] = &[
+            "1", "'a,b'", "'(x)'", "'it''s'", r"'\')'", "NULL", "'\u{e9}'", "-2.5", "\"q\"",
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..500 {
+            let mut input = String::new();
+            let mut want: Vec<(char, String)> = Vec::new();
+            for _ in 0..rng.random_range(1..30) {
+                let table = if rng.random_bool(0.5) { 'A' } else { 'B' };
+                let cols: Vec<&str> = (0..rng.random_range(1..4))
+                    .map(|_| VALUES[rng.random_range(0..VALUES.len())])
+                    .collect();
+                let row = format!("({})", cols.join(","));
+                input.push_str(&format!("INSERT INTO `{table}` VALUES {row};\n"));
+                if rng.random_bool(0.1) {
+                    input.push_str("SET @x = 1;\n");
+                }
+                want.push((table, row));
+            }
+            let limit = rng.random_range(1..200);
+            let pieces = split(input.as_bytes()).unwrap();
+            let p = plan(input.as_bytes(), &pieces, limit).unwrap();
+            let mut got: Vec<(char, String)> = Vec::new();
+            for step in &p.steps {
+                let Action::Sql(bytes) = &step.action else {
+                    panic!("only SQL steps")
+                };
+                match classify(bytes) {
+                    Kind::Insert { head, rows } => {
+                        let table = if head.starts_with(b"INSERT INTO `A`") { 'A' } else { 'B' };
+                        // Split the merged rows back at the top-level "),(".
+                        let rows = s(rows);
+                        let mut depth = 0;
+                        let mut start = 0;
+                        let mut quote: Option<char> = None;
+                        let mut escaped = false;
+                        for (i, c) in rows.char_indices() {
+                            if let Some(q) = quote {
+                                if escaped {
+                                    escaped = false;
+                                } else if c == '\\' {
+                                    escaped = true;
+                                } else if c == q {
+                                    quote = None;
+                                }
+                                continue;
+                            }
+                            match c {
+                                '\'' | '"' => quote = Some(c),
+                                '(' => depth += 1,
+                                ')' => {
+                                    depth -= 1;
+                                    if depth == 0 {
+                                        got.push((table, rows[start..=i].to_owned()));
+                                    }
+                                }
+                                ',' if depth == 0 => start = i + 1,
+                                _ => {}
+                            }
+                        }
+                        let merged = step.statements.start() != step.statements.end();
+                        assert!(!merged || bytes.len() <= limit, "a merge stays under the limit");
+                    }
+                    Kind::Other => assert_eq!(s(bytes), "SET @x = 1"),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert_eq!(got, want, "limit {limit}, input {input}");
+        }
+    }
+
+    /// The real world dump: one database, one single-row insert per row, merged into one
+    /// insert per table when the limit allows.
+    #[test]
+    fn the_world_dump_plans_into_one_insert_per_table() {
+        let input = std::fs::read(testbed::world_dump()).unwrap();
+        let pieces = split(&input).unwrap();
+        let mut rows: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for (_, bytes) in crate::dump::statements(&input, &pieces) {
+            if let Kind::Insert { head, .. } = classify(bytes) {
+                *rows.entry(s(head)).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            rows.into_iter().collect::<Vec<_>>(),
+            [
+                ("INSERT INTO `City` VALUES ".to_owned(), 4079),
+                ("INSERT INTO `CountryLanguage` VALUES ".to_owned(), 984),
+                ("INSERT INTO `Country` VALUES ".to_owned(), 239),
+            ]
+        );
+        let p = plan(&input, &pieces, 16 << 20).unwrap();
+        assert_eq!(p.source_database.as_deref(), Some("world"));
+        let inserts: Vec<RangeInclusive<usize>> = p
+            .steps
+            .iter()
+            .filter(|st| matches!(&st.action, Action::Sql(b) if b.starts_with(b"INSERT")))
+            .map(|st| st.statements.clone())
+            .collect();
+        assert_eq!(inserts.len(), 3, "{inserts:?}");
+        assert_eq!(
+            inserts.iter().map(|r| r.end() - r.start() + 1).sum::<usize>(),
+            4079 + 239 + 984
+        );
+        // `CREATE DATABASE IF NOT EXISTS `world`` has no options: nothing to send for it.
+        assert!(!p.steps.iter().any(|st| matches!(st.action, Action::AlterStaging(_))));
+        assert_eq!(p.steps.iter().filter(|st| st.action == Action::UseStaging).count(), 1);
+    }
+
+    #[test]
+    fn classify_never_panics_on_random_bytes() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+
+        const ATOMS: &[&[u8]] = &[
+            b"INSERT ",
+            b"INTO ",
+            b"VALUES ",
+            b"CREATE ",
+            b"DATABASE ",
+            b"USE ",
+            b"DROP ",
+            b"IF NOT EXISTS ",
+            b"(",
+            b")",
+            b",",
+            b"'",
+            b"\"",
+            b"`",
+            b"\\",
+            b"/*!40101 ",
+            b"/*M!",
+            b"*/",
+            b"/* ",
+            b"-- ",
+            b"#",
+            b"\n",
+            b"x",
+            b"\xe9",
+        ];
+        let mut rng = StdRng::seed_from_u64(99);
+        for _ in 0..20_000 {
+            let mut stmt = Vec::new();
+            for _ in 0..rng.random_range(0..16) {
+                stmt.extend_from_slice(ATOMS[rng.random_range(0..ATOMS.len())]);
+            }
+            let _ = classify(&stmt);
+        }
+    }
+
     #[test]
     fn done_bytes_grow_to_the_last_statement() {
         let input = "SELECT 1;\nINSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\n-- end\n";

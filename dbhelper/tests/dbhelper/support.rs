@@ -93,7 +93,8 @@ impl Running {
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut readers = Vec::new();
-        let pipes: [(Box<dyn Read + Send>, Arc<Mutex<String>>); 2] = [
+        type Pipe = (Box<dyn Read + Send>, Arc<Mutex<String>>);
+        let pipes: [Pipe; 2] = [
             (Box::new(child.stdout.take().expect("stdout")), stdout.clone()),
             (Box::new(child.stderr.take().expect("stderr")), stderr.clone()),
         ];
