@@ -118,8 +118,8 @@ impl Metrics {
 /// The state `/healthz` reports.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
-    /// `starting`, `converged`, `waiting` (drains pending), `refused`, `error`, `standby`
-    /// (not the leader) or `dry_run`.
+    /// `starting`, `applying`, `converged`, `waiting` (drains pending), `refused`,
+    /// `error`, `standby` (not the leader) or `dry_run`.
     pub state: String,
     /// Whether this instance may apply plans.
     pub leader: bool,

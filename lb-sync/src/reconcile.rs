@@ -190,6 +190,7 @@ impl Reconciler {
             }
             let lb = match self.clb.wait_active(cancel).await {
                 Ok(lb) => lb,
+                Err(Error::Cancelled) => return Outcome::Failed(Error::Cancelled.to_string()),
                 Err(e) => {
                     tracing::error!("cannot read load balancer {}: {e}", self.clb.load_balancer_id());
                     return Outcome::Failed(e.to_string());
@@ -239,6 +240,10 @@ impl Reconciler {
                 return Outcome::Failed(msg);
             }
             tracing::info!("{step}");
+            self.health.update(|s| {
+                s.state = "applying".into();
+                s.leader = true;
+            });
             match self.apply(&step).await {
                 Ok(()) => {
                     if plan.forced {
