@@ -205,7 +205,8 @@ async fn token_expiry_and_revocation_mid_run_are_survived() {
 }
 
 /// Every record gone at once (etcd wiped): the LB is left as it is and the refusal is
-/// visible; etcd itself gone: the view is incomplete and still nothing changes.
+/// visible; etcd itself gone: the view is incomplete and still nothing changes; etcd
+/// back: the watch resumes and records are followed again.
 #[tokio::test]
 async fn etcd_wiped_leaves_the_lb_unchanged_and_reports_the_refusal() {
     let mut w = World::start(quick_sim()).await;
@@ -227,6 +228,14 @@ async fn etcd_wiped_leaves_the_lb_unchanged_and_reports_the_refusal() {
     w.wait_enabled(&[1, 2, 3], Duration::ZERO).await;
     let (_, _, put, delete) = w.counts();
     assert_eq!((put, delete), (0, 0), "nothing was drained or deleted");
+
+    // etcd back: the watch resumes from its last revision and the loop follows again.
+    w.etcd.restart();
+    let client = etcd_client::Client::connect([w.etcd.endpoint()], None).await.unwrap();
+    w.client = client;
+    w.put(1..=4).await;
+    w.wait_enabled(&[1, 2, 3, 4], WITHIN).await;
+    lb.wait_log("watch resumed; the view is complete again", WITHIN).await;
 }
 
 /// Two instances with --election-key: one applies, the other stands by; kill the leader
