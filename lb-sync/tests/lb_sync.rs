@@ -11,7 +11,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{LbSync, PORT, World, eventually, quick_sim, run_once};
+use support::{Announcer, LbSync, PORT, World, eventually, quick_sim, run_once};
 use testbed::clb_sim::{RateLimit, RateLimits, SimConfig};
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -406,4 +406,85 @@ async fn dry_run_logs_the_plan_and_changes_nothing() {
     lb.wait_health("\"dry_run\"", WITHIN).await;
     assert!(w.sim.nodes(1).is_empty());
     assert_eq!(w.sim.count("POST"), 0);
+}
+
+/// End to end: two busybox web containers announced by the real announcer; lb-sync puts
+/// both on the LB; one container stops, the announcer withdraws it, lb-sync drains and
+/// deletes its node.
+#[tokio::test]
+async fn end_to_end_with_the_real_announcer_and_docker_containers() {
+    use testbed::docker::{self, Spec};
+    let w = World::start(quick_sim()).await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let mut containers = Vec::new();
+    let mut announcers = Vec::new();
+    for i in 1..=2u8 {
+        let name = testbed::unique("lbsync-web");
+        let c = Spec::web(&image).name(&name).run(&d).await;
+        let args: Vec<String> = [
+            "--etcd-endpoints",
+            &w.etcd.endpoint(),
+            "--prefix",
+            &w.root,
+            "--public-ipv4",
+            "127.0.0.1",
+            "--private-ipv4",
+            "127.0.0.1",
+            "--hostname",
+            &testbed::unique("host"),
+            "--ttl",
+            "2s",
+            "--check-interval",
+            "500ms",
+            "container",
+            &name,
+            "--service",
+            "web",
+            "--instance",
+            &format!("web{i:02}"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        announcers.push(Announcer::start(&args));
+        containers.push(c);
+    }
+    let mut ports = Vec::new();
+    for c in &containers {
+        ports.push(c.host_port("80/tcp").await);
+    }
+    let lb = w.lb_sync(&[]);
+    let on_lb = |want: &[u16]| {
+        let mut got: Vec<(String, u16, String)> = w
+            .sim
+            .nodes(1)
+            .into_iter()
+            .map(|n| (n.address, n.port, n.condition))
+            .collect();
+        got.sort();
+        let mut expect: Vec<(String, u16, String)> = want
+            .iter()
+            .map(|p| ("127.0.0.1".to_owned(), *p, "ENABLED".to_owned()))
+            .collect();
+        expect.sort();
+        got == expect
+    };
+    let both = eventually(Duration::from_secs(30), || on_lb(&ports).then_some(())).await;
+    assert!(
+        both.is_some(),
+        "both containers never reached the LB: {:?}\nannouncer: {}\nlb-sync: {}",
+        w.sim.nodes(1),
+        announcers[0].log(),
+        lb.log()
+    );
+    containers[1].stop(1).await;
+    let one = eventually(Duration::from_secs(30), || on_lb(&ports[..1]).then_some(())).await;
+    assert!(
+        one.is_some(),
+        "the stopped container's node is still there: {:?}",
+        w.sim.nodes(1)
+    );
+    assert_eq!(w.sim.count_status("PUT", 202), 1, "drained once");
+    assert_eq!(w.sim.count_status("DELETE", 202), 1, "deleted once");
 }

@@ -350,3 +350,47 @@ pub fn run_once(args: &[String]) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The real announcer binary (built by `cargo build --workspace --bins`), killed on drop.
+pub struct Announcer {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Announcer {
+    pub fn start(args: &[String]) -> Announcer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("announcer.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(testbed::bin("announcer"));
+        cmd.args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file));
+        // SAFETY: prctl is async-signal-safe and nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Announcer {
+            child: cmd.spawn().expect("spawn announcer"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
