@@ -66,6 +66,8 @@ pub struct Reconciler {
     drain_started: BTreeMap<u64, Instant>,
     /// The refusal last logged, to log each new one once at error level.
     last_refusal: Vec<String>,
+    /// The plan notes last logged, to log each new one once.
+    last_notes: Vec<String>,
 }
 
 impl Reconciler {
@@ -80,6 +82,7 @@ impl Reconciler {
             health,
             drain_started: BTreeMap::new(),
             last_refusal: Vec::new(),
+            last_notes: Vec::new(),
         }
     }
 
@@ -217,8 +220,11 @@ impl Reconciler {
             if !plan.refusals.is_empty() {
                 self.report_refusal(&plan);
             }
-            for note in &plan.notes {
-                tracing::debug!("{note}");
+            if plan.notes != self.last_notes {
+                for note in plan.notes.iter().filter(|n| !self.last_notes.contains(n)) {
+                    tracing::warn!("{note}");
+                }
+                self.last_notes.clone_from(&plan.notes);
             }
             let Some(step) = plan.next_step() else {
                 return self.settle(&plan);

@@ -2,10 +2,17 @@
 //!
 //! [`follow`] loads the prefix, then watches it from the next revision, and publishes a
 //! [`Desired`] after every change. It knows whether its view is complete: not before the
-//! initial load, and not during a watch gap (a broken watch is resumed from the last
-//! revision seen and the view is complete again once etcd confirms, with a progress
-//! notification, that every event up to its current revision was delivered). When the
-//! revision to resume from has been compacted away, the whole prefix is loaded again.
+//! initial load, and not from the moment a watch breaks until the prefix has been read
+//! again. When the watch breaks, the prefix is read again (one range read: the prefix
+//! holds a few dozen keys) and the watch restarts from the revision of that read, so no
+//! event can be missed and the view is complete as soon as the read answers. When the
+//! revision a watch starts from has been compacted away, the same happens.
+//!
+//! Why not resume the broken watch from the last revision and call the view complete
+//! when etcd's progress notification arrives: etcd 3.4 answers a progress request at
+//! once with its current revision, even while the resumed watch is still replaying older
+//! events or is about to be cancelled for compaction (a test caught it marking a stale
+//! view complete). A fresh read is both simpler and sound.
 //!
 //! Records are decoded with the shared schema ([`sidekick::schema::decode_service`]). A
 //! record that cannot be read is skipped with a warning and never makes its node absent:
@@ -180,30 +187,55 @@ pub async fn load(client: &mut Client, source: &Source) -> Result<(BTreeMap<Vec<
     Ok((kvs, revision))
 }
 
+/// What was read up to a revision: the state a watch resumes from.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Every key under the prefix and its value.
+    pub kvs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// The revision they reflect.
+    pub revision: i64,
+}
+
 /// Follows the prefix until `cancel`, publishing every new desired set on `tx`.
-pub async fn follow(mut client: Client, source: Source, tx: watch::Sender<Desired>, cancel: CancellationToken) {
+pub async fn follow(client: Client, source: Source, tx: watch::Sender<Desired>, cancel: CancellationToken) {
+    follow_from(client, source, tx, cancel, None).await;
+}
+
+/// [`follow`], starting from `start` (taken as a complete view at its revision) instead
+/// of loading first; the watch then starts at `start.revision + 1`.
+pub async fn follow_from(
+    mut client: Client,
+    source: Source,
+    tx: watch::Sender<Desired>,
+    cancel: CancellationToken,
+    start: Option<Snapshot>,
+) {
     let mut builder = Builder::default();
-    let mut kvs: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    let mut revision: i64 = 0;
-    let mut loaded = false;
+    // Every (re)start of the watch is preceded by a fresh read, except the first with `start`.
+    let mut need_load = start.is_none();
+    let Snapshot { mut kvs, mut revision } = start.unwrap_or_default();
+    if !need_load {
+        tx.send_replace(builder.build(&source, &kvs, true, revision));
+    }
     let mut delays = backoff();
-    let publish = |builder: &mut Builder, kvs: &BTreeMap<Vec<u8>, Vec<u8>>, complete: bool, revision: i64| {
-        let d = builder.build(&source, kvs, complete, revision);
-        tx.send_replace(d);
-    };
     loop {
         if cancel.is_cancelled() {
             return;
         }
-        if !loaded {
+        if need_load {
             match load(&mut client, &source).await {
                 Ok((fresh, rev)) => {
+                    let first = revision == 0;
+                    let missed = rev > revision || fresh != kvs;
                     kvs = fresh;
                     revision = rev;
-                    loaded = true;
                     delays = backoff();
-                    tracing::info!(prefix = %source.prefix, revision, keys = kvs.len(), "loaded the records");
-                    publish(&mut builder, &kvs, true, revision);
+                    if first {
+                        tracing::info!(prefix = %source.prefix, revision, keys = kvs.len(), "loaded the records");
+                    } else {
+                        tracing::info!(revision, reloaded = missed, "watch resumed; the view is complete again");
+                    }
+                    tx.send_replace(builder.build(&source, &kvs, true, revision));
                 }
                 Err(e) => {
                     tracing::warn!("{e}; retrying");
@@ -214,25 +246,19 @@ pub async fn follow(mut client: Client, source: Source, tx: watch::Sender<Desire
                 }
             }
         }
-        // Watch from the next revision; a resumed watch is complete only after etcd's
-        // progress notification says every event up to now has arrived.
-        let resumed = !tx.borrow().complete;
-        let opts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1)
-            .with_progress_notify();
+        let opts = WatchOptions::new().with_prefix().with_start_revision(revision + 1);
         let mut stream = match client.watch(source.key_prefix(), Some(opts)).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(revision, "cannot watch the records: {e}; retrying");
                 mark_incomplete(&tx);
+                need_load = true;
                 if sleep_or_cancel(&mut delays, &cancel).await {
                     return;
                 }
                 continue;
             }
         };
-        let mut waiting_progress = resumed;
         loop {
             let msg = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -245,23 +271,19 @@ pub async fn follow(mut client: Client, source: Source, tx: watch::Sender<Desire
                             tracing::warn!(
                                 revision,
                                 compacted_to = resp.compact_revision(),
-                                "the revision to resume from was compacted: loading the whole prefix again"
+                                "the revision to watch from was compacted: loading the whole prefix again"
                             );
-                            loaded = false;
                         } else {
-                            tracing::warn!(reason = resp.cancel_reason(), "etcd cancelled the watch; resuming");
+                            tracing::warn!(reason = resp.cancel_reason(), "etcd cancelled the watch; loading again");
                         }
                         mark_incomplete(&tx);
                         break;
                     }
-                    if resp.created() {
-                        if waiting_progress && let Err(e) = stream.request_progress().await {
-                            tracing::warn!("cannot ask etcd for watch progress: {e}");
-                        }
+                    let events = resp.events();
+                    if events.is_empty() {
                         continue;
                     }
                     delays = backoff();
-                    let events = resp.events();
                     for ev in events {
                         let Some(kv) = ev.kv() else { continue };
                         match ev.event_type() {
@@ -274,31 +296,23 @@ pub async fn follow(mut client: Client, source: Source, tx: watch::Sender<Desire
                         }
                         revision = revision.max(kv.mod_revision());
                     }
-                    if events.is_empty() {
-                        // A progress notification: everything up to its revision is here.
-                        if let Some(h) = resp.header() {
-                            revision = revision.max(h.revision());
-                        }
-                        if waiting_progress {
-                            waiting_progress = false;
-                            tracing::info!(revision, "watch resumed; the view is complete again");
-                            publish(&mut builder, &kvs, true, revision);
-                        }
-                    } else {
-                        publish(&mut builder, &kvs, !waiting_progress, revision);
-                    }
+                    tx.send_replace(builder.build(&source, &kvs, true, revision));
                 }
                 Ok(None) | Err(_) => {
                     let why = match msg {
                         Err(e) => e.to_string(),
                         _ => "stream ended".into(),
                     };
-                    tracing::warn!(revision, "the watch broke ({why}); resuming from the next revision");
+                    tracing::warn!(
+                        revision,
+                        "the watch broke ({why}); the view is incomplete until it is read again"
+                    );
                     mark_incomplete(&tx);
                     break;
                 }
             }
         }
+        need_load = true;
         if sleep_or_cancel(&mut delays, &cancel).await {
             return;
         }

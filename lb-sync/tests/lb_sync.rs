@@ -488,3 +488,92 @@ async fn end_to_end_with_the_real_announcer_and_docker_containers() {
     assert_eq!(w.sim.count_status("PUT", 202), 1, "drained once");
     assert_eq!(w.sim.count_status("DELETE", 202), 1, "deleted once");
 }
+
+/// A watch that starts from a revision etcd has compacted away reloads the whole prefix:
+/// the view ends up exactly what etcd holds.
+#[tokio::test]
+async fn a_watch_starting_at_a_compacted_revision_reloads_the_whole_prefix() {
+    use lb_sync::records::{Snapshot, Source, follow_from};
+    use sidekick::schema::{AddressField, Layout};
+    let w = World::start(quick_sim()).await;
+    w.put([1]).await;
+    let mut client = w.client.clone();
+    let head = client.get("/", None).await.unwrap();
+    let old_revision = head.header().unwrap().revision();
+    let old: Snapshot = Snapshot {
+        kvs: World::record(1)
+            .entries(&w.root, Layout::Fields)
+            .into_iter()
+            .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
+            .collect(),
+        revision: old_revision,
+    };
+    w.put([2, 3]).await;
+    w.delete([1]).await;
+    let now = client.get("/", None).await.unwrap().header().unwrap().revision();
+    client
+        .compact(now, Some(etcd_client::CompactionOptions::new().with_physical()))
+        .await
+        .unwrap();
+
+    let (tx, mut rx) = tokio::sync::watch::channel(lb_sync::plan::Desired::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let source = Source::new(&w.prefix, AddressField::Private, None);
+    let task = tokio::spawn(follow_from(w.client.clone(), source, tx, cancel.clone(), Some(old)));
+    let fresh = |d: &lb_sync::plan::Desired| d.complete && d.revision >= now;
+    let done = tokio::time::timeout(WITHIN, rx.wait_for(fresh)).await;
+    let view = done.expect("the whole prefix reloaded in time").unwrap().clone();
+    let got: Vec<String> = view.nodes.keys().map(ToString::to_string).collect();
+    assert_eq!(got, vec!["10.0.0.2:8080", "10.0.0.3:8080"], "exactly what etcd holds");
+    cancel.cancel();
+    task.await.unwrap();
+}
+
+/// --add-draining: a new node comes in DRAINING and is enabled only once it reports ONLINE.
+#[tokio::test]
+async fn add_draining_enables_a_new_node_once_it_is_online() {
+    let w = World::start(quick_sim()).await;
+    w.sim.set_new_node_status("OFFLINE");
+    w.put([1]).await;
+    let lb = w.lb_sync(&["--add-draining"]);
+    let draining = eventually(WITHIN, || (w.nodes() == vec![(1, "DRAINING".to_owned())]).then_some(())).await;
+    assert!(draining.is_some(), "{:?}", w.nodes());
+    lb.wait_health("\"waiting\"", WITHIN).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(w.nodes(), vec![(1, "DRAINING".to_owned())], "not enabled while OFFLINE");
+    w.sim.set_node_status(1, "10.0.0.1", "ONLINE");
+    w.wait_enabled(&[1], WITHIN).await;
+}
+
+/// The node limit: as many nodes as fit are added, the rest is reported, nothing is retried
+/// against the limit.
+#[tokio::test]
+async fn the_node_limit_is_respected_and_reported() {
+    let w = World::start(SimConfig {
+        node_limit: 3,
+        ..quick_sim()
+    })
+    .await;
+    w.put(1..=5).await;
+    let lb = w.lb_sync(&[]);
+    w.wait_enabled(&[1, 2, 3], WITHIN).await;
+    lb.wait_log("node limit 3: 2 desired node(s) not added", WITHIN).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.sim.count("POST"), 1, "no POST against a full load balancer");
+    assert_eq!(w.sim.count_status("POST", 413), 0);
+}
+
+/// 5xx answers and slow answers are retried with backoff; the LB still converges.
+#[tokio::test]
+async fn server_errors_and_slow_answers_are_retried() {
+    let w = World::start(quick_sim()).await;
+    w.sim.inject_5xx(3);
+    w.sim.set_delay(Duration::from_millis(200));
+    w.put([1, 2]).await;
+    let lb = w.lb_sync(&[]);
+    w.wait_enabled(&[1, 2], WITHIN).await;
+    let errors: usize = ["GET", "POST"].iter().map(|v| w.sim.count_status(v, 500)).sum();
+    assert_eq!(errors, 3);
+    assert!(lb.metrics().contains("outcome=\"server_error\""));
+    assert_eq!(w.sim.count_status("POST", 202), 1);
+}
