@@ -577,3 +577,19 @@ async fn server_errors_and_slow_answers_are_retried() {
     assert!(lb.metrics().contains("outcome=\"server_error\""));
     assert_eq!(w.sim.count_status("POST", 202), 1);
 }
+
+/// A leader that can no longer renew its lease (etcd gone) gives up leadership by itself
+/// within the lease TTL, so it cannot still be applying when another instance is elected.
+#[tokio::test]
+async fn a_leader_cut_off_from_etcd_stops_applying() {
+    let mut w = World::start(quick_sim()).await;
+    let key = format!("{}/lb-sync-leader", w.root);
+    w.put([1]).await;
+    let lb = w.lb_sync(&["--election-key", key.as_str(), "--election-ttl", "2s"]);
+    w.wait_enabled(&[1], WITHIN).await;
+    lb.wait_health("\"leader\": true", WITHIN).await;
+    w.etcd.kill();
+    lb.wait_log("leadership lost; applying stopped", WITHIN).await;
+    lb.wait_health("\"leader\": false", WITHIN).await;
+    assert!(lb.metrics().contains("lb_sync_leader 0"));
+}
