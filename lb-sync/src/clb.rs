@@ -112,8 +112,8 @@ impl Verb {
     }
 }
 
-/// A token and the endpoint it is good for.
-#[derive(Clone, Debug)]
+/// A token and the endpoint it is good for. `Debug` hides the token.
+#[derive(Clone)]
 pub struct Session {
     /// Sent as `X-Auth-Token`.
     token: String,
@@ -121,6 +121,16 @@ pub struct Session {
     pub endpoint: String,
     /// When the token is renewed (before it expires).
     pub renew_at: SystemTime,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("token", &"<hidden>")
+            .field("endpoint", &self.endpoint)
+            .field("renew_at", &self.renew_at)
+            .finish()
+    }
 }
 
 /// A load balancer as read.
@@ -964,6 +974,10 @@ mod tests {
             br#"{"message":"Nodes must not exceed 25 per load balancer.","code":413}"#
         ));
         assert_eq!(format!("{:?}", ApiKey::new("s3cret")), "ApiKey(<hidden>)");
+        let exp = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(60)).to_string();
+        let doc = token_doc("http://x", "tok-s3cret", &exp).to_string();
+        let s = session_from(doc.as_bytes(), "ORD", SystemTime::now()).unwrap();
+        assert!(!format!("{s:?}").contains("tok-s3cret"));
     }
 
     #[tokio::test]
