@@ -30,8 +30,9 @@ php_api=20220829   # PHP 8.2's extension API: /usr/lib/php/$php_api
 web_uid=10080      # the non-root user both servers run as
 packages=(nginx "php$php_version-fpm" "php$php_version-mysql" busybox-static)
 
-log() { echo "build.sh: $*" >&2; }
-die() { echo "build.sh: $*" >&2; exit 1; }
+prog=build.sh
+# shellcheck source=../lib/rootfs.sh
+source "$here/../lib/rootfs.sh"   # log, die, ensure_packages, put, libs_of, put_elf, ...
 
 # One build at a time on this machine (tests and the demo may start several at once):
 # two first builds racing would give two image ids for the same content.
@@ -39,17 +40,7 @@ exec 9>"${TMPDIR:-/tmp}/sidekick-web-build.lock"
 flock 9
 
 # 1. The packages the image is made of.
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  log "installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq || true
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+ensure_packages "${packages[@]}"
 nginx_bin=/usr/sbin/nginx
 fpm_bin="/usr/sbin/php-fpm$php_version"
 ext_dir="/usr/lib/php/$php_api"
@@ -71,31 +62,9 @@ chmod 1777 "$root/tmp"
 ln -s usr/lib "$root/lib"
 ln -s usr/lib64 "$root/lib64"
 
-# Copies a file to the same path in the image, following symlinks; /lib* goes under /usr.
-put() {
-  local src="$1" dest="${2:-$1}"
-  case "$dest" in /lib/*|/lib64/*) dest="/usr$dest" ;; esac
-  mkdir -p "$root$(dirname "$dest")"
-  cp -L "$src" "$root$dest"
-}
-
-# Every shared library an ELF file needs (ldd walks the whole tree), with the loader.
-libs_of() {
-  ldd "$1" | awk -v f="$1" '
-    /not found/ { print "build.sh: " f " needs " $1 ", which is not installed" > "/dev/stderr"; bad = 1; next }
-    /=>/ { if ($3 ~ /^\//) print $3; next }
-    $1 ~ /^\// { print $1 }
-    END { exit bad }'
-}
-
-put "$nginx_bin"
-put "$fpm_bin"
-for e in "${extensions[@]}"; do put "$ext_dir/$e.so"; done
-{
-  libs_of "$nginx_bin"
-  libs_of "$fpm_bin"
-  for e in "${extensions[@]}"; do libs_of "$ext_dir/$e.so"; done
-} | sort -u | while read -r lib; do put "$lib"; done
+ext_files=()
+for e in "${extensions[@]}"; do ext_files+=("$ext_dir/$e.so"); done
+put_elf "$nginx_bin" "$fpm_bin" "${ext_files[@]}"
 
 # busybox: /bin/sh for the entrypoint (its applets run inside the shell: sed, mkdir, sleep).
 put "$busybox" /bin/busybox
@@ -130,11 +99,8 @@ chmod -R a+rX "$root"
 # 3. A reproducible tar, and the image.
 context="$work/context"
 mkdir -p "$context"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$context/rootfs.tar" .
+pack_rootfs "$context"
 cp "$here/Dockerfile" "$context/Dockerfile"
 log "root file system: $(du -sh "$root" | cut -f1), building $tag"
-# (The classic builder's deprecation notice goes to the log; it is shown only on failure.)
-docker build -q -t "$tag" --build-arg "WEB_UID=$web_uid" "$context" >"$work/build.log" 2>&1 \
-  || { cat "$work/build.log" >&2; die "docker build of $tag failed"; }
-log "built $tag ($(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}'))"
+docker_build "$tag" "$context" "$work/build.log" --build-arg "WEB_UID=$web_uid"
 echo "$tag"
