@@ -75,6 +75,8 @@ pub struct ClbConfig {
     pub retry_max: Duration,
     /// Retries after a 5xx or no answer before the call fails.
     pub max_retries: usize,
+    /// A PEM bundle of CA certificates to trust instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The four verbs (each has its own rate limit).
@@ -166,12 +168,33 @@ impl Clb {
     /// # Errors
     /// [`Error::Options`] when the HTTP client cannot be built.
     pub fn new(cfg: ClbConfig, health: Arc<Health>) -> Result<Clb, Error> {
-        let http = reqwest::Client::builder()
-            .timeout(cfg.request_timeout)
-            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
-            .user_agent(concat!("lb-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Options(format!("cannot build the HTTP client: {e}")))?;
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(cfg.request_timeout)
+                .connect_timeout(cfg.request_timeout.min(Duration::from_secs(10)))
+                .user_agent(concat!("lb-sync/", env!("CARGO_PKG_VERSION")))
+        };
+        let built = match &cfg.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::Options(format!("cannot read CA file {}: {e}", path.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .ok()
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| Error::Options(format!("CA file {} holds no PEM certificate", path.display())))?;
+                builder().tls_certs_only(certs).build()
+            }
+            // The system's CA store; a `FROM scratch` image has none, and then only plain
+            // http endpoints (a simulator, a local proxy) can be reached.
+            None => builder().build().or_else(|e| {
+                tracing::warn!(
+                    "no usable system CA certificates ({e}); https endpoints will fail: \
+                     give --ca-file or ship /etc/ssl/certs/ca-certificates.crt"
+                );
+                builder().tls_certs_only(Vec::new()).build()
+            }),
+        };
+        let http = built.map_err(|e| Error::Options(format!("cannot build the HTTP client: {e}")))?;
         Ok(Clb {
             http,
             cfg,
@@ -889,6 +912,7 @@ mod tests {
             retry_min: Duration::from_millis(10),
             retry_max: Duration::from_millis(50),
             max_retries: 3,
+            ca_file: None,
         }
     }
 
@@ -978,6 +1002,39 @@ mod tests {
         let doc = token_doc("http://x", "tok-s3cret", &exp).to_string();
         let s = session_from(doc.as_bytes(), "ORD", SystemTime::now()).unwrap();
         assert!(!format!("{s:?}").contains("tok-s3cret"));
+    }
+
+    /// A self-signed CA (EC P-256), for the --ca-file cases.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBjDCCATGgAwIBAgIUQh4QiGBSkk+wSEZSIes9MHeWwRowCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPbGItc3luYyB0ZXN0IENBMCAXDTI2MTEyNTAwMDYyOFoYDzIx
+MjYxMTAxMDAwNjI4WjAaMRgwFgYDVQQDDA9sYi1zeW5jIHRlc3QgQ0EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAASsobXIWnkqGQpVhdQd2cwHm9O51wxyfHQrqh0E
+Uef5jifL0aMKjdeGYmn1odAAnPvNkro8+L3B30vNbNivHl1mo1MwUTAdBgNVHQ4E
+FgQU1sb89M5yrZqeA1SJelodbHKTJYUwHwYDVR0jBBgwFoAU1sb89M5yrZqeA1SJ
+elodbHKTJYUwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAwIS7
+0SumKEbM+BDg3X5JmvmRof4zDIe2T364/5HqDq8CIQDT2gGi3EvbOzbHJIQQpwhy
+EyWRZyXQNx92tyddbT4NVA==
+-----END CERTIFICATE-----
+";
+
+    #[tokio::test]
+    async fn a_ca_file_is_used_and_a_bad_one_is_named() {
+        let server = MockServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, TEST_CA).unwrap();
+        let mut cfg = config(&server);
+        cfg.ca_file = Some(good);
+        assert!(Clb::new(cfg.clone(), Arc::new(Health::new())).is_ok());
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        cfg.ca_file = Some(junk);
+        let err = Clb::new(cfg.clone(), Arc::new(Health::new())).unwrap_err().to_string();
+        assert!(err.contains("junk.pem") && err.contains("no PEM certificate"), "{err}");
+        cfg.ca_file = Some(dir.path().join("missing.pem"));
+        let err = Clb::new(cfg, Arc::new(Health::new())).unwrap_err().to_string();
+        assert!(err.contains("missing.pem"), "{err}");
     }
 
     #[tokio::test]

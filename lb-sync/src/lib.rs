@@ -158,6 +158,11 @@ pub struct Args {
     #[arg(long, env = "LB_SYNC_ACTIVE_TIMEOUT", default_value = "5m", value_parser = sidekick::duration::parse_positive)]
     pub active_timeout: Duration,
 
+    /// PEM bundle of CA certificates to trust for the API instead of the system's
+    /// (for images without /etc/ssl/certs).
+    #[arg(long, env = "CLB_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
     /// Timeout of each API request.
     #[arg(long, env = "CLB_TIMEOUT", default_value = "30s", value_parser = sidekick::duration::parse_positive)]
     pub api_timeout: Duration,
@@ -289,6 +294,7 @@ impl Args {
             retry_min: Duration::from_millis(200),
             retry_max: Duration::from_secs(10),
             max_retries: 6,
+            ca_file: self.ca_file.clone(),
         }
     }
 }

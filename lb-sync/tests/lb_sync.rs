@@ -47,6 +47,26 @@ async fn the_documented_call_keeps_the_lb_in_step() {
     assert!(!lb.log().contains("\"k\""), "the API key is never logged");
 }
 
+/// A machine (or a `FROM scratch` image) without CA certificates still starts, and
+/// reaches a plain-http API such as the simulator.
+#[tokio::test]
+async fn without_system_ca_certificates_an_http_api_is_still_reached() {
+    let w = World::start(quick_sim()).await;
+    w.put([1]).await;
+    let mut args = w.args();
+    args.push("plan".into());
+    let out = support::command(&args)
+        .env("SSL_CERT_FILE", "/nonexistent/ca-certificates.crt")
+        .env("SSL_CERT_DIR", "/nonexistent/certs")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("add     10.0.0.1:8080"), "{stdout}");
+    assert!(stderr.contains("no usable system CA certificates"), "{stderr}");
+}
+
 /// 1 -> 10 -> 3 records: the LB follows with the fewest calls the API allows:
 /// ceil(adds / node limit) POSTs, one PUT per drain, ceil(deletes / 10) DELETEs.
 #[tokio::test]
@@ -376,6 +396,10 @@ async fn bad_input_exits_non_zero_with_a_one_line_error() {
     let (status, _, err) = run_once(&with("--region", "ZZZ"));
     assert!(!status.success(), "{err}");
     assert!(err.contains("\"ZZZ\"") && err.contains("ORD"), "{err}");
+    let mut args = w.args();
+    args.extend(["--ca-file".into(), "/nonexistent/ca.pem".into(), "run".into()]);
+    let (status, _, err) = run_once(&args);
+    assert!(!status.success() && err.contains("/nonexistent/ca.pem"), "{err}");
     let (status, _, err) = run_once(&with("--username", "nobody"));
     assert!(!status.success(), "{err}");
     assert!(
