@@ -617,3 +617,19 @@ async fn a_leader_cut_off_from_etcd_stops_applying() {
     lb.wait_health("\"leader\": false", WITHIN).await;
     assert!(lb.metrics().contains("lb_sync_leader 0"));
 }
+
+/// A load balancer in ERROR (or SUSPENDED) cannot be changed: lb-sync reports it in
+/// /healthz and changes nothing, then follows the records once it is ACTIVE again.
+#[tokio::test]
+async fn a_load_balancer_in_error_is_reported_then_followed_once_active() {
+    let w = World::start(quick_sim()).await;
+    w.sim.set_status(1, "ERROR");
+    w.put([1, 2]).await;
+    let lb = w.lb_sync(&[]);
+    let health = lb.wait_health("\"error\"", WITHIN).await;
+    assert!(health.contains("load balancer 1 is ERROR"), "{health}");
+    assert_eq!(w.sim.count("POST"), 0);
+    w.sim.set_status(1, "ACTIVE");
+    w.wait_enabled(&[1, 2], WITHIN).await;
+    lb.wait_health("\"converged\"", WITHIN).await;
+}
