@@ -15,18 +15,50 @@ use sidekick::logging::LogArgs;
 use crate::Error;
 
 /// Command-line options; every flag has an environment twin.
+///
+/// Build it with [`Args::try_parse_from`] / [`Args::parse`] (inherent, not clap's trait
+/// methods): dbhelper renames one shared etcd flag, see [`Args::command`].
 #[derive(Debug, clap::Parser)]
 #[command(name = "dbhelper", version, about, long_about = None)]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-    /// etcd connection options (used with `--db-etcd-key`).
+    /// etcd connection options (used with `--etcd-key`).
     #[command(flatten)]
     pub etcd: EtcdArgs,
     /// Logging options.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+impl Args {
+    /// The command line parser. Issue 5 gives `--etcd-key` to the etcd key that holds the
+    /// database address, so in dbhelper the shared TLS option `--etcd-key` (client key
+    /// file, env ETCD_KEY) is renamed `--etcd-client-key`; the other binaries keep it.
+    #[must_use]
+    pub fn command() -> clap::Command {
+        <Self as clap::CommandFactory>::command().mut_arg("etcd_key", |a| a.long("etcd-client-key"))
+    }
+
+    /// Parses `argv` (program name first) and the environment twins.
+    ///
+    /// # Errors
+    /// clap's error, naming the offending value.
+    pub fn try_parse_from<I, T>(argv: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut matches = Self::command().try_get_matches_from(argv)?;
+        <Self as clap::FromArgMatches>::from_arg_matches_mut(&mut matches)
+    }
+
+    /// Parses the process's command line, exiting with clap's message on error.
+    #[must_use]
+    pub fn parse() -> Self {
+        Self::try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
 }
 
 /// The subcommands.
@@ -42,7 +74,7 @@ pub enum Command {
 #[derive(Clone, Debug, clap::Args)]
 pub struct DbArgs {
     /// Database host name or address. Falls back to the docker-link variable
-    /// DB_PORT_3306_TCP_ADDR, then to --db-etcd-key.
+    /// DB_PORT_3306_TCP_ADDR, then to --etcd-key.
     #[arg(long, env = "DB_HOST")]
     pub host: Option<String>,
 
@@ -53,8 +85,8 @@ pub struct DbArgs {
 
     /// etcd key holding the database's address (the announcer's `value` layout, e.g.
     /// /services/db/db_private_ip), used when no host is given; dbhelper waits for it to appear.
-    /// (Not `--etcd-key`: that is the shared etcd option for the client certificate's key.)
-    #[arg(long, env = "DB_ETCD_KEY", value_parser = parse_etcd_key)]
+    /// (In dbhelper the TLS client key of the shared etcd options is --etcd-client-key.)
+    #[arg(long = "etcd-key", alias = "db-etcd-key", env = "DB_ETCD_KEY", value_parser = parse_etcd_key)]
     pub db_etcd_key: Option<String>,
 
     /// Administrator user that seeds the database and creates the app user.
@@ -79,7 +111,7 @@ pub struct SeedArgs {
     pub db: DbArgs,
 
     /// The SQL dump to load (e.g. world_innodb.sql), read as bytes in any character set.
-    #[arg(long, env = "DB_DUMP", value_name = "FILE")]
+    #[arg(long, env = "WORLD_DUMP", value_name = "FILE")]
     pub dump: PathBuf,
 
     /// The database to seed; the dump's tables go there whatever database the dump names.
@@ -397,7 +429,7 @@ mod tests {
         let a = Args::try_parse_from([
             "dbhelper",
             "wait",
-            "--db-etcd-key",
+            "--etcd-key",
             "/services/db/db_private_ip",
             "--wait-timeout",
             "5s",
@@ -405,6 +437,29 @@ mod tests {
         .unwrap();
         let Command::Wait(w) = a.command else { panic!("wait") };
         assert_eq!(w.db_etcd_key.as_deref(), Some("/services/db/db_private_ip"));
+        assert_eq!(
+            a.etcd.etcd_key, None,
+            "--etcd-key is the record's key in dbhelper, not the TLS key"
+        );
+        // The shared TLS client key keeps its env twin under its dbhelper name.
+        let a = Args::try_parse_from([
+            "dbhelper",
+            "--etcd-cert",
+            "c.pem",
+            "--etcd-client-key",
+            "k.pem",
+            "wait",
+            "--db-etcd-key",
+            "/services/db/db_private_ip",
+        ])
+        .unwrap();
+        assert_eq!(a.etcd.etcd_key.as_deref(), Some(std::path::Path::new("k.pem")));
+        let Command::Wait(w) = a.command else { panic!("wait") };
+        assert_eq!(
+            w.db_etcd_key.as_deref(),
+            Some("/services/db/db_private_ip"),
+            "old spelling still works"
+        );
         assert!(
             Args::try_parse_from(["dbhelper", "seed"]).is_err(),
             "--dump is required"

@@ -82,7 +82,7 @@ pub enum Error {
     /// The etcd key naming the database did not appear in time.
     #[error("etcd key {key:?} did not give a database address at {endpoints} within {waited:?}{last}")]
     EtcdKeyTimeout {
-        /// The key from `--db-etcd-key`.
+        /// The key from `--etcd-key`.
         key: String,
         /// The etcd endpoints asked.
         endpoints: String,

@@ -3,7 +3,7 @@
 //! [`choose`] decides (pure) where the address comes from:
 //! 1. `--host` (`DB_HOST`), with `--port` or 3306;
 //! 2. else the docker-link variables `DB_PORT_3306_TCP_ADDR` / `DB_PORT_3306_TCP_PORT`;
-//! 3. else `--db-etcd-key`: the address is read from etcd, waiting for the key to appear.
+//! 3. else `--etcd-key`: the address is read from etcd, waiting for the key to appear.
 //!
 //! An explicit `--port` always wins. For the etcd key, a JSON value that carries a
 //! `port` (the announcer's `json` layout) gives the port when `--port` is absent.
@@ -119,7 +119,7 @@ pub fn choose(
         });
     }
     Err(Error::Options(
-        "no database to find: give --host (DB_HOST), the docker-link variables DB_PORT_3306_TCP_ADDR/DB_PORT_3306_TCP_PORT, or --db-etcd-key (DB_ETCD_KEY)".into(),
+        "no database to find: give --host (DB_HOST), the docker-link variables DB_PORT_3306_TCP_ADDR/DB_PORT_3306_TCP_PORT, or --etcd-key (DB_ETCD_KEY)".into(),
     ))
 }
 
@@ -322,7 +322,7 @@ mod tests {
             );
         }
         let err = choose(None, None, None, None, None).unwrap_err().to_string();
-        assert!(err.contains("--host") && err.contains("--db-etcd-key"), "{err}");
+        assert!(err.contains("--host") && err.contains("--etcd-key"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     let args = dbhelper::Args::parse();
     sidekick::tls::install_crypto_provider();

@@ -306,7 +306,7 @@ fn finds_the_database_through_docker_link_variables() {
     );
 }
 
-/// `--db-etcd-key`: dbhelper starts before the key exists, waits, and seeds once the
+/// `--etcd-key`: dbhelper starts before the key exists, waits, and seeds once the
 /// announcer's value appears. The app password comes from a file.
 #[test]
 fn finds_the_database_through_an_etcd_key_that_appears_later() {
@@ -318,7 +318,7 @@ fn finds_the_database_through_an_etcd_key_that_appears_later() {
     let port = db.port().to_string();
     let mut cmd = dbhelper(&[
         "seed",
-        "--db-etcd-key",
+        "--etcd-key",
         &key,
         "--etcd-endpoints",
         &etcd.endpoint(),
