@@ -57,6 +57,10 @@ pub struct Args {
     #[command(flatten)]
     pub log: LogArgs,
 
+    /// `--validate`: check this command line offline and exit.
+    #[command(flatten)]
+    pub validate: sidekick::validate::ValidateArgs,
+
     /// Root of every record: `<prefix>/<service>/<instance>`.
     #[arg(long, env = "ANNOUNCE_PREFIX", default_value = DEFAULT_PREFIX, value_parser = parse_prefix, global = true)]
     pub prefix: String,
@@ -248,6 +252,10 @@ impl Args {
 /// unreachable at start, a followed container whose record cannot be built, a failing
 /// `explain`.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.validate.validate {
+        println!("{}", validate(&args)?);
+        return Ok(());
+    }
     match &args.command {
         Command::Explain(e) => explain(&args, e).await?,
         Command::Container(c) => {
@@ -264,6 +272,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Host(h) => Box::pin(announce(&args, Mode::Host { layout: h.layout }, Scope::All)).await?,
     }
     Ok(())
+}
+
+/// `--validate`: what this command line would do, checked without contacting Docker or etcd.
+fn validate(args: &Args) -> Result<String, Error> {
+    let machine = args.machine()?;
+    let etcd = args.etcd.describe_offline()?;
+    let what = match &args.command {
+        Command::Container(c) => {
+            if c.layout != Layout::Value && machine.public_ipv4.is_none() {
+                return Err(record::RecordError::NoPublicIpv4 {
+                    container: c.name.clone(),
+                    layout: c.layout,
+                }
+                .into());
+            }
+            let key = schema::instance_key(&args.prefix, &c.service, &c.instance, c.layout);
+            format!("follow container {} as {key} ({} layout)", c.name, c.layout)
+        }
+        Command::Host(h) => format!(
+            "follow labelled containers under {}/ (default layout {})",
+            args.prefix, h.layout
+        ),
+        Command::Explain(e) => format!("explain container {}", e.name),
+    };
+    let public = machine.public_ipv4.map_or_else(|| "-".to_owned(), |ip| ip.to_string());
+    Ok(format!(
+        "announcer: configuration OK: {what}; host {} public {public} private {}; {etcd}; ttl {}s; check {} every {:?}",
+        machine.hostname,
+        machine.private_ipv4,
+        args.ttl.as_secs(),
+        args.check,
+        args.check_interval,
+    ))
 }
 
 /// `container` and `host`: the long-running announcer.

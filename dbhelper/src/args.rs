@@ -30,6 +30,9 @@ pub struct Args {
     /// Logging options.
     #[command(flatten)]
     pub log: LogArgs,
+    /// `--validate`: check this command line offline and exit.
+    #[command(flatten)]
+    pub validate: sidekick::validate::ValidateArgs,
 }
 
 impl Args {

@@ -44,6 +44,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let cancel = sidekick::shutdown::on_signals()
         .map_err(|e| Error::Options(format!("cannot install the signal handlers: {e}")))?;
     let env = Environment::from_process();
+    if args.validate.validate {
+        println!("{}", validate(&args, &env)?);
+        return Ok(());
+    }
     match &args.command {
         Command::Wait(db) => {
             let (address, _, conn) = ready(db, &args.etcd, &env, &cancel).await?;
@@ -53,6 +57,51 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
         Command::Seed(seed) => run_seed(seed, &args.etcd, &env, &cancel).await,
     }
+}
+
+/// `--validate`: where the database would be looked for, and that the passwords and the
+/// dump are there, without contacting the database or etcd.
+fn validate(args: &Args, env: &Environment) -> Result<String, Error> {
+    let db = match &args.command {
+        Command::Wait(db) => db,
+        Command::Seed(seed) => &seed.db,
+    };
+    let root = db.root_credentials(env)?;
+    let lookup = locate::choose(
+        db.host.as_deref(),
+        db.port,
+        env.link_addr.as_deref(),
+        env.link_port.as_deref(),
+        db.db_etcd_key.as_deref(),
+    )?;
+    let place = match &lookup {
+        locate::Lookup::Fixed(address) => format!("database at {address}"),
+        locate::Lookup::Etcd { key, .. } => {
+            format!(
+                "database address from etcd key {key} ({})",
+                args.etcd.describe_offline()?
+            )
+        }
+    };
+    let what = match &args.command {
+        Command::Wait(_) => "wait".to_owned(),
+        Command::Seed(seed) => {
+            seed.app_credentials(env)?;
+            let dump = DumpFile::read(&seed.dump)?;
+            format!(
+                "seed {} from {} ({} statements, sha256 {}) with app user {}",
+                seed.database,
+                dump.path.display(),
+                dump.statements,
+                dump.sha256,
+                seed.app_user
+            )
+        }
+    };
+    Ok(format!(
+        "dbhelper: configuration OK: {what}; {place} as {}; wait up to {:?}",
+        root.user, db.wait_timeout
+    ))
 }
 
 /// Finds the database and waits until it takes a login: steps 1 and 2.

@@ -172,6 +172,10 @@ pub struct Args {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    /// `--validate`: check this command line offline and exit.
+    #[command(flatten)]
+    pub validate: sidekick::validate::ValidateArgs,
 }
 
 const AFTER_HELP: &str = "\
@@ -306,6 +310,24 @@ impl Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let env_key = std::env::var(API_KEY_ENV).ok();
     let key = args.api_key(env_key.as_deref())?;
+    if args.validate.validate {
+        let etcd = args.etcd.describe_offline()?;
+        let command = match args.command {
+            Command::Run if args.dry_run => "run (dry run)",
+            Command::Run => "run",
+            Command::Plan => "plan",
+        };
+        println!(
+            "lb-sync: configuration OK: {command} load balancer {} in {} via {} as {} (API key given); records under {}; {etcd}; election {}",
+            args.load_balancer_id,
+            args.region,
+            args.identity_url,
+            args.username,
+            args.prefix,
+            args.election_key.as_deref().unwrap_or("off"),
+        );
+        return Ok(());
+    }
     let etcd = args.etcd.resolve().await?;
     let health = Arc::new(Health::new());
     let clb = Clb::new(args.clb_config(key), health.clone())?;

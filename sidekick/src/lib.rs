@@ -4,7 +4,7 @@
 //!   discovery, TLS, user and password) and the connected client they produce.
 //! - [`schema`]: the etcd key layout of the seed system, written by the announcer and
 //!   read by lb-sync and dbhelper, so that writer and readers cannot disagree.
-//! - [`logging`], [`shutdown`], [`retry`], [`tls`], [`duration`]: process plumbing.
+//! - [`logging`], [`shutdown`], [`retry`], [`tls`], [`duration`], [`validate`]: process plumbing.
 //!
 //! Nothing here talks to Docker, the load balancer or the database.
 
@@ -15,6 +15,7 @@ pub mod retry;
 pub mod schema;
 pub mod shutdown;
 pub mod tls;
+pub mod validate;
 
 mod error;
 pub use error::Error;
