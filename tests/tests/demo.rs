@@ -1,8 +1,8 @@
 //! `scripts/demo`, the README's first command, end to end with two web containers: the
 //! real etcd cluster, the db and web images, the announcers, dbhelper, the simulator and
 //! lb-sync. It must print what the walkthrough showed, see the stopped container's record
-//! and load balancer node go away, exit 0, and leave nothing behind, after removing what
-//! an earlier run left.
+//! and load balancer node go away, exit 0, and leave nothing behind; run again after a
+//! `--keep` run, it first removes what that one left running.
 //!
 //! It runs the workspace's own binaries (`cargo build --workspace --bins`, as
 //! `scripts/test` does first) with `--no-build`; the images are built here (cached).
@@ -52,26 +52,39 @@ fn demo_runs_the_walkthrough_with_two_web_containers_and_leaves_nothing_behind()
         );
     }
 
-    // What an interrupted earlier run could leave: a labelled container in the way of a name.
-    let image = testbed::docker::block_on_thread(async {
-        let docker = testbed::docker::connect().await;
-        testbed::docker::busybox_image(&docker).await
-    });
-    let (ok, out) = run(Command::new("docker").args(["create", "--name", "web-02", "--label", LABEL, &image]));
-    assert!(ok, "cannot create the leftover container: {out}");
+    let demo = |extra: &[&str]| {
+        run(Command::new("bash")
+            .arg(repo().join("scripts/demo"))
+            .args(["--web", "2", "--no-build", "--bin-dir"])
+            .arg(&bin_dir)
+            .args(extra)
+            .env_remove("SIDEKICK_DEMO_DIR"))
+    };
 
-    let (ok, out) = run(Command::new("bash")
-        .arg(repo().join("scripts/demo"))
-        .args(["--web", "2", "--no-build", "--bin-dir"])
-        .arg(&bin_dir)
-        .env_remove("SIDEKICK_DEMO_DIR"));
+    // First with --keep: everything stays up, and the output says how to stop it.
+    let (ok, out) = demo(&["--keep"]);
+    assert!(ok, "scripts/demo --keep failed:\n{out}");
+    assert!(out.contains("stop:     scripts/demo --stop"), "{out}");
+    let names = docker_lines(&["ps", "--filter", &format!("label={LABEL}"), "--format", "{{.Names}}"]);
+    assert!(
+        names.contains(&"db".to_owned()) && names.contains(&"web-01".to_owned()),
+        "--keep should leave db and web-01 running: {names:?}"
+    );
+    let health = testbed::http_get(18001, "/health.php").unwrap_or_default();
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("PASS\n"),
+        "web-01 should still answer PASS after --keep: {health:?}"
+    );
+
+    // Then again, without --keep: it removes the kept demo first, runs, and tears down.
+    let (ok, out) = demo(&[]);
     assert!(ok, "scripts/demo failed:\n{out}");
 
     for fact in [
-        "removing what an earlier demo left",
-        "| started |",                    // three etcd members
-        "db_private_ip = {\"value\": \"", // mondb's record
-        "world.City: 4079 rows",          // dbhelper's counts
+        "removing what an earlier demo left", // the kept one
+        "| started |",                        // three etcd members
+        "db_private_ip = {\"value\": \"",     // mondb's record
+        "world.City: 4079 rows",              // dbhelper's counts
         "/services/web/web01/unit = monweb@01.service",
         "/services/web/web02/port = 18002",
         "2 node(s)", // the load balancer before the stop
