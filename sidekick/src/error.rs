@@ -27,12 +27,11 @@ pub enum Error {
     Discovery { domain: String, reason: String },
 
     /// The etcd client refused the configuration or could not reach any member.
-    #[error("etcd at {endpoints} is not reachable: {source}")]
-    Connect {
-        endpoints: String,
-        #[source]
-        source: etcd_client::Error,
-    },
+    ///
+    /// `reason` is the innermost cause (`Connection refused (os error 111)`), not the
+    /// whole gRPC chain, so the message stays one readable line.
+    #[error("etcd at {endpoints} is not reachable: {reason}")]
+    Connect { endpoints: String, reason: String },
 
     /// The reachability probe did not answer in time.
     #[error("etcd at {endpoints} did not answer within {timeout:?}")]
@@ -48,4 +47,24 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
+}
+
+/// The innermost message of an etcd-client error: what actually went wrong
+/// (`Connection refused (os error 111)`, `etcdserver: authentication failed`).
+#[must_use]
+pub fn etcd_reason(err: &etcd_client::Error) -> String {
+    fn innermost(mut cur: &dyn std::error::Error) -> String {
+        while let Some(next) = cur.source() {
+            cur = next;
+        }
+        cur.to_string()
+    }
+    match err {
+        etcd_client::Error::GRpcStatus(status) => match std::error::Error::source(status) {
+            Some(source) => innermost(source),
+            None if status.message().is_empty() => format!("{:?}", status.code()),
+            None => status.message().to_owned(),
+        },
+        other => innermost(other),
+    }
 }

@@ -102,13 +102,13 @@ impl EtcdConfig {
         let attempt = async {
             let mut client = Client::connect(&self.endpoints, Some(self.options.clone()))
                 .await
-                .map_err(|source| Error::Connect {
+                .map_err(|e| Error::Connect {
                     endpoints: endpoints.clone(),
-                    source,
+                    reason: crate::error::etcd_reason(&e),
                 })?;
-            client.status().await.map_err(|source| Error::Connect {
+            client.status().await.map_err(|e| Error::Connect {
                 endpoints: endpoints.clone(),
-                source,
+                reason: crate::error::etcd_reason(&e),
             })?;
             Ok(client)
         };
@@ -128,9 +128,9 @@ impl EtcdConfig {
     pub async fn connect_lazy(&self) -> Result<Client, Error> {
         Client::connect(&self.endpoints, Some(self.options.clone()))
             .await
-            .map_err(|source| Error::Connect {
+            .map_err(|e| Error::Connect {
                 endpoints: self.endpoints_display(),
-                source,
+                reason: crate::error::etcd_reason(&e),
             })
     }
 }

@@ -2,6 +2,8 @@
 //! `--log-format json`; the filter follows `RUST_LOG` syntax (`info`, `announcer=debug`).
 //! Logs go to standard error so standard output stays for what a command prints.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// How log lines look.
@@ -32,9 +34,12 @@ pub struct LogArgs {
 pub fn init(args: &LogArgs) -> Result<(), String> {
     let filter =
         EnvFilter::try_new(&args.log_filter).map_err(|e| format!("invalid log filter {:?}: {e}", args.log_filter))?;
+    // Colours only on a terminal: journald and log files get plain text.
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let res = match args.log_format {
         LogFormat::Text => builder.with_target(true).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
