@@ -24,7 +24,7 @@ mod proxy;
 
 pub use etcd::{Etcd, EtcdCluster};
 pub use mariadb::MariaDb;
-pub use process::{bin, free_port, http_get, require_program, signal, wait_for};
+pub use process::{bin, free_port, http_get, require_program, signal, spawn, wait_for};
 pub use proxy::SocketProxy;
 
 /// The path of the world dump: `$WORLD_DUMP`, else `../shared/data/world_innodb.sql`

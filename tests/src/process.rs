@@ -28,12 +28,12 @@ pub fn require_program(program: &str, install: &str) -> PathBuf {
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
-/// Spawns `cmd` from one long-lived thread, with `PR_SET_PDEATHSIG = SIGKILL`.
+/// Spawns `cmd` (stdin closed) from one long-lived thread, with `PR_SET_PDEATHSIG = SIGKILL`.
 ///
-/// The death signal fires when the *thread* that spawned the child exits, so children are
+/// Use it for every process a test starts and leaves running. The death signal fires when the *thread* that spawned the child exits, so children are
 /// spawned from a thread that lives as long as the test process: they die with it, even
 /// when the test is killed and no destructor runs.
-pub(crate) fn spawn(mut cmd: Command) -> std::io::Result<Child> {
+pub fn spawn(mut cmd: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();

@@ -1,9 +1,6 @@
 //! Running the real `announcer` binary against testbed servers, and reading etcd back.
 
-#![allow(unsafe_code)]
-
 use std::collections::BTreeMap;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -55,14 +52,6 @@ fn command(args: &[String]) -> Command {
         .env_remove("COREOS_PUBLIC_IPV4")
         .env_remove("COREOS_PRIVATE_IPV4")
         .stdin(Stdio::null());
-    // The announcer dies with the test process, even when the test is killed.
-    // SAFETY: prctl is async-signal-safe and nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     cmd
 }
 
@@ -72,11 +61,11 @@ impl Announcer {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("announcer.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let child = command(args)
-            .stdout(Stdio::from(file.try_clone().expect("clone")))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("spawn announcer");
+        let mut cmd = command(args);
+        cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
+            .stderr(Stdio::from(file));
+        // It dies with the test process, even when the test is killed.
+        let child = testbed::spawn(cmd).expect("spawn announcer");
         Announcer {
             child: Some(child),
             log,

@@ -2,9 +2,8 @@
 //! written the way the announcer writes them (the `fields` layout, one transaction per
 //! record), and the real `lb-sync` binary with its log in a file.
 
-#![allow(unsafe_code, dead_code)]
+#![allow(dead_code)]
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -218,20 +217,14 @@ pub struct LbSync {
     _dir: tempfile::TempDir,
 }
 
-/// The command with a clean environment: only the API key, and death with the test.
+/// The command with a clean environment: only the API key (start it with `testbed::spawn`
+/// so it dies with the test).
 pub fn command(args: &[String]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
     cmd.args(args)
         .env_clear()
         .env("RACKSPACE_API_KEY", "k")
         .stdin(Stdio::null());
-    // SAFETY: prctl is async-signal-safe and nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
     cmd
 }
 
@@ -244,11 +237,9 @@ impl LbSync {
         let listen = testbed::free_port();
         let mut all = vec!["--listen".to_owned(), format!("127.0.0.1:{listen}")];
         all.extend_from_slice(args);
-        let child = command(&all)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .spawn()
-            .expect("spawn lb-sync");
+        let mut cmd = command(&all);
+        cmd.stdout(Stdio::null()).stderr(Stdio::from(file));
+        let child = testbed::spawn(cmd).expect("spawn lb-sync");
         LbSync {
             child: Some(child),
             log,
@@ -369,15 +360,8 @@ impl Announcer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file));
-        // SAFETY: prctl is async-signal-safe and nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         Announcer {
-            child: cmd.spawn().expect("spawn announcer"),
+            child: testbed::spawn(cmd).expect("spawn announcer"),
             log,
             _dir: dir,
         }
