@@ -35,9 +35,27 @@ wait_until() {
   shift 2
   local deadline=$((SECONDS + limit))
   until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || die "timed out after ${limit}s waiting for $what (logs: $state/logs)"
+    check_alive
+    ((SECONDS < deadline)) || die "timed out after ${limit}s waiting for $what"
     sleep "$poll"
   done
+}
+
+# Dies at once, with the last lines of its log, when a process of the demo or the db
+# container has stopped: no need to wait for a timeout then.
+check_alive() {
+  local f name
+  for f in "$state"/pids/*.pid; do
+    [ -e "$f" ] || continue
+    name=$(basename "$f" .pid)
+    proc_alive "$name" || die "$name exited; the end of its log:
+$(tail -n 15 "$state/logs/$name.log" 2>/dev/null)"
+  done
+  if [ -n "$(docker ps -aq --filter name='^db$' --filter "label=$label")" ] \
+    && [ "$(docker inspect -f '{{.State.Running}}' db 2>/dev/null)" != true ]; then
+    die "the db container stopped; the end of its log:
+$(docker logs --tail 15 db 2>&1)"
+  fi
 }
 
 # ---- ports -------------------------------------------------------------------------------
@@ -62,12 +80,12 @@ free_port() {
 
 # The start time of a process (field 22 of /proc/PID/stat): a pid file records it, so a
 # reused pid is never mistaken for ours.
-proc_start() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+proc_start() { { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null || true; } | cut -d' ' -f20; }
 
 # pid_running PID: the process exists and is not a zombie waiting to be reaped.
 pid_running() {
   local st
-  st=$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  st=$({ sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null || true; } | cut -d' ' -f1)
   [ -n "$st" ] && [ "$st" != Z ]
 }
 
@@ -390,7 +408,8 @@ watch_removal() {
       last_node=$node
     fi
     [ "$rec" = gone ] && [ "$node" = gone ] && break
-    ((SECONDS < deadline)) || die "timed out after 90s: record $rec, load balancer node $node (logs: $state/logs)"
+    check_alive
+    ((SECONDS < deadline)) || die "timed out after 90s: record $rec, load balancer node $node"
     sleep 0.2
   done
   wait_until 30 "the load balancer to be ACTIVE with $((web_count - 1)) nodes" lb_converged "$((web_count - 1))"
