@@ -145,6 +145,22 @@ fn expand(unit: &Unit, value: &str, env: &[(String, String)]) -> String {
     s
 }
 
+/// `/etc/sidekick/NAME` (a password or key file a unit names) -> `units/env/NAME.example`.
+fn secret_files_to_examples(line: &str) -> String {
+    line.split_whitespace()
+        .map(|w| match w.strip_prefix("/etc/sidekick/") {
+            // A whole word only: `-v /etc/sidekick/x:/run/secrets/x` is Docker's business.
+            Some(name) if !name.contains(':') => {
+                let example = units_dir().join("env").join(format!("{name}.example"));
+                assert!(example.is_file(), "{w} has no example at {}", example.display());
+                example.to_string_lossy().into_owned()
+            }
+            _ => w.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn our_binary(program: &str) -> Option<&'static str> {
     ["announcer", "lb-sync", "dbhelper"]
         .into_iter()
@@ -226,22 +242,52 @@ fn units_keep_the_walkthroughs_placement_and_lifetimes() {
     assert_eq!(u["announcer-host.service"].one("X-Fleet", "Global"), Some("true"));
 }
 
+/// Words that name a secret. A variable or flag may name a secret's *file* (`*_FILE`,
+/// `--*-file`), never carry the secret itself.
+const SECRET_WORDS: [&str; 5] = ["PASSWORD", "PW", "API_KEY", "APIKEY", "SECRET"];
+
+fn names_a_secret(word: &str) -> bool {
+    let upper = word.to_uppercase().replace('-', "_");
+    upper.split('_').any(|part| SECRET_WORDS.contains(&part)) || SECRET_WORDS.iter().any(|w| upper.contains(w))
+}
+
 #[test]
 fn no_secret_is_on_a_command_line() {
     for (name, unit) in load("fleet") {
         for key in ["ExecStart", "ExecStartPre", "ExecStop"] {
             for line in unit.all("Service", key) {
-                let upper = line.to_uppercase();
-                for bad in ["PASSWORD", "APP_PW", "API_KEY", "APIKEY", "SECRET"] {
-                    assert!(!upper.contains(bad), "{name}: {key} mentions {bad}: {line}");
+                let words: Vec<&str> = line.split_whitespace().collect();
+                for (i, word) in words.iter().enumerate() {
+                    // `-e NAME=value` / `--env NAME=value` / a bare `NAME=value`.
+                    let assignment = if matches!(*word, "-e" | "--env") {
+                        words.get(i + 1).copied()
+                    } else {
+                        Some(*word)
+                    };
+                    if let Some((var, _)) = assignment.and_then(|a| a.split_once('=')) {
+                        if !var.starts_with('-') && names_a_secret(var) {
+                            assert!(var.ends_with("_FILE"), "{name}: {key} puts a secret in {var}: {line}");
+                        }
+                    }
+                    // `--password x` / `--api-key x`: only files may be named.
+                    if let Some(flag) = word.strip_prefix("--") {
+                        if names_a_secret(flag) {
+                            assert!(
+                                flag.ends_with("-file"),
+                                "{name}: {key} passes a secret flag --{flag}: {line}"
+                            );
+                        }
+                    }
                 }
-                assert!(
-                    !line.contains(" -e ") && !line.contains(" --env "),
-                    "{name}: {key} passes env inline: {line}"
-                );
             }
         }
     }
+}
+
+#[test]
+fn the_secret_check_can_fail() {
+    assert!(names_a_secret("MYSQL_ROOT_PASSWORD") && names_a_secret("APP_PW") && names_a_secret("api-key"));
+    assert!(!names_a_secret("APP_USER") && !names_a_secret("ETCD_ENDPOINTS") && !names_a_secret("PORT"));
 }
 
 #[test]
@@ -252,7 +298,9 @@ fn every_exec_start_of_our_binaries_passes_their_own_parser() {
         for (name, unit) in load(dir) {
             let env = unit_env(&unit);
             for line in unit.all("Service", "ExecStart") {
-                let line = expand(&unit, line, &env).replace("/opt/share/world_innodb.sql", &dump.to_string_lossy());
+                let line = secret_files_to_examples(
+                    &expand(&unit, line, &env).replace("/opt/share/world_innodb.sql", &dump.to_string_lossy()),
+                );
                 let words: Vec<&str> = line.split_whitespace().collect();
                 let Some(bin) = our_binary(words[0]) else {
                     assert_eq!(words[0], "/usr/bin/docker", "{name}: unexpected program {}", words[0]);
