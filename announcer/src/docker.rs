@@ -9,6 +9,12 @@
 //! the time of the last one seen (`since`), so nothing that happened during the gap is
 //! missed. It never gives up: Docker restarting is not a reason to exit.
 //!
+//! A `die` or `pause` event says by itself that the container stopped serving: an
+//! [`Update::Down`] goes out at once, before the inspection that follows. Inspections of
+//! `host` mode run beside the event loop, not in it: Docker answers an inspect of a
+//! container it is tearing down only when the teardown is over (hundreds of milliseconds
+//! on a busy host), and the events of other containers must not queue behind it.
+//!
 //! Docker's answers become [`ContainerFacts`] here ([`facts_from_inspect`] is pure), so
 //! nothing else in the crate knows bollard's types.
 
@@ -159,6 +165,26 @@ pub enum Update {
         /// Its facts now.
         facts: Option<ContainerFacts>,
     },
+    /// An event said the container stopped serving (`die`, `stop`: exited; `pause`:
+    /// paused); its full facts follow in a [`Update::Changed`] once Docker answers.
+    Down {
+        /// Container id.
+        id: String,
+        /// The state the event implies.
+        state: State,
+    },
+}
+
+/// The state an event implies on its own, without asking Docker: `die` and `stop` mean
+/// the process is gone, `pause` that it is frozen (pure). `kill` implies nothing: the
+/// signal may be one the container handles and survives.
+#[must_use]
+pub fn implied_down(action: &str) -> Option<State> {
+    match action {
+        "die" | "stop" => Some(State::Exited),
+        "pause" => Some(State::Paused),
+        _ => None,
+    }
 }
 
 /// Turns an inspect answer into facts (pure).
@@ -468,12 +494,29 @@ async fn session(
     let mut events = docker.events(Some(opts));
     let mut resync_timer = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `host` mode's inspections, in flight beside the event loop; only the newest one of a
+    // container may report (`newest` holds its ticket), so an answer can never be older
+    // than one already sent.
+    let mut inspections = futures::stream::FuturesUnordered::new();
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    let mut tickets = 0u64;
     loop {
         let msg = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             _ = resync_timer.tick() => {
                 let facts = snapshot(&docker, scope, &mut cache).await?;
                 if tx.send(Update::Snapshot(facts)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Some((id, ticket, answer)) = inspections.next(), if !inspections.is_empty() => {
+                if newest.get(&id) != Some(&ticket) {
+                    continue;
+                }
+                newest.remove(&id);
+                let facts: Option<ContainerFacts> = answer?;
+                if tx.send(Update::Changed { id, facts }).await.is_err() {
                     return Ok(());
                 }
                 continue;
@@ -515,6 +558,12 @@ async fn session(
                 if !concerns {
                     continue;
                 }
+                if let Some(state) = implied_down(action)
+                    && current_id.as_deref() == Some(id.as_str())
+                    && tx.send(Update::Down { id: id.clone(), state }).await.is_err()
+                {
+                    return Ok(());
+                }
                 let facts = inspect(&docker, wanted).await?;
                 current_id = facts.as_ref().map(|f| f.id.clone());
                 Update::Snapshot(facts.into_iter().collect())
@@ -522,12 +571,22 @@ async fn session(
             Scope::All => {
                 // The next resync inspects this container afresh.
                 cache.remove(&id);
-                let facts = if action == "destroy" {
-                    None
+                if action == "destroy" {
+                    newest.remove(&id);
+                    Update::Changed { id, facts: None }
                 } else {
-                    inspect(&docker, &id).await?
-                };
-                Update::Changed { id, facts }
+                    tickets += 1;
+                    newest.insert(id.clone(), tickets);
+                    let (docker, ticket, inspected) = (docker.clone(), tickets, id.clone());
+                    inspections.push(async move {
+                        let answer = inspect(&docker, &inspected).await;
+                        (inspected, ticket, answer)
+                    });
+                    match implied_down(action) {
+                        Some(state) => Update::Down { id, state },
+                        None => continue,
+                    }
+                }
             }
         };
         if tx.send(update).await.is_err() {
@@ -554,6 +613,16 @@ mod tests {
         PortBinding {
             host_ip: Some(ip.into()),
             host_port: Some(port.into()),
+        }
+    }
+
+    #[test]
+    fn die_stop_and_pause_imply_the_container_is_down_kill_does_not() {
+        assert_eq!(implied_down("die"), Some(State::Exited));
+        assert_eq!(implied_down("stop"), Some(State::Exited));
+        assert_eq!(implied_down("pause"), Some(State::Paused));
+        for action in ["kill", "start", "oom", "health_status", "unpause", "destroy", "rename"] {
+            assert_eq!(implied_down(action), None, "{action}");
         }
     }
 

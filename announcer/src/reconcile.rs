@@ -163,6 +163,12 @@ impl Reconciler {
                 self.errors.remove(&id);
             }
             Update::Changed { facts: Some(facts), .. } => self.upsert(facts)?,
+            Update::Down { id, state } => {
+                // Withdrawn at once; the inspection that follows replaces these facts.
+                if let Some(e) = self.entries.get_mut(&id) {
+                    e.facts.state = state;
+                }
+            }
         }
         Ok(())
     }

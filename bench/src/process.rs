@@ -1,0 +1,235 @@
+//! Child processes that die with the harness, and what `/proc` says about a process.
+//!
+//! Children are started with [`testbed::spawn`] (`PR_SET_PDEATHSIG`), so a harness killed
+//! by Ctrl-C or a timeout leaves no announcer, lb-sync or shell loop behind. A shell loop
+//! is started under `setsid`, so it leads its own process group and the `curl`,
+//! `etcdctl` and `sleep` it runs are killed with it. CPU times come from `/proc/PID/stat`
+//! in clock ticks; memory from `/proc/PID/status`.
+
+use std::path::Path;
+use std::process::Command;
+
+/// A child process; killed (with its process group, when it leads one) on drop.
+#[derive(Debug)]
+pub struct Child {
+    child: std::process::Child,
+    group: bool,
+    /// What it is, for messages.
+    pub what: String,
+}
+
+/// Spawns `cmd`; with `group`, under `setsid`: the child leads a new process group and
+/// session (so a shell loop and what it runs can be killed together).
+///
+/// # Errors
+/// When the program cannot be started.
+pub fn spawn(what: &str, cmd: Command, group: bool) -> std::io::Result<Child> {
+    let cmd = if group {
+        // setsid execs the program in place (the child is not a group leader), so the pid
+        // is the program's and the process group is the pid.
+        let mut wrapped = Command::new(testbed::require_program("setsid", "apt-get install -y util-linux"));
+        wrapped.arg(cmd.get_program()).args(cmd.get_args());
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        wrapped
+    } else {
+        cmd
+    };
+    let child = testbed::spawn(cmd)?;
+    Ok(Child {
+        child,
+        group,
+        what: what.to_owned(),
+    })
+}
+
+impl Child {
+    /// The process id.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `sig` (`libc::SIGTERM`, ...) to the process, or to its whole group.
+    pub fn signal(&self, sig: i32) {
+        if self.group {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg("--")
+                .arg(format!("-{}", self.pid()))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        } else {
+            testbed::signal(self.pid(), sig);
+        }
+    }
+
+    /// Whether it has exited (reaping it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGTERM, then waits up to `grace` for the exit, then SIGKILL.
+    pub fn stop(&mut self, grace: std::time::Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.signal(libc::SIGKILL);
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            self.signal(libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (`USER_HZ`, which Linux fixes at 100 for
+/// what it shows user space, whatever the kernel's own tick rate).
+#[must_use]
+pub fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+/// CPU times of one process, in clock ticks, from `/proc/PID/stat`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// User time of the process itself.
+    pub utime: u64,
+    /// System time of the process itself.
+    pub stime: u64,
+    /// User time of its children that it waited for.
+    pub cutime: u64,
+    /// System time of its children that it waited for.
+    pub cstime: u64,
+}
+
+impl CpuTicks {
+    /// Own CPU time.
+    #[must_use]
+    pub fn own(&self) -> u64 {
+        self.utime + self.stime
+    }
+
+    /// Own CPU time plus that of the children it reaped.
+    #[must_use]
+    pub fn with_children(&self) -> u64 {
+        self.own() + self.cutime + self.cstime
+    }
+}
+
+/// Parses the text of `/proc/PID/stat`; the command name may hold spaces and parentheses.
+#[must_use]
+pub fn parse_stat(text: &str) -> Option<CpuTicks> {
+    let after = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // After the name: field 3 (state) is f[0], so field k is f[k - 3].
+    let n = |k: usize| f.get(k - 3).and_then(|s| s.parse::<u64>().ok());
+    Some(CpuTicks {
+        utime: n(14)?,
+        stime: n(15)?,
+        cutime: n(16)?,
+        cstime: n(17)?,
+    })
+}
+
+/// CPU ticks of `pid` now.
+#[must_use]
+pub fn cpu_ticks(pid: u32) -> Option<CpuTicks> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// A `kB` line of `/proc/PID/status` (`VmRSS`, `VmHWM`) in bytes.
+#[must_use]
+pub fn parse_status_kb(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// Resident memory of `pid` in bytes (`VmRSS`).
+#[must_use]
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    parse_status_kb(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "VmRSS")
+}
+
+/// Peak resident memory of `pid` in bytes (`VmHWM`).
+#[must_use]
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    parse_status_kb(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "VmHWM")
+}
+
+/// Size of a file in bytes.
+#[must_use]
+pub fn file_size(path: &Path) -> Option<u64> {
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+/// Total memory of the machine in bytes (`MemTotal`).
+#[must_use]
+pub fn mem_total_bytes() -> Option<u64> {
+    parse_status_kb(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal")
+}
+
+/// Available memory of the machine in bytes (`MemAvailable`).
+#[must_use]
+pub fn mem_available_bytes() -> Option<u64> {
+    parse_status_kb(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemAvailable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_found_after_a_name_with_spaces_and_parentheses() {
+        let text = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 37 12 5 3 20 0 1 0 100 1000 200";
+        assert_eq!(
+            parse_stat(text),
+            Some(CpuTicks {
+                utime: 37,
+                stime: 12,
+                cutime: 5,
+                cstime: 3
+            })
+        );
+        let t = parse_stat(text).unwrap();
+        assert_eq!((t.own(), t.with_children()), (49, 57));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn status_kb_lines_become_bytes() {
+        let text = "Name:\tannouncer\nVmHWM:\t    6120 kB\nVmRSS:\t    5000 kB\n";
+        assert_eq!(parse_status_kb(text, "VmRSS"), Some(5_120_000));
+        assert_eq!(parse_status_kb(text, "VmHWM"), Some(6_266_880));
+        assert_eq!(parse_status_kb(text, "VmSwap"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_stat_and_an_rss() {
+        let pid = std::process::id();
+        assert!(cpu_ticks(pid).is_some());
+        assert!(rss_bytes(pid).unwrap() > 0);
+        assert!(clock_ticks_per_second() > 0.0);
+    }
+}
