@@ -186,6 +186,12 @@ pub struct Spec {
     pub host_ip: Option<String>,
     /// A Docker HEALTHCHECK.
     pub healthcheck: Option<Vec<String>>,
+    /// The container's host name.
+    pub hostname: Option<String>,
+    /// `host` for host networking (`None`: the default bridge).
+    pub network_mode: Option<String>,
+    /// Volumes and bind mounts, `SRC:DST[:ro]`.
+    pub binds: Vec<String>,
 }
 
 impl Spec {
@@ -217,6 +223,34 @@ impl Spec {
     #[must_use]
     pub fn env(mut self, kv: &str) -> Spec {
         self.env.push(kv.to_owned());
+        self
+    }
+
+    /// Adds several `KEY=VALUE` environment variables.
+    #[must_use]
+    pub fn envs(mut self, kvs: impl IntoIterator<Item = String>) -> Spec {
+        self.env.extend(kvs);
+        self
+    }
+
+    /// Sets the container's host name.
+    #[must_use]
+    pub fn hostname(mut self, hostname: &str) -> Spec {
+        self.hostname = Some(hostname.to_owned());
+        self
+    }
+
+    /// Uses the host's network (the container reaches servers on 127.0.0.1).
+    #[must_use]
+    pub fn host_network(mut self) -> Spec {
+        self.network_mode = Some("host".to_owned());
+        self
+    }
+
+    /// Mounts a volume or a host path: `SRC:DST[:ro]`.
+    #[must_use]
+    pub fn bind(mut self, spec: &str) -> Spec {
+        self.binds.push(spec.to_owned());
         self
     }
 
@@ -261,8 +295,11 @@ impl Spec {
             labels: Some(labels),
             exposed_ports: Some(exposed),
             healthcheck,
+            hostname: self.hostname.clone(),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
+                network_mode: self.network_mode.clone(),
+                binds: (!self.binds.is_empty()).then(|| self.binds.clone()),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
@@ -355,6 +392,56 @@ impl Container {
     pub async fn remove(&self) {
         let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         let _ = self.docker.remove_container(&self.id, Some(opts)).await;
+    }
+
+    /// `docker inspect`.
+    pub async fn inspect(&self) -> bollard::models::ContainerInspectResponse {
+        self.docker
+            .inspect_container(&self.id, None::<InspectContainerOptions>)
+            .await
+            .expect("inspect")
+    }
+
+    /// The container's state (running, exit code, health...).
+    pub async fn state(&self) -> bollard::models::ContainerState {
+        self.inspect().await.state.expect("state")
+    }
+
+    /// Everything the container wrote to stdout and stderr so far.
+    pub async fn logs(&self) -> String {
+        let opts = bollard::query_parameters::LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut out = String::new();
+        let mut logs = self.docker.logs(&self.id, Some(opts));
+        while let Some(Ok(chunk)) = logs.next().await {
+            out.push_str(&chunk.to_string());
+        }
+        out
+    }
+
+    /// `(uid, command line)` of every process in the container (`docker top`).
+    pub async fn processes(&self) -> Vec<(String, String)> {
+        // Docker needs the pid column to map host processes to the container.
+        let opts = bollard::query_parameters::TopOptionsBuilder::new()
+            .ps_args("-o pid,uid,args")
+            .build();
+        let top = self
+            .docker
+            .top_processes(&self.id, Some(opts))
+            .await
+            .expect("docker top");
+        top.processes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.get(1).cloned().unwrap_or_default(),
+                    p.get(2).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
     /// The host port Docker published for `container_port` (`80/tcp`).

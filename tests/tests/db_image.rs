@@ -12,13 +12,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, ContainerState, HostConfig, PortBinding};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, InspectContainerOptions, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveVolumeOptions, StartContainerOptions, StopContainerOptionsBuilder, TopOptionsBuilder,
-};
-use futures::StreamExt;
+use bollard::query_parameters::RemoveVolumeOptions;
 use mysql_async::prelude::Queryable;
+use testbed::docker::{Container, Spec};
 
 const IMAGE: &str = "sidekick/db:latest";
 const SECRET_MOUNT: &str = "/run/secrets/root_pw";
@@ -89,129 +85,40 @@ impl Drop for Volume {
 }
 
 /// A container of the db image with the volume on /var/lib/mysql and 3306 published on
-/// 127.0.0.1 (a port Docker chooses); force-removed on drop.
-struct DbContainer {
-    docker: Docker,
-    id: String,
-    name: String,
+/// 127.0.0.1 (a port Docker chooses); force-removed on drop (it is a testbed `Container`).
+struct DbContainer(Container);
+
+impl std::ops::Deref for DbContainer {
+    type Target = Container;
+    fn deref(&self) -> &Container {
+        &self.0
+    }
 }
 
 impl DbContainer {
     async fn run(docker: &Docker, volume: &Volume, env: Vec<String>, secret: Option<&Path>) -> DbContainer {
-        let name = testbed::unique("db-test");
-        let mut binds = vec![format!("{}:/var/lib/mysql", volume.name)];
+        let mut spec = Spec {
+            image: IMAGE.to_owned(),
+            ..Spec::default()
+        }
+        .name(&testbed::unique("db-test"))
+        .envs(env)
+        .bind(&format!("{}:/var/lib/mysql", volume.name))
+        .publish("3306/tcp", 0);
         if let Some(file) = secret {
-            binds.push(format!("{}:{SECRET_MOUNT}:ro", file.display()));
+            spec = spec.bind(&format!("{}:{SECRET_MOUNT}:ro", file.display()));
         }
-        let body = ContainerCreateBody {
-            image: Some(IMAGE.to_owned()),
-            env: Some(env),
-            labels: Some([(testbed::docker::LABEL.to_owned(), "1".to_owned())].into()),
-            exposed_ports: Some(vec!["3306/tcp".to_owned()]),
-            host_config: Some(HostConfig {
-                binds: Some(binds),
-                port_bindings: Some(
-                    [(
-                        "3306/tcp".to_owned(),
-                        Some(vec![PortBinding {
-                            host_ip: Some("127.0.0.1".to_owned()),
-                            host_port: Some(String::new()),
-                        }]),
-                    )]
-                    .into(),
-                ),
-                ..HostConfig::default()
-            }),
-            ..ContainerCreateBody::default()
-        };
-        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-        let id = docker
-            .create_container(Some(opts), body)
-            .await
-            .expect("create container")
-            .id;
-        let c = DbContainer {
-            docker: docker.clone(),
-            id,
-            name,
-        };
-        c.docker
-            .start_container(&c.id, None::<StartContainerOptions>)
-            .await
-            .expect("start container");
-        c
+        DbContainer(spec.run(docker).await)
     }
 
-    async fn inspect(&self) -> bollard::models::ContainerInspectResponse {
-        self.docker
-            .inspect_container(&self.id, None::<InspectContainerOptions>)
-            .await
-            .expect("inspect")
-    }
-
-    async fn state(&self) -> ContainerState {
-        self.inspect().await.state.expect("state")
-    }
-
-    async fn host_port(&self) -> u16 {
-        let ports = self
-            .inspect()
-            .await
-            .network_settings
-            .and_then(|n| n.ports)
-            .unwrap_or_default();
-        ports
-            .get("3306/tcp")
-            .and_then(|b| b.as_ref())
-            .and_then(|b| b.first())
-            .and_then(|b| b.host_port.as_deref())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{} publishes no 3306/tcp", self.name))
-    }
-
-    async fn logs(&self) -> String {
-        let opts = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
-        let mut out = String::new();
-        let mut logs = self.docker.logs(&self.id, Some(opts));
-        while let Some(Ok(chunk)) = logs.next().await {
-            out.push_str(&chunk.to_string());
-        }
-        out
-    }
-
-    /// `(uid, command line)` of every process in the container.
-    async fn processes(&self) -> Vec<(String, String)> {
-        // Docker needs the pid column to map host processes to the container.
-        let opts = TopOptionsBuilder::new().ps_args("-o pid,uid,args").build();
-        let top = self
-            .docker
-            .top_processes(&self.id, Some(opts))
-            .await
-            .expect("docker top");
-        top.processes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| {
-                (
-                    p.get(1).cloned().unwrap_or_default(),
-                    p.get(2).cloned().unwrap_or_default(),
-                )
-            })
-            .collect()
-    }
-
-    async fn stop(&self) {
-        let opts = StopContainerOptionsBuilder::new().t(30).build();
-        self.docker
-            .stop_container(&self.id, Some(opts))
-            .await
-            .expect("docker stop");
+    async fn port(&self) -> u16 {
+        self.host_port("3306/tcp").await
     }
 
     /// Waits (up to 60 s) until root logs in with `password` over TCP; returns the
     /// connection, or fails with the container's logs.
     async fn wait_for_root(&self, password: &str) -> mysql_async::Conn {
-        let port = self.host_port().await;
+        let port = self.port().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             match connect(port, password).await {
@@ -248,17 +155,6 @@ impl DbContainer {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-}
-
-impl Drop for DbContainer {
-    fn drop(&mut self) {
-        let docker = self.docker.clone();
-        let id = self.id.clone();
-        testbed::docker::block_on_thread(async move {
-            let opts = RemoveContainerOptionsBuilder::new().force(true).build();
-            let _ = docker.remove_container(&id, Some(opts)).await;
-        });
     }
 }
 
@@ -311,7 +207,7 @@ fn first_start_takes_the_password_file_and_a_restart_keeps_the_data_without_init
         assert!(version.contains("MariaDB"), "{version}");
         let who: String = conn.query_first("SELECT CURRENT_USER()").await.unwrap().unwrap();
         assert_eq!(who, "root@%", "root logs in from another host as 'root'@'%'");
-        let port = db.host_port().await;
+        let port = db.port().await;
         let wrong = connect(port, "not-the-password").await;
         assert!(
             wrong.as_ref().is_err_and(|e| e.to_string().contains("Access denied")),
@@ -355,7 +251,7 @@ fn first_start_takes_the_password_file_and_a_restart_keeps_the_data_without_init
 
         // docker stop: SIGTERM reaches mariadbd (PID 1), which shuts down and exits 0;
         // had it been ignored, Docker would have killed it after 30 s (exit 137).
-        db.stop().await;
+        db.stop(30).await;
         assert_eq!(db.wait_exit().await, 0, "{}", db.logs().await);
         assert!(db.logs().await.contains("Shutdown complete"), "{}", db.logs().await);
         drop(db);

@@ -264,19 +264,20 @@ fn no_secret_is_on_a_command_line() {
                     } else {
                         Some(*word)
                     };
-                    if let Some((var, _)) = assignment.and_then(|a| a.split_once('=')) {
-                        if !var.starts_with('-') && names_a_secret(var) {
-                            assert!(var.ends_with("_FILE"), "{name}: {key} puts a secret in {var}: {line}");
-                        }
+                    if let Some((var, _)) = assignment.and_then(|a| a.split_once('='))
+                        && !var.starts_with('-')
+                        && names_a_secret(var)
+                    {
+                        assert!(var.ends_with("_FILE"), "{name}: {key} puts a secret in {var}: {line}");
                     }
                     // `--password x` / `--api-key x`: only files may be named.
-                    if let Some(flag) = word.strip_prefix("--") {
-                        if names_a_secret(flag) {
-                            assert!(
-                                flag.ends_with("-file"),
-                                "{name}: {key} passes a secret flag --{flag}: {line}"
-                            );
-                        }
+                    if let Some(flag) = word.strip_prefix("--")
+                        && names_a_secret(flag)
+                    {
+                        assert!(
+                            flag.ends_with("-file"),
+                            "{name}: {key} passes a secret flag --{flag}: {line}"
+                        );
                     }
                 }
             }

@@ -447,100 +447,19 @@ fn build_image() -> Output {
     out
 }
 
-/// A container of the web image; force-removed on drop.
-struct WebContainer {
-    docker: bollard::Docker,
-    id: String,
-    name: String,
-}
-
-impl WebContainer {
-    /// Creates and starts a container of [`IMAGE`] with host networking.
-    async fn run(docker: &bollard::Docker, hostname: &str, env: Vec<String>) -> WebContainer {
-        use bollard::models::{ContainerCreateBody, HostConfig};
-        use bollard::query_parameters::{CreateContainerOptionsBuilder, StartContainerOptions};
-        let name = testbed::unique("web-test");
-        let body = ContainerCreateBody {
-            image: Some(IMAGE.to_owned()),
-            hostname: Some(hostname.to_owned()),
-            env: Some(env),
-            labels: Some([(testbed::docker::LABEL.to_owned(), "1".to_owned())].into()),
-            host_config: Some(HostConfig {
-                network_mode: Some("host".to_owned()),
-                ..HostConfig::default()
-            }),
-            ..ContainerCreateBody::default()
-        };
-        let opts = CreateContainerOptionsBuilder::new().name(&name).build();
-        let id = docker
-            .create_container(Some(opts), body)
-            .await
-            .expect("create container")
-            .id;
-        let c = WebContainer {
-            docker: docker.clone(),
-            id,
-            name,
-        };
-        c.docker
-            .start_container(&c.id, None::<StartContainerOptions>)
-            .await
-            .expect("start container");
-        c
+/// Creates and starts a container of [`IMAGE`] with host networking (a testbed
+/// `Container`: force-removed on drop).
+async fn run_web(docker: &bollard::Docker, hostname: &str, env: Vec<String>) -> testbed::docker::Container {
+    testbed::docker::Spec {
+        image: IMAGE.to_owned(),
+        ..Default::default()
     }
-
-    /// The command lines of the processes in the container.
-    async fn processes(&self) -> Vec<String> {
-        let top = self
-            .docker
-            .top_processes(&self.id, None::<bollard::query_parameters::TopOptions>)
-            .await
-            .expect("docker top");
-        let titles = top.titles.unwrap_or_default();
-        let cmd = titles.iter().position(|t| t == "CMD").expect("CMD column");
-        top.processes
-            .unwrap_or_default()
-            .into_iter()
-            .map(|p| p.get(cmd).cloned().unwrap_or_default())
-            .collect()
-    }
-
-    async fn logs(&self) -> String {
-        use futures::StreamExt;
-        let opts = bollard::query_parameters::LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .build();
-        let mut out = String::new();
-        let mut logs = self.docker.logs(&self.id, Some(opts));
-        while let Some(Ok(chunk)) = logs.next().await {
-            out.push_str(&chunk.to_string());
-        }
-        out
-    }
-
-    async fn state(&self) -> bollard::models::ContainerState {
-        self.docker
-            .inspect_container(&self.id, None::<bollard::query_parameters::InspectContainerOptions>)
-            .await
-            .expect("inspect")
-            .state
-            .expect("state")
-    }
-}
-
-impl Drop for WebContainer {
-    fn drop(&mut self) {
-        let docker = self.docker.clone();
-        let id = self.id.clone();
-        testbed::docker::block_on_thread(async move {
-            let opts = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                .force(true)
-                .v(true)
-                .build();
-            let _ = docker.remove_container(&id, Some(opts)).await;
-        });
-    }
+    .name(&testbed::unique("web-test"))
+    .hostname(hostname)
+    .envs(env)
+    .host_network()
+    .run(docker)
+    .await
 }
 
 #[test]
@@ -570,7 +489,7 @@ fn image_serves_the_pages_as_non_root_and_stops_both_servers_on_docker_stop() {
     let etcd = etcd_pointing_at_localhost(&rt);
     let port = testbed::free_port();
     let hostname = testbed::unique("web");
-    let web = rt.block_on(WebContainer::run(
+    let web = rt.block_on(run_web(
         &docker,
         &hostname,
         vec![
@@ -583,7 +502,7 @@ fn image_serves_the_pages_as_non_root_and_stops_both_servers_on_docker_stop() {
     wait_until_serving(port, &format!("container {}", web.name));
     assert_pages_work(port, &hostname);
 
-    let procs = rt.block_on(web.processes());
+    let procs: Vec<String> = rt.block_on(web.processes()).into_iter().map(|(_, args)| args).collect();
     assert!(
         procs.iter().any(|p| p.starts_with("nginx: master")) && procs.iter().any(|p| p.starts_with("php-fpm: master")),
         "nginx and php-fpm should both run in the container: {procs:?}"
@@ -639,7 +558,7 @@ fn image_rebuild_is_idempotent_and_the_container_refuses_a_bad_port() {
     let second = rt.block_on(docker.inspect_image(IMAGE)).expect("inspect").id;
     assert_eq!(first, second, "building twice should give the same image");
 
-    let web = rt.block_on(WebContainer::run(&docker, "bad-port", vec!["PORT=80x".to_owned()]));
+    let web = rt.block_on(run_web(&docker, "bad-port", vec!["PORT=80x".to_owned()]));
     let stopped = testbed::wait_for(Duration::from_secs(20), || {
         let s = rt.block_on(web.state());
         (s.running == Some(false)).then_some(s)
