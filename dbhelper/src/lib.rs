@@ -67,16 +67,10 @@ fn validate(args: &Args, env: &Environment) -> Result<String, Error> {
         Command::Seed(seed) => &seed.db,
     };
     let root = db.root_credentials(env)?;
-    let lookup = locate::choose(
-        db.host.as_deref(),
-        db.port,
-        env.link_addr.as_deref(),
-        env.link_port.as_deref(),
-        db.db_etcd_key.as_deref(),
-    )?;
+    let lookup = lookup(db, env)?;
     let place = match &lookup {
-        locate::Lookup::Fixed(address) => format!("database at {address}"),
-        locate::Lookup::Etcd { key, .. } => {
+        Lookup::Fixed(address) => format!("database at {address}"),
+        Lookup::Etcd { key, .. } => {
             format!(
                 "database address from etcd key {key} ({})",
                 args.etcd.describe_offline()?
@@ -104,6 +98,17 @@ fn validate(args: &Args, env: &Environment) -> Result<String, Error> {
     ))
 }
 
+/// Step 1's decision: where to look for the database (flags, docker-link env, etcd key).
+fn lookup(db: &DbArgs, env: &Environment) -> Result<Lookup, Error> {
+    locate::choose(
+        db.host.as_deref(),
+        db.port,
+        env.link_addr.as_deref(),
+        env.link_port.as_deref(),
+        db.db_etcd_key.as_deref(),
+    )
+}
+
 /// Finds the database and waits until it takes a login: steps 1 and 2.
 async fn ready(
     db: &DbArgs,
@@ -113,13 +118,7 @@ async fn ready(
 ) -> Result<(Address, Credentials, Conn), Error> {
     let root = db.root_credentials(env)?;
     let deadline = Instant::now() + db.wait_timeout;
-    let lookup = locate::choose(
-        db.host.as_deref(),
-        db.port,
-        env.link_addr.as_deref(),
-        env.link_port.as_deref(),
-        db.db_etcd_key.as_deref(),
-    )?;
+    let lookup = lookup(db, env)?;
     let address = match lookup {
         Lookup::Fixed(address) => address,
         Lookup::Etcd { key, port } => locate::from_etcd(etcd, &key, port, deadline, cancel).await?,
