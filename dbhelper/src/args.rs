@@ -363,7 +363,6 @@ pub fn parse_bytes(s: &str) -> Result<usize, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-
     use super::*;
 
     #[test]
