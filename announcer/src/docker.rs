@@ -18,7 +18,7 @@
 //! Docker's answers become [`ContainerFacts`] here ([`facts_from_inspect`] is pure), so
 //! nothing else in the crate knows bollard's types.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +35,8 @@ use crate::Error;
 /// Seconds a Docker request may take (the event stream itself is long-lived).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
 
-/// Inspections running at once during a snapshot.
+/// Inspections running at once (during a snapshot, and beside the event loop); each one
+/// holds a connection to Docker.
 const PARALLEL_INSPECTS: usize = 8;
 
 /// A container's lifecycle state as Docker reports it.
@@ -116,9 +117,10 @@ pub struct ContainerFacts {
     pub state: State,
     /// HEALTHCHECK status, when the image or run defines one.
     pub health: Option<Health>,
-    /// Labels (`announce.*` and registrator's `SERVICE_*` may be here).
+    /// Labels: only `announce.*` and registrator's `SERVICE_*`, the ones a record is
+    /// made of (the announcer holds the facts of every container on the host).
     pub labels: BTreeMap<String, String>,
-    /// Environment, `KEY=VALUE` (registrator's `SERVICE_*` may be here).
+    /// Environment, `KEY=VALUE`: only registrator's `SERVICE_*`.
     pub env: Vec<String>,
     /// Published ports, sorted, one entry per container port (the first IPv4 binding).
     pub ports: Vec<PublishedPort>,
@@ -217,11 +219,19 @@ pub fn facts_from_inspect(c: &ContainerInspectResponse) -> ContainerFacts {
         });
     let config = c.config.as_ref();
     let labels: BTreeMap<String, String> = config
-        .and_then(|c| c.labels.clone())
-        .unwrap_or_default()
+        .and_then(|c| c.labels.as_ref())
         .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("announce.") || k.starts_with("SERVICE_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let env = config.and_then(|c| c.env.clone()).unwrap_or_default();
+    let env: Vec<String> = config
+        .and_then(|c| c.env.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|kv| kv.starts_with("SERVICE_"))
+        .cloned()
+        .collect();
     let net = c.network_settings.as_ref();
     let mut ports: Vec<PublishedPort> = Vec::new();
     for (spec, bindings) in net.and_then(|n| n.ports.as_ref()).into_iter().flatten() {
@@ -494,10 +504,11 @@ async fn session(
     let mut events = docker.events(Some(opts));
     let mut resync_timer = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // `host` mode's inspections, in flight beside the event loop; only the newest one of a
-    // container may report (`newest` holds its ticket), so an answer can never be older
-    // than one already sent.
+    // `host` mode's inspections, in flight beside the event loop (at most
+    // PARALLEL_INSPECTS, the others queued); only the newest one of a container may report
+    // (`newest` holds its ticket), so an answer can never be older than one already sent.
     let mut inspections = futures::stream::FuturesUnordered::new();
+    let mut queued: VecDeque<(String, u64)> = VecDeque::new();
     let mut newest: HashMap<String, u64> = HashMap::new();
     let mut tickets = 0u64;
     loop {
@@ -511,6 +522,13 @@ async fn session(
                 continue;
             }
             Some((id, ticket, answer)) = inspections.next(), if !inspections.is_empty() => {
+                while inspections.len() < PARALLEL_INSPECTS
+                    && let Some((next, t)) = queued.pop_front()
+                {
+                    if newest.get(&next) == Some(&t) {
+                        inspections.push(inspection(docker.clone(), next, t));
+                    }
+                }
                 if newest.get(&id) != Some(&ticket) {
                     continue;
                 }
@@ -577,11 +595,11 @@ async fn session(
                 } else {
                     tickets += 1;
                     newest.insert(id.clone(), tickets);
-                    let (docker, ticket, inspected) = (docker.clone(), tickets, id.clone());
-                    inspections.push(async move {
-                        let answer = inspect(&docker, &inspected).await;
-                        (inspected, ticket, answer)
-                    });
+                    if inspections.len() < PARALLEL_INSPECTS {
+                        inspections.push(inspection(docker.clone(), id.clone(), tickets));
+                    } else {
+                        queued.push_back((id.clone(), tickets));
+                    }
                     match implied_down(action) {
                         Some(state) => Update::Down { id, state },
                         None => continue,
@@ -593,6 +611,12 @@ async fn session(
             return Ok(());
         }
     }
+}
+
+/// One inspection of `host` mode's event loop, tagged with its container and ticket.
+async fn inspection(docker: Docker, id: String, ticket: u64) -> (String, u64, Result<Option<ContainerFacts>, Error>) {
+    let answer = inspect(&docker, &id).await;
+    (id, ticket, answer)
 }
 
 /// The first 12 characters of an id, as Docker shows it.
@@ -657,6 +681,11 @@ mod tests {
             }),
             config: Some(ContainerConfig {
                 env: Some(vec!["SERVICE_NAME=web".into(), "PATH=/bin".into()]),
+                labels: Some(HashMap::from([
+                    ("announce.instance".to_owned(), "web01".to_owned()),
+                    ("SERVICE_80_NAME".to_owned(), "www".to_owned()),
+                    ("com.docker.compose.project".to_owned(), "shop".to_owned()),
+                ])),
                 ..ContainerConfig::default()
             }),
             network_settings: Some(NetworkSettings {
@@ -673,6 +702,9 @@ mod tests {
         assert_eq!(f.ips, vec![Ipv4Addr::new(172, 17, 0, 3)]);
         assert_eq!(f.env_var("SERVICE_NAME"), Some("web"));
         assert_eq!(f.env_var("SERVICE"), None);
+        assert_eq!(f.env, ["SERVICE_NAME=web"], "only what a record is made of is kept");
+        let labels: Vec<&str> = f.labels.keys().map(String::as_str).collect();
+        assert_eq!(labels, ["SERVICE_80_NAME", "announce.instance"]);
         let got: Vec<(String, Option<Ipv4Addr>, u16)> =
             f.ports.iter().map(|p| (p.spec(), p.host_ip, p.host_port)).collect();
         assert_eq!(

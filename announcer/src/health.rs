@@ -27,8 +27,21 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-/// The first retry delay of a failing probe.
+/// The retry delay of a failing probe during its first [`FAST_RETRIES`] failures.
 pub const FIRST_RETRY: Duration = Duration::from_millis(10);
+
+/// Failures retried every [`FIRST_RETRY`] before the delay starts doubling: a service that
+/// starts listening within its first quarter second is announced within 10 ms of it (a
+/// refused connection costs next to nothing), one that takes longer is not polled hard.
+pub const FAST_RETRIES: u32 = 25;
+
+/// The delay after the `failures`-th failure in a row (1-based): [`FIRST_RETRY`] for the
+/// first [`FAST_RETRIES`], then doubling, never above `interval` (pure).
+#[must_use]
+pub fn retry_delay(failures: u32, interval: Duration) -> Duration {
+    let doublings = failures.saturating_sub(FAST_RETRIES).min(20);
+    FIRST_RETRY.saturating_mul(1 << doublings).min(interval)
+}
 
 /// How long a connection through the host binding must stay open to count as accepted.
 const PROXY_GRACE: Duration = Duration::from_millis(50);
@@ -217,8 +230,8 @@ impl Drop for Prober {
     }
 }
 
-/// Starts probing: fast retries (10 ms doubling up to `interval`) while failing, one probe
-/// per `interval` while passing. `report(ok, detail)` is called on the first result and on
+/// Starts probing: fast retries ([`retry_delay`]: every 10 ms for a quarter second, then
+/// doubling up to `interval`) while failing, one probe per `interval` while passing. `report(ok, detail)` is called on the first result and on
 /// every change.
 pub fn spawn<F>(check: Check, target: Target, interval: Duration, timeout: Duration, mut report: F) -> Prober
 where
@@ -227,7 +240,7 @@ where
     Prober(tokio::spawn(async move {
         let mut via_host = false;
         let mut last: Option<bool> = None;
-        let mut delay = FIRST_RETRY;
+        let mut failures = 0u32;
         loop {
             let result = probe(&check, &target, timeout, &mut via_host).await;
             let ok = result.is_ok();
@@ -236,12 +249,11 @@ where
                 last = Some(ok);
             }
             let wait = if ok {
-                delay = FIRST_RETRY;
+                failures = 0;
                 interval
             } else {
-                let d = delay;
-                delay = (delay * 2).min(interval);
-                d
+                failures = failures.saturating_add(1);
+                retry_delay(failures, interval)
             };
             tokio::time::sleep(wait).await;
         }
@@ -253,6 +265,18 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+
+    #[test]
+    fn retries_every_10ms_for_a_quarter_second_then_double_up_to_the_interval() {
+        let i = Duration::from_secs(5);
+        let ms = |f: u32| retry_delay(f, i).as_millis();
+        assert_eq!((ms(1), ms(25)), (10, 10));
+        assert_eq!((ms(26), ms(27), ms(28)), (20, 40, 80));
+        assert_eq!((ms(34), ms(1000), ms(u32::MAX)), (5000, 5000, 5000));
+        let fast: Duration = (1..=FAST_RETRIES).map(|f| retry_delay(f, i)).sum();
+        assert_eq!(fast, Duration::from_millis(250));
+        assert_eq!(retry_delay(30, Duration::from_millis(100)), Duration::from_millis(100));
+    }
 
     #[test]
     fn check_parse_table() {

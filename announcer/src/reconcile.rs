@@ -178,7 +178,9 @@ impl Reconciler {
             match record_for(&facts, &self.machine, &self.rules) {
                 Ok(p) => {
                     self.errors.remove(&facts.id);
-                    p
+                    // The explanation is for `explain`; a long-running announcer keeps
+                    // hundreds of plans and does not need it.
+                    p.map(|p| Planned { why: Vec::new(), ..p })
                 }
                 Err(e) => {
                     if matches!(self.rules.mode, Mode::Container(_)) {

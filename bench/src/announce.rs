@@ -66,6 +66,7 @@ impl Announcer {
             .args(["--hostname", &format!("bench-{}", ctx.run_id)])
             .args(["--ttl", &format!("{}s", TTL.as_secs())])
             .args(["--log-filter", &ctx.settings.announcer_log_filter])
+            .args(&ctx.settings.announcer_args)
             .arg("host")
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -408,6 +409,7 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     let rev1 = header_revision(&mut client).await?;
     let rss = process::rss_bytes(pid).unwrap_or_default() as f64;
     let hwm = process::peak_rss_bytes(pid).unwrap_or_default() as f64;
+    let (anon, file) = process::rss_split_bytes(pid).unwrap_or_default();
     let window_s = (t1 - t0) as f64 / 1e9;
     let idle_events: Vec<observe::KeyEvent> = watcher
         .events()
@@ -426,6 +428,8 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     footprint.add("records", announced as f64);
     footprint.add("rss_empty_bytes", rss_empty);
     footprint.add("rss_bytes", rss);
+    footprint.add("rss_anon_bytes", anon as f64);
+    footprint.add("rss_file_bytes", file as f64);
     footprint.add("peak_rss_bytes", hwm);
     let per_record = (rss - rss_empty) / (announced.max(1) as f64);
     footprint.add("rss_per_record_bytes", per_record.max(0.0));

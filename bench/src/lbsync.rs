@@ -10,7 +10,7 @@
 //! - `scale_0_to_10`: ten records appear;
 //! - `scale_10_to_3`: seven of them are withdrawn (drain, then delete);
 //! - `churn_N`: N random changes (a record of a pool of twelve appears or is withdrawn,
-//!   0-400 ms apart) while three records stay.
+//!   0-1.5 s apart) while three records stay.
 //!
 //! The minimum number of calls the API allows to go from the load balancer before a
 //! scenario to the one after is `ceil(adds / node limit)` POSTs, one PUT (DRAINING) per
@@ -31,6 +31,10 @@ use crate::summary::Section;
 
 /// The port of every record (and node).
 const PORT: u16 = 8080;
+
+/// Churn changes are 0 to this many milliseconds apart: gaps over lb-sync's 1 s debounce
+/// happen, so it acts on intermediate states, as it would in life.
+const CHURN_GAP_MS: u64 = 1500;
 
 /// Calls per verb.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -282,7 +286,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     let mut desired = three.clone();
     for i in 0..churn {
         if i > 0 {
-            tokio::time::sleep(Duration::from_millis(rand::random_range(0..400))).await;
+            tokio::time::sleep(Duration::from_millis(rand::random_range(0..CHURN_GAP_MS))).await;
         }
         let n = pool[rand::random_range(0..pool.len())];
         if desired.remove(&n) {
@@ -303,8 +307,8 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
          calls_over_min counts POST/PUT/DELETE beyond ceil(adds/25) + removes + ceil(removes/10), any answer",
     );
     section.note(format!(
-        "{name}: {churn} random appear/withdraw changes of 12 records, 0-400 ms apart, beside 3 that stay; its \
-         minimum counts only the net change, so transient nodes show as calls over the minimum"
+        "{name}: {churn} random appear/withdraw changes of 12 records, 0-{CHURN_GAP_MS} ms apart, beside 3 that \
+         stay; its minimum counts only the net change, so nodes added and removed on the way show as calls over it"
     ));
     let _ = scene.lb.stop(Duration::from_secs(10));
     Ok(section)

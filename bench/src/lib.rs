@@ -90,6 +90,11 @@ pub struct Args {
     #[arg(long, env = "BENCH_ANNOUNCER_LOG", default_value = "info")]
     pub announcer_log_filter: String,
 
+    /// Extra options for the announcer, separated by spaces (e.g. `--check none`), to see
+    /// what a setting costs; the figures of BENCHMARKS.md use none.
+    #[arg(long, env = "BENCH_ANNOUNCER_ARGS", default_value = "", allow_hyphen_values = true)]
+    pub announcer_args: String,
+
     /// Benchmarks to run, comma-separated: announce, shell, lb_sync, dbhelper (default: all).
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', value_parser = ["announce", "shell", "lb_sync", "dbhelper"])]
     pub only: Vec<String>,
@@ -116,6 +121,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// The announcer's log filter.
     pub announcer_log_filter: String,
+    /// Extra announcer options.
+    pub announcer_args: Vec<String>,
 }
 
 impl Settings {
@@ -138,6 +145,7 @@ impl Settings {
             seed_runs: a.seed_runs.unwrap_or(runs).max(1),
             concurrency: a.concurrency.max(1),
             announcer_log_filter: a.announcer_log_filter.clone(),
+            announcer_args: a.announcer_args.split_whitespace().map(String::from).collect(),
         }
     }
 }
@@ -393,6 +401,7 @@ async fn machine_meta(ctx: &Ctx) -> std::collections::BTreeMap<String, serde_jso
                 "churn": s.churn,
                 "seed_runs": s.seed_runs,
                 "concurrency": s.concurrency,
+                "announcer_args": s.announcer_args,
             }),
         ),
         (

@@ -171,6 +171,14 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     parse_status_kb(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, "VmRSS")
 }
 
+/// The anonymous (heap, stacks) and file-backed (the binary's pages) parts of the
+/// resident memory of `pid`, in bytes (`RssAnon`, `RssFile`).
+#[must_use]
+pub fn rss_split_bytes(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    Some((parse_status_kb(&text, "RssAnon")?, parse_status_kb(&text, "RssFile")?))
+}
+
 /// Peak resident memory of `pid` in bytes (`VmHWM`).
 #[must_use]
 pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
