@@ -258,7 +258,7 @@ fn choose_port<'a>(
 }
 
 fn label_parse<T: FromStr<Err = String>>(facts: &ContainerFacts, label: &str) -> Result<Option<T>, RecordError> {
-    match facts.labels.get(label) {
+    match facts.label(label) {
         None => Ok(None),
         Some(v) => v.parse::<T>().map(Some).map_err(|reason| RecordError::BadLabel {
             container: facts.name.clone(),
@@ -316,7 +316,7 @@ pub fn record_for(facts: &ContainerFacts, machine: &Machine, rules: &Rules) -> R
             if vars.get("SERVICE_IGNORE").is_some_and(|v| !v.trim().is_empty()) {
                 return Ok(None);
             }
-            let label_service = facts.labels.get(LABEL_SERVICE).map(|s| s.trim().to_owned());
+            let label_service = facts.label(LABEL_SERVICE).map(|s| s.trim().to_owned());
             let by_port = port_names(&vars);
             let service_name = vars
                 .get("SERVICE_NAME")
@@ -366,7 +366,7 @@ pub fn record_for(facts: &ContainerFacts, machine: &Machine, rules: &Rules) -> R
             } else {
                 return Ok(None);
             };
-            let instance = match facts.labels.get(LABEL_INSTANCE) {
+            let instance = match facts.label(LABEL_INSTANCE) {
                 Some(i) => {
                     why.push(format!("instance {i:?} from label {LABEL_INSTANCE}"));
                     i.trim().to_owned()
@@ -378,11 +378,7 @@ pub fn record_for(facts: &ContainerFacts, machine: &Machine, rules: &Rules) -> R
             };
             let layout = label_parse::<Layout>(facts, LABEL_LAYOUT)?.unwrap_or(*default_layout);
             let check = label_parse::<Check>(facts, LABEL_CHECK)?.unwrap_or_else(|| rules.check.clone());
-            let unit = facts
-                .labels
-                .get(LABEL_UNIT)
-                .cloned()
-                .unwrap_or_else(|| facts.name.clone());
+            let unit = facts.label(LABEL_UNIT).cloned().unwrap_or_else(|| facts.name.clone());
             (service, instance, layout, unit, check, port)
         }
     };

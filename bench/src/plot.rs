@@ -354,6 +354,14 @@ pub fn draw(series: &Series, path: &Path) -> anyhow::Result<Text> {
         (SHELL, legend_line("seed's shell loop (bash + etcdctl)", &series.shell)),
     ];
     let legend_y = y_top + 22.0;
+    // A white box with a thin frame, so the curves never run under the legend's text.
+    let (box_x0, box_x1) = (x_left + 6.0, x_left + 500.0);
+    let (box_y0, box_y1) = (legend_y - 18.0, legend_y + 2.0 * 22.0 + 9.0);
+    canvas.rect(box_x0, box_y0, box_x1, box_y1, WHITE);
+    canvas.hline(box_x0, box_x1, box_y0, 1.0, GRID);
+    canvas.hline(box_x0, box_x1, box_y1, 1.0, GRID);
+    canvas.vline(box_x0, box_y0, box_y1, 1.0, GRID);
+    canvas.vline(box_x1, box_y0, box_y1, 1.0, GRID);
     for (i, (c, _)) in legend.iter().enumerate() {
         let y = legend_y + i as f64 * 22.0;
         canvas.hline(x_left + 14.0, x_left + 44.0, y - 5.0, 3.0, *c);
