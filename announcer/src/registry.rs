@@ -29,6 +29,7 @@ use backon::BackoffBuilder;
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
 };
+use futures::StreamExt;
 use sidekick::etcd::EtcdConfig;
 use sidekick::schema::{self, Layout, field};
 use tokio::sync::watch;
@@ -109,6 +110,12 @@ impl std::fmt::Debug for Registry {
             .finish_non_exhaustive()
     }
 }
+
+/// A record's `(service, instance)`.
+type Key = (String, String);
+
+/// Record transactions in flight at once.
+const PARALLEL_WRITES: usize = 16;
 
 /// Whether an etcd error says the lease does not exist (it expired or was revoked).
 fn lease_gone(e: &Error) -> bool {
@@ -335,10 +342,36 @@ impl Registry {
             self.full_check(desired).await?;
             self.need_full = false;
         }
-        for (k, ann) in &desired.records {
-            if self.written.get(k).map(|w| &w.ann) != Some(ann) {
-                self.write(k, ann).await?;
+        // Records are independent: their transactions go out together (etcd commits
+        // concurrent proposals in one log flush), so a burst of starts does not queue
+        // behind one slow write.
+        let lease = self.ensure_lease().await?;
+        let changed: Vec<(Key, Announcement)> = desired
+            .records
+            .iter()
+            .filter(|(k, ann)| self.written.get(*k).map(|w| &w.ann) != Some(*ann))
+            .map(|(k, ann)| (k.clone(), ann.clone()))
+            .collect();
+        let this = &*self;
+        let results: Vec<(Key, Announcement, Result<(), Error>)> = futures::stream::iter(changed)
+            .map(|(k, ann)| async move {
+                let result = this.write_txn(&k, &ann, lease).await;
+                (k, ann, result)
+            })
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect()
+            .await;
+        let mut failed = None;
+        for (k, ann, result) in results {
+            match result {
+                Ok(()) => {
+                    self.written.insert(k, Written { ann });
+                }
+                Err(e) => failed = failed.or(Some(e)),
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         let gone: Vec<(String, String)> = self
             .written
@@ -353,10 +386,9 @@ impl Registry {
         Ok(())
     }
 
-    /// Writes one record in one transaction (and deletes its keys of another layout, if
-    /// it changed layout; those never overlap the new keys).
-    async fn write(&mut self, k: &(String, String), ann: &Announcement) -> Result<(), Error> {
-        let lease = self.ensure_lease().await?;
+    /// Writes one record in one transaction on `lease` (and deletes its keys of another
+    /// layout, if it changed layout; those never overlap the new keys).
+    async fn write_txn(&self, k: &(String, String), ann: &Announcement, lease: i64) -> Result<(), Error> {
         let prefix = &self.settings.prefix;
         let mut ops = Vec::new();
         if let Some(old) = self.written.get(k)
@@ -378,7 +410,6 @@ impl Registry {
             revision,
             "announced"
         );
-        self.written.insert(k.clone(), Written { ann: ann.clone() });
         Ok(())
     }
 
