@@ -358,6 +358,21 @@ fn signature(c: &bollard::models::ContainerSummary) -> String {
     format!("{state}|{health}")
 }
 
+/// The [`signature`] the list will show for a container with these facts, so that an
+/// inspection made for an event also serves the next resync (`Up 2 minutes (healthy)`,
+/// `Up 1 second (health: starting)`, `Up 5 minutes (Paused)`). A guess that does not
+/// match only costs one inspection more.
+fn facts_signature(f: &ContainerFacts) -> String {
+    let health = match (f.state, f.health) {
+        (State::Paused, _) => "(Paused)",
+        (_, Some(Health::Starting)) => "(health: starting)",
+        (_, Some(Health::Healthy)) => "(healthy)",
+        (_, Some(Health::Unhealthy)) => "(unhealthy)",
+        (_, None) => "",
+    };
+    format!("{}|{health}", f.state.name())
+}
+
 /// Every container in scope that is not stopped, inspected (or taken from `cache` when
 /// its list entry did not change).
 async fn snapshot(docker: &Docker, scope: &Scope, cache: &mut Cache) -> Result<Vec<ContainerFacts>, Error> {
@@ -384,6 +399,8 @@ async fn snapshot(docker: &Docker, scope: &Scope, cache: &mut Cache) -> Result<V
                 }
                 seen.insert(id, sig);
             }
+            // The list of a busy host is large: free it before the inspections start.
+            drop(list);
             cache.retain(|id, _| seen.contains_key(id));
             let results: Vec<(String, Result<Option<ContainerFacts>, Error>)> = futures::stream::iter(to_inspect)
                 .map(|(id, sig)| async move { (sig, inspect(docker, &id).await) })
@@ -542,6 +559,9 @@ async fn session(
                 }
                 newest.remove(&id);
                 let facts: Option<ContainerFacts> = answer?;
+                if let Some(f) = &facts {
+                    cache.insert(id.clone(), (facts_signature(f), f.clone()));
+                }
                 if tx.send(Update::Changed { id, facts }).await.is_err() {
                     return Ok(());
                 }
@@ -646,6 +666,52 @@ mod tests {
             host_ip: Some(ip.into()),
             host_port: Some(port.into()),
         }
+    }
+
+    #[test]
+    fn the_signature_of_inspected_facts_is_the_one_the_list_shows() {
+        use bollard::models::{ContainerSummary, ContainerSummaryStateEnum as S};
+        let summary = |state: S, status: &str| ContainerSummary {
+            state: Some(state),
+            status: Some(status.to_owned()),
+            ..ContainerSummary::default()
+        };
+        let facts = |state: State, health: Option<Health>| ContainerFacts {
+            id: "x".into(),
+            name: "x".into(),
+            state,
+            health,
+            labels: Vec::new(),
+            env: Vec::new(),
+            ports: Vec::new(),
+            ips: Vec::new(),
+        };
+        let cases = [
+            (summary(S::RUNNING, "Up 2 minutes"), facts(State::Running, None)),
+            (
+                summary(S::RUNNING, "Up 2 minutes (healthy)"),
+                facts(State::Running, Some(Health::Healthy)),
+            ),
+            (
+                summary(S::RUNNING, "Up 1 second (health: starting)"),
+                facts(State::Running, Some(Health::Starting)),
+            ),
+            (
+                summary(S::RUNNING, "Up 9 minutes (unhealthy)"),
+                facts(State::Running, Some(Health::Unhealthy)),
+            ),
+            (
+                summary(S::PAUSED, "Up 5 minutes (Paused)"),
+                facts(State::Paused, Some(Health::Healthy)),
+            ),
+        ];
+        for (s, f) in &cases {
+            assert_eq!(signature(s), facts_signature(f), "{:?}", s.status);
+        }
+        assert_ne!(
+            signature(&summary(S::RUNNING, "Up 2 minutes (unhealthy)")),
+            facts_signature(&facts(State::Running, Some(Health::Healthy)))
+        );
     }
 
     #[test]

@@ -242,7 +242,9 @@ where
         let mut last: Option<bool> = None;
         let mut failures = 0u32;
         loop {
-            let result = probe(&check, &target, timeout, &mut via_host).await;
+            // Boxed: the probe's state lives only while it runs, so a prober that sleeps
+            // between checks (hundreds of them on a busy host) stays small.
+            let result = Box::pin(probe(&check, &target, timeout, &mut via_host)).await;
             let ok = result.is_ok();
             if last != Some(ok) {
                 report(ok, result.err().unwrap_or_default());

@@ -477,7 +477,16 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     // --- 2. withdraw --------------------------------------------------------------------
     eprintln!("bench:   stopping {} containers ...", all.len());
     let stop_from = nanos(SystemTime::now());
-    let stopped = containers::stop_all(docker, &all, 10, s.concurrency).await;
+    // Docker has been seen to hang in `docker stop` on this machine: give up in time.
+    let stop_patience = Duration::from_secs(60) + Duration::from_millis(200) * u32::try_from(all.len()).unwrap_or(1000);
+    let stopped = match tokio::time::timeout(stop_patience, containers::stop_all(docker, &all, 10, s.concurrency)).await
+    {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!(
+            "docker stop of {} containers did not end within {stop_patience:?}",
+            all.len()
+        )),
+    };
     let names: Vec<(String, String)> = (0..all.len()).map(|i| (name_of(i), instance(i))).collect();
     let gone_all = containers::until(Duration::from_secs(30), || {
         observe::record_intervals(&watcher.events(), &service_dir, &field::ALL)

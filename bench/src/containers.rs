@@ -93,12 +93,21 @@ pub async fn stop_all(docker: &Docker, containers: &[Container], grace: i32, con
 /// Removes every container (`docker rm -f`), `concurrency` at a time; errors are ignored
 /// (the handles' own drop tries again).
 pub async fn remove_all(docker: &Docker, containers: Vec<Container>, concurrency: usize) {
-    futures::stream::iter(&containers)
-        .for_each_concurrent(concurrency, |c| async move {
-            let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
-            let _ = docker.remove_container(&c.id, Some(opts)).await;
-        })
-        .await;
+    let removing = futures::stream::iter(&containers).for_each_concurrent(concurrency, |c| async move {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        let _ = docker.remove_container(&c.id, Some(opts)).await;
+    });
+    let patience =
+        Duration::from_secs(60) + Duration::from_millis(200) * u32::try_from(containers.len()).unwrap_or(1000);
+    if tokio::time::timeout(patience, removing).await.is_err() {
+        eprintln!(
+            "bench: Docker did not remove {} containers within {patience:?}; the next run removes what is left",
+            containers.len()
+        );
+        // Their drop would wait on Docker again, forever if it hangs.
+        std::mem::forget(containers);
+        return;
+    }
     // The handles remove again on drop (a quick 404 now); drop them off the runtime.
     let _ = tokio::task::spawn_blocking(move || drop(containers)).await;
 }

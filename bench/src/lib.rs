@@ -188,11 +188,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("start the async runtime")?;
     runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("install the SIGTERM handler")?;
         tokio::select! {
             r = run_all(&args) => r,
+            // Dropping the run future drops every container handle and child process.
             _ = tokio::signal::ctrl_c() => {
-                // Dropping the run future drops every container handle and child process.
-                anyhow::bail!("interrupted: containers and processes of this run are being removed")
+                anyhow::bail!("interrupted (SIGINT): containers and processes of this run are being removed")
+            }
+            _ = term.recv() => {
+                anyhow::bail!("interrupted (SIGTERM): containers and processes of this run are being removed")
             }
         }
     })
