@@ -315,6 +315,8 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
     summary.meta.insert("wall_time_s".into(), json!(elapsed.as_secs()));
     summary.meta.insert("errors".into(), json!(errors));
     let png = ctx.out.join("announce-latency.png");
+    let samples = json!({"ours_ms": plot.ours, "bare_ms": plot.bare, "shell_ms": plot.shell});
+    std::fs::write(ctx.out.join("latency-samples.json"), samples.to_string() + "\n")?;
     if !(plot.ours.is_empty() && plot.bare.is_empty() && plot.shell.is_empty()) {
         match plot::draw(&plot, &png) {
             Ok(text) => {

@@ -48,11 +48,11 @@ impl Text {
 }
 
 const W: usize = 1000;
-const H: usize = 620;
+const H: usize = 700;
 const LEFT: f64 = 90.0;
 const RIGHT: f64 = 30.0;
 const TOP: f64 = 60.0;
-const BOTTOM: f64 = 75.0;
+const BOTTOM: f64 = 160.0;
 
 type Rgb = [u8; 3];
 const WHITE: Rgb = [255, 255, 255];
@@ -312,7 +312,7 @@ fn legend_line(name: &str, samples: &[f64]) -> String {
     }
 }
 
-/// Draws the plot into `path` (PNG, 1000 x 620).
+/// Draws the plot into `path` (PNG, 1000 x 700).
 ///
 /// # Errors
 /// When the file cannot be written.
@@ -353,15 +353,8 @@ pub fn draw(series: &Series, path: &Path) -> anyhow::Result<Text> {
         (OURS, legend_line("announcer (host mode)", &series.ours)),
         (SHELL, legend_line("seed's shell loop (bash + etcdctl)", &series.shell)),
     ];
-    let legend_y = y_top + 22.0;
-    // A white box with a thin frame, so the curves never run under the legend's text.
-    let (box_x0, box_x1) = (x_left + 6.0, x_left + 500.0);
-    let (box_y0, box_y1) = (legend_y - 18.0, legend_y + 2.0 * 22.0 + 9.0);
-    canvas.rect(box_x0, box_y0, box_x1, box_y1, WHITE);
-    canvas.hline(box_x0, box_x1, box_y0, 1.0, GRID);
-    canvas.hline(box_x0, box_x1, box_y1, 1.0, GRID);
-    canvas.vline(box_x0, box_y0, box_y1, 1.0, GRID);
-    canvas.vline(box_x1, box_y0, box_y1, 1.0, GRID);
+    // The legend goes under the axis label, outside the plot: no curve runs under it.
+    let legend_y = y_bottom + 82.0;
     for (i, (c, _)) in legend.iter().enumerate() {
         let y = legend_y + i as f64 * 22.0;
         canvas.hline(x_left + 14.0, x_left + 44.0, y - 5.0, 3.0, *c);
@@ -397,7 +390,7 @@ pub fn draw(series: &Series, path: &Path) -> anyhow::Result<Text> {
             pen.text(
                 &mut canvas,
                 (x_left + x_right) / 2.0,
-                H as f64 - 22.0,
+                y_bottom + 48.0,
                 Style::new(15.0, Align::Center),
                 "latency (log scale)",
             );
