@@ -95,6 +95,11 @@ pub struct Args {
     #[arg(long, env = "BENCH_ANNOUNCER_ARGS", default_value = "", allow_hyphen_values = true)]
     pub announcer_args: String,
 
+    /// Only redraw the plot from a `latency-samples.json` of an earlier run (into
+    /// `announce-latency.png` beside it) and exit: no server is started.
+    #[arg(long, env = "BENCH_REPLOT", value_name = "SAMPLES_JSON")]
+    pub replot: Option<std::path::PathBuf>,
+
     /// Benchmarks to run, comma-separated: announce, shell, lb_sync, dbhelper (default: all).
     #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', value_parser = ["announce", "shell", "lb_sync", "dbhelper"])]
     pub only: Vec<String>,
@@ -182,6 +187,9 @@ impl Ctx {
 /// is reported in the summary (`meta.errors`) and makes the run fail at the end, after
 /// everything else has run.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(samples) = &args.replot {
+        return replot(samples);
+    }
     sidekick::tls::install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -446,4 +454,25 @@ mod tests {
         let only = Args::try_parse_from(["bench", "--only", "announce,lb_sync"]).unwrap();
         assert_eq!(only.only, ["announce", "lb_sync"]);
     }
+}
+
+/// `--replot`: the plot again from the samples an earlier run wrote.
+fn replot(samples: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(samples).with_context(|| format!("read {}", samples.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parse {}", samples.display()))?;
+    let list = |name: &str| -> Vec<f64> {
+        doc.get(name)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let series = plot::Series {
+        ours: list("ours_ms"),
+        bare: list("bare_ms"),
+        shell: list("shell_ms"),
+    };
+    let png = samples.with_file_name("announce-latency.png");
+    let font = plot::draw(&series, &png)?;
+    println!("{} ({})", png.display(), font.describe());
+    Ok(())
 }
