@@ -426,6 +426,27 @@ async fn machine_meta(ctx: &Ctx) -> std::collections::BTreeMap<String, serde_jso
     ])
 }
 
+/// `--replot`: the plot again from the samples an earlier run wrote.
+fn replot(samples: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(samples).with_context(|| format!("read {}", samples.display()))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parse {}", samples.display()))?;
+    let list = |name: &str| -> Vec<f64> {
+        doc.get(name)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let series = plot::Series {
+        ours: list("ours_ms"),
+        bare: list("bare_ms"),
+        shell: list("shell_ms"),
+    };
+    let png = samples.with_file_name("announce-latency.png");
+    let font = plot::draw(&series, &png)?;
+    println!("{} ({})", png.display(), font.describe());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -454,25 +475,4 @@ mod tests {
         let only = Args::try_parse_from(["bench", "--only", "announce,lb_sync"]).unwrap();
         assert_eq!(only.only, ["announce", "lb_sync"]);
     }
-}
-
-/// `--replot`: the plot again from the samples an earlier run wrote.
-fn replot(samples: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(samples).with_context(|| format!("read {}", samples.display()))?;
-    let doc: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parse {}", samples.display()))?;
-    let list = |name: &str| -> Vec<f64> {
-        doc.get(name)
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
-            .unwrap_or_default()
-    };
-    let series = plot::Series {
-        ours: list("ours_ms"),
-        bare: list("bare_ms"),
-        shell: list("shell_ms"),
-    };
-    let png = samples.with_file_name("announce-latency.png");
-    let font = plot::draw(&series, &png)?;
-    println!("{} ({})", png.display(), font.describe());
-    Ok(())
 }
