@@ -127,6 +127,10 @@ pub async fn build_image(docker: &Docker, tag: &str, files: &[(&str, Vec<u8>, u3
     if docker.inspect_image(tag).await.is_ok() {
         return;
     }
+    let _lock = build_lock(tag).await;
+    if docker.inspect_image(tag).await.is_ok() {
+        return; // another test process built it while this one waited
+    }
     let mut tar = tar::Builder::new(Vec::new());
     for (path, bytes, mode) in files {
         let mut header = tar::Header::new_gnu();
@@ -165,6 +169,74 @@ pub async fn build_image(docker: &Docker, tag: &str, files: &[(&str, Vec<u8>, u3
         docker.inspect_image(tag).await.is_ok(),
         "testbed: image {tag} missing after build:\n{log}"
     );
+}
+
+/// Runs one of the repository's image build scripts (`images/web/build.sh`,
+/// `images/db/build.sh`) with `--tag tag`; a failed build fails the test with its output.
+pub fn build_with_script(script: &str, tag: &str) -> std::process::Output {
+    let path = crate::repo_root().join(script);
+    let out = std::process::Command::new("bash")
+        .arg(&path)
+        .args(["--tag", tag])
+        .output()
+        .unwrap_or_else(|e| panic!("testbed: cannot run {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Builds `tag` with `script` twice and asserts that the second build prints the tag last
+/// and gives the very same image (the scripts are idempotent: Docker's cache answers).
+pub async fn assert_rebuild_gives_the_same_image(docker: &Docker, script: &str, tag: &str) {
+    build_with_script(script, tag);
+    let first = docker.inspect_image(tag).await.expect("inspect the first build").id;
+    let out = build_with_script(script, tag);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        tag,
+        "{script} prints the tag last"
+    );
+    let second = docker.inspect_image(tag).await.expect("inspect the second build").id;
+    assert_eq!(first, second, "building with {script} twice should give the same image");
+}
+
+/// Serialises the builds of one tag across test processes (nextest runs each test in a
+/// process of its own): processes that all find the tag missing would otherwise build it
+/// side by side, and every build but the last would stay behind as an untagged image.
+/// The lock is an exclusive `flock` on a file in the temp dir, released when the returned
+/// file is dropped (or the process dies).
+#[allow(unsafe_code)]
+async fn build_lock(tag: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let name: String = tag
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let path = std::env::temp_dir().join(format!("testbed-build-{name}.lock"));
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("testbed: cannot open the build lock {}: {e}", path.display()));
+        // SAFETY: flock(2) on a descriptor this function owns; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(
+            rc,
+            0,
+            "testbed: cannot lock {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        file
+    })
+    .await
+    .expect("testbed: the build lock task panicked")
 }
 
 /// What to run: a builder for [`Container`].

@@ -27,6 +27,12 @@ pub use mariadb::MariaDb;
 pub use process::{bin, free_port, http_get, require_program, signal, spawn, wait_for};
 pub use proxy::SocketProxy;
 
+/// The repository's root (the parent of the `tests` crate).
+#[must_use]
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// The path of the world dump: `$WORLD_DUMP`, else `../shared/data/world_innodb.sql`
 /// beside the repository. It is data from outside the project and is never copied in.
 #[must_use]

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -19,10 +18,6 @@ use testbed::docker::{Container, Spec};
 const IMAGE: &str = "sidekick/db:latest";
 const SECRET_MOUNT: &str = "/run/secrets/root_pw";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -32,19 +27,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Runs `images/db/build.sh` (idempotent: a second run is answered by Docker's cache).
-fn build_image() -> Output {
-    let out = Command::new("bash")
-        .arg(repo().join("images/db/build.sh"))
-        .args(["--tag", IMAGE])
-        .output()
-        .expect("run images/db/build.sh");
-    assert!(
-        out.status.success(),
-        "images/db/build.sh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+fn build_image() {
+    testbed::docker::build_with_script("images/db/build.sh", IMAGE);
 }
 
 /// A password with the characters that break naive quoting.
@@ -323,15 +307,10 @@ fn first_start_without_a_password_refuses_and_leaves_the_datadir_empty_for_a_lat
 #[test]
 fn rebuilding_the_db_image_gives_the_same_image() {
     let rt = runtime();
-    build_image();
     let docker = rt.block_on(testbed::docker::connect());
-    let first = rt.block_on(docker.inspect_image(IMAGE)).expect("inspect").id;
-    let out = build_image();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+    rt.block_on(testbed::docker::assert_rebuild_gives_the_same_image(
+        &docker,
+        "images/db/build.sh",
         IMAGE,
-        "build.sh prints the tag last"
-    );
-    let second = rt.block_on(docker.inspect_image(IMAGE)).expect("inspect").id;
-    assert_eq!(first, second, "building twice should give the same image");
+    ));
 }

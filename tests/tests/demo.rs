@@ -9,14 +9,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const LABEL: &str = "sidekick-demo=1";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
@@ -40,7 +35,7 @@ fn docker_lines(args: &[&str]) -> Vec<String> {
 #[test]
 fn demo_runs_the_walkthrough_with_two_web_containers_and_leaves_nothing_behind() {
     for script in ["images/web/build.sh", "images/db/build.sh"] {
-        let (ok, out) = run(Command::new("bash").arg(repo().join(script)));
+        let (ok, out) = run(Command::new("bash").arg(testbed::repo_root().join(script)));
         assert!(ok, "{script} failed:\n{out}");
     }
     let bin_dir = testbed::bin("announcer").parent().unwrap().to_owned();
@@ -54,7 +49,7 @@ fn demo_runs_the_walkthrough_with_two_web_containers_and_leaves_nothing_behind()
 
     let demo = |extra: &[&str]| {
         run(Command::new("bash")
-            .arg(repo().join("scripts/demo"))
+            .arg(testbed::repo_root().join("scripts/demo"))
             .args(["--web", "2", "--no-build", "--bin-dir"])
             .arg(&bin_dir)
             .args(extra)

@@ -10,8 +10,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use testbed::{Etcd, MariaDb};
@@ -28,12 +28,8 @@ const BEJAIA_ROW: &str = "<tr><td>45</td><td>Béjaïa</td><td>DZA</td>";
 /// timeouts are 2 s per etcd member or database step).
 const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn www() -> PathBuf {
-    repo().join("images/web/www")
+    testbed::repo_root().join("images/web/www")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -432,19 +428,8 @@ fn health_says_fail_503_when_the_db_dies_or_refuses_the_user() {
 const IMAGE: &str = "sidekick/web:latest";
 
 /// Runs `images/web/build.sh` (idempotent: a second run is answered by Docker's cache).
-fn build_image() -> Output {
-    let out = Command::new("bash")
-        .arg(repo().join("images/web/build.sh"))
-        .args(["--tag", IMAGE])
-        .output()
-        .expect("run images/web/build.sh");
-    assert!(
-        out.status.success(),
-        "images/web/build.sh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+fn build_image() {
+    testbed::docker::build_with_script("images/web/build.sh", IMAGE);
 }
 
 /// Creates and starts a container of [`IMAGE`] with host networking (a testbed
@@ -546,17 +531,12 @@ fn image_serves_the_pages_as_non_root_and_stops_both_servers_on_docker_stop() {
 #[test]
 fn image_rebuild_is_idempotent_and_the_container_refuses_a_bad_port() {
     let rt = runtime();
-    build_image();
     let docker = rt.block_on(testbed::docker::connect());
-    let first = rt.block_on(docker.inspect_image(IMAGE)).expect("inspect").id;
-    let out = build_image();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+    rt.block_on(testbed::docker::assert_rebuild_gives_the_same_image(
+        &docker,
+        "images/web/build.sh",
         IMAGE,
-        "build.sh prints the tag last"
-    );
-    let second = rt.block_on(docker.inspect_image(IMAGE)).expect("inspect").id;
-    assert_eq!(first, second, "building twice should give the same image");
+    ));
 
     let web = rt.block_on(run_web(&docker, "bad-port", vec!["PORT=80x".to_owned()]));
     let stopped = testbed::wait_for(Duration::from_secs(20), || {
