@@ -160,7 +160,12 @@ async fn socket_proxy_cut_breaks_the_event_stream_and_restore_reconnects() {
         .await
         .unwrap();
     via.ping().await.unwrap();
-    let mut events = via.events(None::<bollard::query_parameters::EventsOptions>);
+    // Only the events of a label no container carries: tests running beside this one
+    // start containers, and their events must not count as this stream's.
+    let label = format!("testbed.proxy-test={}", testbed::unique("none"));
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label", vec![label.as_str()]);
+    let mut events = via.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
     // Nothing arrives yet; then the cut ends the stream (an error or the end).
     let pending = tokio::time::timeout(Duration::from_millis(300), events.next()).await;
     assert!(pending.is_err(), "no event expected yet");
