@@ -39,6 +39,13 @@ impl Leadership {
         }
     }
 
+    /// Leadership driven by hand (tests): the sender plays the election task.
+    #[cfg(test)]
+    pub(crate) fn manual(margin: Duration) -> (watch::Sender<Option<Instant>>, Leadership) {
+        let (tx, rx) = watch::channel(None);
+        (tx, Leadership { rx, margin })
+    }
+
     /// Whether a change may be applied now.
     #[must_use]
     pub fn may_apply(&self) -> bool {

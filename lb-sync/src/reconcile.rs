@@ -100,9 +100,18 @@ impl Reconciler {
             r = desired.changed() => if r.is_err() { return },
         }
         let mut wake: Option<Instant> = None;
-        let mut was_leader = leadership.may_apply();
+        let mut was_leader;
         loop {
             let outcome = self.pass(&desired, &leadership, &cancel).await;
+            // What this pass saw, not what the watch last said: `may_apply` also turns
+            // false by the clock alone (a keep-alive answer late), without any change on
+            // the watch. A pass that stood by must run again at the next renewal, or the
+            // change it skipped would wait for the resync.
+            was_leader = match outcome {
+                Outcome::Standby => false,
+                Outcome::DryRun => leadership.may_apply(),
+                _ => true,
+            };
             let next_resync = Instant::now() + timing.resync;
             wake = match &outcome {
                 Outcome::Waiting(d) => Some(Instant::now() + *d),
@@ -364,6 +373,107 @@ async fn debounce(desired: &mut watch::Receiver<Desired>, timing: Timing, cancel
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clb::{ApiKey, ClbConfig};
+    use crate::records::{Builder, Source};
+
+    /// The desired set of records `web01..webN` (fields layout), complete.
+    fn desired(n: u8) -> Desired {
+        let mut kvs = BTreeMap::new();
+        for i in 1..=n {
+            let rec = sidekick::schema::Record {
+                service: "web".into(),
+                instance: format!("web{i:02}"),
+                unit: format!("monweb@{i:02}.service"),
+                host: "core01".into(),
+                public_ipv4: None,
+                private_ipv4: std::net::Ipv4Addr::new(10, 0, 0, i),
+                port: 80,
+                container_id: String::new(),
+                container_name: String::new(),
+            };
+            for (k, v) in rec.entries("/services", sidekick::schema::Layout::Fields) {
+                kvs.insert(k.into_bytes(), v.into_bytes());
+            }
+        }
+        let source = Source::new("/services/web", sidekick::schema::AddressField::Private, None);
+        Builder::default().build(&source, &kvs, true, 1)
+    }
+
+    /// A leader's lease can look stale by the clock alone (a keep-alive answer late, no
+    /// change on the watch). A pass in that moment stands by; the next renewal must run
+    /// it again instead of leaving the change to the resync.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_skipped_while_the_lease_looked_stale_runs_at_the_next_renewal() {
+        use testbed::clb_sim::{ClbSim, RateLimits, SimConfig};
+        let sim = ClbSim::start(SimConfig {
+            pending_time: Duration::from_millis(50),
+            rate_limits: RateLimits::unlimited(),
+            ..SimConfig::default()
+        });
+        let health = Arc::new(Health::new());
+        let clb = Clb::new(
+            ClbConfig {
+                identity_url: sim.identity_url(),
+                username: "u".into(),
+                api_key: ApiKey::new("k"),
+                region: "ORD".into(),
+                load_balancer_id: 1,
+                request_timeout: Duration::from_secs(5),
+                poll: Duration::from_millis(20),
+                active_timeout: Duration::from_secs(10),
+                retry_min: Duration::from_millis(10),
+                retry_max: Duration::from_millis(100),
+                max_retries: 3,
+                ca_file: None,
+            },
+            health.clone(),
+        )
+        .expect("client");
+        let (lead, leadership) = Leadership::manual(Duration::ZERO);
+        lead.send_replace(Some(Instant::now() + Duration::from_secs(60)));
+        let (tx, rx) = watch::channel(Desired::default());
+        let timing = Timing {
+            debounce_min: Duration::from_millis(10),
+            debounce_max: Duration::from_millis(50),
+            resync: Duration::from_secs(600),
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(
+            Reconciler::new(clb, Policy::default(), Limits::default(), false, health.clone()).run(
+                rx,
+                leadership,
+                timing,
+                cancel.clone(),
+            ),
+        );
+        let nodes = || sim.nodes(1).len();
+        let wait_for = |want: usize| async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while nodes() != want && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            nodes()
+        };
+        tx.send_replace(desired(1));
+        assert_eq!(wait_for(1).await, 1, "the leader adds the first node");
+
+        // A renewal whose deadline then passes by the clock alone, without a watch change.
+        lead.send_replace(Some(Instant::now() + Duration::from_millis(100)));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.send_replace(desired(3));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while health.status().state != "standby" && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(health.status().state, "standby", "the pass stood by");
+        assert_eq!(sim.nodes(1).len(), 1, "nothing applied while the lease looked stale");
+
+        // The next keep-alive answer renews it: the skipped change is applied now.
+        lead.send_replace(Some(Instant::now() + Duration::from_secs(60)));
+        assert_eq!(wait_for(3).await, 3, "the renewal runs the pass that stood by");
+        cancel.cancel();
+        task.await.expect("reconciler task");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn debounce_waits_for_quiet_but_not_past_max() {
