@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::{
-    Proxy, Reader, Running, Trip, WORLD_COUNTS, dbhelper, root_sql, run, seed_env, sql, user_databases, world_counts,
+    Proxy, Reader, Running, Trip, WORLD_COUNTS, dbhelper, root_sql, run, seed_at, sql, user_databases, world_counts,
     world_dump, write_file,
 };
 use testbed::MariaDb;
@@ -22,15 +22,7 @@ fn dump_arg() -> String {
 fn seeds_the_world_dump_with_counts_latin1_text_and_a_working_app_user() {
     let db = MariaDb::start();
     let port = db.port().to_string();
-    let out = run(seed_env(&mut dbhelper(&[
-        "seed",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--dump",
-        &dump_arg(),
-    ])));
+    let out = run(&mut seed_at(&port, &dump_arg(), &[]));
     out.assert_ok();
     for line in [
         "world.City: 4079 rows",
@@ -83,12 +75,11 @@ fn seeds_the_world_dump_with_counts_latin1_text_and_a_working_app_user() {
 fn second_run_skips_the_load_and_force_reloads_it() {
     let db = MariaDb::start();
     let port = db.port().to_string();
-    let args = ["seed", "--host", "127.0.0.1", "--port", &port, "--dump", &dump_arg()];
-    run(seed_env(&mut dbhelper(&args))).assert_ok();
+    run(&mut seed_at(&port, &dump_arg(), &[])).assert_ok();
 
     // A change made after seeding survives a rerun: the rerun loads nothing.
     root_sql(&db, "UPDATE world.City SET Name='Changed' WHERE ID=1");
-    let again = run(seed_env(&mut dbhelper(&args)));
+    let again = run(&mut seed_at(&port, &dump_arg(), &[]));
     again.assert_ok();
     assert!(
         again.stdout.contains("world: already seeded from world_innodb.sql"),
@@ -99,8 +90,8 @@ fn second_run_skips_the_load_and_force_reloads_it() {
     assert_eq!(root_sql(&db, "SELECT Name FROM world.City WHERE ID=1"), ["Changed"]);
 
     // The app user's password follows APP_PW on every run.
-    let mut cmd = dbhelper(&args);
-    cmd.env("MYSQL_ROOT_PASSWORD", "secret").env("APP_PW", "newpw");
+    let mut cmd = seed_at(&port, &dump_arg(), &[]);
+    cmd.env("APP_PW", "newpw");
     run(&mut cmd).assert_ok();
     assert!(
         sql(db.port(), "app", "apppw", "SELECT 1").is_err(),
@@ -111,9 +102,7 @@ fn second_run_skips_the_load_and_force_reloads_it() {
         ["239"]
     );
 
-    let mut force = args.to_vec();
-    force.push("--force");
-    let forced = run(seed_env(&mut dbhelper(&force)));
+    let forced = run(&mut seed_at(&port, &dump_arg(), &["--force"]));
     forced.assert_ok();
     assert!(
         forced.stdout.contains("world: seeded from world_innodb.sql"),
@@ -135,17 +124,7 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
     proxy.trip_after(100 * 1024, Trip::Stall);
     let reader = Reader::start(db.port(), "world");
     let pport = proxy.port.to_string();
-    let mut running = Running::spawn(seed_env(&mut dbhelper(&[
-        "seed",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &pport,
-        "--dump",
-        &dump_arg(),
-        "--batch-bytes",
-        "16K",
-    ])));
+    let mut running = Running::spawn(&mut seed_at(&pport, &dump_arg(), &["--batch-bytes", "16K"]));
     // Wait until the staging database holds some, not all, of the cities.
     let partial = testbed::wait_for(Duration::from_secs(30), || {
         let n = sql(
@@ -173,15 +152,7 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
         "the live database shows nothing of the killed load"
     );
 
-    let out = run(seed_env(&mut dbhelper(&[
-        "seed",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &db.port().to_string(),
-        "--dump",
-        &dump_arg(),
-    ])));
+    let out = run(&mut seed_at(&db.port().to_string(), &dump_arg(), &[]));
     out.assert_ok();
     assert!(out.stderr.contains("leftover of an interrupted run"), "{}", out.stderr);
     assert!(out.stdout.contains("world: seeded from"), "{}", out.stdout);
@@ -211,32 +182,13 @@ fn connection_dropped_during_a_reload_keeps_the_old_data_live() {
     old.splice(at..at + needle.len(), b"(1,'Old Kabul',".iter().copied());
     let old_dump = write_file(dir.path(), "old.sql", &old);
     let port = db.port().to_string();
-    run(seed_env(&mut dbhelper(&[
-        "seed",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--dump",
-        old_dump.to_str().unwrap(),
-    ])))
-    .assert_ok();
+    run(&mut seed_at(&port, old_dump.to_str().unwrap(), &[])).assert_ok();
 
     let reader = Reader::start(db.port(), "world");
     let proxy = Proxy::start(db.port());
     proxy.trip_after(100 * 1024, Trip::Cut);
     let pport = proxy.port.to_string();
-    let failed = run(seed_env(&mut dbhelper(&[
-        "seed",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &pport,
-        "--dump",
-        &dump_arg(),
-        "--batch-bytes",
-        "16K",
-    ])));
+    let failed = run(&mut seed_at(&pport, &dump_arg(), &["--batch-bytes", "16K"]));
     assert!(proxy.tripped());
     assert_eq!(failed.code, Some(1), "{failed:?}");
     let msg = failed.error_line();
@@ -250,15 +202,7 @@ fn connection_dropped_during_a_reload_keeps_the_old_data_live() {
     // The control connection survived the cut and dropped the staging database itself.
     assert_eq!(user_databases(&db), ["world"]);
 
-    let out = run(seed_env(&mut dbhelper(&[
-        "seed",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port,
-        "--dump",
-        &dump_arg(),
-    ])));
+    let out = run(&mut seed_at(&port, &dump_arg(), &[]));
     out.assert_ok();
     assert!(
         out.stdout.contains("world: seeded from"),
@@ -465,15 +409,7 @@ fn rejected_statement_is_named_and_nothing_is_left_behind() {
           INSERT INTO t VALUES (1,'B\xe9ja\xefa');\nINSERT INTO t VALUES (2,'x');\n\
           INSERT INTO t VALUES (3,'y','too many');\nINSERT INTO t VALUES (4,'z');\n",
     );
-    let out = run(seed_env(&mut dbhelper(&[
-        "seed",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &db.port().to_string(),
-        "--dump",
-        dump.to_str().unwrap(),
-    ])));
+    let out = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
     assert_eq!(out.code, Some(1), "{out:?}");
     let msg = out.error_line();
     assert!(msg.contains("statement 5 (line 5)"), "{msg}");
@@ -503,15 +439,7 @@ fn rejected_statement_is_named_and_nothing_is_left_behind() {
     ];
     for (name, bytes, needle) in cases {
         let dump = write_file(dir.path(), name, bytes);
-        let out = run(seed_env(&mut dbhelper(&[
-            "seed",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &db.port().to_string(),
-            "--dump",
-            dump.to_str().unwrap(),
-        ])));
+        let out = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
         assert_eq!(out.code, Some(3), "{out:?}");
         assert!(
             out.error_line().contains(needle) && out.error_line().contains("base tables only"),
@@ -550,15 +478,7 @@ fn unusable_dumps_and_options_are_refused_before_touching_the_database() {
         (dir.path(), 3, &["cannot read the dump"]),
     ];
     for (path, code, needles) in cases {
-        let out = run(seed_env(&mut dbhelper(&[
-            "seed",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--dump",
-            path.to_str().unwrap(),
-        ])));
+        let out = run(&mut seed_at(&port, path.to_str().unwrap(), &[]));
         assert_eq!(out.code, Some(i32::from(code)), "{path:?}: {out:?}");
         for n in needles {
             assert!(

@@ -34,6 +34,16 @@ pub fn seed_env(cmd: &mut Command) -> &mut Command {
     cmd.env("MYSQL_ROOT_PASSWORD", "secret").env("APP_PW", "apppw")
 }
 
+/// `dbhelper seed --host 127.0.0.1 --port PORT --dump DUMP EXTRA...` with the passwords
+/// of [`seed_env`].
+pub fn seed_at(port: &str, dump: &str, extra: &[&str]) -> Command {
+    let mut args = vec!["seed", "--host", "127.0.0.1", "--port", port, "--dump", dump];
+    args.extend_from_slice(extra);
+    let mut cmd = dbhelper(&args);
+    seed_env(&mut cmd);
+    cmd
+}
+
 /// What a finished run printed.
 #[derive(Debug)]
 pub struct Run {
