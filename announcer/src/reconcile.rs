@@ -6,8 +6,11 @@
 //! publishes it on a `watch` channel: the registry always sees the full, latest desired
 //! set (level-triggered), never a stream of deltas it could miss.
 //!
-//! A container is desired when it is running (not paused, not restarting), its record can
-//! be built, Docker does not call it `unhealthy`, and its check passes. One [`Prober`]
+//! A container is desired when it is running (not paused, not restarting), not shutting
+//! down, its record can be built, Docker does not call it `unhealthy`, and its check passes.
+//! Shutting down: Docker delivered its stop signal ([`docker::stops`]); the mark holds for
+//! that run only, so an inspection or a resync that still finds the container running
+//! does not bring the record back, and its `die` or a new start ends it. One [`Prober`]
 //! task runs per container with a `tcp` or `http` check; none for `docker` or `none`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -92,6 +95,9 @@ pub struct Reconciler {
     errors: BTreeMap<String, String>,
     /// Instance conflicts already logged.
     conflicts: BTreeSet<(String, String)>,
+    /// Containers shutting down (a stop signal was delivered), with the `started_at` of
+    /// the run it was delivered to.
+    stopping: BTreeMap<String, String>,
     health_tx: mpsc::UnboundedSender<HealthReport>,
     health_rx: mpsc::UnboundedReceiver<HealthReport>,
     desired_tx: watch::Sender<Desired>,
@@ -118,6 +124,7 @@ impl Reconciler {
             complete: false,
             errors: BTreeMap::new(),
             conflicts: BTreeSet::new(),
+            stopping: BTreeMap::new(),
             health_tx,
             health_rx,
             desired_tx,
@@ -154,6 +161,7 @@ impl Reconciler {
                 let ids: BTreeSet<String> = all.iter().map(|f| f.id.clone()).collect();
                 self.entries.retain(|id, _| ids.contains(id));
                 self.errors.retain(|id, _| ids.contains(id));
+                self.stopping.retain(|id, _| ids.contains(id));
                 for facts in all {
                     self.upsert(facts)?;
                 }
@@ -161,19 +169,43 @@ impl Reconciler {
             Update::Changed { id, facts: None } => {
                 self.entries.remove(&id);
                 self.errors.remove(&id);
+                self.stopping.remove(&id);
             }
             Update::Changed { facts: Some(facts), .. } => self.upsert(facts)?,
             Update::Down { id, state } => {
                 // Withdrawn at once; the inspection that follows replaces these facts.
+                self.stopping.remove(&id);
                 if let Some(e) = self.entries.get_mut(&id) {
                     e.facts.state = state;
                 }
             }
+            Update::Signalled { id, signal } => self.on_signal(&id, signal),
         }
         Ok(())
     }
 
+    /// A stop signal withdraws the container's record for the rest of this run.
+    fn on_signal(&mut self, id: &str, signal: i32) {
+        let Some(e) = self.entries.get(id) else { return };
+        if !e.facts.is_up() || !docker::stops(signal, e.facts.stop_signal) {
+            return;
+        }
+        if e.plan.is_some() {
+            tracing::info!(container = %e.facts.name, signal, "stop signal delivered: withdrawing while it shuts down");
+        }
+        self.stopping.insert(id.to_owned(), e.facts.started_at.clone());
+    }
+
     fn upsert(&mut self, facts: ContainerFacts) -> Result<(), RecordError> {
+        // The shutdown of a run ends when that run does: stopped, or started anew (a
+        // `die` missed while Docker was unreachable).
+        if self
+            .stopping
+            .get(&facts.id)
+            .is_some_and(|run| !facts.is_up() || *run != facts.started_at)
+        {
+            self.stopping.remove(&facts.id);
+        }
         let plan = if facts.is_up() {
             match record_for(&facts, &self.machine, &self.rules) {
                 Ok(p) => {
@@ -256,7 +288,10 @@ impl Reconciler {
     fn desired(&mut self) -> Desired {
         let mut records: BTreeMap<(String, String), (String, Announcement)> = BTreeMap::new();
         let mut conflicts = BTreeSet::new();
-        for e in self.entries.values() {
+        for (id, e) in &self.entries {
+            if self.stopping.contains_key(id) {
+                continue;
+            }
             let Some(plan) = e.desired() else { continue };
             let key = (plan.record.service.clone(), plan.record.instance.clone());
             let ann = Announcement {
@@ -301,5 +336,131 @@ impl Reconciler {
             *current = desired;
             true
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::docker::{PublishedPort, State};
+    use crate::record::Mode;
+
+    fn facts(state: State, started_at: &str, stop_signal: i32) -> ContainerFacts {
+        ContainerFacts {
+            id: "c1".into(),
+            name: "web-01".into(),
+            state,
+            health: None,
+            labels: vec![("announce.service".into(), "web".into())],
+            env: Vec::new(),
+            ports: vec![PublishedPort {
+                container_port: 80,
+                proto: "tcp".into(),
+                host_ip: None,
+                host_port: 18001,
+            }],
+            ips: Vec::new(),
+            stop_signal,
+            started_at: started_at.into(),
+        }
+    }
+
+    fn reconciler() -> (Reconciler, watch::Receiver<Desired>) {
+        let machine = Machine {
+            hostname: "core01".into(),
+            public_ipv4: Some(Ipv4Addr::new(1, 2, 3, 4)),
+            private_ipv4: Ipv4Addr::new(10, 0, 0, 2),
+            public_source: "test".into(),
+            private_source: "test".into(),
+        };
+        let rules = Rules {
+            mode: Mode::Host { layout: Layout::Fields },
+            check: Check::None,
+        };
+        let (tx, rx) = watch::channel(Desired::default());
+        let r = Reconciler::new(machine, rules, Duration::from_secs(1), Duration::from_secs(1), tx);
+        (r, rx)
+    }
+
+    /// Feeds `steps` in order; after each, whether the container's record is desired.
+    fn run(steps: Vec<(Update, bool)>) {
+        let (mut r, rx) = reconciler();
+        for (i, (update, want)) in steps.into_iter().enumerate() {
+            let what = format!("{update:?}");
+            r.apply(update).unwrap();
+            r.publish();
+            let announced = !rx.borrow().records.is_empty();
+            assert_eq!(announced, want, "step {i}: {what}");
+        }
+    }
+
+    fn signal(signal: i32) -> Update {
+        Update::Signalled {
+            id: "c1".into(),
+            signal,
+        }
+    }
+
+    fn seen(state: State, run: &str, stop_signal: i32) -> Update {
+        Update::Changed {
+            id: "c1".into(),
+            facts: Some(facts(state, run, stop_signal)),
+        }
+    }
+
+    #[test]
+    fn a_stop_signal_withdraws_for_the_rest_of_the_run_and_a_survivable_one_changes_nothing() {
+        let term = libc::SIGTERM;
+        let running = |run: &str| seen(State::Running, run, term);
+        let resync = |run: &str| Update::Snapshot(vec![facts(State::Running, run, term)]);
+        run(vec![
+            (resync("run1"), true),
+            (signal(libc::SIGHUP), true),
+            (signal(libc::SIGUSR1), true),
+            (running("run1"), true),
+            // docker stop: SIGTERM, the container traps it and keeps running a while.
+            (signal(libc::SIGTERM), false),
+            (running("run1"), false),
+            (resync("run1"), false),
+            (signal(libc::SIGHUP), false),
+            (
+                Update::Down {
+                    id: "c1".into(),
+                    state: State::Exited,
+                },
+                false,
+            ),
+            (seen(State::Exited, "run1", term), false),
+            // Started again: announced again.
+            (running("run2"), true),
+            (signal(libc::SIGQUIT), false),
+            // Its die was missed (Docker unreachable) and it runs again: a new run.
+            (resync("run3"), true),
+            (signal(libc::SIGINT), false),
+            (
+                Update::Changed {
+                    id: "c1".into(),
+                    facts: None,
+                },
+                false,
+            ),
+            // A replayed kill of a container that is not running marks nothing.
+            (seen(State::Exited, "run3", term), false),
+            (signal(libc::SIGTERM), false),
+            (running("run4"), true),
+        ]);
+    }
+
+    #[test]
+    fn the_containers_own_stop_signal_is_the_one_that_counts() {
+        let winch = libc::SIGWINCH;
+        run(vec![
+            (seen(State::Running, "run1", winch), true),
+            (signal(libc::SIGTERM), true),
+            (signal(libc::SIGWINCH), false),
+            (seen(State::Running, "run1", winch), false),
+        ]);
     }
 }

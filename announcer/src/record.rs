@@ -473,6 +473,8 @@ mod tests {
             env: env.iter().map(|s| (*s).to_owned()).collect(),
             ports: ports.iter().map(|(s, p)| port(s, *p)).collect(),
             ips: vec![Ipv4Addr::new(172, 17, 0, 5)],
+            stop_signal: libc::SIGTERM,
+            started_at: String::new(),
         }
     }
 

@@ -152,6 +152,111 @@ async fn withdraws_on_stop_die_and_pause_and_reannounces_on_start_restart_and_un
     .await;
 }
 
+/// How many times the announcer's log says `needle` (a positive signal that a pass ran).
+fn count(a: &Announcer, needle: &str) -> usize {
+    a.log().matches(needle).count()
+}
+
+/// Waits until the log says `needle` more than `before` times.
+async fn wait_for_more(a: &Announcer, needle: &str, before: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while count(a, needle) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?} again:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stop_signal_withdraws_at_once_while_the_container_finishes_and_a_survivable_signal_changes_nothing() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("ann-stopsig");
+    // PID 1 traps SIGTERM and keeps serving for 8 s before it exits (a graceful drain).
+    let script = "trap 'sleep 8; exit 0' TERM; httpd -p 80 -h /www; while :; do sleep 0.1; done";
+    let c = Spec {
+        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..Spec::web(&image)
+            .name(&name)
+            .label("announce.service", "hweb")
+            .label("announce.instance", "h1")
+    }
+    .run(&d)
+    .await;
+    // Both scopes: `container` mode follows it by name, `host` mode by its labels. Only
+    // events can withdraw (--check none), and both resync every 500 ms.
+    let fast = ["--check", "none", "--resync-interval", "500ms"];
+    let mut named = global_args(&etcd.endpoint(), &unique("host"));
+    named.extend(fast.iter().map(|s| (*s).to_owned()));
+    named.extend(["container", &name, "--service", "web", "--instance", "s1"].map(str::to_owned));
+    let mut labelled = global_args(&etcd.endpoint(), &unique("host"));
+    labelled.extend(fast.iter().map(|s| (*s).to_owned()));
+    labelled.push("host".to_owned());
+    let announcers = [Announcer::start(&named), Announcer::start(&labelled)];
+    let both =
+        |k: &std::collections::BTreeMap<String, support::Kv>| has_record(k, "web", "s1") && has_record(k, "hweb", "h1");
+    let none =
+        |k: &std::collections::BTreeMap<String, support::Kv>| !has_any(k, "web", "s1") && !has_any(k, "hweb", "h1");
+    wait_until(&mut client, "/services/", PATIENCE, "announced by both", both).await;
+
+    // Signals a process lives through change nothing, even after a resync.
+    for signal in ["SIGHUP", "SIGUSR1"] {
+        let before: Vec<usize> = announcers.iter().map(|a| count(a, "docker resynced")).collect();
+        c.kill(signal).await;
+        for (a, n) in announcers.iter().zip(before) {
+            wait_until_log(a, &format!("signal={}\n", if signal == "SIGHUP" { 1 } else { 10 })).await;
+            wait_for_more(a, "docker resynced", n).await;
+        }
+        let kvs = dump(&mut client, "/services/").await;
+        assert!(both(&kvs), "still announced after {signal}: {kvs:?}");
+    }
+
+    // docker stop: SIGTERM now, the process exits 8 s later.
+    let signalled = Instant::now();
+    let watch = async {
+        wait_until(
+            &mut client,
+            "/services/",
+            PATIENCE,
+            "withdrawn at the stop signal",
+            none,
+        )
+        .await;
+        let withdrawn = signalled.elapsed();
+        assert_eq!(
+            c.state().await.running,
+            Some(true),
+            "withdrawn while the container still runs"
+        );
+        // Resyncs that still find it running do not bring the record back.
+        let before: Vec<usize> = announcers.iter().map(|a| count(a, "docker resynced")).collect();
+        for (a, n) in announcers.iter().zip(before) {
+            wait_for_more(a, "docker resynced", n + 1).await;
+        }
+        let kvs = dump(&mut client, "/services/").await;
+        assert!(none(&kvs), "not re-announced by a resync: {kvs:?}");
+        assert_eq!(
+            c.state().await.running,
+            Some(true),
+            "the resyncs ran while it still ran"
+        );
+        withdrawn
+    };
+    let ((), withdrawn) = tokio::join!(c.stop(30), watch);
+    eprintln!(
+        "MEASURED stop signal -> both records gone: {withdrawn:?}; container exited after {:?}",
+        signalled.elapsed()
+    );
+    // Started again: announced again.
+    c.start().await;
+    wait_until(&mut client, "/services/", PATIENCE, "announced after start", both).await;
+}
+
 #[tokio::test]
 async fn sigterm_revokes_the_lease_so_records_vanish_at_once() {
     let etcd = Etcd::start();
