@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::record::PortSpec;
 
 /// Seconds a Docker request may take (the event stream itself is long-lived).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
@@ -128,8 +129,13 @@ pub struct ContainerFacts {
     pub env: Vec<String>,
     /// Published ports, sorted, one entry per container port (the first IPv4 binding).
     pub ports: Vec<PublishedPort>,
-    /// The container's IPv4 addresses on its networks, sorted.
-    pub ips: Vec<Ipv4Addr>,
+    /// The container's IPv4 address on each of its networks, sorted by network name.
+    pub networks: Vec<(String, Ipv4Addr)>,
+    /// Exposed ports (`EXPOSE`, `--expose`, `-p`), sorted: what a `--net=host` container
+    /// listens on, and what `--internal` announces.
+    pub exposed: Vec<PortSpec>,
+    /// `HostConfig.NetworkMode`: `host` for `--net=host`.
+    pub network_mode: String,
     /// The signal `docker stop` sends first (the image's or the run's `StopSignal`,
     /// SIGTERM when none): a `kill` event with it means the container is shutting down.
     pub stop_signal: i32,
@@ -181,7 +187,8 @@ pub enum Update {
         /// Container id.
         id: String,
         /// Its facts now.
-        facts: Option<ContainerFacts>,
+        /// Boxed: the other updates are a few words.
+        facts: Option<Box<ContainerFacts>>,
     },
     /// An event said the container stopped serving (`die`, `stop`: exited; `pause`:
     /// paused); its full facts follow in a [`Update::Changed`] once Docker answers.
@@ -360,14 +367,26 @@ pub fn facts_from_inspect(c: &ContainerInspectResponse) -> ContainerFacts {
         }
     }
     ports.sort();
-    let mut ips: Vec<Ipv4Addr> = net
+    let mut networks: Vec<(String, Ipv4Addr)> = net
         .and_then(|n| n.networks.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|(_, ep)| ep.ip_address.as_deref()?.parse().ok())
+        .filter_map(|(name, ep)| Some((name.clone(), ep.ip_address.as_deref()?.parse().ok()?)))
         .collect();
-    ips.sort();
-    ips.dedup();
+    networks.sort();
+    let mut exposed: Vec<PortSpec> = config
+        .and_then(|c| c.exposed_ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|spec| spec.parse().ok())
+        .collect();
+    exposed.sort();
+    exposed.dedup();
+    let network_mode = c
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
     let stop_signal = config
         .and_then(|c| c.stop_signal.as_deref())
         .and_then(parse_signal)
@@ -381,7 +400,9 @@ pub fn facts_from_inspect(c: &ContainerInspectResponse) -> ContainerFacts {
         labels,
         env,
         ports,
-        ips,
+        networks,
+        exposed,
+        network_mode,
         stop_signal,
         started_at,
     }
@@ -664,7 +685,7 @@ async fn session(
                 if let Some(f) = &facts {
                     cache.insert(id.clone(), (facts_signature(f), f.clone()));
                 }
-                if tx.send(Update::Changed { id, facts }).await.is_err() {
+                if tx.send(Update::Changed { id, facts: facts.map(Box::new) }).await.is_err() {
                     return Ok(());
                 }
                 continue;
@@ -799,7 +820,9 @@ mod tests {
             labels: Vec::new(),
             env: Vec::new(),
             ports: Vec::new(),
-            ips: Vec::new(),
+            networks: Vec::new(),
+            exposed: Vec::new(),
+            network_mode: String::new(),
             stop_signal: libc::SIGTERM,
             started_at: String::new(),
         };
@@ -927,7 +950,12 @@ mod tests {
                 }),
                 ..ContainerState::default()
             }),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("bridge".into()),
+                ..Default::default()
+            }),
             config: Some(ContainerConfig {
+                exposed_ports: Some(vec!["80/tcp".into(), "8080".into(), "nonsense".into()]),
                 stop_signal: Some("SIGQUIT".into()),
                 env: Some(vec!["SERVICE_NAME=web".into(), "PATH=/bin".into()]),
                 labels: Some(HashMap::from([
@@ -948,7 +976,10 @@ mod tests {
         assert_eq!(f.name, "web-01");
         assert_eq!(f.state, State::Running);
         assert_eq!(f.health, Some(Health::Healthy));
-        assert_eq!(f.ips, vec![Ipv4Addr::new(172, 17, 0, 3)]);
+        assert_eq!(f.networks, vec![("bridge".to_owned(), Ipv4Addr::new(172, 17, 0, 3))]);
+        let exposed: Vec<String> = f.exposed.iter().map(ToString::to_string).collect();
+        assert_eq!(exposed, ["80/tcp", "8080/tcp"]);
+        assert_eq!(f.network_mode, "bridge");
         assert_eq!(f.env_var("SERVICE_NAME"), Some("web"));
         assert_eq!(f.env_var("SERVICE"), None);
         assert_eq!(f.env, ["SERVICE_NAME=web"], "only what a record is made of is kept");

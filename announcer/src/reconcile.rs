@@ -6,6 +6,9 @@
 //! publishes it on a `watch` channel: the registry always sees the full, latest desired
 //! set (level-triggered), never a stream of deltas it could miss.
 //!
+//! A container may become several records (one per announced port); they are desired
+//! and withdrawn together with it, each gated by its own check.
+//!
 //! A container is desired when it is running (not paused, not restarting), not shutting
 //! down, its record can be built, Docker does not call it `unhealthy`, and its check passes.
 //! Shutting down: Docker delivered its stop signal ([`docker::stops`]); the mark holds for
@@ -16,14 +19,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use sidekick::schema::{Layout, Record};
+use sidekick::schema::{Layout, Meta, Record};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{self, ContainerFacts, Health, Update};
 use crate::health::{self, Check, Prober};
 use crate::machine::Machine;
-use crate::record::{Mode, Planned, RecordError, Rules, record_for};
+use crate::record::{Decision, Mode, Note, Planned, RecordError, Rules, record_for};
 
 /// One record to keep in etcd, and its layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +35,8 @@ pub struct Announcement {
     pub record: Record,
     /// How it is laid out.
     pub layout: Layout,
+    /// registrator's tags and attributes (the `json` layout carries them).
+    pub meta: Meta,
 }
 
 /// The records that should exist, keyed by `(service, instance)`.
@@ -50,6 +55,8 @@ pub struct Desired {
 struct HealthReport {
     id: String,
     generation: u64,
+    /// Which of the container's records.
+    index: usize,
     ok: bool,
     detail: String,
 }
@@ -58,26 +65,26 @@ struct HealthReport {
 #[derive(Debug)]
 struct Entry {
     facts: ContainerFacts,
-    plan: Option<Planned>,
+    /// Its records (none: not announced).
+    plans: Vec<Planned>,
     generation: u64,
-    /// The last probe result (`None`: not probed yet).
-    probe_ok: Option<bool>,
-    /// The probing task; dropping it stops it.
-    _prober: Option<Prober>,
+    /// The last probe result of each record (`None`: not probed yet).
+    probe_ok: Vec<Option<bool>>,
+    /// The probing tasks, one per probed record; dropping them stops them.
+    _probers: Vec<Prober>,
 }
 
 impl Entry {
-    fn desired(&self) -> Option<&Planned> {
-        let plan = self.plan.as_ref()?;
-        if !self.facts.is_up() || self.facts.health == Some(Health::Unhealthy) {
-            return None;
-        }
-        let healthy = match plan.check {
-            Check::None => true,
-            Check::Docker => self.facts.health == Some(Health::Healthy),
-            Check::Tcp | Check::Http { .. } => self.probe_ok == Some(true),
-        };
-        healthy.then_some(plan)
+    fn desired(&self) -> impl Iterator<Item = &Planned> {
+        let up = self.facts.is_up() && self.facts.health != Some(Health::Unhealthy);
+        self.plans.iter().enumerate().filter_map(move |(i, plan)| {
+            let healthy = match plan.check {
+                Check::None => true,
+                Check::Docker => self.facts.health == Some(Health::Healthy),
+                Check::Tcp | Check::Http { .. } => self.probe_ok.get(i).copied().flatten() == Some(true),
+            };
+            (up && healthy).then_some(plan)
+        })
     }
 }
 
@@ -93,6 +100,8 @@ pub struct Reconciler {
     complete: bool,
     /// Last error logged per container, so a bad container is logged once, not per event.
     errors: BTreeMap<String, String>,
+    /// Last notes (ports left out) logged per container, likewise.
+    notes: BTreeMap<String, Vec<Note>>,
     /// Instance conflicts already logged.
     conflicts: BTreeSet<(String, String)>,
     /// Containers shutting down (a stop signal was delivered), with the `started_at` of
@@ -123,6 +132,7 @@ impl Reconciler {
             next_generation: 0,
             complete: false,
             errors: BTreeMap::new(),
+            notes: BTreeMap::new(),
             conflicts: BTreeSet::new(),
             stopping: BTreeMap::new(),
             health_tx,
@@ -161,6 +171,7 @@ impl Reconciler {
                 let ids: BTreeSet<String> = all.iter().map(|f| f.id.clone()).collect();
                 self.entries.retain(|id, _| ids.contains(id));
                 self.errors.retain(|id, _| ids.contains(id));
+                self.notes.retain(|id, _| ids.contains(id));
                 self.stopping.retain(|id, _| ids.contains(id));
                 for facts in all {
                     self.upsert(facts)?;
@@ -169,9 +180,10 @@ impl Reconciler {
             Update::Changed { id, facts: None } => {
                 self.entries.remove(&id);
                 self.errors.remove(&id);
+                self.notes.remove(&id);
                 self.stopping.remove(&id);
             }
-            Update::Changed { facts: Some(facts), .. } => self.upsert(facts)?,
+            Update::Changed { facts: Some(facts), .. } => self.upsert(*facts)?,
             Update::Down { id, state } => {
                 // Withdrawn at once; the inspection that follows replaces these facts.
                 self.stopping.remove(&id);
@@ -190,7 +202,7 @@ impl Reconciler {
         if !e.facts.is_up() || !docker::stops(signal, e.facts.stop_signal) {
             return;
         }
-        if e.plan.is_some() {
+        if !e.plans.is_empty() {
             tracing::info!(container = %e.facts.name, signal, "stop signal delivered: withdrawing while it shuts down");
         }
         self.stopping.insert(id.to_owned(), e.facts.started_at.clone());
@@ -206,43 +218,26 @@ impl Reconciler {
         {
             self.stopping.remove(&facts.id);
         }
-        let plan = if facts.is_up() {
-            match record_for(&facts, &self.machine, &self.rules) {
-                Ok(p) => {
-                    self.errors.remove(&facts.id);
-                    // The explanation is for `explain`; a long-running announcer keeps
-                    // hundreds of plans and does not need it.
-                    p.map(|p| Planned { why: Vec::new(), ..p })
-                }
-                Err(e) => {
-                    if matches!(self.rules.mode, Mode::Container(_)) {
-                        return Err(e);
-                    }
-                    let msg = e.to_string();
-                    if self.errors.get(&facts.id) != Some(&msg) {
-                        tracing::warn!(container = %facts.name, error = %msg, "not announced");
-                        self.errors.insert(facts.id.clone(), msg);
-                    }
-                    None
-                }
-            }
+        let plans = if facts.is_up() {
+            self.decide(&facts)?
         } else {
-            None
+            Vec::new()
         };
         if let Some(e) = self.entries.get_mut(&facts.id)
-            && e.plan == plan
+            && e.plans == plans
         {
-            // Same record, same check, same target: keep the health verdict and the prober.
+            // Same records, same checks, same targets: keep the health verdicts and the probers.
             e.facts = facts;
             return Ok(());
         }
         self.next_generation += 1;
         let generation = self.next_generation;
-        let prober = plan.as_ref().filter(|p| p.check.probes()).map(|p| {
+        let mut probers = Vec::new();
+        for (index, p) in plans.iter().enumerate().filter(|(_, p)| p.check.probes()) {
             tracing::debug!(container = %facts.name, check = %p.check, target = %p.target, "probing");
             let tx = self.health_tx.clone();
             let id = facts.id.clone();
-            health::spawn(
+            probers.push(health::spawn(
                 p.check.clone(),
                 p.target.clone(),
                 self.check_interval,
@@ -251,23 +246,59 @@ impl Reconciler {
                     let _ = tx.send(HealthReport {
                         id: id.clone(),
                         generation,
+                        index,
                         ok,
                         detail,
                     });
                 },
-            )
-        });
+            ));
+        }
+        let probe_ok = vec![None; plans.len()];
         self.entries.insert(
             facts.id.clone(),
             Entry {
                 facts,
-                plan,
+                plans,
                 generation,
-                probe_ok: None,
-                _prober: prober,
+                probe_ok,
+                _probers: probers,
             },
         );
         Ok(())
+    }
+
+    /// The records of a running container; an error or a note is logged once.
+    fn decide(&mut self, facts: &ContainerFacts) -> Result<Vec<Planned>, RecordError> {
+        match record_for(facts, &self.machine, &self.rules) {
+            Ok(Decision::Skip(_)) => {
+                self.errors.remove(&facts.id);
+                self.notes.remove(&facts.id);
+                Ok(Vec::new())
+            }
+            Ok(Decision::Announce { planned, notes }) => {
+                self.errors.remove(&facts.id);
+                if self.notes.get(&facts.id) != Some(&notes) {
+                    for note in &notes {
+                        tracing::warn!(container = %facts.name, "{note}");
+                    }
+                    self.notes.insert(facts.id.clone(), notes);
+                }
+                // The explanation is for `explain`; a long-running announcer keeps
+                // hundreds of plans and does not need it.
+                Ok(planned.into_iter().map(|p| Planned { why: Vec::new(), ..p }).collect())
+            }
+            Err(e) => {
+                if matches!(self.rules.mode, Mode::Container(_)) {
+                    return Err(e);
+                }
+                let msg = e.to_string();
+                if self.errors.get(&facts.id) != Some(&msg) {
+                    tracing::warn!(container = %facts.name, error = %msg, "not announced");
+                    self.errors.insert(facts.id.clone(), msg);
+                }
+                Ok(Vec::new())
+            }
+        }
     }
 
     fn on_health(&mut self, r: HealthReport) {
@@ -276,12 +307,16 @@ impl Reconciler {
             return;
         }
         let name = &e.facts.name;
-        match (e.probe_ok, r.ok) {
-            (_, true) => tracing::info!(container = %name, "check passes"),
-            (None, false) => tracing::info!(container = %name, reason = %r.detail, "check does not pass yet"),
-            (Some(_), false) => tracing::warn!(container = %name, reason = %r.detail, "check fails"),
+        let Some(slot) = e.probe_ok.get_mut(r.index) else {
+            return;
+        };
+        let port = e.plans.get(r.index).map(|p| p.record.port).unwrap_or_default();
+        match (*slot, r.ok) {
+            (_, true) => tracing::info!(container = %name, port, "check passes"),
+            (None, false) => tracing::info!(container = %name, port, reason = %r.detail, "check does not pass yet"),
+            (Some(_), false) => tracing::warn!(container = %name, port, reason = %r.detail, "check fails"),
         }
-        e.probe_ok = Some(r.ok);
+        *slot = Some(r.ok);
     }
 
     /// The desired map from the current entries (pure).
@@ -292,23 +327,25 @@ impl Reconciler {
             if self.stopping.contains_key(id) {
                 continue;
             }
-            let Some(plan) = e.desired() else { continue };
-            let key = (plan.record.service.clone(), plan.record.instance.clone());
-            let ann = Announcement {
-                record: plan.record.clone(),
-                layout: plan.layout,
-            };
-            match records.get(&key) {
-                // Two containers claim one instance: the first by name wins, deterministically.
-                Some((other, _)) if *other <= e.facts.name => {
-                    conflicts.insert(key);
-                }
-                Some(_) => {
-                    conflicts.insert(key.clone());
-                    records.insert(key, (e.facts.name.clone(), ann));
-                }
-                None => {
-                    records.insert(key, (e.facts.name.clone(), ann));
+            for plan in e.desired() {
+                let key = (plan.record.service.clone(), plan.record.instance.clone());
+                let ann = Announcement {
+                    record: plan.record.clone(),
+                    layout: plan.layout,
+                    meta: plan.meta.clone(),
+                };
+                match records.get(&key) {
+                    // Two containers claim one instance: the first by name wins, deterministically.
+                    Some((other, _)) if *other <= e.facts.name => {
+                        conflicts.insert(key);
+                    }
+                    Some(_) => {
+                        conflicts.insert(key.clone());
+                        records.insert(key, (e.facts.name.clone(), ann));
+                    }
+                    None => {
+                        records.insert(key, (e.facts.name.clone(), ann));
+                    }
                 }
             }
         }
@@ -361,7 +398,9 @@ mod tests {
                 host_ip: None,
                 host_port: 18001,
             }],
-            ips: Vec::new(),
+            networks: Vec::new(),
+            exposed: Vec::new(),
+            network_mode: String::new(),
             stop_signal,
             started_at: started_at.into(),
         }
@@ -376,7 +415,10 @@ mod tests {
             private_source: "test".into(),
         };
         let rules = Rules {
-            mode: Mode::Host { layout: Layout::Fields },
+            mode: Mode::Host(crate::record::HostRule {
+                layout: Layout::Fields,
+                internal: None,
+            }),
             check: Check::None,
         };
         let (tx, rx) = watch::channel(Desired::default());
@@ -406,7 +448,7 @@ mod tests {
     fn seen(state: State, run: &str, stop_signal: i32) -> Update {
         Update::Changed {
             id: "c1".into(),
-            facts: Some(facts(state, run, stop_signal)),
+            facts: Some(Box::new(facts(state, run, stop_signal))),
         }
     }
 

@@ -316,6 +316,12 @@ async fn sigkill_leaves_records_until_the_ttl_runs_out() {
     .await;
 }
 
+/// The instance `host` mode gives a container publishing port 80 and naming none: unique
+/// across hosts (`<host>:<container>:<port>`, registrator's id).
+fn inst(host: &str, container: &str) -> String {
+    format!("{host}:{container}:80")
+}
+
 fn labelled(image: &str, name: &str, service: &str) -> Spec {
     Spec::web(image).name(name).label("announce.service", service)
 }
@@ -335,7 +341,7 @@ async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_di
         &["host", "--ttl", "3s"],
     ));
     wait_until(&mut client, "/services/", PATIENCE, "a announced", |k| {
-        has_record(k, "web", &a_name)
+        has_record(k, "web", &inst(&host, &a_name))
     })
     .await;
 
@@ -347,7 +353,7 @@ async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_di
         .await
         .unwrap();
     assert!(
-        has_record(&dump(&mut survivor, "/services/").await, "web", &a_name),
+        has_record(&dump(&mut survivor, "/services/").await, "web", &inst(&host, &a_name)),
         "record of a kept alive with a member dead"
     );
     cb.start().await;
@@ -356,7 +362,7 @@ async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_di
         "/services/",
         PATIENCE,
         "b announced with a member dead",
-        |k| has_record(k, "web", &b_name) && has_record(k, "web", &a_name),
+        |k| has_record(k, "web", &inst(&host, &b_name)) && has_record(k, "web", &inst(&host, &a_name)),
     )
     .await;
 }
@@ -375,7 +381,7 @@ async fn records_come_back_after_etcd_stops_and_restarts_and_reflect_what_change
     {
         let mut client = etcd.client().await;
         wait_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
-            has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+            has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
         })
         .await;
     }
@@ -388,7 +394,9 @@ async fn records_come_back_after_etcd_stops_and_restarts_and_reflect_what_change
     etcd.restart();
     let mut client = etcd.client().await;
     wait_until(&mut client, "/services/", PATIENCE, "a and c back, b gone", |k| {
-        has_record(k, "web", &a_name) && has_record(k, "web", &c_name) && !has_any(k, "web", &b_name)
+        has_record(k, "web", &inst(&host, &a_name))
+            && has_record(k, "web", &inst(&host, &c_name))
+            && !has_any(k, "web", &inst(&host, &b_name))
     })
     .await;
 }
@@ -405,7 +413,7 @@ async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_
     let _cb = labelled(&image, &b_name, "web").run(&d).await;
     let mut a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
     let before = wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
-        has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+        has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
     })
     .await;
     let old_lease = before.values().next().unwrap().lease;
@@ -425,7 +433,7 @@ async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_
         "/services/",
         PATIENCE,
         "records rewritten on a new lease",
-        |k| has_record(k, "web", &a_name) && has_record(k, "web", &b_name),
+        |k| has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name)),
     )
     .await;
     assert!(
@@ -453,7 +461,7 @@ async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_t
         &["--docker-host", &proxy.docker_host(), "host"],
     ));
     wait_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
-        has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+        has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
     })
     .await;
 
@@ -465,7 +473,7 @@ async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_t
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = dump(&mut client, "/services/").await;
     assert!(
-        has_record(&during, "web", &a_name),
+        has_record(&during, "web", &inst(&host, &a_name)),
         "a stays during the cut: {during:?}"
     );
     assert!(a.running());
@@ -476,7 +484,11 @@ async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_t
         "/services/",
         PATIENCE,
         "after restore: a and c, not b",
-        |k| has_record(k, "web", &a_name) && has_record(k, "web", &c_name) && !has_any(k, "web", &b_name),
+        |k| {
+            has_record(k, "web", &inst(&host, &a_name))
+                && has_record(k, "web", &inst(&host, &c_name))
+                && !has_any(k, "web", &inst(&host, &b_name))
+        },
     )
     .await;
 }
@@ -520,7 +532,7 @@ async fn stale_records_of_this_host_are_deleted_at_start_and_others_are_left_alo
     let _c = labelled(&image, &live, "web").run(&d).await;
     let _a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
     let kvs = wait_until(&mut client, "/services/", PATIENCE, "live announced, stale gone", |k| {
-        has_record(k, "web", &live) && !has_any(k, "web", "stale1") && !has_any(k, "api", "stalejson")
+        has_record(k, "web", &inst(&host, &live)) && !has_any(k, "web", "stale1") && !has_any(k, "api", "stalejson")
     })
     .await;
     assert!(
@@ -731,7 +743,11 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
         "/services/",
         PATIENCE,
         "labelled and registrator containers",
-        |k| k.contains_key("/services/web/l1") && has_record(k, "api", &r) && has_record(k, "www", &p),
+        |k| {
+            k.contains_key("/services/web/l1")
+                && has_record(k, "api", &inst(&host, &r))
+                && has_record(k, "www", &inst(&host, &p))
+        },
     )
     .await;
     let doc: serde_json::Value = serde_json::from_str(&kvs["/services/web/l1"].value).unwrap();
@@ -739,11 +755,11 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
     assert_eq!(doc["host"], host.as_str());
     assert_eq!(doc["container_name"], l.as_str());
     assert_eq!(
-        kvs[&format!("/services/api/{r}/port")].value,
+        kvs[&format!("/services/api/{}/port", inst(&host, &r))].value,
         cr.host_port("80/tcp").await.to_string()
     );
     assert_eq!(
-        kvs[&format!("/services/www/{p}/port")].value,
+        kvs[&format!("/services/www/{}/port", inst(&host, &p))].value,
         cp.host_port("80/tcp").await.to_string()
     );
     wait_until_log(&a, "announce.port=\"abc\"").await;
