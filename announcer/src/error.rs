@@ -51,6 +51,10 @@ pub enum Error {
     #[error("etcd {op}: no answer within {timeout:?}")]
     EtcdTimeout { op: String, timeout: std::time::Duration },
 
+    /// A record's keys changed between our read and our write, several times in a row.
+    #[error("etcd write of {key}: the keys kept changing under us; retrying")]
+    Contended { key: String },
+
     /// Process plumbing (signal handlers).
     #[error("{0}")]
     Io(#[from] std::io::Error),

@@ -11,6 +11,7 @@
 //! - [`health`]: the checks that gate an announcement.
 //! - [`reconcile`]: the desired set of records, recomputed on every change.
 //! - [`registry`]: the only code that talks to etcd (lease, transactions, cleanup).
+//! - [`owner`]: who owns a record, and which stale records may be deleted (pure).
 //! - [`machine`]: hostname and addresses of this host.
 
 use sidekick::schema;
@@ -21,6 +22,7 @@ pub mod docker;
 mod error;
 pub mod health;
 pub mod machine;
+pub mod owner;
 pub mod reconcile;
 pub mod record;
 pub mod registry;
@@ -98,12 +100,14 @@ async fn announce(args: &Args, mode: Mode, scope: Scope) -> Result<(), Error> {
         timeout: etcd.timeout,
         resync: args.resync_interval,
         owner: registry::Owner {
-            hostname: machine.hostname.clone(),
-            private_ipv4: machine.private_ipv4,
+            me: owner::Me {
+                hostname: machine.hostname.clone(),
+                private_ipv4: machine.private_ipv4,
+            },
             only,
         },
     };
-    let registry = registry::Registry::connect(&etcd, settings).await?;
+    let registry = Box::pin(registry::Registry::connect(&etcd, settings)).await?;
     tracing::info!(
         host = %machine.hostname,
         private = %machine.private_ipv4,

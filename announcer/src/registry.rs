@@ -10,10 +10,15 @@
 //! is never deleted.
 //!
 //! At start and on every resync it reads what etcd holds and (a) rewrites our records that
-//! are missing or different, (b) deletes stale records this host owns that no running
-//! container backs (owned: the `host` field is our hostname, or a `value` record holds our
-//! private address; in `container` mode only the one instance it manages), each guarded by
-//! a compare on the mod revisions it read.
+//! are missing or different, (b) deletes stale records that no running container of ours
+//! backs and that are provably ours ([`crate::owner::stale`]; in `container` mode only the
+//! one instance it manages), each guarded by a compare on the mod revisions it read.
+//!
+//! One owner per record ([`crate::owner`]): a record is written only when its keys are
+//! absent or on our lease (the transaction compares exactly that), or after a read shows
+//! they are our own earlier record; otherwise the conflict is logged once, reported
+//! ([`Report`]), and the keys are watched: when the other owner's record goes away the
+//! record is written at once.
 //!
 //! When etcd is away it retries with backoff; when the lease expired meanwhile it grants a
 //! new one and rewrites every record. Keep-alive streams that go silent (bound to a dead
@@ -22,32 +27,58 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
+    Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
 use sidekick::etcd::EtcdConfig;
 use sidekick::schema::{self, Layout, field};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::owner::{self, Conflict, Holder, Me, StoredKey};
 use crate::reconcile::{Announcement, Desired};
 
 /// Who owns which records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
-    /// Records whose `host` is this are ours.
-    pub hostname: String,
-    /// `value` records holding this address are ours.
-    pub private_ipv4: Ipv4Addr,
+    /// This host (and, in `container` mode, its unit): whose stale records it may delete.
+    pub me: Me,
     /// `container` mode: the one `(service, instance)` this process manages.
     pub only: Option<(String, String)>,
+}
+
+/// What the registry reports (for a health output): the records it does not hold
+/// because another announcer does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The conflicts, by record key.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A watch on a contested record's keys; dropping it stops the watch.
+#[derive(Debug)]
+struct Watching(tokio::task::JoinHandle<()>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The outcome of one record's write.
+#[derive(Debug)]
+enum Outcome {
+    /// Written (or taken over).
+    Written,
+    /// Held by another announcer; `revision`: of the read that showed it.
+    Held { conflict: Conflict, revision: i64 },
 }
 
 /// How the registry behaves.
@@ -71,15 +102,6 @@ struct Written {
     ann: Announcement,
 }
 
-/// One key as read back from etcd.
-#[derive(Clone, Debug)]
-struct StoredKey {
-    key: String,
-    value: Vec<u8>,
-    mod_revision: i64,
-    lease: i64,
-}
-
 /// The keys of one record form found in etcd.
 #[derive(Debug, Default)]
 struct Stored {
@@ -100,6 +122,12 @@ pub struct Registry {
     written: BTreeMap<(String, String), Written>,
     need_sync: bool,
     need_full: bool,
+    /// Records held by another announcer, and the watch on each.
+    contested: BTreeMap<Key, (Conflict, Watching)>,
+    /// A watched record changed: look again.
+    contest_tx: mpsc::UnboundedSender<Key>,
+    contest_rx: mpsc::UnboundedReceiver<Key>,
+    report: watch::Sender<Report>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -133,6 +161,7 @@ impl Registry {
     /// When etcd is unreachable or refuses the lease: the announcer does not start.
     pub async fn connect(config: &EtcdConfig, settings: Settings) -> Result<Registry, Error> {
         let client = config.connect().await?;
+        let (contest_tx, contest_rx) = mpsc::unbounded_channel();
         let mut r = Registry {
             client,
             settings,
@@ -143,9 +172,19 @@ impl Registry {
             written: BTreeMap::new(),
             need_sync: true,
             need_full: true,
+            contested: BTreeMap::new(),
+            contest_tx,
+            contest_rx,
+            report: watch::Sender::new(Report::default()),
         };
         r.ensure_lease().await?;
         Ok(r)
+    }
+
+    /// The conflicts, as they change (a typed state for a health output).
+    #[must_use]
+    pub fn report(&self) -> watch::Receiver<Report> {
+        self.report.subscribe()
     }
 
     async fn timed<T, F>(&self, op: &str, fut: F) -> Result<T, Error>
@@ -282,6 +321,10 @@ impl Registry {
                     }
                 }
                 _ = resync.tick() => self.need_full = true,
+                Some(k) = self.contest_rx.recv() => {
+                    tracing::debug!(service = %k.0, instance = %k.1, "a contested record changed");
+                    self.need_sync = true;
+                }
                 () = sleep_until(retry_at) => retry_at = None,
             }
             if !(self.need_sync || self.need_full) || retry_at.is_some() {
@@ -353,7 +396,7 @@ impl Registry {
             .map(|(k, ann)| (k.clone(), ann.clone()))
             .collect();
         let this = &*self;
-        let results: Vec<(Key, Announcement, Result<(), Error>)> = futures::stream::iter(changed)
+        let results: Vec<(Key, Announcement, Result<Outcome, Error>)> = futures::stream::iter(changed)
             .map(|(k, ann)| async move {
                 let result = this.write_txn(&k, &ann, lease).await;
                 (k, ann, result)
@@ -364,12 +407,22 @@ impl Registry {
         let mut failed = None;
         for (k, ann, result) in results {
             match result {
-                Ok(()) => {
+                Ok(Outcome::Written) => {
+                    self.contested.remove(&k);
                     self.written.insert(k, Written { ann });
                 }
+                Ok(Outcome::Held { conflict, revision }) => self.contest(k, conflict, revision),
                 Err(e) => failed = failed.or(Some(e)),
             }
         }
+        // A record no longer wanted is no longer contested.
+        self.contested.retain(|k, _| desired.records.contains_key(k));
+        self.report.send_if_modified(|r| {
+            let now: Vec<Conflict> = self.contested.values().map(|(c, _)| c.clone()).collect();
+            let changed = r.conflicts != now;
+            r.conflicts = now;
+            changed
+        });
         if let Some(e) = failed {
             return Err(e);
         }
@@ -386,10 +439,54 @@ impl Registry {
         Ok(())
     }
 
+    /// Logs a conflict once, reports it, and watches the record's keys from `revision`.
+    fn contest(&mut self, k: Key, conflict: Conflict, revision: i64) {
+        let known = self
+            .contested
+            .get(&k)
+            .is_some_and(|(c, w)| *c == conflict && !w.0.is_finished());
+        if known {
+            return;
+        }
+        if self.contested.get(&k).map(|(c, _)| c) != Some(&conflict) {
+            tracing::error!(service = %k.0, instance = %k.1, "{conflict}");
+        }
+        let mut client = self.client.clone();
+        let tx = self.contest_tx.clone();
+        let key = conflict.key.clone();
+        let mut opts = WatchOptions::new().with_start_revision(revision + 1);
+        if key.ends_with('/') {
+            opts = opts.with_prefix();
+        }
+        let nudge = k.clone();
+        let task = tokio::spawn(async move {
+            if let Ok(mut stream) = client.watch(key, Some(opts)).await {
+                while let Ok(Some(msg)) = stream.message().await {
+                    if msg.events().iter().any(|e| e.event_type() == EventType::Delete) {
+                        let _ = tx.send(nudge.clone());
+                    }
+                }
+            }
+            // The watch failed or ended (etcd away, compaction): look again; the next
+            // sync watches anew.
+            let _ = tx.send(nudge);
+        });
+        self.contested.insert(k, (conflict, Watching(task)));
+    }
+
     /// Writes one record in one transaction on `lease` (and deletes its keys of another
-    /// layout, if it changed layout; those never overlap the new keys).
-    async fn write_txn(&self, k: &(String, String), ann: &Announcement, lease: i64) -> Result<(), Error> {
+    /// layout, if it changed layout; those never overlap the new keys), if it is ours to
+    /// write: absent, on our lease, or our own earlier record.
+    async fn write_txn(&self, k: &(String, String), ann: &Announcement, lease: i64) -> Result<Outcome, Error> {
         let prefix = &self.settings.prefix;
+        let key = schema::instance_key(prefix, &k.0, &k.1, ann.layout);
+        let range = |c: Compare| {
+            if ann.layout == Layout::Fields {
+                c.with_prefix()
+            } else {
+                c
+            }
+        };
         let mut ops = Vec::new();
         if let Some(old) = self.written.get(k)
             && old.ann.layout != ann.layout
@@ -399,18 +496,44 @@ impl Registry {
         for (key, value) in ann.record.entries_with_meta(prefix, ann.layout, &ann.meta) {
             ops.push(TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))));
         }
-        let mut client = self.client.clone();
-        let resp = self.timed("write record", client.txn(Txn::new().and_then(ops))).await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        tracing::info!(
-            service = %k.0,
-            instance = %k.1,
-            port = ann.record.port,
-            layout = %ann.layout,
-            revision,
-            "announced"
+        let read = TxnOp::get(
+            key.as_str(),
+            (ann.layout == Layout::Fields).then(|| GetOptions::new().with_prefix()),
         );
-        Ok(())
+        // First try: a rewrite of our record (every key on our lease) or a new one (no key).
+        let mut guard = if self.written.contains_key(k) {
+            range(Compare::lease(key.as_str(), CompareOp::Equal, lease))
+        } else {
+            range(Compare::version(key.as_str(), CompareOp::Equal, 0))
+        };
+        let mut took_over = false;
+        for _ in 0..3 {
+            let txn = Txn::new().when([guard]).and_then(ops.clone()).or_else([read.clone()]);
+            let mut client = self.client.clone();
+            let resp = self.timed("write record", client.txn(txn)).await?;
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            if resp.succeeded() {
+                tracing::info!(
+                    service = %k.0,
+                    instance = %k.1,
+                    port = ann.record.port,
+                    layout = %ann.layout,
+                    revision,
+                    took_over,
+                    "announced"
+                );
+                return Ok(Outcome::Written);
+            }
+            let keys = stored_keys(&resp);
+            match owner::holder(&keys, &key, &ann.record, lease) {
+                Holder::Other(conflict) => return Ok(Outcome::Held { conflict, revision }),
+                Holder::OwnEarlier => took_over = true,
+                Holder::Free | Holder::Ours => {}
+            }
+            // Ours to write: unless a key changed since this read.
+            guard = range(Compare::mod_revision(key.as_str(), CompareOp::Less, revision + 1));
+        }
+        Err(Error::Contended { key })
     }
 
     /// Deletes one record we wrote, unless it is no longer on our lease.
@@ -494,36 +617,21 @@ impl Registry {
                 self.written.remove(&k);
             }
         }
-        // Stale records: owned by this host, backed by no running container.
+        // Stale records: provably ours, backed by no running container.
+        let me = self.settings.owner.me.clone();
         for (k, st) in &stored {
             let wanted = desired.records.get(k).map(|a| a.layout);
-            if !st.fields.is_empty() && wanted != Some(Layout::Fields) && self.owns_fields(&st.fields) {
+            if !st.fields.is_empty() && wanted != Some(Layout::Fields) && owner::stale(&st.fields, &me, lease) {
                 self.delete_stale(k, &st.fields, Layout::Fields).await?;
             }
             if let Some(whole) = &st.whole
                 && !matches!(wanted, Some(Layout::Value | Layout::Json))
-                && self.owns_whole(whole)
+                && owner::stale(std::slice::from_ref(whole), &me, lease)
             {
                 self.delete_stale(k, std::slice::from_ref(whole), Layout::Json).await?;
             }
         }
         Ok(())
-    }
-
-    fn owns_fields(&self, keys: &[StoredKey]) -> bool {
-        keys.iter().any(|sk| {
-            sk.key.ends_with(&format!("/{}", field::HOST)) && sk.value == self.settings.owner.hostname.as_bytes()
-        })
-    }
-
-    fn owns_whole(&self, sk: &StoredKey) -> bool {
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&sk.value) else {
-            return false;
-        };
-        if let Some(host) = doc.get(field::HOST).and_then(|h| h.as_str()) {
-            return host == self.settings.owner.hostname;
-        }
-        doc.get("value").is_some() && schema::decode_value(&sk.value).ok() == Some(self.settings.owner.private_ipv4)
     }
 
     /// Deletes keys read at known mod revisions, unless any changed since.
@@ -542,6 +650,22 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// The keys the `else` branch of a record's write read back.
+fn stored_keys(resp: &etcd_client::TxnResponse) -> Vec<StoredKey> {
+    let mut out = Vec::new();
+    for r in resp.op_responses() {
+        if let TxnOpResponse::Get(get) = r {
+            out.extend(get.kvs().iter().map(|kv| StoredKey {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: kv.value().to_vec(),
+                mod_revision: kv.mod_revision(),
+                lease: kv.lease(),
+            }));
+        }
+    }
+    out
 }
 
 /// Whether etcd holds exactly `ann` on `lease`.

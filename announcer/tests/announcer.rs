@@ -13,7 +13,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use etcd_client::{GetOptions, PutOptions, WatchOptions};
-use support::{Announcer, PATIENCE, PRIVATE, PUBLIC, dump, global_args, has_any, has_record, run_to_end, wait_until};
+use support::{
+    Announcer, PATIENCE, PRIVATE, PUBLIC, dump, global_args, global_args_at, has_any, has_record, run_to_end,
+    wait_until,
+};
 use testbed::docker::{self, Spec};
 use testbed::{Etcd, EtcdCluster, SocketProxy, unique};
 
@@ -255,6 +258,152 @@ async fn a_stop_signal_withdraws_at_once_while_the_container_finishes_and_a_surv
     // Started again: announced again.
     c.start().await;
     wait_until(&mut client, "/services/", PATIENCE, "announced after start", both).await;
+}
+
+/// `announcer container NAME --service web --instance w1` as host `host` with `private`.
+fn unit_args(endpoints: &str, host: &str, private: &str, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut a = global_args_at(endpoints, host, private);
+    a.extend(["container", name, "--service", "web", "--instance", "w1"].map(str::to_owned));
+    // After the subcommand: they override the global defaults of `global_args_at`.
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a
+}
+
+#[tokio::test]
+async fn one_owner_per_record_across_hosts_the_second_takes_over_when_the_first_stops_and_nothing_flaps() {
+    const HELD: &str = "is held by";
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let (n1, n2) = (unique("ann-own-1"), unique("ann-own-2"));
+    let (h1, h2) = (unique("host"), unique("host"));
+    let _c1 = Spec::web(&image).name(&n1).run(&d).await;
+    let _c2 = Spec::web(&image).name(&n2).run(&d).await;
+    let ep = etcd.endpoint();
+    let fast = ["--resync-interval", "1s"];
+    let first_args = unit_args(&ep, &h1, "10.9.8.1", &n1, &fast);
+    let mut first = Announcer::start(&first_args);
+    let host_is = |h: &str| {
+        let h = h.to_owned();
+        move |k: &std::collections::BTreeMap<String, support::Kv>| {
+            has_record(k, "web", "w1") && k["/services/web/w1/host"].value == h
+        }
+    };
+    let held = wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "the first host's record",
+        host_is(&h1),
+    )
+    .await;
+
+    // The second host, same instance: it does not overwrite, it says who holds the record.
+    let second = Announcer::start(&unit_args(&ep, &h2, "10.9.8.2", &n2, &fast));
+    wait_until_log(&second, HELD).await;
+    wait_for_more(&second, "docker resynced", 1).await;
+    let kvs = dump(&mut client, "/services/").await;
+    assert_eq!(kvs, held, "the first host's record is untouched");
+    let log = second.log();
+    assert!(log.contains(&h1) && log.contains("another instance"), "{log}");
+    assert_eq!(count(&second, HELD), 1, "logged once:\n{log}");
+
+    // The first stops: its record goes with its lease, the second's replaces it at once.
+    let mut events = client.watch("/services/web/w1/host", None).await.unwrap();
+    assert!(events.message().await.unwrap().unwrap().created());
+    let _ = first.signal_and_wait(libc::SIGTERM, PATIENCE).await;
+    let mut deleted = None;
+    let took_over = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let msg = events.message().await.unwrap().unwrap();
+            for e in msg.events() {
+                match (e.event_type(), e.kv()) {
+                    (etcd_client::EventType::Delete, _) => deleted = Some(Instant::now()),
+                    (etcd_client::EventType::Put, Some(kv)) if kv.value_str().unwrap() == h2 => {
+                        return deleted.expect("deleted first").elapsed();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    })
+    .await
+    .expect("the second host takes the record over");
+    eprintln!("MEASURED first record gone -> second host's record written: {took_over:?}");
+    assert!(took_over < Duration::from_secs(1), "took over after {took_over:?}");
+    let kvs = wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "the second host's record",
+        host_is(&h2),
+    )
+    .await;
+    assert_eq!(kvs["/services/web/w1/private_ipv4_addr"].value, "10.9.8.2");
+
+    // A third run (the first host again): it yields, and nothing flaps for a minute.
+    drop(events);
+    let third = Announcer::start(&first_args);
+    wait_until_log(&third, HELD).await;
+    let revision = |r: &etcd_client::GetResponse| r.header().unwrap().revision();
+    let before = revision(&client.get("/", None).await.unwrap());
+    let minute = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < minute {
+        let now = dump(&mut client, "/services/").await;
+        assert_eq!(now, kvs, "the record changed while both ran");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let after = revision(&client.get("/", None).await.unwrap());
+    assert_eq!(before, after, "nothing was written for a minute");
+    assert!(
+        count(&third, "docker resynced") >= 30,
+        "the third resynced all along:\n{}",
+        third.log()
+    );
+    assert_eq!(count(&third, HELD), 1, "logged once:\n{}", third.log());
+    assert_eq!(count(&second, HELD), 1, "{}", second.log());
+}
+
+#[tokio::test]
+async fn a_restarted_unit_takes_its_own_record_over_at_once_and_another_unit_on_the_host_leaves_it_alone() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let (n1, n2) = (unique("ann-crash-1"), unique("ann-crash-2"));
+    let host = unique("host");
+    let _c1 = Spec::web(&image).name(&n1).run(&d).await;
+    let _c2 = Spec::web(&image).name(&n2).run(&d).await;
+    let ep = etcd.endpoint();
+    // A long TTL: only a takeover can explain a new lease soon after the crash.
+    let own = unit_args(&ep, &host, PRIVATE, &n1, &["--ttl", "30s"]);
+    let mut a = Announcer::start(&own);
+    let before = wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+        has_record(k, "web", "w1")
+    })
+    .await;
+    let old_lease = before["/services/web/w1/port"].lease;
+    let _ = a.signal_and_wait(libc::SIGKILL, PATIENCE).await;
+    let restarted = Instant::now();
+    let b = Announcer::start(&own);
+    let after = wait_until(&mut client, "/services/", PATIENCE, "taken over on a new lease", |k| {
+        has_record(k, "web", "w1") && k.values().all(|v| v.lease != old_lease)
+    })
+    .await;
+    eprintln!("MEASURED restart -> own record taken over: {:?}", restarted.elapsed());
+    assert!(
+        restarted.elapsed() < Duration::from_secs(15),
+        "well before the old lease's 30 s"
+    );
+    wait_until_log(&b, "took_over=true").await;
+
+    // Another unit on this host with the same instance: a conflict, and its resyncs
+    // delete nothing of the live record.
+    let other = Announcer::start(&unit_args(&ep, &host, PRIVATE, &n2, &["--resync-interval", "500ms"]));
+    wait_until_log(&other, "is held by").await;
+    wait_for_more(&other, "docker resynced", 2).await;
+    assert_eq!(dump(&mut client, "/services/").await, after, "the live record stays");
 }
 
 #[tokio::test]

@@ -23,13 +23,18 @@ pub struct Announcer {
 /// The options every test passes before the subcommand: a unique hostname, both
 /// addresses, short TTL and check interval.
 pub fn global_args(endpoints: &str, hostname: &str) -> Vec<String> {
+    global_args_at(endpoints, hostname, PRIVATE)
+}
+
+/// [`global_args`] with another private address (another host).
+pub fn global_args_at(endpoints: &str, hostname: &str, private: &str) -> Vec<String> {
     [
         "--etcd-endpoints",
         endpoints,
         "--public-ipv4",
         PUBLIC,
         "--private-ipv4",
-        PRIVATE,
+        private,
         "--hostname",
         hostname,
         "--ttl",
