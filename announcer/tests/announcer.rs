@@ -923,6 +923,158 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
     }
 }
 
+/// registrator's conventions with real containers, labelled the way registrator users do.
+#[tokio::test]
+async fn registrator_conventions_ports_ignore_ids_tags_host_network_and_internal() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let (two, ign, baked, ids, hostnet, int) = (
+        unique("ann-rg-two"),
+        unique("ann-rg-ign"),
+        unique("ann-rg-baked"),
+        unique("ann-rg-ids"),
+        unique("ann-rg-hostnet"),
+        unique("ann-rg-int"),
+    );
+    // Two published ports, one SERVICE_NAME: one record per port, `<name>-<port>`.
+    let c_two = Spec::web(&image)
+        .name(&two)
+        .env("SERVICE_NAME=api")
+        .publish("8443/tcp", 0)
+        .run(&d)
+        .await;
+    // SERVICE_<port>_IGNORE leaves that port out.
+    let _c_ign = Spec::web(&image)
+        .name(&ign)
+        .env("SERVICE_NAME=ign")
+        .env("SERVICE_8443_IGNORE=true")
+        .publish("8443/tcp", 0)
+        .run(&d)
+        .await;
+    // A port name baked into the image for a port this run does not publish: ignored.
+    let c_baked = Spec::web(&image)
+        .name(&baked)
+        .label("SERVICE_NAME", "baked")
+        .label("SERVICE_9000_NAME", "admin")
+        .run(&d)
+        .await;
+    // SERVICE_ID, tags and attributes, a suffix in another case, in the json layout.
+    let _c_ids = Spec::web(&image)
+        .name(&ids)
+        .env("SERVICE_Name=idsvc")
+        .env("SERVICE_ID=custom-id")
+        .env("SERVICE_TAGS=master,backups")
+        .env("SERVICE_REGION=us2")
+        .label("announce.layout", "json")
+        .run(&d)
+        .await;
+    // --net=host: the exposed port (httpd listens on it on the host's loopback).
+    let port = testbed::free_port();
+    let _c_hostnet = Spec {
+        cmd: Some(
+            ["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h", "/www"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
+        publish: vec![(format!("{port}/tcp"), 0)],
+        ..Spec::web(&image)
+            .name(&hostnet)
+            .env("SERVICE_NAME=hostnet")
+            .host_network()
+    }
+    .run(&d)
+    .await;
+    let _c_int = Spec::web(&image)
+        .name(&int)
+        .env("SERVICE_NAME=internal")
+        .label("announce.network", "bridge")
+        .run(&d)
+        .await;
+    let mut argv = global_args(&etcd.endpoint(), &host);
+    argv.extend(["--check", "none", "host"].map(str::to_owned));
+    let a = Announcer::start(&argv);
+    let id = |name: &str, port: u16| format!("{host}:{name}:{port}");
+    let kvs = wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "every registrator container",
+        |k| {
+            has_record(k, "api-80", &id(&two, 80))
+                && has_record(k, "api-8443", &id(&two, 8443))
+                && has_record(k, "ign-80", &id(&ign, 80))
+                && has_record(k, "baked", &id(&baked, 80))
+                && k.contains_key("/services/idsvc/custom-id")
+                && has_record(k, "hostnet", &id(&hostnet, port))
+                && has_record(k, "internal", &id(&int, 80))
+        },
+    )
+    .await;
+    let value = |k: &str| kvs[k].value.clone();
+    assert_eq!(
+        value(&format!("/services/api-8443/{}/port", id(&two, 8443))),
+        c_two.host_port("8443/tcp").await.to_string()
+    );
+    assert!(!has_any(&kvs, "ign-8443", &id(&ign, 8443)), "{kvs:?}");
+    assert_eq!(
+        value(&format!("/services/baked/{}/port", id(&baked, 80))),
+        c_baked.host_port("80/tcp").await.to_string()
+    );
+    let doc: serde_json::Value = serde_json::from_str(&value("/services/idsvc/custom-id")).unwrap();
+    assert_eq!(doc["tags"], serde_json::json!(["master", "backups"]));
+    assert_eq!(doc["attrs"], serde_json::json!({"region": "us2"}));
+    assert_eq!(doc["host"], host.as_str());
+    assert_eq!(
+        value(&format!("/services/hostnet/{}/port", id(&hostnet, port))),
+        port.to_string()
+    );
+    // Without --internal, announce.network changes nothing: the host's address.
+    assert_eq!(
+        value(&format!("/services/internal/{}/private_ipv4_addr", id(&int, 80))),
+        PRIVATE
+    );
+    wait_until_log(&a, "SERVICE_9000_NAME=\"admin\" ignored").await;
+
+    // --internal: the container's own address on its network and the exposed port.
+    let host2 = unique("host");
+    let mut argv = global_args(&etcd.endpoint(), &host2);
+    argv.extend(["--check", "none", "host", "--internal"].map(str::to_owned));
+    let _b = Announcer::start(&argv);
+    let want = format!("/services/internal/{host2}:{int}:80/");
+    let kvs = wait_until(&mut client, "/services/", PATIENCE, "the internal record", |k| {
+        k.contains_key(&format!("{want}port"))
+    })
+    .await;
+    let ip = docker::connect()
+        .await
+        .inspect_container(&int, None)
+        .await
+        .unwrap()
+        .network_settings
+        .unwrap()
+        .networks
+        .unwrap()["bridge"]
+        .ip_address
+        .clone()
+        .unwrap();
+    assert_eq!(kvs[&format!("{want}port")].value, "80");
+    assert_eq!(kvs[&format!("{want}private_ipv4_addr")].value, ip);
+
+    // Both records of a container go together.
+    c_two.stop(1).await;
+    wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "both records of a stopped container gone",
+        |k| !has_any(k, "api-80", &id(&two, 80)) && !has_any(k, "api-8443", &id(&two, 8443)),
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn explain_prints_the_record_and_why_without_writing() {
     let etcd = Etcd::start();
