@@ -146,6 +146,11 @@ async fn announce(args: &Args, mode: Mode, scope: Scope) -> Result<(), Error> {
 async fn explain(args: &Args, e: &ExplainArgs) -> Result<(), Error> {
     let machine = args.machine()?;
     let docker = docker::connect(&args.docker_host).await?;
+    // Only to show who holds the record's keys: explain works without etcd.
+    let mut etcd = match args.etcd.resolve().await {
+        Ok(config) => config.connect().await.ok(),
+        Err(_) => None,
+    };
     let facts = docker::inspect(&docker, &e.name)
         .await?
         .ok_or_else(|| Error::NoContainer(e.name.clone()))?;
@@ -202,6 +207,27 @@ async fn explain(args: &Args, e: &ExplainArgs) -> Result<(), Error> {
             Ok(()) => println!("check {} passes now: it would be announced", plan.check),
             Err(reason) => println!("check {} fails now ({reason}): it would wait", plan.check),
         }
+        println!("{}", owner_line(&mut etcd, &args.prefix, plan).await);
     }
     Ok(())
+}
+
+/// Who holds the record's keys in etcd now (one owner per record), for `explain`.
+async fn owner_line(etcd: &mut Option<etcd_client::Client>, prefix: &str, plan: &record::Planned) -> String {
+    let Some(client) = etcd else {
+        return "etcd not reachable: who holds the record was not checked".to_owned();
+    };
+    let ann = reconcile::Announcement {
+        record: plan.record.clone(),
+        layout: plan.layout,
+        meta: plan.meta.clone(),
+    };
+    match registry::holder_of(client, prefix, &ann).await {
+        Ok((key, owner::Holder::Free)) => format!("etcd: {key} is free: it would be written"),
+        Ok((key, owner::Holder::Ours | owner::Holder::OwnEarlier)) => {
+            format!("etcd: {key} holds this host's record of this unit: it would be taken over")
+        }
+        Ok((_, owner::Holder::Other(conflict))) => format!("etcd: conflict: {conflict}"),
+        Err(e) => format!("etcd: who holds the record was not checked: {e}"),
+    }
 }

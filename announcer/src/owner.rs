@@ -133,13 +133,14 @@ pub enum Holder {
     Other(Conflict),
 }
 
-/// Who holds the record `record` would be written as, from its `keys` (pure).
+/// Who holds the record `record` would be written as, from its `keys` (pure). `lease`:
+/// ours (`None`: `explain`, which holds none).
 #[must_use]
-pub fn holder(keys: &[StoredKey], key: &str, record: &Record, lease: i64) -> Holder {
+pub fn holder(keys: &[StoredKey], key: &str, record: &Record, lease: Option<i64>) -> Holder {
     if keys.is_empty() {
         return Holder::Free;
     }
-    if keys.iter().all(|k| k.lease == lease) {
+    if lease.is_some_and(|l| keys.iter().all(|k| k.lease == l)) {
         return Holder::Ours;
     }
     let other = Identity::read(keys);
@@ -149,7 +150,11 @@ pub fn holder(keys: &[StoredKey], key: &str, record: &Record, lease: i64) -> Hol
     Holder::Other(Conflict {
         key: key.to_owned(),
         other,
-        lease: keys.iter().map(|k| k.lease).find(|l| *l != lease).unwrap_or_default(),
+        lease: keys
+            .iter()
+            .map(|k| k.lease)
+            .find(|l| Some(*l) != lease)
+            .unwrap_or_default(),
     })
 }
 
@@ -264,13 +269,13 @@ mod tests {
             (whole(r#"{"value": "10.0.0.1"}"#, 3), Holder::OwnEarlier),
         ];
         for (keys, want) in cases {
-            assert_eq!(holder(&keys, key, &record(), mine), want, "{keys:?}");
+            assert_eq!(holder(&keys, key, &record(), Some(mine)), want, "{keys:?}");
         }
         let Holder::Other(c) = holder(
             &whole(r#"{"value": "10.0.0.2"}"#, 0),
             "/services/web/w1",
             &record(),
-            mine,
+            Some(mine),
         ) else {
             panic!("a value record of another address is another's")
         };
@@ -283,7 +288,7 @@ mod tests {
     }
 
     fn other_msg() -> String {
-        match holder(&fields("core02", "u", 3), "/services/web/w1/", &record(), 7) {
+        match holder(&fields("core02", "u", 3), "/services/web/w1/", &record(), Some(7)) {
             Holder::Other(c) => c.to_string(),
             h => panic!("{h:?}"),
         }

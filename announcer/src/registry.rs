@@ -525,7 +525,7 @@ impl Registry {
                 return Ok(Outcome::Written);
             }
             let keys = stored_keys(&resp);
-            match owner::holder(&keys, &key, &ann.record, lease) {
+            match owner::holder(&keys, &key, &ann.record, Some(lease)) {
                 Holder::Other(conflict) => return Ok(Outcome::Held { conflict, revision }),
                 Holder::OwnEarlier => took_over = true,
                 Holder::Free | Holder::Ours => {}
@@ -650,6 +650,31 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Who holds the keys `ann` would be written to, for `explain` (which holds no lease).
+///
+/// # Errors
+/// [`Error::Etcd`] when etcd does not answer.
+pub async fn holder_of(client: &mut Client, prefix: &str, ann: &Announcement) -> Result<(String, Holder), Error> {
+    let key = schema::instance_key(prefix, &ann.record.service, &ann.record.instance, ann.layout);
+    let opts = (ann.layout == Layout::Fields).then(|| GetOptions::new().with_prefix());
+    let resp = client.get(key.as_str(), opts).await.map_err(|source| Error::Etcd {
+        op: format!("read {key}"),
+        source,
+    })?;
+    let keys: Vec<StoredKey> = resp
+        .kvs()
+        .iter()
+        .map(|kv| StoredKey {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            value: kv.value().to_vec(),
+            mod_revision: kv.mod_revision(),
+            lease: kv.lease(),
+        })
+        .collect();
+    let holder = owner::holder(&keys, &key, &ann.record, None);
+    Ok((key, holder))
 }
 
 /// The keys the `else` branch of a record's write read back.

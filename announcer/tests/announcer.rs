@@ -1100,6 +1100,7 @@ async fn explain_prints_the_record_and_why_without_writing() {
         format!("/services/web/e1/port = {port}"),
         format!("/services/web/e1/host = {host}"),
         "check tcp passes now".to_owned(),
+        "etcd: /services/web/e1/ is free: it would be written".to_owned(),
     ] {
         assert!(out.contains(&fragment), "{fragment:?} missing from:\n{out}");
     }
@@ -1123,6 +1124,24 @@ async fn explain_prints_the_record_and_why_without_writing() {
         "{out}"
     );
     assert!(dump(&mut client, "/").await.is_empty(), "explain writes nothing");
+    // Another host holds the record: explain says so, and how to fix it.
+    for (f, v) in [("host", "other-host"), ("unit", "web-9"), ("port", "1")] {
+        client.put(format!("/services/web/e1/{f}"), v, None).await.unwrap();
+    }
+    let (status, out, _) = run_to_end(&args(global_args(&etcd.endpoint(), &host), &["explain", &name]));
+    assert!(status.success());
+    assert!(
+        out.contains("etcd: conflict: /services/web/e1/ is held by host \"other-host\" (unit \"web-9\") on no lease")
+            && out.contains("another instance"),
+        "{out}"
+    );
+    client
+        .delete(
+            "/services/web/e1/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
 
     // A container that does not exist, and one with a bad label: one-line errors, exit 1.
     let (status, _, err) = run_to_end(&args(
