@@ -246,6 +246,9 @@ where
             // between checks (hundreds of them on a busy host) stays small.
             let result = Box::pin(probe(&check, &target, timeout, &mut via_host)).await;
             let ok = result.is_ok();
+            if let Err(reason) = &result {
+                tracing::debug!(%target, reason = %reason, "probe failed");
+            }
             if last != Some(ok) {
                 report(ok, result.err().unwrap_or_default());
                 last = Some(ok);

@@ -52,8 +52,10 @@ async fn announces_on_start_five_keys_on_one_lease_at_one_revision_and_writes_no
     let host = unique("host");
     // Created but not started: the announcer waits for it.
     let c = Spec::web(&image).name(&name).create(&d).await;
-    let _a = Announcer::start(&container_args(&etcd.endpoint(), &host, &name, "web", "web01", &[]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let a = Announcer::start(&container_args(&etcd.endpoint(), &host, &name, "web", "web01", &[]));
+    // Docker listed (the created container in it) and the registry's first pass done.
+    wait_until_log(&a, "docker listed").await;
+    wait_until_log(&a, "announcer started").await;
     assert!(
         dump(&mut client, "/services/").await.is_empty(),
         "nothing before the container runs"
@@ -124,23 +126,32 @@ async fn withdraws_on_stop_die_and_pause_and_reannounces_on_start_restart_and_un
     let name = unique("ann-life");
     let host = unique("host");
     let c = Spec::web(&image).name(&name).run(&d).await;
-    let _a = Announcer::start(&container_args(&etcd.endpoint(), &host, &name, "web", "w1", &[]));
+    // --check none: only Docker's events can withdraw, and they do it at once.
+    let _a = Announcer::start(&container_args(
+        &etcd.endpoint(),
+        &host,
+        &name,
+        "web",
+        "w1",
+        &["--check", "none"],
+    ));
     let present = |k: &std::collections::BTreeMap<String, support::Kv>| has_record(k, "web", "w1");
     let absent = |k: &std::collections::BTreeMap<String, support::Kv>| k.is_empty();
+    let tight = Duration::from_secs(2);
     wait_until(&mut client, "/services/", PATIENCE, "announced", present).await;
 
     c.stop(1).await;
-    wait_until(&mut client, "/services/", PATIENCE, "withdrawn after stop", absent).await;
+    wait_until(&mut client, "/services/", tight, "withdrawn after stop", absent).await;
     c.start().await;
     wait_until(&mut client, "/services/", PATIENCE, "announced after start", present).await;
 
     c.kill("SIGKILL").await;
-    wait_until(&mut client, "/services/", PATIENCE, "withdrawn after die", absent).await;
+    wait_until(&mut client, "/services/", tight, "withdrawn after die", absent).await;
     c.start().await;
     wait_until(&mut client, "/services/", PATIENCE, "announced after start", present).await;
 
     c.pause().await;
-    wait_until(&mut client, "/services/", PATIENCE, "withdrawn after pause", absent).await;
+    wait_until(&mut client, "/services/", tight, "withdrawn after pause", absent).await;
     c.unpause().await;
     wait_until(&mut client, "/services/", PATIENCE, "announced after unpause", present).await;
 
@@ -404,6 +415,49 @@ async fn a_restarted_unit_takes_its_own_record_over_at_once_and_another_unit_on_
     wait_until_log(&other, "is held by").await;
     wait_for_more(&other, "docker resynced", 2).await;
     assert_eq!(dump(&mut client, "/services/").await, after, "the live record stays");
+}
+
+#[tokio::test]
+async fn container_mode_follows_the_name_across_rm_and_re_create() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("ann-recreate");
+    let host = unique("host");
+    let old = Spec::web(&image).name(&name).run(&d).await;
+    let _a = Announcer::start(&container_args(
+        &etcd.endpoint(),
+        &host,
+        &name,
+        "web",
+        "r1",
+        &["--check", "none"],
+    ));
+    let port =
+        |k: &std::collections::BTreeMap<String, support::Kv>| k.get("/services/web/r1/port").map(|v| v.value.clone());
+    let first = wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+        has_record(k, "web", "r1")
+    })
+    .await;
+    assert_eq!(port(&first), Some(old.host_port("80/tcp").await.to_string()));
+    old.remove().await;
+    wait_until(&mut client, "/services/", PATIENCE, "withdrawn after rm", |k| {
+        k.is_empty()
+    })
+    .await;
+    // A new container of that name (another id, another host port): followed.
+    let new = Spec::web(&image).name(&name).run(&d).await;
+    let want = new.host_port("80/tcp").await.to_string();
+    assert_ne!(new.id, old.id);
+    wait_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "the re-created container announced",
+        |k| has_record(k, "web", "r1") && port(k).as_deref() == Some(want.as_str()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -765,7 +819,7 @@ async fn http_health_gate_announces_only_while_the_check_answers_2xx() {
     let a = Announcer::start(&argv);
     // The health page answers 500: several checks happen, nothing is announced.
     wait_until_log(&a, "check does not pass yet").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_for_more(&a, "probe failed", 5).await;
     assert!(dump(&mut client, "/services/").await.is_empty(), "500 is not announced");
 
     c.exec(&["touch", "/tmp/healthy"]).await;
@@ -808,6 +862,8 @@ async fn docker_check_follows_the_containers_own_healthcheck() {
         &[
             "--check",
             "docker",
+            "--resync-interval",
+            "500ms",
             "container",
             &name,
             "--service",
@@ -817,8 +873,8 @@ async fn docker_check_follows_the_containers_own_healthcheck() {
         ],
     ));
     // Docker calls it unhealthy (no /tmp/healthy yet): nothing is announced.
-    wait_until_log(&a, "docker event").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until_log(&a, "action=\"health_status\"").await;
+    wait_for_more(&a, "docker resynced", 0).await;
     assert!(
         dump(&mut client, "/services/").await.is_empty(),
         "not healthy, not announced"
@@ -886,7 +942,10 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
         .run(&d)
         .await;
     let _cn = Spec::web(&image).name(&none).run(&d).await;
-    let a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
+    let a = Announcer::start(&args(
+        global_args(&etcd.endpoint(), &host),
+        &["--resync-interval", "500ms", "host"],
+    ));
     let kvs = wait_until(
         &mut client,
         "/services/",
@@ -912,8 +971,9 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
         cp.host_port("80/tcp").await.to_string()
     );
     wait_until_log(&a, "announce.port=\"abc\"").await;
-    // Give the skipped ones every chance, then check they never appeared.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Give the skipped ones every chance (a resync after the first pass), then check
+    // they never appeared.
+    wait_for_more(&a, "docker resynced", 0).await;
     let kvs = dump(&mut client, "/services/").await;
     for name in [&bad, &ign, &none] {
         assert!(
