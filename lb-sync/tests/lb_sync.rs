@@ -9,6 +9,9 @@
 #[path = "lb_sync/support.rs"]
 mod support;
 
+#[path = "lb_sync/haproxy.rs"]
+mod haproxy;
+
 use std::time::Duration;
 
 use support::{Announcer, LbSync, PORT, World, eventually, quick_sim, run_once};

@@ -6,6 +6,8 @@
 //! - [`MariaDb`]: Debian's `mariadbd` with its own datadir, socket and port.
 //! - [`docker`]: the real Docker engine on `/var/run/docker.sock`, test images built
 //!   `FROM scratch` (no registry is reachable), containers removed on drop.
+//! - [`HaProxy`]: Debian's `haproxy` 2.6, an empty backend for lb-sync to fill through the
+//!   Runtime API, no retries (failed requests are seen).
 //! - [`SocketProxy`]: a Docker socket proxy a test can cut, to break the event stream.
 //! - [`clb_sim`]: a stateful simulator of Rackspace Identity + Cloud Load Balancers.
 //!
@@ -18,11 +20,13 @@
 pub mod clb_sim;
 pub mod docker;
 mod etcd;
+mod haproxy;
 mod mariadb;
 mod process;
 mod proxy;
 
 pub use etcd::{Etcd, EtcdCluster};
+pub use haproxy::HaProxy;
 pub use mariadb::MariaDb;
 pub use process::{bin, free_port, http_get, require_program, signal, spawn, wait_for};
 pub use proxy::SocketProxy;
