@@ -10,7 +10,10 @@
 //! missed. It never gives up: Docker restarting is not a reason to exit.
 //!
 //! A `die` or `pause` event says by itself that the container stopped serving: an
-//! [`Update::Down`] goes out at once, before the inspection that follows. Inspections of
+//! [`Update::Down`] goes out at once, before the inspection that follows. A `kill` event
+//! goes out as [`Update::Signalled`] with its signal number: whether that signal stops the
+//! container ([`stops`]) depends on the container's `StopSignal`, which the reconciler
+//! holds in the container's facts. Inspections of
 //! `host` mode run beside the event loop, not in it: Docker answers an inspect of a
 //! container it is tearing down only when the teardown is over (hundreds of milliseconds
 //! on a busy host), and the events of other containers must not queue behind it.
@@ -31,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::record::PortSpec;
 
 /// Seconds a Docker request may take (the event stream itself is long-lived).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
@@ -125,8 +129,19 @@ pub struct ContainerFacts {
     pub env: Vec<String>,
     /// Published ports, sorted, one entry per container port (the first IPv4 binding).
     pub ports: Vec<PublishedPort>,
-    /// The container's IPv4 addresses on its networks, sorted.
-    pub ips: Vec<Ipv4Addr>,
+    /// The container's IPv4 address on each of its networks, sorted by network name.
+    pub networks: Vec<(String, Ipv4Addr)>,
+    /// Exposed ports (`EXPOSE`, `--expose`, `-p`), sorted: what a `--net=host` container
+    /// listens on, and what `--internal` announces.
+    pub exposed: Vec<PortSpec>,
+    /// `HostConfig.NetworkMode`: `host` for `--net=host`.
+    pub network_mode: String,
+    /// The signal `docker stop` sends first (the image's or the run's `StopSignal`,
+    /// SIGTERM when none): a `kill` event with it means the container is shutting down.
+    pub stop_signal: i32,
+    /// When the current run started (Docker's `State.StartedAt`, compared as text): a
+    /// stop signal applies to one run, and a new run ends it.
+    pub started_at: String,
 }
 
 impl ContainerFacts {
@@ -172,7 +187,8 @@ pub enum Update {
         /// Container id.
         id: String,
         /// Its facts now.
-        facts: Option<ContainerFacts>,
+        /// Boxed: the other updates are a few words.
+        facts: Option<Box<ContainerFacts>>,
     },
     /// An event said the container stopped serving (`die`, `stop`: exited; `pause`:
     /// paused); its full facts follow in a [`Update::Changed`] once Docker answers.
@@ -182,6 +198,91 @@ pub enum Update {
         /// The state the event implies.
         state: State,
     },
+    /// A `kill` event: Docker delivered `signal` to the container. Whether it is a stop
+    /// signal is for [`stops`] to say, with the container's facts.
+    Signalled {
+        /// Container id.
+        id: String,
+        /// The signal number of the event's `signal` attribute.
+        signal: i32,
+    },
+}
+
+/// Whether delivering `signal` to a container whose `StopSignal` is `stop_signal` means
+/// it is shutting down (pure): its own stop signal (what `docker stop` sends first),
+/// SIGINT and SIGQUIT (the other conventional "stop now" signals), and SIGKILL (nothing
+/// survives it; the `die` follows within milliseconds anyway). A signal a process lives
+/// through (SIGHUP to reload, SIGUSR1 to reopen logs, SIGWINCH) changes nothing.
+#[must_use]
+pub fn stops(signal: i32, stop_signal: i32) -> bool {
+    signal == stop_signal || signal == libc::SIGINT || signal == libc::SIGQUIT || signal == libc::SIGKILL
+}
+
+/// A signal as Docker accepts it in `StopSignal` and `docker kill -s`: `SIGTERM`, `TERM`,
+/// `15`, `SIGRTMIN+3` (pure). `None` for anything else.
+#[must_use]
+pub fn parse_signal(s: &str) -> Option<i32> {
+    const NAMES: [(&str, i32); 32] = [
+        ("HUP", libc::SIGHUP),
+        ("INT", libc::SIGINT),
+        ("QUIT", libc::SIGQUIT),
+        ("ILL", libc::SIGILL),
+        ("TRAP", libc::SIGTRAP),
+        ("ABRT", libc::SIGABRT),
+        ("IOT", libc::SIGIOT),
+        ("BUS", libc::SIGBUS),
+        ("FPE", libc::SIGFPE),
+        ("KILL", libc::SIGKILL),
+        ("USR1", libc::SIGUSR1),
+        ("SEGV", libc::SIGSEGV),
+        ("USR2", libc::SIGUSR2),
+        ("PIPE", libc::SIGPIPE),
+        ("ALRM", libc::SIGALRM),
+        ("TERM", libc::SIGTERM),
+        ("STKFLT", libc::SIGSTKFLT),
+        ("CHLD", libc::SIGCHLD),
+        ("CONT", libc::SIGCONT),
+        ("STOP", libc::SIGSTOP),
+        ("TSTP", libc::SIGTSTP),
+        ("TTIN", libc::SIGTTIN),
+        ("TTOU", libc::SIGTTOU),
+        ("URG", libc::SIGURG),
+        ("XCPU", libc::SIGXCPU),
+        ("XFSZ", libc::SIGXFSZ),
+        ("VTALRM", libc::SIGVTALRM),
+        ("PROF", libc::SIGPROF),
+        ("WINCH", libc::SIGWINCH),
+        ("IO", libc::SIGIO),
+        ("PWR", libc::SIGPWR),
+        ("SYS", libc::SIGSYS),
+    ];
+    // Docker's real-time range (its SignalMap: RTMIN = 34, RTMAX = 64 on Linux).
+    const RTMIN: i32 = 34;
+    const RTMAX: i32 = 64;
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return (1..=RTMAX).contains(&n).then_some(n);
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    if let Some(&(_, n)) = NAMES.iter().find(|(k, _)| *k == name) {
+        return Some(n);
+    }
+    // `RTMIN`, `RTMIN+n`, `RTMAX`, `RTMAX-n`.
+    let offset = |rest: &str, sign: char| -> Option<i32> {
+        if rest.is_empty() {
+            return Some(0);
+        }
+        rest.strip_prefix(sign)?.parse::<i32>().ok()
+    };
+    let n = if let Some(rest) = name.strip_prefix("RTMIN") {
+        RTMIN + offset(rest, '+')?
+    } else if let Some(rest) = name.strip_prefix("RTMAX") {
+        RTMAX - offset(rest, '-')?
+    } else {
+        return None;
+    };
+    (RTMIN..=RTMAX).contains(&n).then_some(n)
 }
 
 /// The state an event implies on its own, without asking Docker: `die` and `stop` mean
@@ -266,14 +367,31 @@ pub fn facts_from_inspect(c: &ContainerInspectResponse) -> ContainerFacts {
         }
     }
     ports.sort();
-    let mut ips: Vec<Ipv4Addr> = net
+    let mut networks: Vec<(String, Ipv4Addr)> = net
         .and_then(|n| n.networks.as_ref())
         .into_iter()
         .flatten()
-        .filter_map(|(_, ep)| ep.ip_address.as_deref()?.parse().ok())
+        .filter_map(|(name, ep)| Some((name.clone(), ep.ip_address.as_deref()?.parse().ok()?)))
         .collect();
-    ips.sort();
-    ips.dedup();
+    networks.sort();
+    let mut exposed: Vec<PortSpec> = config
+        .and_then(|c| c.exposed_ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|spec| spec.parse().ok())
+        .collect();
+    exposed.sort();
+    exposed.dedup();
+    let network_mode = c
+        .host_config
+        .as_ref()
+        .and_then(|h| h.network_mode.clone())
+        .unwrap_or_default();
+    let stop_signal = config
+        .and_then(|c| c.stop_signal.as_deref())
+        .and_then(parse_signal)
+        .unwrap_or(libc::SIGTERM);
+    let started_at = st.and_then(|s| s.started_at.clone()).unwrap_or_default();
     ContainerFacts {
         id: c.id.clone().unwrap_or_default(),
         name: c.name.as_deref().unwrap_or_default().trim_start_matches('/').to_owned(),
@@ -282,7 +400,11 @@ pub fn facts_from_inspect(c: &ContainerInspectResponse) -> ContainerFacts {
         labels,
         env,
         ports,
-        ips,
+        networks,
+        exposed,
+        network_mode,
+        stop_signal,
+        started_at,
     }
 }
 
@@ -541,6 +663,7 @@ async fn session(
             () = shutdown.cancelled() => return Ok(()),
             _ = resync_timer.tick() => {
                 let facts = snapshot(&docker, scope, &mut cache).await?;
+                tracing::debug!(containers = facts.len(), "docker resynced");
                 if tx.send(Update::Snapshot(facts)).await.is_err() {
                     return Ok(());
                 }
@@ -562,7 +685,7 @@ async fn session(
                 if let Some(f) = &facts {
                     cache.insert(id.clone(), (facts_signature(f), f.clone()));
                 }
-                if tx.send(Update::Changed { id, facts }).await.is_err() {
+                if tx.send(Update::Changed { id, facts: facts.map(Box::new) }).await.is_err() {
                     return Ok(());
                 }
                 continue;
@@ -596,7 +719,13 @@ async fn session(
         let actor = msg.actor.unwrap_or_default();
         let id = actor.id.unwrap_or_default();
         let name = actor.attributes.as_ref().and_then(|a| a.get("name")).cloned();
-        tracing::debug!(action, id = %short(&id), name = name.as_deref().unwrap_or(""), "docker event");
+        // `kill` events carry the signal number (`"15"`).
+        let signal = (action == "kill")
+            .then(|| actor.attributes.as_ref().and_then(|a| a.get("signal")))
+            .flatten()
+            .and_then(|s| parse_signal(s));
+        tracing::debug!(action, id = %short(&id), name = name.as_deref().unwrap_or(""), signal, "docker event");
+        let signalled = signal.map(|signal| Update::Signalled { id: id.clone(), signal });
         let update = match scope {
             Scope::Named(wanted) => {
                 // Follow the name: a new container of that name, a rename to or from it.
@@ -607,6 +736,12 @@ async fn session(
                 if let Some(state) = implied_down(action)
                     && current_id.as_deref() == Some(id.as_str())
                     && tx.send(Update::Down { id: id.clone(), state }).await.is_err()
+                {
+                    return Ok(());
+                }
+                if let Some(s) = signalled
+                    && current_id.as_deref() == Some(id.as_str())
+                    && tx.send(s).await.is_err()
                 {
                     return Ok(());
                 }
@@ -628,9 +763,10 @@ async fn session(
                     } else {
                         queued.push_back((id.clone(), tickets));
                     }
-                    match implied_down(action) {
-                        Some(state) => Update::Down { id, state },
-                        None => continue,
+                    match (implied_down(action), signalled) {
+                        (Some(state), _) => Update::Down { id, state },
+                        (None, Some(s)) => s,
+                        (None, None) => continue,
                     }
                 }
             }
@@ -684,7 +820,11 @@ mod tests {
             labels: Vec::new(),
             env: Vec::new(),
             ports: Vec::new(),
-            ips: Vec::new(),
+            networks: Vec::new(),
+            exposed: Vec::new(),
+            network_mode: String::new(),
+            stop_signal: libc::SIGTERM,
+            started_at: String::new(),
         };
         let cases = [
             (summary(S::RUNNING, "Up 2 minutes"), facts(State::Running, None)),
@@ -725,6 +865,62 @@ mod tests {
     }
 
     #[test]
+    fn stop_signals_table() {
+        // (signal delivered, the container's StopSignal, shutting down?)
+        let cases = [
+            (libc::SIGTERM, libc::SIGTERM, true),
+            (libc::SIGINT, libc::SIGTERM, true),
+            (libc::SIGQUIT, libc::SIGTERM, true),
+            (libc::SIGKILL, libc::SIGTERM, true),
+            (libc::SIGHUP, libc::SIGTERM, false),
+            (libc::SIGUSR1, libc::SIGTERM, false),
+            (libc::SIGUSR2, libc::SIGTERM, false),
+            (libc::SIGWINCH, libc::SIGTERM, false),
+            // An image whose StopSignal is SIGWINCH (Apache's graceful stop): that is the stop.
+            (libc::SIGWINCH, libc::SIGWINCH, true),
+            (libc::SIGUSR1, libc::SIGUSR1, true),
+            (libc::SIGHUP, libc::SIGQUIT, false),
+            // With another StopSignal, SIGTERM is a signal the container may handle.
+            (libc::SIGTERM, libc::SIGWINCH, false),
+        ];
+        for (signal, stop_signal, want) in cases {
+            assert_eq!(
+                stops(signal, stop_signal),
+                want,
+                "signal {signal} stop signal {stop_signal}"
+            );
+        }
+    }
+
+    #[test]
+    fn signal_names_table() {
+        let cases: &[(&str, Option<i32>)] = &[
+            ("SIGTERM", Some(libc::SIGTERM)),
+            ("TERM", Some(libc::SIGTERM)),
+            ("sigterm", Some(libc::SIGTERM)),
+            ("15", Some(15)),
+            (" 9 ", Some(9)),
+            ("SIGQUIT", Some(libc::SIGQUIT)),
+            ("SIGWINCH", Some(libc::SIGWINCH)),
+            ("SIGSYS", Some(libc::SIGSYS)),
+            ("SIGRTMIN", Some(34)),
+            ("SIGRTMIN+3", Some(37)),
+            ("RTMAX-1", Some(63)),
+            ("SIGRTMAX", Some(64)),
+            ("SIGRTMIN+40", None),
+            ("SIGRTMIN3", None),
+            ("0", None),
+            ("65", None),
+            ("-1", None),
+            ("SIGNOPE", None),
+            ("", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_signal(input), *want, "{input:?}");
+        }
+    }
+
+    #[test]
     fn inspect_answer_becomes_facts() {
         let mut ports = HashMap::new();
         ports.insert(
@@ -747,13 +943,20 @@ mod tests {
             name: Some("/web-01".into()),
             state: Some(ContainerState {
                 status: Some(ContainerStateStatusEnum::RUNNING),
+                started_at: Some("2026-11-29T08:00:00.123456789Z".into()),
                 health: Some(bollard::models::Health {
                     status: Some(HealthStatusEnum::HEALTHY),
                     ..Default::default()
                 }),
                 ..ContainerState::default()
             }),
+            host_config: Some(bollard::models::HostConfig {
+                network_mode: Some("bridge".into()),
+                ..Default::default()
+            }),
             config: Some(ContainerConfig {
+                exposed_ports: Some(vec!["80/tcp".into(), "8080".into(), "nonsense".into()]),
+                stop_signal: Some("SIGQUIT".into()),
                 env: Some(vec!["SERVICE_NAME=web".into(), "PATH=/bin".into()]),
                 labels: Some(HashMap::from([
                     ("announce.instance".to_owned(), "web01".to_owned()),
@@ -773,7 +976,10 @@ mod tests {
         assert_eq!(f.name, "web-01");
         assert_eq!(f.state, State::Running);
         assert_eq!(f.health, Some(Health::Healthy));
-        assert_eq!(f.ips, vec![Ipv4Addr::new(172, 17, 0, 3)]);
+        assert_eq!(f.networks, vec![("bridge".to_owned(), Ipv4Addr::new(172, 17, 0, 3))]);
+        let exposed: Vec<String> = f.exposed.iter().map(ToString::to_string).collect();
+        assert_eq!(exposed, ["80/tcp", "8080/tcp"]);
+        assert_eq!(f.network_mode, "bridge");
         assert_eq!(f.env_var("SERVICE_NAME"), Some("web"));
         assert_eq!(f.env_var("SERVICE"), None);
         assert_eq!(f.env, ["SERVICE_NAME=web"], "only what a record is made of is kept");
@@ -790,6 +996,13 @@ mod tests {
             ]
         );
         assert!(f.is_up());
+        assert_eq!(f.stop_signal, libc::SIGQUIT);
+        assert_eq!(f.started_at, "2026-11-29T08:00:00.123456789Z");
+        // No StopSignal: docker stop sends SIGTERM.
+        assert_eq!(
+            facts_from_inspect(&ContainerInspectResponse::default()).stop_signal,
+            libc::SIGTERM
+        );
     }
 
     #[test]

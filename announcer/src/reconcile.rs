@@ -6,21 +6,27 @@
 //! publishes it on a `watch` channel: the registry always sees the full, latest desired
 //! set (level-triggered), never a stream of deltas it could miss.
 //!
-//! A container is desired when it is running (not paused, not restarting), its record can
-//! be built, Docker does not call it `unhealthy`, and its check passes. One [`Prober`]
+//! A container may become several records (one per announced port); they are desired
+//! and withdrawn together with it, each gated by its own check.
+//!
+//! A container is desired when it is running (not paused, not restarting), not shutting
+//! down, its record can be built, Docker does not call it `unhealthy`, and its check passes.
+//! Shutting down: Docker delivered its stop signal ([`docker::stops`]); the mark holds for
+//! that run only, so an inspection or a resync that still finds the container running
+//! does not bring the record back, and its `die` or a new start ends it. One [`Prober`]
 //! task runs per container with a `tcp` or `http` check; none for `docker` or `none`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use sidekick::schema::{Layout, Record};
+use sidekick::schema::{Layout, Meta, Record};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{self, ContainerFacts, Health, Update};
 use crate::health::{self, Check, Prober};
 use crate::machine::Machine;
-use crate::record::{Mode, Planned, RecordError, Rules, record_for};
+use crate::record::{Decision, Mode, Note, Planned, RecordError, Rules, record_for};
 
 /// One record to keep in etcd, and its layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +35,8 @@ pub struct Announcement {
     pub record: Record,
     /// How it is laid out.
     pub layout: Layout,
+    /// registrator's tags and attributes (the `json` layout carries them).
+    pub meta: Meta,
 }
 
 /// The records that should exist, keyed by `(service, instance)`.
@@ -47,6 +55,8 @@ pub struct Desired {
 struct HealthReport {
     id: String,
     generation: u64,
+    /// Which of the container's records.
+    index: usize,
     ok: bool,
     detail: String,
 }
@@ -55,26 +65,26 @@ struct HealthReport {
 #[derive(Debug)]
 struct Entry {
     facts: ContainerFacts,
-    plan: Option<Planned>,
+    /// Its records (none: not announced).
+    plans: Vec<Planned>,
     generation: u64,
-    /// The last probe result (`None`: not probed yet).
-    probe_ok: Option<bool>,
-    /// The probing task; dropping it stops it.
-    _prober: Option<Prober>,
+    /// The last probe result of each record (`None`: not probed yet).
+    probe_ok: Vec<Option<bool>>,
+    /// The probing tasks, one per probed record; dropping them stops them.
+    _probers: Vec<Prober>,
 }
 
 impl Entry {
-    fn desired(&self) -> Option<&Planned> {
-        let plan = self.plan.as_ref()?;
-        if !self.facts.is_up() || self.facts.health == Some(Health::Unhealthy) {
-            return None;
-        }
-        let healthy = match plan.check {
-            Check::None => true,
-            Check::Docker => self.facts.health == Some(Health::Healthy),
-            Check::Tcp | Check::Http { .. } => self.probe_ok == Some(true),
-        };
-        healthy.then_some(plan)
+    fn desired(&self) -> impl Iterator<Item = &Planned> {
+        let up = self.facts.is_up() && self.facts.health != Some(Health::Unhealthy);
+        self.plans.iter().enumerate().filter_map(move |(i, plan)| {
+            let healthy = match plan.check {
+                Check::None => true,
+                Check::Docker => self.facts.health == Some(Health::Healthy),
+                Check::Tcp | Check::Http { .. } => self.probe_ok.get(i).copied().flatten() == Some(true),
+            };
+            (up && healthy).then_some(plan)
+        })
     }
 }
 
@@ -90,8 +100,13 @@ pub struct Reconciler {
     complete: bool,
     /// Last error logged per container, so a bad container is logged once, not per event.
     errors: BTreeMap<String, String>,
+    /// Last notes (ports left out) logged per container, likewise.
+    notes: BTreeMap<String, Vec<Note>>,
     /// Instance conflicts already logged.
     conflicts: BTreeSet<(String, String)>,
+    /// Containers shutting down (a stop signal was delivered), with the `started_at` of
+    /// the run it was delivered to.
+    stopping: BTreeMap<String, String>,
     health_tx: mpsc::UnboundedSender<HealthReport>,
     health_rx: mpsc::UnboundedReceiver<HealthReport>,
     desired_tx: watch::Sender<Desired>,
@@ -117,7 +132,9 @@ impl Reconciler {
             next_generation: 0,
             complete: false,
             errors: BTreeMap::new(),
+            notes: BTreeMap::new(),
             conflicts: BTreeSet::new(),
+            stopping: BTreeMap::new(),
             health_tx,
             health_rx,
             desired_tx,
@@ -154,6 +171,8 @@ impl Reconciler {
                 let ids: BTreeSet<String> = all.iter().map(|f| f.id.clone()).collect();
                 self.entries.retain(|id, _| ids.contains(id));
                 self.errors.retain(|id, _| ids.contains(id));
+                self.notes.retain(|id, _| ids.contains(id));
+                self.stopping.retain(|id, _| ids.contains(id));
                 for facts in all {
                     self.upsert(facts)?;
                 }
@@ -161,56 +180,64 @@ impl Reconciler {
             Update::Changed { id, facts: None } => {
                 self.entries.remove(&id);
                 self.errors.remove(&id);
+                self.notes.remove(&id);
+                self.stopping.remove(&id);
             }
-            Update::Changed { facts: Some(facts), .. } => self.upsert(facts)?,
+            Update::Changed { facts: Some(facts), .. } => self.upsert(*facts)?,
             Update::Down { id, state } => {
                 // Withdrawn at once; the inspection that follows replaces these facts.
+                self.stopping.remove(&id);
                 if let Some(e) = self.entries.get_mut(&id) {
                     e.facts.state = state;
                 }
             }
+            Update::Signalled { id, signal } => self.on_signal(&id, signal),
         }
         Ok(())
     }
 
+    /// A stop signal withdraws the container's record for the rest of this run.
+    fn on_signal(&mut self, id: &str, signal: i32) {
+        let Some(e) = self.entries.get(id) else { return };
+        if !e.facts.is_up() || !docker::stops(signal, e.facts.stop_signal) {
+            return;
+        }
+        if !e.plans.is_empty() {
+            tracing::info!(container = %e.facts.name, signal, "stop signal delivered: withdrawing while it shuts down");
+        }
+        self.stopping.insert(id.to_owned(), e.facts.started_at.clone());
+    }
+
     fn upsert(&mut self, facts: ContainerFacts) -> Result<(), RecordError> {
-        let plan = if facts.is_up() {
-            match record_for(&facts, &self.machine, &self.rules) {
-                Ok(p) => {
-                    self.errors.remove(&facts.id);
-                    // The explanation is for `explain`; a long-running announcer keeps
-                    // hundreds of plans and does not need it.
-                    p.map(|p| Planned { why: Vec::new(), ..p })
-                }
-                Err(e) => {
-                    if matches!(self.rules.mode, Mode::Container(_)) {
-                        return Err(e);
-                    }
-                    let msg = e.to_string();
-                    if self.errors.get(&facts.id) != Some(&msg) {
-                        tracing::warn!(container = %facts.name, error = %msg, "not announced");
-                        self.errors.insert(facts.id.clone(), msg);
-                    }
-                    None
-                }
-            }
+        // The shutdown of a run ends when that run does: stopped, or started anew (a
+        // `die` missed while Docker was unreachable).
+        if self
+            .stopping
+            .get(&facts.id)
+            .is_some_and(|run| !facts.is_up() || *run != facts.started_at)
+        {
+            self.stopping.remove(&facts.id);
+        }
+        let plans = if facts.is_up() {
+            self.decide(&facts)?
         } else {
-            None
+            Vec::new()
         };
         if let Some(e) = self.entries.get_mut(&facts.id)
-            && e.plan == plan
+            && e.plans == plans
         {
-            // Same record, same check, same target: keep the health verdict and the prober.
+            // Same records, same checks, same targets: keep the health verdicts and the probers.
             e.facts = facts;
             return Ok(());
         }
         self.next_generation += 1;
         let generation = self.next_generation;
-        let prober = plan.as_ref().filter(|p| p.check.probes()).map(|p| {
+        let mut probers = Vec::new();
+        for (index, p) in plans.iter().enumerate().filter(|(_, p)| p.check.probes()) {
             tracing::debug!(container = %facts.name, check = %p.check, target = %p.target, "probing");
             let tx = self.health_tx.clone();
             let id = facts.id.clone();
-            health::spawn(
+            probers.push(health::spawn(
                 p.check.clone(),
                 p.target.clone(),
                 self.check_interval,
@@ -219,23 +246,59 @@ impl Reconciler {
                     let _ = tx.send(HealthReport {
                         id: id.clone(),
                         generation,
+                        index,
                         ok,
                         detail,
                     });
                 },
-            )
-        });
+            ));
+        }
+        let probe_ok = vec![None; plans.len()];
         self.entries.insert(
             facts.id.clone(),
             Entry {
                 facts,
-                plan,
+                plans,
                 generation,
-                probe_ok: None,
-                _prober: prober,
+                probe_ok,
+                _probers: probers,
             },
         );
         Ok(())
+    }
+
+    /// The records of a running container; an error or a note is logged once.
+    fn decide(&mut self, facts: &ContainerFacts) -> Result<Vec<Planned>, RecordError> {
+        match record_for(facts, &self.machine, &self.rules) {
+            Ok(Decision::Skip(_)) => {
+                self.errors.remove(&facts.id);
+                self.notes.remove(&facts.id);
+                Ok(Vec::new())
+            }
+            Ok(Decision::Announce { planned, notes }) => {
+                self.errors.remove(&facts.id);
+                if self.notes.get(&facts.id) != Some(&notes) {
+                    for note in &notes {
+                        tracing::warn!(container = %facts.name, "{note}");
+                    }
+                    self.notes.insert(facts.id.clone(), notes);
+                }
+                // The explanation is for `explain`; a long-running announcer keeps
+                // hundreds of plans and does not need it.
+                Ok(planned.into_iter().map(|p| Planned { why: Vec::new(), ..p }).collect())
+            }
+            Err(e) => {
+                if matches!(self.rules.mode, Mode::Container(_)) {
+                    return Err(e);
+                }
+                let msg = e.to_string();
+                if self.errors.get(&facts.id) != Some(&msg) {
+                    tracing::warn!(container = %facts.name, error = %msg, "not announced");
+                    self.errors.insert(facts.id.clone(), msg);
+                }
+                Ok(Vec::new())
+            }
+        }
     }
 
     fn on_health(&mut self, r: HealthReport) {
@@ -244,36 +307,45 @@ impl Reconciler {
             return;
         }
         let name = &e.facts.name;
-        match (e.probe_ok, r.ok) {
-            (_, true) => tracing::info!(container = %name, "check passes"),
-            (None, false) => tracing::info!(container = %name, reason = %r.detail, "check does not pass yet"),
-            (Some(_), false) => tracing::warn!(container = %name, reason = %r.detail, "check fails"),
+        let Some(slot) = e.probe_ok.get_mut(r.index) else {
+            return;
+        };
+        let port = e.plans.get(r.index).map(|p| p.record.port).unwrap_or_default();
+        match (*slot, r.ok) {
+            (_, true) => tracing::info!(container = %name, port, "check passes"),
+            (None, false) => tracing::info!(container = %name, port, reason = %r.detail, "check does not pass yet"),
+            (Some(_), false) => tracing::warn!(container = %name, port, reason = %r.detail, "check fails"),
         }
-        e.probe_ok = Some(r.ok);
+        *slot = Some(r.ok);
     }
 
     /// The desired map from the current entries (pure).
     fn desired(&mut self) -> Desired {
         let mut records: BTreeMap<(String, String), (String, Announcement)> = BTreeMap::new();
         let mut conflicts = BTreeSet::new();
-        for e in self.entries.values() {
-            let Some(plan) = e.desired() else { continue };
-            let key = (plan.record.service.clone(), plan.record.instance.clone());
-            let ann = Announcement {
-                record: plan.record.clone(),
-                layout: plan.layout,
-            };
-            match records.get(&key) {
-                // Two containers claim one instance: the first by name wins, deterministically.
-                Some((other, _)) if *other <= e.facts.name => {
-                    conflicts.insert(key);
-                }
-                Some(_) => {
-                    conflicts.insert(key.clone());
-                    records.insert(key, (e.facts.name.clone(), ann));
-                }
-                None => {
-                    records.insert(key, (e.facts.name.clone(), ann));
+        for (id, e) in &self.entries {
+            if self.stopping.contains_key(id) {
+                continue;
+            }
+            for plan in e.desired() {
+                let key = (plan.record.service.clone(), plan.record.instance.clone());
+                let ann = Announcement {
+                    record: plan.record.clone(),
+                    layout: plan.layout,
+                    meta: plan.meta.clone(),
+                };
+                match records.get(&key) {
+                    // Two containers claim one instance: the first by name wins, deterministically.
+                    Some((other, _)) if *other <= e.facts.name => {
+                        conflicts.insert(key);
+                    }
+                    Some(_) => {
+                        conflicts.insert(key.clone());
+                        records.insert(key, (e.facts.name.clone(), ann));
+                    }
+                    None => {
+                        records.insert(key, (e.facts.name.clone(), ann));
+                    }
                 }
             }
         }
@@ -301,5 +373,136 @@ impl Reconciler {
             *current = desired;
             true
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::docker::{PublishedPort, State};
+    use crate::record::Mode;
+
+    fn facts(state: State, started_at: &str, stop_signal: i32) -> ContainerFacts {
+        ContainerFacts {
+            id: "c1".into(),
+            name: "web-01".into(),
+            state,
+            health: None,
+            labels: vec![("announce.service".into(), "web".into())],
+            env: Vec::new(),
+            ports: vec![PublishedPort {
+                container_port: 80,
+                proto: "tcp".into(),
+                host_ip: None,
+                host_port: 18001,
+            }],
+            networks: Vec::new(),
+            exposed: Vec::new(),
+            network_mode: String::new(),
+            stop_signal,
+            started_at: started_at.into(),
+        }
+    }
+
+    fn reconciler() -> (Reconciler, watch::Receiver<Desired>) {
+        let machine = Machine {
+            hostname: "core01".into(),
+            public_ipv4: Some(Ipv4Addr::new(1, 2, 3, 4)),
+            private_ipv4: Ipv4Addr::new(10, 0, 0, 2),
+            public_source: "test".into(),
+            private_source: "test".into(),
+        };
+        let rules = Rules {
+            mode: Mode::Host(crate::record::HostRule {
+                layout: Layout::Fields,
+                internal: None,
+            }),
+            check: Check::None,
+        };
+        let (tx, rx) = watch::channel(Desired::default());
+        let r = Reconciler::new(machine, rules, Duration::from_secs(1), Duration::from_secs(1), tx);
+        (r, rx)
+    }
+
+    /// Feeds `steps` in order; after each, whether the container's record is desired.
+    fn run(steps: Vec<(Update, bool)>) {
+        let (mut r, rx) = reconciler();
+        for (i, (update, want)) in steps.into_iter().enumerate() {
+            let what = format!("{update:?}");
+            r.apply(update).unwrap();
+            r.publish();
+            let announced = !rx.borrow().records.is_empty();
+            assert_eq!(announced, want, "step {i}: {what}");
+        }
+    }
+
+    fn signal(signal: i32) -> Update {
+        Update::Signalled {
+            id: "c1".into(),
+            signal,
+        }
+    }
+
+    fn seen(state: State, run: &str, stop_signal: i32) -> Update {
+        Update::Changed {
+            id: "c1".into(),
+            facts: Some(Box::new(facts(state, run, stop_signal))),
+        }
+    }
+
+    #[test]
+    fn a_stop_signal_withdraws_for_the_rest_of_the_run_and_a_survivable_one_changes_nothing() {
+        let term = libc::SIGTERM;
+        let running = |run: &str| seen(State::Running, run, term);
+        let resync = |run: &str| Update::Snapshot(vec![facts(State::Running, run, term)]);
+        run(vec![
+            (resync("run1"), true),
+            (signal(libc::SIGHUP), true),
+            (signal(libc::SIGUSR1), true),
+            (running("run1"), true),
+            // docker stop: SIGTERM, the container traps it and keeps running a while.
+            (signal(libc::SIGTERM), false),
+            (running("run1"), false),
+            (resync("run1"), false),
+            (signal(libc::SIGHUP), false),
+            (
+                Update::Down {
+                    id: "c1".into(),
+                    state: State::Exited,
+                },
+                false,
+            ),
+            (seen(State::Exited, "run1", term), false),
+            // Started again: announced again.
+            (running("run2"), true),
+            (signal(libc::SIGQUIT), false),
+            // Its die was missed (Docker unreachable) and it runs again: a new run.
+            (resync("run3"), true),
+            (signal(libc::SIGINT), false),
+            (
+                Update::Changed {
+                    id: "c1".into(),
+                    facts: None,
+                },
+                false,
+            ),
+            // A replayed kill of a container that is not running marks nothing.
+            (seen(State::Exited, "run3", term), false),
+            (signal(libc::SIGTERM), false),
+            (running("run4"), true),
+        ]);
+    }
+
+    #[test]
+    fn the_containers_own_stop_signal_is_the_one_that_counts() {
+        let winch = libc::SIGWINCH;
+        run(vec![
+            (seen(State::Running, "run1", winch), true),
+            (signal(libc::SIGTERM), true),
+            (signal(libc::SIGWINCH), false),
+            (seen(State::Running, "run1", winch), false),
+        ]);
     }
 }

@@ -396,7 +396,7 @@ impl Registry {
         {
             ops.push(delete_op(prefix, &k.0, &k.1, old.ann.layout));
         }
-        for (key, value) in ann.record.entries(prefix, ann.layout) {
+        for (key, value) in ann.record.entries_with_meta(prefix, ann.layout, &ann.meta) {
             ops.push(TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))));
         }
         let mut client = self.client.clone();
@@ -546,7 +546,7 @@ impl Registry {
 
 /// Whether etcd holds exactly `ann` on `lease`.
 fn matches_stored(prefix: &str, ann: &Announcement, st: &Stored, lease: i64) -> bool {
-    let want = ann.record.entries(prefix, ann.layout);
+    let want = ann.record.entries_with_meta(prefix, ann.layout, &ann.meta);
     let have: BTreeMap<&str, &StoredKey> = st
         .fields
         .iter()

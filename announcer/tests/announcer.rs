@@ -152,6 +152,111 @@ async fn withdraws_on_stop_die_and_pause_and_reannounces_on_start_restart_and_un
     .await;
 }
 
+/// How many times the announcer's log says `needle` (a positive signal that a pass ran).
+fn count(a: &Announcer, needle: &str) -> usize {
+    a.log().matches(needle).count()
+}
+
+/// Waits until the log says `needle` more than `before` times.
+async fn wait_for_more(a: &Announcer, needle: &str, before: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while count(a, needle) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?} again:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stop_signal_withdraws_at_once_while_the_container_finishes_and_a_survivable_signal_changes_nothing() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("ann-stopsig");
+    // PID 1 traps SIGTERM and keeps serving for 8 s before it exits (a graceful drain).
+    let script = "trap 'sleep 8; exit 0' TERM; httpd -p 80 -h /www; while :; do sleep 0.1; done";
+    let c = Spec {
+        cmd: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..Spec::web(&image)
+            .name(&name)
+            .label("announce.service", "hweb")
+            .label("announce.instance", "h1")
+    }
+    .run(&d)
+    .await;
+    // Both scopes: `container` mode follows it by name, `host` mode by its labels. Only
+    // events can withdraw (--check none), and both resync every 500 ms.
+    let fast = ["--check", "none", "--resync-interval", "500ms"];
+    let mut named = global_args(&etcd.endpoint(), &unique("host"));
+    named.extend(fast.iter().map(|s| (*s).to_owned()));
+    named.extend(["container", &name, "--service", "web", "--instance", "s1"].map(str::to_owned));
+    let mut labelled = global_args(&etcd.endpoint(), &unique("host"));
+    labelled.extend(fast.iter().map(|s| (*s).to_owned()));
+    labelled.push("host".to_owned());
+    let announcers = [Announcer::start(&named), Announcer::start(&labelled)];
+    let both =
+        |k: &std::collections::BTreeMap<String, support::Kv>| has_record(k, "web", "s1") && has_record(k, "hweb", "h1");
+    let none =
+        |k: &std::collections::BTreeMap<String, support::Kv>| !has_any(k, "web", "s1") && !has_any(k, "hweb", "h1");
+    wait_until(&mut client, "/services/", PATIENCE, "announced by both", both).await;
+
+    // Signals a process lives through change nothing, even after a resync.
+    for signal in ["SIGHUP", "SIGUSR1"] {
+        let before: Vec<usize> = announcers.iter().map(|a| count(a, "docker resynced")).collect();
+        c.kill(signal).await;
+        for (a, n) in announcers.iter().zip(before) {
+            wait_until_log(a, &format!("signal={}\n", if signal == "SIGHUP" { 1 } else { 10 })).await;
+            wait_for_more(a, "docker resynced", n).await;
+        }
+        let kvs = dump(&mut client, "/services/").await;
+        assert!(both(&kvs), "still announced after {signal}: {kvs:?}");
+    }
+
+    // docker stop: SIGTERM now, the process exits 8 s later.
+    let signalled = Instant::now();
+    let watch = async {
+        wait_until(
+            &mut client,
+            "/services/",
+            PATIENCE,
+            "withdrawn at the stop signal",
+            none,
+        )
+        .await;
+        let withdrawn = signalled.elapsed();
+        assert_eq!(
+            c.state().await.running,
+            Some(true),
+            "withdrawn while the container still runs"
+        );
+        // Resyncs that still find it running do not bring the record back.
+        let before: Vec<usize> = announcers.iter().map(|a| count(a, "docker resynced")).collect();
+        for (a, n) in announcers.iter().zip(before) {
+            wait_for_more(a, "docker resynced", n + 1).await;
+        }
+        let kvs = dump(&mut client, "/services/").await;
+        assert!(none(&kvs), "not re-announced by a resync: {kvs:?}");
+        assert_eq!(
+            c.state().await.running,
+            Some(true),
+            "the resyncs ran while it still ran"
+        );
+        withdrawn
+    };
+    let ((), withdrawn) = tokio::join!(c.stop(30), watch);
+    eprintln!(
+        "MEASURED stop signal -> both records gone: {withdrawn:?}; container exited after {:?}",
+        signalled.elapsed()
+    );
+    // Started again: announced again.
+    c.start().await;
+    wait_until(&mut client, "/services/", PATIENCE, "announced after start", both).await;
+}
+
 #[tokio::test]
 async fn sigterm_revokes_the_lease_so_records_vanish_at_once() {
     let etcd = Etcd::start();
@@ -211,6 +316,12 @@ async fn sigkill_leaves_records_until_the_ttl_runs_out() {
     .await;
 }
 
+/// The instance `host` mode gives a container publishing port 80 and naming none: unique
+/// across hosts (`<host>:<container>:<port>`, registrator's id).
+fn inst(host: &str, container: &str) -> String {
+    format!("{host}:{container}:80")
+}
+
 fn labelled(image: &str, name: &str, service: &str) -> Spec {
     Spec::web(image).name(name).label("announce.service", service)
 }
@@ -230,7 +341,7 @@ async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_di
         &["host", "--ttl", "3s"],
     ));
     wait_until(&mut client, "/services/", PATIENCE, "a announced", |k| {
-        has_record(k, "web", &a_name)
+        has_record(k, "web", &inst(&host, &a_name))
     })
     .await;
 
@@ -242,7 +353,7 @@ async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_di
         .await
         .unwrap();
     assert!(
-        has_record(&dump(&mut survivor, "/services/").await, "web", &a_name),
+        has_record(&dump(&mut survivor, "/services/").await, "web", &inst(&host, &a_name)),
         "record of a kept alive with a member dead"
     );
     cb.start().await;
@@ -251,7 +362,7 @@ async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_di
         "/services/",
         PATIENCE,
         "b announced with a member dead",
-        |k| has_record(k, "web", &b_name) && has_record(k, "web", &a_name),
+        |k| has_record(k, "web", &inst(&host, &b_name)) && has_record(k, "web", &inst(&host, &a_name)),
     )
     .await;
 }
@@ -270,7 +381,7 @@ async fn records_come_back_after_etcd_stops_and_restarts_and_reflect_what_change
     {
         let mut client = etcd.client().await;
         wait_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
-            has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+            has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
         })
         .await;
     }
@@ -283,7 +394,9 @@ async fn records_come_back_after_etcd_stops_and_restarts_and_reflect_what_change
     etcd.restart();
     let mut client = etcd.client().await;
     wait_until(&mut client, "/services/", PATIENCE, "a and c back, b gone", |k| {
-        has_record(k, "web", &a_name) && has_record(k, "web", &c_name) && !has_any(k, "web", &b_name)
+        has_record(k, "web", &inst(&host, &a_name))
+            && has_record(k, "web", &inst(&host, &c_name))
+            && !has_any(k, "web", &inst(&host, &b_name))
     })
     .await;
 }
@@ -300,7 +413,7 @@ async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_
     let _cb = labelled(&image, &b_name, "web").run(&d).await;
     let mut a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
     let before = wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
-        has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+        has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
     })
     .await;
     let old_lease = before.values().next().unwrap().lease;
@@ -320,7 +433,7 @@ async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_
         "/services/",
         PATIENCE,
         "records rewritten on a new lease",
-        |k| has_record(k, "web", &a_name) && has_record(k, "web", &b_name),
+        |k| has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name)),
     )
     .await;
     assert!(
@@ -348,7 +461,7 @@ async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_t
         &["--docker-host", &proxy.docker_host(), "host"],
     ));
     wait_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
-        has_record(k, "web", &a_name) && has_record(k, "web", &b_name)
+        has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
     })
     .await;
 
@@ -360,7 +473,7 @@ async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_t
     tokio::time::sleep(Duration::from_secs(3)).await;
     let during = dump(&mut client, "/services/").await;
     assert!(
-        has_record(&during, "web", &a_name),
+        has_record(&during, "web", &inst(&host, &a_name)),
         "a stays during the cut: {during:?}"
     );
     assert!(a.running());
@@ -371,7 +484,11 @@ async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_t
         "/services/",
         PATIENCE,
         "after restore: a and c, not b",
-        |k| has_record(k, "web", &a_name) && has_record(k, "web", &c_name) && !has_any(k, "web", &b_name),
+        |k| {
+            has_record(k, "web", &inst(&host, &a_name))
+                && has_record(k, "web", &inst(&host, &c_name))
+                && !has_any(k, "web", &inst(&host, &b_name))
+        },
     )
     .await;
 }
@@ -415,7 +532,7 @@ async fn stale_records_of_this_host_are_deleted_at_start_and_others_are_left_alo
     let _c = labelled(&image, &live, "web").run(&d).await;
     let _a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
     let kvs = wait_until(&mut client, "/services/", PATIENCE, "live announced, stale gone", |k| {
-        has_record(k, "web", &live) && !has_any(k, "web", "stale1") && !has_any(k, "api", "stalejson")
+        has_record(k, "web", &inst(&host, &live)) && !has_any(k, "web", "stale1") && !has_any(k, "api", "stalejson")
     })
     .await;
     assert!(
@@ -626,7 +743,11 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
         "/services/",
         PATIENCE,
         "labelled and registrator containers",
-        |k| k.contains_key("/services/web/l1") && has_record(k, "api", &r) && has_record(k, "www", &p),
+        |k| {
+            k.contains_key("/services/web/l1")
+                && has_record(k, "api", &inst(&host, &r))
+                && has_record(k, "www", &inst(&host, &p))
+        },
     )
     .await;
     let doc: serde_json::Value = serde_json::from_str(&kvs["/services/web/l1"].value).unwrap();
@@ -634,11 +755,11 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
     assert_eq!(doc["host"], host.as_str());
     assert_eq!(doc["container_name"], l.as_str());
     assert_eq!(
-        kvs[&format!("/services/api/{r}/port")].value,
+        kvs[&format!("/services/api/{}/port", inst(&host, &r))].value,
         cr.host_port("80/tcp").await.to_string()
     );
     assert_eq!(
-        kvs[&format!("/services/www/{p}/port")].value,
+        kvs[&format!("/services/www/{}/port", inst(&host, &p))].value,
         cp.host_port("80/tcp").await.to_string()
     );
     wait_until_log(&a, "announce.port=\"abc\"").await;

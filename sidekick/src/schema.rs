@@ -105,6 +105,20 @@ pub struct Record {
     pub container_name: String,
 }
 
+/// registrator's tags (`SERVICE_TAGS`) and attributes (every other `SERVICE_<key>`,
+/// key lower-cased) of a record. Only the `json` layout carries them, as the `tags` and
+/// `attrs` members of its object (left out when empty, so a record without them is byte
+/// for byte what it was); readers of [`Record`] ignore them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Tags, in the order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Attributes by lower-case key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attrs: BTreeMap<String, String>,
+}
+
 /// `Option<Ipv4Addr>` as a JSON string, `""` for `None`, so the JSON layout always has the key.
 mod opt_ip {
     use std::net::Ipv4Addr;
@@ -210,6 +224,28 @@ impl Record {
                 let json = serde_json::to_string(self).unwrap_or_default();
                 vec![(key, json)]
             }
+        }
+    }
+
+    /// [`Record::entries`] with registrator's tags and attributes in the `json` object
+    /// (the other layouts have no place for them).
+    #[must_use]
+    pub fn entries_with_meta(&self, prefix: &str, layout: Layout, meta: &Meta) -> Vec<(String, String)> {
+        #[derive(Serialize)]
+        struct Doc<'a> {
+            #[serde(flatten)]
+            record: &'a Record,
+            #[serde(flatten)]
+            meta: &'a Meta,
+        }
+        match layout {
+            Layout::Json => {
+                let key = instance_key(prefix, &self.service, &self.instance, layout);
+                // Serialising strings, integers, addresses and a map of strings cannot fail.
+                let json = serde_json::to_string(&Doc { record: self, meta }).unwrap_or_default();
+                vec![(key, json)]
+            }
+            Layout::Fields | Layout::Value => self.entries(prefix, layout),
         }
     }
 
@@ -472,6 +508,33 @@ mod tests {
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn json_layout_carries_registrator_tags_and_attributes_and_readers_ignore_them() {
+        let rec = web01();
+        let empty = rec.entries_with_meta("/services", Layout::Json, &Meta::default());
+        assert_eq!(
+            empty,
+            rec.entries("/services", Layout::Json),
+            "no meta: byte for byte as before"
+        );
+        let meta = Meta {
+            tags: vec!["www".into(), "a,b".into()],
+            attrs: BTreeMap::from([("region".to_owned(), "us2".to_owned())]),
+        };
+        let got = rec.entries_with_meta("/services", Layout::Json, &meta);
+        let doc: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+        assert_eq!(doc["tags"], serde_json::json!(["www", "a,b"]));
+        assert_eq!(doc["attrs"]["region"], "us2");
+        assert_eq!(doc["port"], 18001);
+        let back = decode_service("/services/web/", "web", kv(&got));
+        assert_eq!(back[0].1.as_ref().unwrap(), &rec);
+        // The other layouts have no place for them.
+        assert_eq!(
+            rec.entries_with_meta("/services", Layout::Fields, &meta),
+            rec.entries("/services", Layout::Fields)
+        );
     }
 
     #[test]
