@@ -571,3 +571,334 @@ impl HaWorld {
         format!("{root}/web")
     }
 }
+
+/// One request of the load: when it was sent, how long it took, and what came back.
+struct Sample {
+    sent: Instant,
+    took: Duration,
+    /// (status, server HAProxy chose, host name the page printed), or the error.
+    answer: Result<(u16, String, String), String>,
+}
+
+/// A GET through HAProxy on a fresh connection, with a wide timeout for a loaded machine.
+fn get_page(port: u16) -> Result<(u16, String, String), String> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET / HTTP/1.0\r\nHost: lb\r\n\r\n").map_err(|e| format!("send: {e}"))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| format!("read: {e}"))?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {out:?}"))?;
+    let server = out
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-lb-server: ").map(str::to_owned))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let host = out
+        .split("Served by ")
+        .nth(1)
+        .and_then(|r| r.split('.').next())
+        .unwrap_or_default()
+        .to_owned();
+    Ok((code, server, host))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+/// The promise that matters: web containers stopped, started and restarted one by one
+/// (a rolling restart, then 3 -> 6 -> 2) under continuous traffic through a real HAProxy
+/// lose no request, and every request is answered by a container that was announced.
+///
+/// The zero comes from the order of things, not from HAProxy retrying (it has `retries 0`):
+/// the announcer withdraws a record at the stop signal, lb-sync drains and deletes the
+/// server within its debounce, and the web image keeps serving for `STOP_GRACE` before its
+/// graceful quit. With an announcer that withdraws only at `die`
+/// (`LB_SYNC_E2E_ANNOUNCER=/path/to/old/announcer`), nginx quits while HAProxy still sends
+/// it requests, and this test fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_and_scaling_through_haproxy_lose_no_request() {
+    use std::sync::Mutex;
+
+    use testbed::docker::{self, Spec};
+
+    use super::support::Announcer;
+
+    const IMAGE: &str = "sidekick/web:latest";
+    tokio::task::spawn_blocking(|| docker::build_with_script("images/web/build.sh", IMAGE))
+        .await
+        .unwrap();
+    let announcer_bin =
+        std::env::var_os("LB_SYNC_E2E_ANNOUNCER").map_or_else(|| testbed::bin("announcer"), std::path::PathBuf::from);
+    let etcd = Etcd::start();
+    let ha = HaProxy::start();
+    let d = docker::connect().await;
+    let root = format!("/{}/services", testbed::unique("roll"));
+    let prefix = format!("{root}/web");
+
+    struct Web {
+        container: testbed::docker::Container,
+        port: u16,
+        host: String,
+        _announcer: Announcer,
+    }
+    let start_web = |i: u8| {
+        let (d, etcd_ep, root, bin) = (d.clone(), etcd.endpoint(), root.clone(), announcer_bin.clone());
+        async move {
+            let name = testbed::unique("roll-web");
+            let port = testbed::free_port();
+            let host = format!("web{i:02}");
+            let container = Spec {
+                image: IMAGE.to_owned(),
+                publish: vec![("80/tcp".into(), port)],
+                ..Spec::default()
+            }
+            .name(&name)
+            .hostname(&host)
+            .env("STOP_GRACE=3")
+            .run(&d)
+            .await;
+            let args: Vec<String> = [
+                "--etcd-endpoints",
+                &etcd_ep,
+                "--prefix",
+                &root,
+                "--public-ipv4",
+                "127.0.0.1",
+                "--private-ipv4",
+                "127.0.0.1",
+                "--hostname",
+                &testbed::unique("host"),
+                "--ttl",
+                "5s",
+                "--check-interval",
+                "500ms",
+                "container",
+                &name,
+                "--service",
+                "web",
+                "--instance",
+                &host,
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            Web {
+                container,
+                port,
+                host,
+                _announcer: Announcer::start_bin(&bin, &args),
+            }
+        }
+    };
+
+    // Every endpoint ever announced, with when: the answers are checked against it.
+    let announced: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
+    let watcher = {
+        let announced = announced.clone();
+        let mut client = etcd.client().await;
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let mut stream = client
+                .watch(prefix, Some(etcd_client::WatchOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            while let Ok(Some(resp)) = stream.message().await {
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    if ev.event_type() == etcd_client::EventType::Put
+                        && kv.key_str().unwrap_or_default().ends_with("/port")
+                        && let Ok(port) = kv.value_str().unwrap_or_default().parse()
+                    {
+                        announced.lock().unwrap().push((Instant::now(), port));
+                    }
+                }
+            }
+        })
+    };
+
+    let mut webs = Vec::new();
+    // Every container's port and host name, to check who answered.
+    let mut hosts = std::collections::BTreeMap::new();
+    for i in 1..=3u8 {
+        let w = start_web(i).await;
+        hosts.insert(w.port, w.host.clone());
+        webs.push(w);
+    }
+    let args: Vec<String> = [
+        "--provider",
+        "haproxy",
+        "--haproxy-socket",
+        &ha.socket().display().to_string(),
+        "--haproxy-backend",
+        ha.backend(),
+        "--haproxy-check-options",
+        "inter 500ms rise 1 fall 2",
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--prefix",
+        &prefix,
+        "--drain",
+        "10s",
+        "--debounce",
+        "100ms:1s",
+        "--resync",
+        "5s",
+        "--log-filter",
+        "info,lb_sync=debug",
+        "run",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let lb = LbSync::start(&args);
+    let servers = |ha: &HaProxy| -> Vec<u16> {
+        let mut v: Vec<u16> = ha
+            .servers()
+            .into_iter()
+            .filter(|(_, _, status)| status.starts_with("UP"))
+            .filter_map(|(name, _, _)| name.rsplit(':').next()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let wait_servers = |want: Vec<u16>, what: String| {
+        let (ha, lb) = (&ha, &lb);
+        async move {
+            let mut want = want;
+            want.sort_unstable();
+            let ok = eventually(Duration::from_secs(60), || (servers(ha) == want).then_some(())).await;
+            assert!(
+                ok.is_some(),
+                "{what}: HAProxy never held {want:?} UP; it holds {:?}\nlb-sync:\n{}",
+                ha.servers(),
+                lb.log()
+            );
+        }
+    };
+    let ports = |webs: &[Web]| webs.iter().map(|w| w.port).collect::<Vec<u16>>();
+    wait_servers(ports(&webs), "three containers".into()).await;
+
+    // Continuous traffic: two clients, one request after another each.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, samples, port) = (stop.clone(), samples.clone(), ha.port());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let answer = get_page(port);
+                    samples.lock().unwrap().push(Sample {
+                        sent,
+                        took: sent.elapsed(),
+                        answer,
+                    });
+                }
+            })
+        })
+        .collect();
+    let steady_until = Instant::now() + Duration::from_secs(2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // A rolling restart: one container at a time, the next once the last is back.
+    let t0 = Instant::now();
+    for i in 0..webs.len() {
+        webs[i].container.restart(10).await;
+        wait_servers(ports(&webs), format!("after restarting {}", webs[i].host)).await;
+    }
+    let restart_took = t0.elapsed();
+    // Scale 3 -> 6 -> 2, one container at a time.
+    for i in 4..=6u8 {
+        let w = start_web(i).await;
+        hosts.insert(w.port, w.host.clone());
+        webs.push(w);
+        wait_servers(ports(&webs), format!("after starting web{i:02}")).await;
+    }
+    while webs.len() > 2 {
+        let w = webs.pop().unwrap();
+        w.container.stop(10).await;
+        wait_servers(ports(&webs), format!("after stopping {}", w.host)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    watcher.abort();
+
+    let samples = samples.lock().unwrap();
+    let announced = announced.lock().unwrap();
+    let failed: Vec<String> = samples
+        .iter()
+        .filter_map(|s| match &s.answer {
+            Ok((code, _, _)) if (200..300).contains(code) => None,
+            Ok((code, server, _)) => Some(format!("{:?} in: HTTP {code} from {server:?}", s.sent - steady_until)),
+            Err(e) => Some(format!("{:?} in: {e}", s.sent.saturating_duration_since(steady_until))),
+        })
+        .collect();
+    let unannounced: Vec<String> = samples
+        .iter()
+        .filter_map(|s| {
+            let (_, server, host) = s.answer.as_ref().ok()?;
+            let port: u16 = server.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let ok = announced.iter().any(|(t, p)| *p == port && *t <= s.sent) && hosts.get(&port) == Some(host);
+            (!ok).then(|| format!("{server:?} ({host:?})"))
+        })
+        .collect();
+    let mut steady: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.sent < steady_until)
+        .map(|s| s.took)
+        .collect();
+    let mut during: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.sent >= steady_until)
+        .map(|s| s.took)
+        .collect();
+    steady.sort();
+    during.sort();
+    eprintln!(
+        "rolling restart of 3 ({restart_took:?}), then 3 -> 6 -> 2: {} requests sent, {} failed; \
+         latency p50/p99 steady {:?}/{:?}, during the changes {:?}/{:?}",
+        samples.len(),
+        failed.len(),
+        percentile(&steady, 0.5),
+        percentile(&steady, 0.99),
+        percentile(&during, 0.5),
+        percentile(&during, 0.99),
+    );
+    assert!(
+        samples.len() > 50,
+        "too few requests to show anything: {}",
+        samples.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, first ones:\n{}\nlb-sync:\n{}",
+        failed.len(),
+        samples.len(),
+        failed.iter().take(10).cloned().collect::<Vec<_>>().join("\n"),
+        lb.log()
+    );
+    assert!(
+        unannounced.is_empty(),
+        "answered by servers never announced: {unannounced:?}"
+    );
+}

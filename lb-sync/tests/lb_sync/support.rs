@@ -351,10 +351,15 @@ pub struct Announcer {
 
 impl Announcer {
     pub fn start(args: &[String]) -> Announcer {
+        Announcer::start_bin(&testbed::bin("announcer"), args)
+    }
+
+    /// Starts another announcer binary (an older build, to compare behaviours).
+    pub fn start_bin(bin: &std::path::Path, args: &[String]) -> Announcer {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("announcer.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(testbed::bin("announcer"));
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .env_clear()
             .stdin(Stdio::null())
