@@ -785,12 +785,7 @@ pub fn session_from(body: &[u8], region: &str, now: SystemTime) -> Result<Sessio
                     .join(", ")
             },
         })?;
-    let expires = doc
-        .access
-        .token
-        .expires
-        .as_deref()
-        .and_then(|e| humantime::parse_rfc3339_weak(e.trim()).ok());
+    let expires = doc.access.token.expires.as_deref().and_then(parse_rfc3339);
     let renew_at = match expires {
         Some(exp) => {
             let lifetime = exp.duration_since(now).unwrap_or_default();
@@ -806,6 +801,38 @@ pub fn session_from(body: &[u8], region: &str, now: SystemTime) -> Result<Sessio
         endpoint: endpoint.public_url.trim_end_matches('/').to_owned(),
         renew_at,
     })
+}
+
+/// An RFC 3339 time with any UTC offset (`2031-03-14T08:10:14.000-05:00`, `...Z`).
+/// humantime reads only UTC; the offset is taken off here.
+#[must_use]
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let t = s.find('T')?;
+    let Some(at) = s[t..].rfind(['+', '-']).map(|i| t + i) else {
+        return humantime::parse_rfc3339_weak(s).ok();
+    };
+    let (local, offset) = s.split_at(at);
+    let digits: Vec<u64> = offset[1..]
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_digit(10).map(u64::from))
+        .collect::<Option<_>>()?;
+    let [h1, h2, m1, m2] = digits[..] else {
+        return None;
+    };
+    let (hours, minutes) = (h1 * 10 + h2, m1 * 10 + m2);
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let at_local = humantime::parse_rfc3339_weak(local).ok()?;
+    let offset = Duration::from_secs(hours * 3600 + minutes * 60);
+    // Local time = UTC + offset.
+    if s.as_bytes()[at] == b'+' {
+        at_local.checked_sub(offset)
+    } else {
+        at_local.checked_add(offset)
+    }
 }
 
 /// Whether a 413 is the rate limiter's (`overLimit` wrapper) rather than the node limit.
@@ -847,6 +874,10 @@ pub fn api_message(body: &[u8]) -> String {
     };
     let mut parts: Vec<String> = Vec::new();
     if let Some(msgs) = v.pointer("/validationErrors/messages").and_then(Value::as_array) {
+        parts.extend(msgs.iter().filter_map(|m| m.as_str().map(str::to_owned)));
+    }
+    // `message` is a list in some answers (`["JSON does not match the expected schema"]`).
+    if let Some(msgs) = v.get("message").and_then(Value::as_array) {
         parts.extend(msgs.iter().filter_map(|m| m.as_str().map(str::to_owned)));
     }
     if parts.is_empty() {
@@ -963,6 +994,22 @@ mod tests {
 
     use super::*;
     use crate::plan::Endpoint;
+
+    #[test]
+    fn token_expiries_with_any_utc_offset_are_read() {
+        let utc = parse_rfc3339("2031-03-14T13:10:14.000Z").unwrap();
+        assert_eq!(parse_rfc3339("2031-03-14T08:10:14.000-05:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2031-03-14T18:40:14+05:30"), Some(utc));
+        assert_eq!(parse_rfc3339("2031-03-14T13:10:14.000+00:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2031-03-14T13:10:14"), Some(utc));
+        for bad in ["2031-03-14T13:10:14+25:00", "2031-03-14T13:10:14-5", "tomorrow", ""] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert_eq!(
+            api_message(br#"{"message": ["JSON does not match the expected schema"], "code": 400}"#),
+            "JSON does not match the expected schema"
+        );
+    }
 
     fn token_doc(server: &str, token: &str, expires: &str) -> Value {
         json!({"access": {

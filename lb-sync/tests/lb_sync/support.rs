@@ -172,15 +172,18 @@ impl World {
         LbSync::start(&args)
     }
 
-    /// The nodes of load balancer 1 as (last octet, condition).
+    /// The nodes of load balancer 1 as (last octet, condition). A node whose address is not
+    /// exactly `10.0.0.N` or whose port is not [`PORT`] shows as octet 0, so no comparison
+    /// with the records' nodes can pass by the last octet alone.
     pub fn nodes(&self) -> Vec<(u8, String)> {
         let mut v: Vec<(u8, String)> = self
             .sim
             .nodes(1)
             .iter()
             .map(|n: &Node| {
-                let last = n.address.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                (last, n.condition.clone())
+                let last: u8 = n.address.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let exact = n.address == format!("10.0.0.{last}") && n.port == PORT;
+                (if exact { last } else { 0 }, n.condition.clone())
             })
             .collect();
         v.sort();
