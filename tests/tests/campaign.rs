@@ -1,0 +1,224 @@
+//! The fault campaign: the whole system (announcers in `container` mode, one per web
+//! container, lb-sync, a 3- or 5-member etcd, one member per host) on a [`testbed::Cluster`]
+//! of hosts, on the bad day. Each scenario asserts what a user would notice, with bounds
+//! wide enough for a loaded machine, and prints the figure it measured on a line starting
+//! with `figure:` (RELIABILITY.md quotes them). Run: `cargo nextest run -p testbed
+//! --no-capture -E 'binary(campaign)'`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "campaign/support.rs"]
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use support::{Bed, Sample, longest_gap, longest_unreadable};
+use testbed::{Cut, eventually};
+
+/// The announcers' lease TTL in the campaign: short, so expiry scenarios are quick.
+const TTL: Duration = Duration::from_secs(3);
+
+/// Waits until etcd holds `n` records and the load balancer `n` ENABLED nodes.
+async fn converge(bed: &Bed, client: &mut etcd_client::Client, n: usize, within: Duration) {
+    let ok = eventually(&format!("{n} records and {n} ENABLED nodes"), within, async || {
+        let records = bed.records(client).await?;
+        let enabled: usize = bed
+            .nodes_by_address()
+            .values()
+            .map(|c| c.iter().filter(|c| *c == "ENABLED").count())
+            .sum();
+        (records.len() == n && enabled == n && bed.sim.nodes(1).len() == n).then_some(())
+    })
+    .await;
+    if let Err(e) = ok {
+        let records = bed.records(client).await.map(|r| r.len());
+        bed.fail(format!("{e} (records: {records:?}, nodes: {:?})", bed.nodes_by_address()));
+    }
+}
+
+/// Asserts that in every sample, each host of `hosts` had `per_host` nodes, all ENABLED.
+fn assert_nodes_untouched(bed: &Bed, samples: &[Sample], hosts: &[usize], per_host: usize) {
+    for s in samples {
+        for &h in hosts {
+            let addr = bed.cluster.host(h).addr();
+            let conds = s.nodes.get(&addr).cloned().unwrap_or_default();
+            if conds.len() != per_host || conds.iter().any(|c| c != "ENABLED") {
+                bed.fail(format!(
+                    "the nodes of h{h} (not at fault) changed: {conds:?} at {:?} into the scenario",
+                    s.at - samples[0].at
+                ));
+            }
+        }
+    }
+}
+
+fn all_gone(s: &Sample, instances: &BTreeSet<String>) -> bool {
+    s.records.as_ref().is_some_and(|r| instances.iter().all(|i| !r.contains_key(i)))
+}
+
+fn all_there(s: &Sample, instances: &BTreeSet<String>) -> bool {
+    s.records.as_ref().is_some_and(|r| instances.iter().all(|i| r.contains_key(i)))
+}
+
+/// The host of etcd's leader dies (power cut: every process at once, its link down) while
+/// 50 records are announced and lb-sync runs on another host.
+#[tokio::test]
+async fn the_etcd_leaders_host_dies_with_50_records_announced() {
+    let mut bed = Bed::start(5, TTL).await;
+    bed.add_webs(&[0, 1, 2, 3, 4], 10).await;
+    let mut client = bed.cluster.client().await;
+    let leader = eventually("etcd names a leader", Duration::from_secs(20), async || {
+        bed.cluster.etcd_leader().await
+    })
+    .await
+    .unwrap_or_else(|e| bed.fail(e));
+    let lb_host = (leader + 1) % 5;
+    bed.start_lb_sync(lb_host, &[]);
+    converge(&bed, &mut client, 50, Duration::from_secs(90)).await;
+    let leader = bed.cluster.etcd_leader().await.unwrap_or(leader);
+    assert_ne!(leader, lb_host, "etcd's leadership moved to lb-sync's host during the set-up");
+
+    let doomed = bed.instances_of(leader);
+    let others: BTreeSet<String> = bed.webs.iter().map(|w| w.instance.clone()).filter(|i| !doomed.contains(i)).collect();
+    let survivors: Vec<usize> = (0..5).filter(|&h| h != leader).collect();
+    let dead_addr = bed.cluster.host(leader).addr();
+    let mut samples = vec![bed.sample(&mut client).await];
+
+    let killed = Instant::now();
+    bed.cluster.kill_host(leader);
+    let expired = bed
+        .watch_until(&mut client, &mut samples, killed, "the dead host's records expire", TTL + Duration::from_secs(20), |s| {
+            all_gone(s, &doomed)
+        })
+        .await;
+    let removed = bed
+        .watch_until(&mut client, &mut samples, killed, "the dead host's nodes leave the LB", Duration::from_secs(60), |s| {
+            !s.nodes.contains_key(&dead_addr)
+        })
+        .await;
+    // Watch a while longer: a survivor's lease lost in the election would expire by now.
+    let until = Instant::now() + 2 * TTL;
+    bed.watch_until(&mut client, &mut samples, killed, "two more TTLs pass", 3 * TTL, |s| s.at >= until)
+        .await;
+
+    let (gap, which, missing) = longest_gap(&samples, &others);
+    let unreadable = longest_unreadable(&samples);
+    let new_leader = bed.cluster.etcd_leader().await;
+    println!(
+        "figure: etcd leader's host killed, 50 records: {} records of the 4 other hosts went missing \
+         (longest gap {gap:?}{}); etcd unreadable for at most {unreadable:?}; the dead host's 10 records \
+         expired after {expired:?} (TTL {TTL:?}); its 10 nodes left the LB after {removed:?}; new leader h{}",
+        missing,
+        which.map(|w| format!(", {w}")).unwrap_or_default(),
+        new_leader.map_or("?".to_owned(), |l| l.to_string()),
+    );
+    assert_nodes_untouched(&bed, &samples, &survivors, 10);
+    assert!(gap <= TTL, "a record of a live host was missing for {gap:?}, more than the TTL");
+    assert!(expired <= TTL + Duration::from_secs(10), "the dead host's records took {expired:?} to expire");
+    bed.remove_webs().await;
+}
+
+/// A web host is cut off from the other hosts for longer than the TTL, then healed.
+#[tokio::test]
+async fn a_web_host_partitioned_longer_than_the_ttl_leaves_and_comes_back() {
+    let mut bed = Bed::start(3, TTL).await;
+    bed.add_webs(&[0, 1, 2], 2).await;
+    bed.start_lb_sync(0, &[]);
+    let mut client = bed.cluster.client().await;
+    converge(&bed, &mut client, 6, Duration::from_secs(60)).await;
+
+    let cut = 2;
+    let mine = bed.instances_of(cut);
+    let addr = bed.cluster.host(cut).addr();
+    let mut samples = vec![bed.sample(&mut client).await];
+    let partitioned = Instant::now();
+    bed.cluster.partition(cut, Cut::Both);
+    let expired = bed
+        .watch_until(&mut client, &mut samples, partitioned, "the cut host's records expire", TTL + Duration::from_secs(20), |s| {
+            all_gone(s, &mine)
+        })
+        .await;
+    let removed = bed
+        .watch_until(&mut client, &mut samples, partitioned, "the cut host's nodes leave the LB", Duration::from_secs(60), |s| {
+            !s.nodes.contains_key(&addr)
+        })
+        .await;
+    let healed = Instant::now();
+    bed.cluster.heal(cut);
+    let back = bed
+        .watch_until(&mut client, &mut samples, healed, "the healed host's records come back", Duration::from_secs(90), |s| {
+            all_there(s, &mine)
+        })
+        .await;
+    let restored = bed
+        .watch_until(&mut client, &mut samples, healed, "the healed host's nodes are ENABLED again", Duration::from_secs(60), |s| {
+            s.nodes.get(&addr).is_some_and(|c| c.len() == 2 && c.iter().all(|c| c == "ENABLED"))
+        })
+        .await;
+    println!(
+        "figure: web host partitioned (TTL {TTL:?}, --drain 1s): records expired after {expired:?}, \
+         nodes removed after {removed:?} (partitioned for {:?}); healed: records back after {back:?}, \
+         nodes ENABLED after {restored:?}",
+        healed - partitioned
+    );
+    assert_nodes_untouched(&bed, &samples, &[0, 1], 2);
+    assert!(expired <= TTL + Duration::from_secs(10), "the cut host's records took {expired:?} to expire");
+    bed.remove_webs().await;
+}
+
+/// Two web hosts of five are cut off at once: their nodes are 40% of the LB, more than
+/// `--max-remove 30%`. lb-sync refuses, keeps every node and says so on /healthz.
+#[tokio::test]
+async fn two_web_hosts_partitioned_at_once_are_refused_and_the_lb_keeps_its_nodes() {
+    let mut bed = Bed::start(5, TTL).await;
+    bed.add_webs(&[0, 1, 2, 3, 4], 2).await;
+    bed.start_lb_sync(0, &["--max-remove", "30%"]);
+    let mut client = bed.cluster.client().await;
+    converge(&bed, &mut client, 10, Duration::from_secs(60)).await;
+
+    let cut: BTreeSet<String> = bed.instances_of(3).union(&bed.instances_of(4)).cloned().collect();
+    let changes_before = bed.sim.count("PUT") + bed.sim.count("DELETE");
+    let mut samples = vec![bed.sample(&mut client).await];
+    let partitioned = Instant::now();
+    bed.cluster.partition(3, Cut::Both);
+    bed.cluster.partition(4, Cut::Both);
+    let expired = bed
+        .watch_until(&mut client, &mut samples, partitioned, "the cut hosts' records expire", TTL + Duration::from_secs(20), |s| {
+            all_gone(s, &cut)
+        })
+        .await;
+    let refused = eventually("/healthz reports the refusal", Duration::from_secs(30), async || {
+        let h = bed.healthz(0);
+        (h.starts_with("HTTP/1.1 503") && h.contains("max_remove")).then_some((partitioned.elapsed(), h))
+    })
+    .await
+    .unwrap_or_else(|e| bed.fail(format!("{e}; /healthz: {}", bed.healthz(0))));
+    // Hold the partition for three more resyncs: nothing may change meanwhile.
+    let until = Instant::now() + Duration::from_secs(6);
+    bed.watch_until(&mut client, &mut samples, partitioned, "three resyncs pass", Duration::from_secs(10), |s| {
+        s.at >= until
+    })
+    .await;
+    let changes = bed.sim.count("PUT") + bed.sim.count("DELETE") - changes_before;
+    assert_nodes_untouched(&bed, &samples, &[0, 1, 2, 3, 4], 2);
+    assert_eq!(changes, 0, "lb-sync changed the LB during the refusal");
+
+    let healed = Instant::now();
+    bed.cluster.heal(3);
+    bed.cluster.heal(4);
+    let back = eventually("/healthz is 200 again with every record back", Duration::from_secs(90), async || {
+        let h = bed.healthz(0);
+        let n = bed.records(&mut client).await?.len();
+        (h.starts_with("HTTP/1.1 200") && n == 10).then_some(healed.elapsed())
+    })
+    .await
+    .unwrap_or_else(|e| bed.fail(format!("{e}; /healthz: {}", bed.healthz(0))));
+    println!(
+        "figure: two of five web hosts partitioned (4 of 10 nodes, --max-remove 30%): records expired after \
+         {expired:?}, /healthz 503 max_remove after {:?}, 0 LB changes while refused (10 nodes ENABLED in \
+         every sample); healed: records back and /healthz 200 after {back:?}",
+        refused.0
+    );
+    bed.remove_webs().await;
+}
