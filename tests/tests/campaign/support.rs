@@ -146,6 +146,23 @@ impl Bed {
         http_get_at(SocketAddr::from((self.cluster.host(h).addr(), LB_SYNC_PORT)), "/healthz").unwrap_or_default()
     }
 
+    /// `/healthz` of the lb-sync on host `h`: the HTTP status and the JSON body.
+    pub fn health(&self, h: usize) -> Option<(u16, serde_json::Value)> {
+        let answer = self.healthz(h);
+        let status = answer.split_whitespace().nth(1)?.parse().ok()?;
+        let body = answer.split_once("\r\n\r\n")?.1;
+        Some((status, serde_json::from_str(body).ok()?))
+    }
+
+    /// The value of the metric line `name` (labels included) of the lb-sync on host `h`.
+    pub fn metric(&self, h: usize, name: &str) -> Option<f64> {
+        let answer = http_get_at(SocketAddr::from((self.cluster.host(h).addr(), LB_SYNC_PORT)), "/metrics")?;
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     /// The instances whose complete record is in etcd now, with the host that owns each;
     /// `None` when etcd does not answer within a second.
     pub async fn records(&self, client: &mut etcd_client::Client) -> Option<BTreeMap<String, String>> {
