@@ -463,12 +463,21 @@ impl Cluster {
         }
         rules.push_str("}\n");
         self.heal(i);
-        let path = self.dir.path().join(format!("cut-h{i}.nft"));
-        std::fs::write(&path, &rules).expect("write the nft rules");
+        self.nft(i, &rules);
+    }
+
+    /// Loads the nftables `ruleset` (`table ip NAME { ... }`) inside host `i`: for faults
+    /// of a test's own (a redirect, a delay). Its tables die with the host.
+    ///
+    /// # Panics
+    /// When nft refuses it, with nft's message.
+    pub fn nft(&self, i: usize, ruleset: &str) {
+        let path = self.dir.path().join(format!("h{i}-{:08x}.nft", rand::random::<u32>()));
+        std::fs::write(&path, ruleset).expect("write the nft rules");
         let out = self.hosts[i].run("nft", &["-f", &path.to_string_lossy()]);
         assert!(
             out.status.success(),
-            "testbed: nft -f on h{i} failed: {}\n{rules}",
+            "testbed: nft -f on h{i} failed: {}\n{ruleset}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -13,7 +13,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::{Bed, Sample, longest_gap, longest_unreadable};
+use support::{Bed, Change, Sample, Tap, longest_gap, longest_unreadable, one_applier_at_a_time};
 use testbed::{Cut, eventually};
 
 /// The announcers' lease TTL in the campaign: short, so expiry scenarios are quick.
@@ -219,6 +219,130 @@ async fn two_web_hosts_partitioned_at_once_are_refused_and_the_lb_keeps_its_node
         "figure: two of five web hosts partitioned (4 of 10 nodes, --max-remove 30%): records expired after \
          {expired:?}, /healthz 503 refused (max_remove) after {refused:?}, 0 LB changes while refused (10 nodes ENABLED in \
          every sample); healed: records back and /healthz 200 after {back:?}"
+    );
+    bed.remove_webs().await;
+}
+
+/// Whether lb-sync on host `h` says it leads (`None` when it does not answer).
+fn leads(bed: &Bed, h: usize) -> Option<bool> {
+    bed.health(h).and_then(|(_, body)| body["leader"].as_bool())
+}
+
+/// The changes sent after `since`.
+fn after(changes: &[Change], since: Instant) -> Vec<Change> {
+    changes.iter().filter(|c| c.at >= since).cloned().collect()
+}
+
+/// The lb-sync leader's host is cut off from the other hosts, so from etcd's quorum, but
+/// still reaches the load balancer. A web container stops meanwhile: the standby takes
+/// over and drains its node; the old leader, whose view of etcd is stale, must not apply
+/// anything (it would re-enable the node the new leader drains). Healed, it stays standby.
+#[tokio::test]
+async fn the_lb_sync_leader_cut_off_from_etcd_stops_applying_and_the_standby_takes_over() {
+    let mut bed = Bed::start(3, TTL).await;
+    bed.add_webs(&[0], 3).await;
+    let mut tap = Tap::default();
+    tap.attach(&bed, 1).await;
+    tap.attach(&bed, 2).await;
+    let election = ["--election-key", "/lb-sync/leader", "--election-ttl", "3s"];
+    bed.start_lb_sync(1, &election);
+    bed.start_lb_sync(2, &election);
+    let mut client = bed.cluster.client().await;
+    converge(&bed, &mut client, 3, Duration::from_secs(60)).await;
+    let leader = eventually("exactly one lb-sync leads", Duration::from_secs(20), async || {
+        match (leads(&bed, 1)?, leads(&bed, 2)?) {
+            (true, false) => Some(1),
+            (false, true) => Some(2),
+            _ => None,
+        }
+    })
+    .await
+    .unwrap_or_else(|e| bed.fail(e));
+    let standby = 3 - leader;
+
+    let cut_at = Instant::now();
+    bed.cluster.partition(leader, Cut::Both);
+    bed.webs[0].container.stop(1).await;
+    let took_over = eventually("the standby leads", Duration::from_secs(30), async || {
+        (leads(&bed, standby) == Some(true)).then(|| cut_at.elapsed())
+    })
+    .await
+    .unwrap_or_else(|e| bed.fail(e));
+    let drained = eventually("the stopped container's node leaves the LB", Duration::from_secs(30), async || {
+        (bed.sim.nodes(1).len() == 2).then(|| cut_at.elapsed())
+    })
+    .await
+    .unwrap_or_else(|e| bed.fail(e));
+    // Two more resyncs with the old leader cut off: a stale leader would re-add the node.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(bed.sim.nodes(1).len(), 2, "the removed node came back: a stale instance applied");
+
+    bed.cluster.heal(leader);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (old, new) = (leads(&bed, leader), leads(&bed, standby));
+    if (old, new) != (Some(false), Some(true)) {
+        bed.fail(format!("after the heal: old leader leads={old:?}, new leader leads={new:?}"));
+    }
+
+    let changes = tap.changes();
+    let order = one_applier_at_a_time(&changes).unwrap_or_else(|e| bed.fail(e));
+    let old_last = changes.iter().filter(|c| c.host == leader).map(|c| c.at).max();
+    let stale = old_last.filter(|t| *t > cut_at);
+    println!(
+        "figure: lb-sync leader cut off from etcd (--election-ttl 3s): the standby led after {took_over:?} and \
+         drained the stopped container's node after {drained:?}; the old leader sent {} change(s) after the cut; \
+         {} change requests in all, senders in turn {order:?} (never interleaved); healed, the old leader stayed standby",
+        after(&changes, cut_at).iter().filter(|c| c.host == leader).count(),
+        changes.len(),
+    );
+    assert!(stale.is_none(), "the cut-off leader applied {:?} after the cut", stale.map(|t| t - cut_at));
+    bed.remove_webs().await;
+}
+
+/// What fencing prevents, made to happen: beside the leader, a second instance without
+/// `--election-key` applies a stale but complete view (a frozen copy of the records, as a
+/// leader cut off from etcd would hold if nothing fenced it). A web container stops: the
+/// leader drains its node, the stale instance re-enables or re-adds it, and the
+/// one-applier check fails. This shows that check can fail. (Simply cutting an unfenced
+/// lb-sync off etcd does not show it: its watch breaks, its view turns incomplete and it
+/// refuses every change; that rule is a second line of defence.)
+#[tokio::test]
+async fn without_fencing_a_stale_instance_applies_beside_the_leader_and_the_check_catches_it() {
+    let mut bed = Bed::start(3, TTL).await;
+    bed.add_webs(&[0], 3).await;
+    let mut tap = Tap::default();
+    tap.attach(&bed, 1).await;
+    tap.attach(&bed, 2).await;
+    bed.start_lb_sync(2, &[]);
+    let mut client = bed.cluster.client().await;
+    converge(&bed, &mut client, 3, Duration::from_secs(60)).await;
+    let records = client
+        .get(format!("{}/", support::PREFIX), Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    for kv in records.kvs() {
+        let key = kv.key_str().unwrap().replacen(support::PREFIX, "/services/stale", 1);
+        client.put(key, kv.value(), None).await.unwrap();
+    }
+    bed.start_lb_sync_on(1, "/services/stale", &[]);
+    let steady = eventually("the stale instance finds the LB converged", Duration::from_secs(30), async || {
+        bed.health(1).and_then(|(_, b)| (b["state"] == "converged").then_some(()))
+    })
+    .await;
+    steady.unwrap_or_else(|e| bed.fail(e));
+
+    let stopped = Instant::now();
+    bed.webs[0].container.stop(1).await;
+    let caught = eventually("two instances apply", Duration::from_secs(30), async || {
+        one_applier_at_a_time(&after(&tap.changes(), stopped)).err()
+    })
+    .await
+    .unwrap_or_else(|e| bed.fail(format!("{e}: changes: {:?}", after(&tap.changes(), stopped))));
+    let changes = after(&tap.changes(), stopped);
+    println!(
+        "figure: without fencing, {} change requests from 2 instances within {:?} of the stop; the check says: {caught}",
+        changes.len(),
+        stopped.elapsed()
     );
     bed.remove_webs().await;
 }

@@ -124,13 +124,18 @@ impl Bed {
 
     /// Starts lb-sync on host `h` with the campaign's quick timings and `extra` flags.
     pub fn start_lb_sync(&mut self, h: usize, extra: &[&str]) {
+        self.start_lb_sync_on(h, PREFIX, extra);
+    }
+
+    /// Starts lb-sync on host `h` following the records under `prefix`.
+    pub fn start_lb_sync_on(&mut self, h: usize, prefix: &str, extra: &[&str]) {
         let host = self.cluster.host(h);
         let mut cmd = Command::new(testbed::bin("lb-sync"));
         cmd.env_clear()
             .env("RACKSPACE_API_KEY", "k")
             .args(["--etcd-endpoints", &self.cluster.etcd_endpoints_arg(h)])
             .args(["--etcd-timeout", "2s"])
-            .args(["--prefix", PREFIX, "--region", "ORD", "--load-balancer-id", "1"])
+            .args(["--prefix", prefix, "--region", "ORD", "--load-balancer-id", "1"])
             .args(["--username", "u", "--identity-url", &self.sim.identity_url()])
             .args(["--drain", "1s", "--debounce", "200ms:2s", "--resync", "2s", "--poll", "100ms"])
             .args(["--listen", &format!("{}:{LB_SYNC_PORT}", host.addr())])
@@ -311,4 +316,124 @@ pub fn longest_unreadable(samples: &[Sample]) -> Duration {
         }
     }
     longest
+}
+
+/// One change request (POST, PUT, DELETE) the load balancer received, and from which host.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// When its first bytes reached the tap.
+    pub at: Instant,
+    /// The host that sent it.
+    pub host: usize,
+    /// `POST`, `PUT` or `DELETE`.
+    pub method: String,
+}
+
+/// Records, per host, the change requests sent to the simulator: each tapped host's
+/// connections to the simulator are redirected (nftables DNAT inside the host) to a proxy
+/// of the test process that notes the request line and forwards the bytes unchanged.
+#[derive(Debug, Default)]
+pub struct Tap {
+    changes: std::sync::Arc<std::sync::Mutex<Vec<Change>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Tap {
+    /// Every change request so far, in order of arrival.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut v = self.changes.lock().unwrap().clone();
+        v.sort_by_key(|c| c.at);
+        v
+    }
+
+    /// Routes host `h`'s traffic to the simulator through the recording proxy.
+    pub async fn attach(&mut self, bed: &Bed, h: usize) {
+        let sim = bed.sim.addr();
+        let listener = tokio::net::TcpListener::bind((bed.cluster.gateway(), 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let changes = self.changes.clone();
+        self.tasks.push(tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let changes = changes.clone();
+                tokio::spawn(forward(client, sim, h, changes));
+            }
+        }));
+        let rules = format!(
+            "table ip testbed_tap {{\n  chain out {{\n    type nat hook output priority -100; policy accept;\n    \
+             ip daddr {} tcp dport {} dnat to {}:{port}\n  }}\n}}\n",
+            sim.ip(),
+            sim.port(),
+            bed.cluster.gateway()
+        );
+        bed.cluster.nft(h, &rules);
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn forward(
+    mut client: tokio::net::TcpStream,
+    sim: SocketAddr,
+    host: usize,
+    changes: std::sync::Arc<std::sync::Mutex<Vec<Change>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(server) = tokio::net::TcpStream::connect(sim).await else { return };
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = tokio::io::split(server);
+    let up = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = cr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            // A request's head arrives in one write; a change starts with its method.
+            for method in ["POST", "PUT", "DELETE"] {
+                if buf[..n].starts_with(format!("{method} /v1.0/").as_bytes()) {
+                    changes.lock().unwrap().push(Change {
+                        at: Instant::now(),
+                        host,
+                        method: method.to_owned(),
+                    });
+                }
+            }
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let down = tokio::io::copy(&mut sr, &mut cw);
+    let _ = tokio::join!(up, down);
+}
+
+/// Whether two instances ever applied at once, judged from the change requests: the
+/// senders must take turns in one block each (`a a a b b b`), never interleave
+/// (`a b a`). Returns the hosts in the order their blocks came, or the first interleaving.
+///
+/// # Errors
+/// A message naming the change that came from an instance after another had taken over.
+pub fn one_applier_at_a_time(changes: &[Change]) -> Result<Vec<usize>, String> {
+    let mut blocks: Vec<usize> = Vec::new();
+    for (i, c) in changes.iter().enumerate() {
+        if blocks.last() == Some(&c.host) {
+            continue;
+        }
+        if blocks.contains(&c.host) {
+            return Err(format!(
+                "change #{i} ({} from h{}) came after h{} had taken over: two instances applied",
+                c.method,
+                c.host,
+                blocks.last().copied().unwrap_or_default()
+            ));
+        }
+        blocks.push(c.host);
+    }
+    Ok(blocks)
 }
