@@ -106,6 +106,19 @@ impl Bed {
         }
     }
 
+    /// Starts an announcer on host `h` for a container that does not exist yet (it waits
+    /// for the name, as `monweb@` units do); returns the container's name.
+    pub fn announce_future_container(&mut self, h: usize, instance: &str) -> (String, Daemon) {
+        let name = testbed::unique(&format!("tbc{}-{instance}", std::process::id()));
+        let d = self.announcer(h, &name, instance);
+        (name, d)
+    }
+
+    /// Creates and starts the web container `name`.
+    pub async fn run_web(&self, name: &str) -> Container {
+        Spec::web(&self.image).name(name).run(&self.docker).await
+    }
+
     fn announcer(&self, h: usize, container: &str, instance: &str) -> Daemon {
         let host = self.cluster.host(h);
         let addr = host.addr().to_string();
