@@ -14,7 +14,7 @@ use futures::StreamExt;
 use testbed::clb_sim::{ClbSim, RateLimits, SimConfig};
 use testbed::cluster::http_get_at;
 use testbed::docker::{self, Container, Spec};
-use testbed::{Cluster, Daemon};
+use testbed::{Cluster, Daemon, SocketProxy};
 
 /// The record prefix of the web service.
 pub const PREFIX: &str = "/services/web";
@@ -45,6 +45,8 @@ pub struct Bed {
     pub sim: ClbSim,
     /// The announcers' lease TTL.
     pub ttl: Duration,
+    /// Hosts whose announcers reach Docker through a cuttable proxy.
+    pub docker_proxies: BTreeMap<usize, SocketProxy>,
     docker: Docker,
     image: String,
     /// Declared last: dropped after every process on its hosts.
@@ -70,6 +72,7 @@ impl Bed {
             lb_syncs: Vec::new(),
             sim,
             ttl,
+            docker_proxies: BTreeMap::new(),
             docker,
             image,
             cluster,
@@ -106,6 +109,12 @@ impl Bed {
         }
     }
 
+    /// From now on, the announcers started on host `h` reach Docker through a proxy the
+    /// test can cut ([`SocketProxy`]).
+    pub fn proxy_docker(&mut self, h: usize) {
+        self.docker_proxies.insert(h, SocketProxy::start("/var/run/docker.sock"));
+    }
+
     /// Starts an announcer on host `h` for a container that does not exist yet (it waits
     /// for the name, as `monweb@` units do); returns the container's name.
     pub fn announce_future_container(&mut self, h: usize, instance: &str) -> (String, Daemon) {
@@ -130,7 +139,11 @@ impl Bed {
             .args(["--hostname", &host.name()])
             .args(["--ttl", &format!("{}s", self.ttl.as_secs())])
             .args(["--check", "none"])
-            .args(["--log-filter", "info"])
+            .args(["--log-filter", "info"]);
+        if let Some(proxy) = self.docker_proxies.get(&h) {
+            cmd.args(["--docker-host", &proxy.docker_host()]);
+        }
+        cmd
             .args(["container", container, "--service", "web", "--instance", instance]);
         host.start(&format!("announcer-{instance}"), cmd)
     }
