@@ -478,3 +478,73 @@ async fn the_docker_socket_unreachable_while_containers_start_and_stop() {
     drop(new_container);
     bed.remove_webs().await;
 }
+
+/// `dbhelper seed` as the seed's unit runs it, against `port`, with the passwords of a
+/// testbed server.
+fn seed(port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(testbed::bin("dbhelper"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("MYSQL_ROOT_PASSWORD", "secret")
+        .env("APP_PW", "apppw")
+        .args(["seed", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--dump")
+        .arg(testbed::world_dump())
+        .args(["--batch-bytes", "4K"]);
+    cmd
+}
+
+/// The first value `query` answers as root, or `None` when the server refuses or is down.
+fn ask(port: u16, query: &str) -> Option<String> {
+    let client = testbed::require_program("mariadb", "sudo apt-get install -y mariadb-client");
+    let out = std::process::Command::new(client)
+        .args(["-h127.0.0.1", &format!("-P{port}"), "-uroot", "-N", "-B", "-e", query])
+        .env("MYSQL_PWD", "secret")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// MariaDB is killed (SIGKILL, a crash) while `dbhelper seed` loads the world: nothing
+/// of the interrupted load is visible after the restart, and the rerun completes.
+#[tokio::test]
+async fn mariadb_killed_in_the_middle_of_dbhelper_seed() {
+    let mut db = testbed::MariaDb::start();
+    let port = db.port();
+    let started = Instant::now();
+    let mut seeding = testbed::Daemon::start("dbhelper-seed", seed(port));
+    // The load has begun once the staging database has its City table.
+    let rows = eventually("the load into the staging database begins", Duration::from_secs(60), async || {
+        ask(port, "SELECT COUNT(*) FROM world__dbhelper_new.City")
+    })
+    .await
+    .unwrap_or_else(|e| seeding.fail(e));
+    let killed_after = started.elapsed();
+    db.kill();
+    let status = seeding.wait(Duration::from_secs(120)).await;
+    assert!(!status.success(), "seed succeeded although its server died:\n{}", seeding.excerpt());
+
+    db.restart();
+    let live = ask(port, "SHOW DATABASES").unwrap_or_default();
+    assert!(
+        !live.lines().any(|l| l == "world"),
+        "the interrupted load is visible: databases {live:?}"
+    );
+    let rerun_at = Instant::now();
+    let mut rerun = testbed::Daemon::start("dbhelper-seed-rerun", seed(port));
+    let rerun_status = rerun.wait(Duration::from_secs(180)).await;
+    if !rerun_status.success() {
+        rerun.fail(format!("the rerun failed: {rerun_status}"));
+    }
+    let cities = ask(port, "SELECT COUNT(*) FROM world.City");
+    println!(
+        "figure: MariaDB killed {killed_after:?} into `dbhelper seed` ({rows} cities in staging): seed exited with \
+         {status}, no `world` database after the restart; the rerun completed in {:?} with {} cities",
+        rerun_at.elapsed(),
+        cities.as_deref().unwrap_or("?")
+    );
+    assert_eq!(cities.as_deref(), Some("4079"));
+}
