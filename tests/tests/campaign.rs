@@ -188,13 +188,26 @@ async fn two_web_hosts_partitioned_at_once_are_refused_and_the_lb_keeps_its_node
             all_gone(s, &cut)
         })
         .await;
+    // Until the refusal shows, every node must stay: lb-sync must not take them out one
+    // pass at a time either (records expire a few hundred ms apart, one lease each).
     let refused = eventually("/healthz reports the refusal", Duration::from_secs(30), async || {
+        let enabled = bed.sim.nodes(1).iter().filter(|n| n.condition == "ENABLED").count();
+        if enabled < 10 {
+            return Some(Err(enabled));
+        }
         let (status, body) = bed.health(0)?;
         let reason = bed.metric(0, "lb_sync_refusals_total{reason=\"max_remove\"}")?;
-        (status == 503 && body["state"] == "refused" && reason >= 1.0).then_some(partitioned.elapsed())
+        (status == 503 && body["state"] == "refused" && reason >= 1.0).then_some(Ok(partitioned.elapsed()))
     })
     .await
-    .unwrap_or_else(|e| bed.fail(format!("{e}; /healthz: {}", bed.healthz(0))));
+    .unwrap_or_else(|e| bed.fail(format!("{e}; /healthz: {}", bed.healthz(0))))
+    .unwrap_or_else(|enabled| {
+        bed.fail(format!(
+            "lb-sync took {} of 10 nodes out of service with --max-remove 30% (nodes: {:?})",
+            10 - enabled,
+            bed.nodes_by_address()
+        ))
+    });
     // Hold the partition for three more resyncs: nothing may change meanwhile.
     let until = Instant::now() + Duration::from_secs(6);
     bed.watch_until(&mut client, &mut samples, partitioned, "three resyncs pass", Duration::from_secs(10), |s| {
