@@ -248,7 +248,9 @@ impl Cluster {
             let port = format!("h{i}");
             let addr = Ipv4Addr::new(10, 250, self.slot, 10 + u8::try_from(i).expect("i < 8"));
             ip(&["netns", "add", &netns]);
-            ip(&["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+            ip(&[
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ]);
             ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
             ip(&["-n", &netns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             ip(&["-n", &netns, "link", "set", "eth0", "up"]);
@@ -274,7 +276,10 @@ impl Cluster {
         cmd.args(["--name", &h.name()])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("etcd-{}", h.name())))
-            .args(["--listen-client-urls", &format!("{client},http://127.0.0.1:{ETCD_CLIENT_PORT}")])
+            .args([
+                "--listen-client-urls",
+                &format!("{client},http://127.0.0.1:{ETCD_CLIENT_PORT}"),
+            ])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
@@ -350,14 +355,18 @@ impl Cluster {
             .filter(|h| !self.dead[h.index])
             .map(Host::etcd_endpoint)
             .collect();
-        let connected = crate::eventually("the test connects to the cluster's etcd", Duration::from_secs(20), async || {
-            let opts = etcd_client::ConnectOptions::new()
-                .with_timeout(Duration::from_secs(2))
-                .with_connect_timeout(Duration::from_secs(1))
-                .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
-                .with_keep_alive_while_idle(true);
-            etcd_client::Client::connect(endpoints.clone(), Some(opts)).await.ok()
-        })
+        let connected = crate::eventually(
+            "the test connects to the cluster's etcd",
+            Duration::from_secs(20),
+            async || {
+                let opts = etcd_client::ConnectOptions::new()
+                    .with_timeout(Duration::from_secs(2))
+                    .with_connect_timeout(Duration::from_secs(1))
+                    .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+                    .with_keep_alive_while_idle(true);
+                etcd_client::Client::connect(endpoints.clone(), Some(opts)).await.ok()
+            },
+        )
         .await;
         connected.unwrap_or_else(|e| self.fail(e))
     }
@@ -381,7 +390,11 @@ impl Cluster {
                 continue;
             }
             let Ok(list) = c.member_list().await else { continue };
-            let name = list.members().iter().find(|m| m.id() == leader).map(|m| m.name().to_owned());
+            let name = list
+                .members()
+                .iter()
+                .find(|m| m.id() == leader)
+                .map(|m| m.name().to_owned());
             return name.and_then(|n| self.hosts.iter().position(|x| x.name() == n));
         }
         None
@@ -503,7 +516,12 @@ impl Cluster {
     /// The log excerpts of every etcd member (to add to a failure message).
     #[must_use]
     pub fn excerpts(&self) -> String {
-        self.etcd.iter().flatten().map(Daemon::excerpt).collect::<Vec<_>>().join("\n")
+        self.etcd
+            .iter()
+            .flatten()
+            .map(Daemon::excerpt)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

@@ -241,7 +241,10 @@ mod tests {
         assert!(!status.success());
         assert!(!d.is_running());
         let failed = std::panic::catch_unwind(|| d.fail("boom"));
-        let msg = failed.err().and_then(|p| p.downcast::<String>().ok()).expect("a String panic");
+        let msg = failed
+            .err()
+            .and_then(|p| p.downcast::<String>().ok())
+            .expect("a String panic");
         assert!(msg.contains("boom") && msg.contains("hello from sh"), "{msg}");
     }
 }

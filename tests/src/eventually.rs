@@ -34,7 +34,11 @@ impl std::error::Error for NotYet {}
 ///
 /// # Errors
 /// [`NotYet`] when `check` never gave `Some` within `within`.
-pub async fn eventually<T>(what: &str, within: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> Result<T, NotYet> {
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Result<T, NotYet> {
     let deadline = Instant::now() + within;
     loop {
         let last = Instant::now() >= deadline;

@@ -33,7 +33,10 @@ async fn converge(bed: &Bed, client: &mut etcd_client::Client, n: usize, within:
     .await;
     if let Err(e) = ok {
         let records = bed.records(client).await.map(|r| r.len());
-        bed.fail(format!("{e} (records: {records:?}, nodes: {:?})", bed.nodes_by_address()));
+        bed.fail(format!(
+            "{e} (records: {records:?}, nodes: {:?})",
+            bed.nodes_by_address()
+        ));
     }
 }
 
@@ -54,11 +57,15 @@ fn assert_nodes_untouched(bed: &Bed, samples: &[Sample], hosts: &[usize], per_ho
 }
 
 fn all_gone(s: &Sample, instances: &BTreeSet<String>) -> bool {
-    s.records.as_ref().is_some_and(|r| instances.iter().all(|i| !r.contains_key(i)))
+    s.records
+        .as_ref()
+        .is_some_and(|r| instances.iter().all(|i| !r.contains_key(i)))
 }
 
 fn all_there(s: &Sample, instances: &BTreeSet<String>) -> bool {
-    s.records.as_ref().is_some_and(|r| instances.iter().all(|i| r.contains_key(i)))
+    s.records
+        .as_ref()
+        .is_some_and(|r| instances.iter().all(|i| r.contains_key(i)))
 }
 
 /// The host of etcd's leader dies (power cut: every process at once, its link down) while
@@ -77,10 +84,18 @@ async fn the_etcd_leaders_host_dies_with_50_records_announced() {
     bed.start_lb_sync(lb_host, &[]);
     converge(&bed, &mut client, 50, Duration::from_secs(90)).await;
     let leader = bed.cluster.etcd_leader().await.unwrap_or(leader);
-    assert_ne!(leader, lb_host, "etcd's leadership moved to lb-sync's host during the set-up");
+    assert_ne!(
+        leader, lb_host,
+        "etcd's leadership moved to lb-sync's host during the set-up"
+    );
 
     let doomed = bed.instances_of(leader);
-    let others: BTreeSet<String> = bed.webs.iter().map(|w| w.instance.clone()).filter(|i| !doomed.contains(i)).collect();
+    let others: BTreeSet<String> = bed
+        .webs
+        .iter()
+        .map(|w| w.instance.clone())
+        .filter(|i| !doomed.contains(i))
+        .collect();
     let survivors: Vec<usize> = (0..5).filter(|&h| h != leader).collect();
     let dead_addr = bed.cluster.host(leader).addr();
     let mut samples = vec![bed.sample(&mut client).await];
@@ -88,19 +103,31 @@ async fn the_etcd_leaders_host_dies_with_50_records_announced() {
     let killed = Instant::now();
     bed.cluster.kill_host(leader);
     let expired = bed
-        .watch_until(&mut client, &mut samples, killed, "the dead host's records expire", TTL + Duration::from_secs(20), |s| {
-            all_gone(s, &doomed)
-        })
+        .watch_until(
+            &mut client,
+            &mut samples,
+            killed,
+            "the dead host's records expire",
+            TTL + Duration::from_secs(20),
+            |s| all_gone(s, &doomed),
+        )
         .await;
     let removed = bed
-        .watch_until(&mut client, &mut samples, killed, "the dead host's nodes leave the LB", Duration::from_secs(60), |s| {
-            !s.nodes.contains_key(&dead_addr)
-        })
+        .watch_until(
+            &mut client,
+            &mut samples,
+            killed,
+            "the dead host's nodes leave the LB",
+            Duration::from_secs(60),
+            |s| !s.nodes.contains_key(&dead_addr),
+        )
         .await;
     // Watch a while longer: a survivor's lease lost in the election would expire by now.
     let until = Instant::now() + 2 * TTL;
-    bed.watch_until(&mut client, &mut samples, killed, "two more TTLs pass", 3 * TTL, |s| s.at >= until)
-        .await;
+    bed.watch_until(&mut client, &mut samples, killed, "two more TTLs pass", 3 * TTL, |s| {
+        s.at >= until
+    })
+    .await;
 
     let (gap, which, missing) = longest_gap(&samples, &others);
     let unreadable = longest_unreadable(&samples);
@@ -114,8 +141,14 @@ async fn the_etcd_leaders_host_dies_with_50_records_announced() {
         new_leader.map_or("?".to_owned(), |l| l.to_string()),
     );
     assert_nodes_untouched(&bed, &samples, &survivors, 10);
-    assert!(gap <= TTL, "a record of a live host was missing for {gap:?}, more than the TTL");
-    assert!(expired <= TTL + Duration::from_secs(10), "the dead host's records took {expired:?} to expire");
+    assert!(
+        gap <= TTL,
+        "a record of a live host was missing for {gap:?}, more than the TTL"
+    );
+    assert!(
+        expired <= TTL + Duration::from_secs(10),
+        "the dead host's records took {expired:?} to expire"
+    );
     bed.remove_webs().await;
 }
 
@@ -135,26 +168,50 @@ async fn a_web_host_partitioned_longer_than_the_ttl_leaves_and_comes_back() {
     let partitioned = Instant::now();
     bed.cluster.partition(cut, Cut::Both);
     let expired = bed
-        .watch_until(&mut client, &mut samples, partitioned, "the cut host's records expire", TTL + Duration::from_secs(20), |s| {
-            all_gone(s, &mine)
-        })
+        .watch_until(
+            &mut client,
+            &mut samples,
+            partitioned,
+            "the cut host's records expire",
+            TTL + Duration::from_secs(20),
+            |s| all_gone(s, &mine),
+        )
         .await;
     let removed = bed
-        .watch_until(&mut client, &mut samples, partitioned, "the cut host's nodes leave the LB", Duration::from_secs(60), |s| {
-            !s.nodes.contains_key(&addr)
-        })
+        .watch_until(
+            &mut client,
+            &mut samples,
+            partitioned,
+            "the cut host's nodes leave the LB",
+            Duration::from_secs(60),
+            |s| !s.nodes.contains_key(&addr),
+        )
         .await;
     let healed = Instant::now();
     bed.cluster.heal(cut);
     let back = bed
-        .watch_until(&mut client, &mut samples, healed, "the healed host's records come back", Duration::from_secs(90), |s| {
-            all_there(s, &mine)
-        })
+        .watch_until(
+            &mut client,
+            &mut samples,
+            healed,
+            "the healed host's records come back",
+            Duration::from_secs(90),
+            |s| all_there(s, &mine),
+        )
         .await;
     let restored = bed
-        .watch_until(&mut client, &mut samples, healed, "the healed host's nodes are ENABLED again", Duration::from_secs(60), |s| {
-            s.nodes.get(&addr).is_some_and(|c| c.len() == 2 && c.iter().all(|c| c == "ENABLED"))
-        })
+        .watch_until(
+            &mut client,
+            &mut samples,
+            healed,
+            "the healed host's nodes are ENABLED again",
+            Duration::from_secs(60),
+            |s| {
+                s.nodes
+                    .get(&addr)
+                    .is_some_and(|c| c.len() == 2 && c.iter().all(|c| c == "ENABLED"))
+            },
+        )
         .await;
     println!(
         "figure: web host partitioned (TTL {TTL:?}, --drain 1s): records expired after {expired:?}, \
@@ -163,7 +220,10 @@ async fn a_web_host_partitioned_longer_than_the_ttl_leaves_and_comes_back() {
         healed - partitioned
     );
     assert_nodes_untouched(&bed, &samples, &[0, 1], 2);
-    assert!(expired <= TTL + Duration::from_secs(10), "the cut host's records took {expired:?} to expire");
+    assert!(
+        expired <= TTL + Duration::from_secs(10),
+        "the cut host's records took {expired:?} to expire"
+    );
     bed.remove_webs().await;
 }
 
@@ -184,9 +244,14 @@ async fn two_web_hosts_partitioned_at_once_are_refused_and_the_lb_keeps_its_node
     bed.cluster.partition(3, Cut::Both);
     bed.cluster.partition(4, Cut::Both);
     let expired = bed
-        .watch_until(&mut client, &mut samples, partitioned, "the cut hosts' records expire", TTL + Duration::from_secs(20), |s| {
-            all_gone(s, &cut)
-        })
+        .watch_until(
+            &mut client,
+            &mut samples,
+            partitioned,
+            "the cut hosts' records expire",
+            TTL + Duration::from_secs(20),
+            |s| all_gone(s, &cut),
+        )
         .await;
     // Until the refusal shows, every node must stay: lb-sync must not take them out one
     // pass at a time either (records expire a few hundred ms apart, one lease each).
@@ -210,9 +275,14 @@ async fn two_web_hosts_partitioned_at_once_are_refused_and_the_lb_keeps_its_node
     });
     // Hold the partition for three more resyncs: nothing may change meanwhile.
     let until = Instant::now() + Duration::from_secs(6);
-    bed.watch_until(&mut client, &mut samples, partitioned, "three resyncs pass", Duration::from_secs(10), |s| {
-        s.at >= until
-    })
+    bed.watch_until(
+        &mut client,
+        &mut samples,
+        partitioned,
+        "three resyncs pass",
+        Duration::from_secs(10),
+        |s| s.at >= until,
+    )
     .await;
     let changes = bed.sim.count("PUT") + bed.sim.count("DELETE") - changes_before;
     assert_nodes_untouched(&bed, &samples, &[0, 1, 2, 3, 4], 2);
@@ -221,11 +291,15 @@ async fn two_web_hosts_partitioned_at_once_are_refused_and_the_lb_keeps_its_node
     let healed = Instant::now();
     bed.cluster.heal(3);
     bed.cluster.heal(4);
-    let back = eventually("/healthz is 200 again with every record back", Duration::from_secs(90), async || {
-        let (status, _) = bed.health(0)?;
-        let n = bed.records(&mut client).await?.len();
-        (status == 200 && n == 10).then_some(healed.elapsed())
-    })
+    let back = eventually(
+        "/healthz is 200 again with every record back",
+        Duration::from_secs(90),
+        async || {
+            let (status, _) = bed.health(0)?;
+            let n = bed.records(&mut client).await?.len();
+            (status == 200 && n == 10).then_some(healed.elapsed())
+        },
+    )
     .await
     .unwrap_or_else(|e| bed.fail(format!("{e}; /healthz: {}", bed.healthz(0))));
     println!(
@@ -281,20 +355,28 @@ async fn the_lb_sync_leader_cut_off_from_etcd_stops_applying_and_the_standby_tak
     })
     .await
     .unwrap_or_else(|e| bed.fail(e));
-    let drained = eventually("the stopped container's node leaves the LB", Duration::from_secs(30), async || {
-        (bed.sim.nodes(1).len() == 2).then(|| cut_at.elapsed())
-    })
+    let drained = eventually(
+        "the stopped container's node leaves the LB",
+        Duration::from_secs(30),
+        async || (bed.sim.nodes(1).len() == 2).then(|| cut_at.elapsed()),
+    )
     .await
     .unwrap_or_else(|e| bed.fail(e));
     // Two more resyncs with the old leader cut off: a stale leader would re-add the node.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(bed.sim.nodes(1).len(), 2, "the removed node came back: a stale instance applied");
+    assert_eq!(
+        bed.sim.nodes(1).len(),
+        2,
+        "the removed node came back: a stale instance applied"
+    );
 
     bed.cluster.heal(leader);
     tokio::time::sleep(Duration::from_secs(6)).await;
     let (old, new) = (leads(&bed, leader), leads(&bed, standby));
     if (old, new) != (Some(false), Some(true)) {
-        bed.fail(format!("after the heal: old leader leads={old:?}, new leader leads={new:?}"));
+        bed.fail(format!(
+            "after the heal: old leader leads={old:?}, new leader leads={new:?}"
+        ));
     }
 
     let changes = tap.changes();
@@ -308,7 +390,11 @@ async fn the_lb_sync_leader_cut_off_from_etcd_stops_applying_and_the_standby_tak
         after(&changes, cut_at).iter().filter(|c| c.host == leader).count(),
         changes.len(),
     );
-    assert!(stale.is_none(), "the cut-off leader applied {:?} after the cut", stale.map(|t| t - cut_at));
+    assert!(
+        stale.is_none(),
+        "the cut-off leader applied {:?} after the cut",
+        stale.map(|t| t - cut_at)
+    );
     bed.remove_webs().await;
 }
 
@@ -330,7 +416,10 @@ async fn without_fencing_a_stale_instance_applies_beside_the_leader_and_the_chec
     let mut client = bed.cluster.client().await;
     converge(&bed, &mut client, 3, Duration::from_secs(60)).await;
     let records = client
-        .get(format!("{}/", support::PREFIX), Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            format!("{}/", support::PREFIX),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .unwrap();
     for kv in records.kvs() {
@@ -338,9 +427,14 @@ async fn without_fencing_a_stale_instance_applies_beside_the_leader_and_the_chec
         client.put(key, kv.value(), None).await.unwrap();
     }
     bed.start_lb_sync_on(1, "/services/stale", &[]);
-    let steady = eventually("the stale instance finds the LB converged", Duration::from_secs(30), async || {
-        bed.health(1).and_then(|(_, b)| (b["state"] == "converged").then_some(()))
-    })
+    let steady = eventually(
+        "the stale instance finds the LB converged",
+        Duration::from_secs(30),
+        async || {
+            bed.health(1)
+                .and_then(|(_, b)| (b["state"] == "converged").then_some(()))
+        },
+    )
     .await;
     steady.unwrap_or_else(|e| bed.fail(e));
 
@@ -390,20 +484,37 @@ async fn etcd_quorum_lost_while_containers_stop_and_start() {
     bed.cluster.start_etcd(1);
     bed.cluster.start_etcd(2);
     let restarted = Instant::now();
-    let first = eventually("etcd answers again", Duration::from_secs(30), async || bed.records(&mut client).await)
-        .await
-        .unwrap_or_else(|e| bed.fail(e));
+    let first = eventually("etcd answers again", Duration::from_secs(30), async || {
+        bed.records(&mut client).await
+    })
+    .await
+    .unwrap_or_else(|e| bed.fail(e));
     let answered = Instant::now();
     let mut samples = vec![bed.sample(&mut client).await];
     let mut want = live.clone();
     want.insert("h0w09".to_owned());
     let settled = bed
-        .watch_until(&mut client, &mut samples, answered, "the records match the containers", Duration::from_secs(20), |s| {
-            s.records.as_ref().is_some_and(|r| r.keys().cloned().collect::<BTreeSet<_>>() == want)
-        })
+        .watch_until(
+            &mut client,
+            &mut samples,
+            answered,
+            "the records match the containers",
+            Duration::from_secs(20),
+            |s| {
+                s.records
+                    .as_ref()
+                    .is_some_and(|r| r.keys().cloned().collect::<BTreeSet<_>>() == want)
+            },
+        )
         .await;
     let followed = eventually("the LB follows", Duration::from_secs(30), async || {
-        let mut ports: Vec<u16> = bed.sim.nodes(1).iter().filter(|n| n.condition == "ENABLED").map(|n| n.port).collect();
+        let mut ports: Vec<u16> = bed
+            .sim
+            .nodes(1)
+            .iter()
+            .filter(|n| n.condition == "ENABLED")
+            .map(|n| n.port)
+            .collect();
         ports.sort_unstable();
         (bed.sim.nodes(1).len() == 3 && ports.contains(&new_port) && !ports.contains(&stopped_port))
             .then(|| answered.elapsed())
@@ -422,11 +533,20 @@ async fn etcd_quorum_lost_while_containers_stop_and_start() {
     );
     let missing: Vec<&String> = live.iter().filter(|i| !first.contains_key(*i)).collect();
     if !missing.is_empty() {
-        testbed::fail_with_logs(format!("live records lost in the outage: {missing:?}"), [&new_announcer]);
+        testbed::fail_with_logs(
+            format!("live records lost in the outage: {missing:?}"),
+            [&new_announcer],
+        );
     }
-    assert!(gap.is_zero(), "live record {which:?} went missing for {gap:?} after quorum came back");
+    assert!(
+        gap.is_zero(),
+        "live record {which:?} went missing for {gap:?} after quorum came back"
+    );
     assert_eq!(changes_during, 0, "lb-sync changed the LB while etcd had no quorum");
-    assert!(settled <= Duration::from_secs(5), "records took {settled:?} to match the containers");
+    assert!(
+        settled <= Duration::from_secs(5),
+        "records took {settled:?} to match the containers"
+    );
     drop(new_container);
     bed.remove_webs().await;
 }
@@ -530,15 +650,21 @@ async fn mariadb_killed_in_the_middle_of_dbhelper_seed() {
     let started = Instant::now();
     let mut seeding = testbed::Daemon::start("dbhelper-seed", seed(port));
     // The load has begun once the staging database has its City table.
-    let rows = eventually("the load into the staging database begins", Duration::from_secs(60), async || {
-        ask(port, "SELECT COUNT(*) FROM world__dbhelper_new.City")
-    })
+    let rows = eventually(
+        "the load into the staging database begins",
+        Duration::from_secs(60),
+        async || ask(port, "SELECT COUNT(*) FROM world__dbhelper_new.City"),
+    )
     .await
     .unwrap_or_else(|e| seeding.fail(e));
     let killed_after = started.elapsed();
     db.kill();
     let status = seeding.wait(Duration::from_secs(120)).await;
-    assert!(!status.success(), "seed succeeded although its server died:\n{}", seeding.excerpt());
+    assert!(
+        !status.success(),
+        "seed succeeded although its server died:\n{}",
+        seeding.excerpt()
+    );
 
     db.restart();
     let live = ask(port, "SHOW DATABASES").unwrap_or_default();

@@ -17,7 +17,8 @@ fn udp_reaches(cluster: &Cluster, from: usize, to: usize) -> bool {
     let (tx, rx) = std::sync::mpsc::channel::<u16>();
     let receiver = cluster.host(to).in_netns(move || {
         let sock = UdpSocket::bind((to_addr, 0)).expect("bind udp");
-        sock.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .expect("timeout");
         tx.send(sock.local_addr().expect("addr").port()).expect("send port");
         let mut buf = [0u8; 16];
         sock.recv(&mut buf).is_ok()
@@ -80,7 +81,10 @@ async fn a_killed_host_is_silent_and_the_others_keep_a_leader() {
     cluster.kill_host(leader);
     // Every process on it is gone (its exit is reaped at once).
     let status = on_leader.wait(Duration::from_secs(5)).await;
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
     let dead = SocketAddr::from((cluster.host(leader).addr(), ETCD_CLIENT_PORT));
     assert!(http_get_at(dead, "/health").is_none(), "the killed host still answers");
 
@@ -109,12 +113,16 @@ async fn a_partition_cuts_both_ways_then_heals() {
 
     // The cut member loses its leader; the majority goes on and takes a write.
     let cut_addr = SocketAddr::from((cluster.host(cut).addr(), ETCD_CLIENT_PORT));
-    let lost = eventually("the cut member reports no leader", Duration::from_secs(20), async || {
-        (!etcd_healthy(cut_addr)).then_some(())
-    })
+    let lost = eventually(
+        "the cut member reports no leader",
+        Duration::from_secs(20),
+        async || (!etcd_healthy(cut_addr)).then_some(()),
+    )
     .await;
     lost.unwrap_or_else(|e| cluster.fail(e));
-    let mut c = etcd_client::Client::connect([cluster.host(0).etcd_endpoint()], None).await.unwrap();
+    let mut c = etcd_client::Client::connect([cluster.host(0).etcd_endpoint()], None)
+        .await
+        .unwrap();
     c.put("/testbed/during", "cut", None).await.unwrap();
 
     let healed = Instant::now();
@@ -123,13 +131,20 @@ async fn a_partition_cuts_both_ways_then_heals() {
     let mut back = etcd_client::Client::connect([cluster.host(cut).etcd_endpoint()], None)
         .await
         .unwrap();
-    let caught_up = eventually("the healed member serves the write it missed", Duration::from_secs(20), async || {
-        let r = back.get("/testbed/during", None).await.ok()?;
-        (r.kvs().first().map(etcd_client::KeyValue::value) == Some(b"cut".as_slice())).then_some(())
-    })
+    let caught_up = eventually(
+        "the healed member serves the write it missed",
+        Duration::from_secs(20),
+        async || {
+            let r = back.get("/testbed/during", None).await.ok()?;
+            (r.kvs().first().map(etcd_client::KeyValue::value) == Some(b"cut".as_slice())).then_some(())
+        },
+    )
     .await;
     caught_up.unwrap_or_else(|e| cluster.fail(e));
-    println!("figure: a healed member caught up {:?} after the heal", healed.elapsed());
+    println!(
+        "figure: a healed member caught up {:?} after the heal",
+        healed.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -154,7 +169,13 @@ async fn nothing_is_left_behind_after_a_cluster_drops() {
     let netns: Vec<String> = cluster.hosts().iter().map(|h| h.netns().to_owned()).collect();
     let mut c = cluster.client().await;
     c.put("/testbed/x", "y", None).await.unwrap();
-    assert!(c.get("/testbed/", Some(GetOptions::new().with_prefix())).await.unwrap().count() == 1);
+    assert!(
+        c.get("/testbed/", Some(GetOptions::new().with_prefix()))
+            .await
+            .unwrap()
+            .count()
+            == 1
+    );
     drop(c);
     drop(cluster);
     let list = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -112,7 +112,8 @@ impl Bed {
     /// From now on, the announcers started on host `h` reach Docker through a proxy the
     /// test can cut ([`SocketProxy`]).
     pub fn proxy_docker(&mut self, h: usize) {
-        self.docker_proxies.insert(h, SocketProxy::start("/var/run/docker.sock"));
+        self.docker_proxies
+            .insert(h, SocketProxy::start("/var/run/docker.sock"));
     }
 
     /// Starts an announcer on host `h` for a container that does not exist yet (it waits
@@ -143,8 +144,7 @@ impl Bed {
         if let Some(proxy) = self.docker_proxies.get(&h) {
             cmd.args(["--docker-host", &proxy.docker_host()]);
         }
-        cmd
-            .args(["container", container, "--service", "web", "--instance", instance]);
+        cmd.args(["container", container, "--service", "web", "--instance", instance]);
         host.start(&format!("announcer-{instance}"), cmd)
     }
 
@@ -163,7 +163,16 @@ impl Bed {
             .args(["--etcd-timeout", "2s"])
             .args(["--prefix", prefix, "--region", "ORD", "--load-balancer-id", "1"])
             .args(["--username", "u", "--identity-url", &self.sim.identity_url()])
-            .args(["--drain", "1s", "--debounce", "200ms:2s", "--resync", "2s", "--poll", "100ms"])
+            .args([
+                "--drain",
+                "1s",
+                "--debounce",
+                "200ms:2s",
+                "--resync",
+                "2s",
+                "--poll",
+                "100ms",
+            ])
             .args(["--listen", &format!("{}:{LB_SYNC_PORT}", host.addr())])
             .args(["--log-filter", "info,lb_sync=debug"])
             .args(extra)
@@ -174,7 +183,11 @@ impl Bed {
 
     /// `/healthz` of the lb-sync on host `h` (status line included; empty when silent).
     pub fn healthz(&self, h: usize) -> String {
-        http_get_at(SocketAddr::from((self.cluster.host(h).addr(), LB_SYNC_PORT)), "/healthz").unwrap_or_default()
+        http_get_at(
+            SocketAddr::from((self.cluster.host(h).addr(), LB_SYNC_PORT)),
+            "/healthz",
+        )
+        .unwrap_or_default()
     }
 
     /// `/healthz` of the lb-sync on host `h`: the HTTP status and the JSON body.
@@ -187,7 +200,10 @@ impl Bed {
 
     /// The value of the metric line `name` (labels included) of the lb-sync on host `h`.
     pub fn metric(&self, h: usize, name: &str) -> Option<f64> {
-        let answer = http_get_at(SocketAddr::from((self.cluster.host(h).addr(), LB_SYNC_PORT)), "/metrics")?;
+        let answer = http_get_at(
+            SocketAddr::from((self.cluster.host(h).addr(), LB_SYNC_PORT)),
+            "/metrics",
+        )?;
         answer
             .lines()
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
@@ -225,7 +241,11 @@ impl Bed {
 
     /// The instances of host `h`.
     pub fn instances_of(&self, h: usize) -> BTreeSet<String> {
-        self.webs.iter().filter(|w| w.host == h).map(|w| w.instance.clone()).collect()
+        self.webs
+            .iter()
+            .filter(|w| w.host == h)
+            .map(|w| w.instance.clone())
+            .collect()
     }
 
     /// Fails with `msg` and the logs of etcd, every lb-sync and the first announcer of each host.
@@ -410,7 +430,9 @@ async fn forward(
     changes: std::sync::Arc<std::sync::Mutex<Vec<Change>>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(server) = tokio::net::TcpStream::connect(sim).await else { return };
+    let Ok(server) = tokio::net::TcpStream::connect(sim).await else {
+        return;
+    };
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = tokio::io::split(server);
     let up = async {
