@@ -30,7 +30,8 @@
 //! - Everything is torn down on drop (processes killed, namespaces and veths deleted), also
 //!   when the test panics. What a killed test left behind is deleted by the next cluster
 //!   that takes the same slot, before it creates anything: only a slot's owner touches its
-//!   names.
+//!   names, and [`sweep_abandoned`] (run by every start) deletes those of any slot whose lock
+//!   nobody holds.
 //! - Every process started on a host dies with the test process (`PR_SET_PDEATHSIG`).
 
 #![allow(unsafe_code)]
@@ -194,6 +195,7 @@ impl Cluster {
         let _ = crate::require_program("etcd", ETCD_INSTALL);
         let (slot, lock) = take_slot();
         remove_leftovers(slot);
+        sweep_abandoned();
         let dir = tempfile::Builder::new()
             .prefix(&format!("testbed-cluster{slot}-"))
             .tempdir()
@@ -553,6 +555,36 @@ fn take_slot() -> (u8, File) {
         }
     }
     panic!("testbed: every cluster slot of 10.250.0.0/16 is taken (250 clusters at once?)");
+}
+
+/// Deletes what killed tests left in slots nobody holds now: for each slot that has a
+/// namespace `tbcX-…`, takes its lock if it is free (a live cluster holds its own), removes
+/// the leftovers and lets the lock go.
+pub fn sweep_abandoned() {
+    let list = Command::new(crate::require_program("ip", IP_INSTALL))
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let slots: std::collections::BTreeSet<u8> = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("tbc"))
+        .filter_map(|rest| rest.split_once('-'))
+        .filter_map(|(slot, _)| slot.parse().ok())
+        .collect();
+    for slot in slots {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{LOCK_DIR}/slot-{slot}.lock"))
+        else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            remove_leftovers(slot);
+        }
+    }
 }
 
 /// Deletes whatever carries the names of `slot`: processes in its namespaces, the

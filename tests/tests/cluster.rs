@@ -187,3 +187,35 @@ async fn nothing_is_left_behind_after_a_cluster_drops() {
         );
     }
 }
+
+/// A killed test leaves its namespaces behind (its processes die with it, its lock goes
+/// with it): the next cluster to start deletes them.
+#[test]
+fn the_leftovers_of_a_killed_test_are_deleted_by_the_next_cluster() {
+    // Play the killed test: a namespace named for a slot whose lock nobody holds.
+    let slot = (1..=250u8)
+        .rev()
+        .find(|s| {
+            std::fs::create_dir_all("/run/testbed-cluster").unwrap();
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(format!("/run/testbed-cluster/slot-{s}.lock"))
+                .unwrap();
+            f.try_lock().is_ok()
+        })
+        .expect("a free slot");
+    let leftover = format!("tbc{slot}-h7");
+    let made = Command::new("ip").args(["netns", "add", &leftover]).status().unwrap();
+    assert!(made.success());
+    let cluster = Cluster::start(1);
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    let survived = list.lines().any(|l| l.split_whitespace().next() == Some(leftover.as_str()));
+    if survived {
+        let _ = Command::new("ip").args(["netns", "del", &leftover]).status();
+    }
+    assert!(!survived, "{leftover} survived the next cluster's start");
+    drop(cluster);
+}
