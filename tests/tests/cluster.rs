@@ -212,7 +212,9 @@ fn the_leftovers_of_a_killed_test_are_deleted_by_the_next_cluster() {
     let cluster = Cluster::start(1);
     let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
-    let survived = list.lines().any(|l| l.split_whitespace().next() == Some(leftover.as_str()));
+    let survived = list
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(leftover.as_str()));
     if survived {
         let _ = Command::new("ip").args(["netns", "del", &leftover]).status();
     }
