@@ -108,9 +108,17 @@ pub struct Args {
     #[arg(long, env = "LB_SYNC_ADD_DRAINING")]
     pub add_draining: bool,
 
-    /// Refuse a plan that takes more than this share of the nodes in service out (percent).
+    /// Refuse a plan that takes more than this share of the nodes in service out (percent);
+    /// nodes still draining after an earlier removal count as taken out.
     #[arg(long, env = "LB_SYNC_MAX_REMOVE", default_value = "50%", value_parser = parse_percent)]
     pub max_remove: u8,
+
+    /// Drain a node only once its record has been missing this long, so records that
+    /// expire one lease at a time (a host cut off) are judged together by --max-remove.
+    /// Set it to the announcers' keep-alive period (a third of their TTL) to refuse a
+    /// mass expiry before any node goes; 0 drains at once.
+    #[arg(long, env = "LB_SYNC_REMOVE_SETTLE", default_value = "0s", value_parser = sidekick::duration::parse)]
+    pub remove_settle: Duration,
 
     /// Refuse a plan that leaves fewer nodes than this in service.
     #[arg(long, env = "LB_SYNC_MIN_NODES", default_value_t = 1)]
@@ -287,6 +295,7 @@ impl Args {
             max_remove_pct: self.max_remove,
             min_nodes: self.min_nodes,
             force: self.force,
+            remove_settle: self.remove_settle,
             managed_only: self.managed_only,
             managed_port: self.port.or(self.node_port),
         }

@@ -233,6 +233,7 @@ pub async fn plan_once(args: &Args, client: &mut etcd_client::Client, provider: 
         &Actual {
             nodes: &lb.nodes,
             drain_started: &drain_started,
+            missing_since: &std::collections::BTreeMap::new(),
             now,
         },
         &limits,

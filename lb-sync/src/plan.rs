@@ -208,6 +208,12 @@ pub struct Policy {
     pub min_nodes: usize,
     /// Lift the emptiness and size rules (not the incomplete-view rule).
     pub force: bool,
+    /// How long a node in service must have been missing from the records before it is
+    /// drained (`--remove-settle`). Records that expire one lease at a time (a host cut
+    /// off, whose announcers' leases run out a keep-alive period apart) are then judged
+    /// together by the `max_remove` rule, instead of going one pass at a time. Zero
+    /// drains at once (a container's withdrawal on its stop signal must drain at once).
+    pub remove_settle: Duration,
     /// Touch only managed nodes (see [`Policy::managed_port`]).
     pub managed_only: bool,
     /// With `managed_only`: the port of managed nodes; without it, nodes at an address
@@ -223,6 +229,7 @@ impl Default for Policy {
             max_remove_pct: 50,
             min_nodes: 1,
             force: false,
+            remove_settle: Duration::ZERO,
             managed_only: false,
             managed_port: None,
         }
@@ -237,6 +244,9 @@ pub struct Actual<'a> {
     /// When each DRAINING node started draining, as far as lb-sync knows (nodes found
     /// draining count from when they were first seen).
     pub drain_started: &'a BTreeMap<u64, Instant>,
+    /// Since when each endpoint of a node has been missing from the records, as far as
+    /// lb-sync knows (see [`Policy::remove_settle`]; endpoints not listed count from now).
+    pub missing_since: &'a BTreeMap<Endpoint, Instant>,
     /// The time the plan is made at.
     pub now: Instant,
 }
@@ -480,6 +490,12 @@ pub enum WaitFor {
     },
     /// Added as DRAINING: enabled once it reports ONLINE.
     Online,
+    /// Missing from the records for less than `--remove-settle`: drained once it has
+    /// been missing that long (if the safety rules allow it then).
+    Settle {
+        /// Time left.
+        remaining: Duration,
+    },
 }
 
 /// The plan: changes in the order they are applied, what is waited for, and refusals.
@@ -572,6 +588,7 @@ impl Plan {
                     remaining,
                     sessions: None,
                 } => Some(remaining),
+                WaitFor::Settle { remaining } => Some(remaining),
                 WaitFor::Online => None,
             })
             .min()
@@ -644,6 +661,13 @@ impl fmt::Display for Report<'_> {
                     "waiting node {} {} is enabled once it reports ONLINE",
                     w.node.id, w.node.endpoint
                 )?,
+                WaitFor::Settle { remaining } => writeln!(
+                    f,
+                    "waiting node {} {} is missing from the records; drained in {} (--remove-settle)",
+                    w.node.id,
+                    w.node.endpoint,
+                    humantime::format_duration(*remaining)
+                )?,
             }
         }
         for note in &plan.notes {
@@ -681,15 +705,8 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
     }
     plan_adds(desired, &inventory, actual.nodes.len(), limits, policy, &mut out);
     let removal = plan_existing(desired, &inventory, actual, policy, &mut out);
+    apply_safety(desired, inventory.mine.len(), &removal, policy, &mut out);
     plan_deletes(removal.ready, removal.pending_drain, limits, policy, &mut out);
-    apply_safety(
-        desired,
-        inventory.mine.len(),
-        removal.in_service,
-        removal.removed_serving,
-        policy,
-        &mut out,
-    );
     out
 }
 
@@ -790,8 +807,12 @@ struct Removal {
     pending_drain: Vec<(NodeRef, Duration, Option<u64>)>,
     /// Managed nodes in service (take traffic, not known to fail their check).
     in_service: usize,
-    /// Of those, how many the plan takes out.
+    /// Of those, how many the plan takes out (drains now, or once settled).
     removed_serving: usize,
+    /// Managed nodes whose removal has begun (DRAINING or DISABLED, no longer desired):
+    /// they count against `max_remove` until deleted, so records that vanish one pass at a
+    /// time cannot take out more than the limit in small steps.
+    in_progress: usize,
 }
 
 /// Enables and drains of the managed nodes, and which draining nodes are due.
@@ -840,10 +861,25 @@ fn plan_existing(
                 if serving {
                     r.removed_serving += 1;
                 }
-                out.drains.push(node);
+                let since = actual.missing_since.get(ep).copied().unwrap_or(actual.now);
+                let settled = since + policy.remove_settle;
+                if settled > actual.now {
+                    out.waiting.push(Wait {
+                        node,
+                        what: WaitFor::Settle {
+                            remaining: settled.duration_since(actual.now),
+                        },
+                    });
+                } else {
+                    out.drains.push(node);
+                }
             }
-            Condition::Disabled => r.ready.push((node, Duration::ZERO)),
+            Condition::Disabled => {
+                r.in_progress += 1;
+                r.ready.push((node, Duration::ZERO));
+            }
             Condition::Draining => {
+                r.in_progress += 1;
                 let started = actual.drain_started.get(&n.id).copied().unwrap_or(actual.now);
                 let due = started + policy.drain;
                 if due <= actual.now {
@@ -920,7 +956,8 @@ fn plan_deletes(
 }
 
 /// The safety rules; `force` lifts all but the incomplete-view one.
-fn apply_safety(desired: &Desired, managed: usize, in_service: usize, remove: usize, policy: &Policy, out: &mut Plan) {
+fn apply_safety(desired: &Desired, managed: usize, removal: &Removal, policy: &Policy, out: &mut Plan) {
+    let (in_service, remove) = (removal.in_service, removal.removed_serving);
     if !desired.complete {
         out.refusals.push(Refusal::Incomplete);
     }
@@ -932,10 +969,13 @@ fn apply_safety(desired: &Desired, managed: usize, in_service: usize, remove: us
     // Only nodes in service count: draining a node that fails its health check takes
     // no capacity away.
     if remove > 0 {
-        if remove * 100 > usize::from(policy.max_remove_pct) * in_service {
+        // Removals already under way count as taken out, of a base that still holds them.
+        let out_total = remove + removal.in_progress;
+        let base = in_service + removal.in_progress;
+        if out_total * 100 > usize::from(policy.max_remove_pct) * base {
             lifted.push(Refusal::TooManyRemovals {
-                remove,
-                in_service,
+                remove: out_total,
+                in_service: base,
                 max_pct: policy.max_remove_pct,
             });
         }
@@ -1001,6 +1041,7 @@ mod tests {
             &Actual {
                 nodes,
                 drain_started: started,
+                missing_since: &BTreeMap::new(),
                 now,
             },
             &Limits::default(),
@@ -1010,6 +1051,94 @@ mod tests {
 
     fn ids(nodes: &[NodeRef]) -> Vec<u64> {
         nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Records that vanish one pass at a time cannot take out more than `max_remove` in
+    /// small steps: nodes still draining after an earlier pass count as taken out.
+    #[test]
+    fn removals_under_way_count_against_max_remove() {
+        let policy = Policy {
+            max_remove_pct: 30,
+            ..Policy::default()
+        };
+        // Ten nodes; 1-2 already draining (no longer desired), 3 now missing: 3 of 10.
+        let mut nodes = enabled(&[3, 4, 5, 6, 7, 8, 9, 10]);
+        nodes.extend([node(101, 1, Condition::Draining), node(102, 2, Condition::Draining)]);
+        let d = desired(&[4, 5, 6, 7, 8, 9, 10]);
+        let p = run(&d, &nodes, &policy);
+        assert!(p.refusals.is_empty(), "{p:?}");
+        assert_eq!(ids(&p.drains), vec![103]);
+        // A fourth: 4 of 10 is more than 30 %, refused, and nothing is drained.
+        nodes = enabled(&[4, 5, 6, 7, 8, 9, 10]);
+        nodes.extend([1, 2, 3].map(|l| node(100 + u64::from(l), l, Condition::Draining)));
+        let d = desired(&[5, 6, 7, 8, 9, 10]);
+        let p = run(&d, &nodes, &policy);
+        assert_eq!(
+            p.refusals,
+            vec![Refusal::TooManyRemovals {
+                remove: 4,
+                in_service: 10,
+                max_pct: 30
+            }]
+        );
+        assert!(p.allowed_steps().is_empty(), "{:?}", p.allowed_steps());
+        // Once the drained ones are deleted, the next removal is judged against what is left.
+        let nodes = enabled(&[4, 5, 6, 7, 8, 9, 10]);
+        let p = run(&d, &nodes, &policy);
+        assert!(p.refusals.is_empty(), "{p:?}");
+        assert_eq!(ids(&p.drains), vec![104]);
+    }
+
+    /// With `--remove-settle`, a node is drained only once its record has been missing that
+    /// long; meanwhile it counts for the safety rules, so records expiring a little apart
+    /// are refused together before any node goes.
+    #[test]
+    fn remove_settle_judges_records_that_vanish_apart_together() {
+        let policy = Policy {
+            max_remove_pct: 30,
+            remove_settle: Duration::from_secs(2),
+            ..Policy::default()
+        };
+        let now = Instant::now();
+        let nodes = enabled(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let at = |missing: &[(u8, u64)], d: &Desired| {
+            let since: BTreeMap<Endpoint, Instant> = missing
+                .iter()
+                .map(|(l, ago)| (ep(*l), now - Duration::from_millis(*ago)))
+                .collect();
+            plan(
+                d,
+                &Actual {
+                    nodes: &nodes,
+                    drain_started: &BTreeMap::new(),
+                    missing_since: &since,
+                    now,
+                },
+                &Limits::default(),
+                &policy,
+            )
+        };
+        // One record gone 500 ms ago: waited on, nothing drained yet, a wake in 1.5 s.
+        let d = desired(&[2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let p = at(&[(1, 500)], &d);
+        assert!(p.drains.is_empty() && p.refusals.is_empty(), "{p:?}");
+        assert_eq!(
+            p.waiting[0].what,
+            WaitFor::Settle {
+                remaining: Duration::from_millis(1500)
+            }
+        );
+        assert_eq!(p.next_wake(), Some(Duration::from_millis(1500)));
+        assert!(!p.is_converged());
+        // Settled: drained.
+        let p = at(&[(1, 2000)], &d);
+        assert_eq!(ids(&p.drains), vec![101]);
+        // Four gone within the settle time (one settled): refused, nothing drained.
+        let d = desired(&[5, 6, 7, 8, 9, 10]);
+        let p = at(&[(1, 2500), (2, 1000), (3, 400), (4, 0)], &d);
+        assert_eq!(p.refusals.len(), 1, "{p:?}");
+        assert_eq!(p.refusals[0].reason(), RefusalReason::max_remove);
+        assert!(p.allowed_steps().is_empty());
     }
 
     /// One row: name, desired, load balancer, policy, adds, drained ids, refusal reasons.
@@ -1261,6 +1390,7 @@ mod tests {
             &Actual {
                 nodes: &enabled(&[1, 2, 3]),
                 drain_started: &BTreeMap::new(),
+                missing_since: &BTreeMap::new(),
                 now: Instant::now(),
             },
             &limits,

@@ -11,7 +11,7 @@
 //! The loop remembers one thing across passes: when it drained each node, so the drain
 //! period survives re-plans (nodes found draining count from when they were first seen).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +22,7 @@ use crate::Error;
 use crate::clb::LoadBalancer;
 use crate::election::Leadership;
 use crate::health::{Health, State};
-use crate::plan::{self, Actual, Condition, Desired, Limits, Note, Plan, Policy, Refusal, Step};
+use crate::plan::{self, Actual, Condition, Desired, Endpoint, Limits, Note, Plan, Policy, Refusal, Step};
 use crate::provider::Provider;
 
 /// Most steps one pass may apply before it yields (a guard against a loop that never converges).
@@ -66,6 +66,8 @@ pub struct Reconciler {
     health: Arc<Health>,
     /// Node id -> when it started draining.
     drain_started: BTreeMap<u64, Instant>,
+    /// Since when each node's endpoint has been missing from the records (`--remove-settle`).
+    missing_since: BTreeMap<Endpoint, Instant>,
     /// The refusal last logged, to log each new one once at error level.
     last_refusal: Vec<Refusal>,
     /// The plan notes last logged, to log each new one once.
@@ -83,6 +85,7 @@ impl Reconciler {
             dry_run,
             health,
             drain_started: BTreeMap::new(),
+            missing_since: BTreeMap::new(),
             last_refusal: Vec::new(),
             last_notes: Vec::new(),
         }
@@ -212,11 +215,13 @@ impl Reconciler {
             let view = desired.borrow().clone();
             let now = Instant::now();
             self.note_drains(&lb, now);
+            self.note_missing(&view, &lb, now);
             let plan = plan::plan(
                 &view,
                 &Actual {
                     nodes: &lb.nodes,
                     drain_started: &self.drain_started,
+                    missing_since: &self.missing_since,
                     now,
                 },
                 &self.limits,
@@ -331,6 +336,21 @@ impl Reconciler {
             if n.condition == Condition::Draining {
                 self.drain_started.entry(n.id).or_insert(now);
             }
+        }
+    }
+
+    /// Keeps the settle clock: a node's endpoint missing from the records starts now; one
+    /// desired again (or gone from the load balancer) is forgotten.
+    fn note_missing(&mut self, view: &Desired, lb: &LoadBalancer, now: Instant) {
+        let missing: BTreeSet<Endpoint> = lb
+            .nodes
+            .iter()
+            .filter_map(plan::Node::endpoint)
+            .filter(|ep| !view.nodes.contains_key(ep))
+            .collect();
+        self.missing_since.retain(|ep, _| missing.contains(ep));
+        for ep in missing {
+            self.missing_since.entry(ep).or_insert(now);
         }
     }
 
