@@ -1,7 +1,16 @@
 #!/bin/sh
 # Starts php-fpm and nginx and supervises both: when either exits the other is stopped, and
-# SIGTERM/SIGINT (docker stop) stops both. Exits 0 after a requested stop, 1 when a server
-# died on its own (so a restart policy notices).
+# SIGTERM/SIGINT (docker stop) stops both, gracefully. Exits 0 after a requested stop, 1
+# when a server died on its own (so a restart policy notices).
+#
+# A graceful stop, in two parts:
+# 1. Keep serving for STOP_GRACE seconds (default 2). The announcer withdraws this
+#    container's record as soon as Docker reports the stop signal, and lb-sync drains it
+#    from the load balancer within its debounce; requests the load balancer sent before
+#    that are still answered.
+# 2. Then nginx's graceful quit (SIGQUIT: stop accepting, finish what is in flight, close
+#    idle keep-alive connections) and php-fpm's (SIGQUIT).
+# `docker stop -t` must allow STOP_GRACE plus the longest request (Docker's default 10 s does).
 set -eu
 
 port="${PORT:-80}"
@@ -11,6 +20,10 @@ esac
 if [ "$port" -lt 1 ] || [ "$port" -gt 65535 ]; then
   echo "entrypoint: PORT must be between 1 and 65535, not '$port'" >&2; exit 2
 fi
+grace="${STOP_GRACE:-2}"
+case "$grace" in
+  '' | *[!0-9.]* | *.*.* | .* | *.) echo "entrypoint: STOP_GRACE must be a number of seconds (2, 0.5), not '$grace'" >&2; exit 2 ;;
+esac
 
 mkdir -p /tmp/nginx
 sed "s/@PORT@/$port/" /etc/nginx/nginx.conf.in >/tmp/nginx.conf
@@ -21,9 +34,14 @@ rm -f /tmp/php-fpm.sock
 fpm=""
 nginx=""
 stopping=""
+# The signal only marks the stop; the main loop below does the graceful part (a trap
+# cannot wait while the servers keep serving).
 stop() {
   stopping=1
-  for pid in $nginx $fpm; do kill -TERM "$pid" 2>/dev/null || true; done
+}
+# Graceful quit of both servers (SIGQUIT: in-flight requests finish).
+quit() {
+  for pid in $nginx $fpm; do kill -QUIT "$pid" 2>/dev/null || true; done
 }
 trap stop TERM INT
 
@@ -50,7 +68,15 @@ done
 requested="$stopping"
 if [ -z "$requested" ]; then
   echo "entrypoint: a server exited on its own; stopping the other" >&2
-  stop
+  quit
+else
+  echo "entrypoint: stop requested: serving ${grace}s more while the load balancer drains, then a graceful quit" >&2
+  # A second signal during the grace is taken as "now".
+  stopping=""
+  sleep "$grace" &
+  wait $! || true
+  if [ -n "$stopping" ]; then kill "$!" 2>/dev/null || true; fi
+  quit
 fi
 set +e
 nginx_status=-

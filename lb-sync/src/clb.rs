@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::health::Health;
+use crate::health::{CallOutcome, CallVerb, Health};
 use crate::plan::{Condition, Limits, NewNode, Node, NodeStatus};
 
 /// Extra wait after a `Retry-After` date, which has whole-second precision.
@@ -100,6 +100,17 @@ impl Verb {
         }
     }
 
+    /// The metric label of the verb.
+    #[must_use]
+    pub fn label(self) -> CallVerb {
+        match self {
+            Verb::Get => CallVerb::GET,
+            Verb::Post => CallVerb::POST,
+            Verb::Put => CallVerb::PUT,
+            Verb::Delete => CallVerb::DELETE,
+        }
+    }
+
     fn method(self) -> reqwest::Method {
         match self {
             Verb::Get => reqwest::Method::GET,
@@ -135,11 +146,76 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// A load balancer's status. Unknown strings are kept, never an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LbStatus {
+    /// Takes changes.
+    Active,
+    /// Being built.
+    Build,
+    /// Busy with a change: immutable until ACTIVE again.
+    PendingUpdate,
+    /// Being deleted.
+    PendingDelete,
+    /// Deleted.
+    Deleted,
+    /// Broken: no change can be made.
+    Error,
+    /// Suspended by Rackspace: no change can be made.
+    Suspended,
+    /// A status this version does not know (waited on like a pending one).
+    Other(String),
+}
+
+impl LbStatus {
+    /// Reads the API's string.
+    #[must_use]
+    pub fn parse(s: &str) -> LbStatus {
+        match s {
+            "ACTIVE" => LbStatus::Active,
+            "BUILD" => LbStatus::Build,
+            "PENDING_UPDATE" => LbStatus::PendingUpdate,
+            "PENDING_DELETE" => LbStatus::PendingDelete,
+            "DELETED" => LbStatus::Deleted,
+            "ERROR" => LbStatus::Error,
+            "SUSPENDED" => LbStatus::Suspended,
+            other => LbStatus::Other(other.to_owned()),
+        }
+    }
+
+    /// The API's string.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            LbStatus::Active => "ACTIVE",
+            LbStatus::Build => "BUILD",
+            LbStatus::PendingUpdate => "PENDING_UPDATE",
+            LbStatus::PendingDelete => "PENDING_DELETE",
+            LbStatus::Deleted => "DELETED",
+            LbStatus::Error => "ERROR",
+            LbStatus::Suspended => "SUSPENDED",
+            LbStatus::Other(s) => s,
+        }
+    }
+
+    /// Whether the load balancer is going away (no change will ever be accepted).
+    #[must_use]
+    pub fn is_gone(&self) -> bool {
+        matches!(self, LbStatus::PendingDelete | LbStatus::Deleted)
+    }
+}
+
+impl std::fmt::Display for LbStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A load balancer as read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadBalancer {
-    /// ACTIVE, PENDING_UPDATE, ... (any string).
-    pub status: String,
+    /// ACTIVE, PENDING_UPDATE, ...
+    pub status: LbStatus,
     /// Its nodes (empty when the API left `nodes` out).
     pub nodes: Vec<Node>,
 }
@@ -233,13 +309,13 @@ impl Clb {
                     let status = resp.status().as_u16();
                     match resp.bytes().await {
                         Ok(bytes) if status == 200 || status == 203 => {
-                            self.health.metrics.call("AUTH", "ok");
+                            self.health.metrics.call(CallVerb::AUTH, CallOutcome::ok);
                             let s = session_from(&bytes, &self.cfg.region, SystemTime::now())?;
                             tracing::info!(endpoint = %s.endpoint, region = %self.cfg.region, "authenticated");
                             return Ok(s);
                         }
                         Ok(bytes) if status < 500 => {
-                            self.health.metrics.call("AUTH", "client_error");
+                            self.health.metrics.call(CallVerb::AUTH, CallOutcome::client_error);
                             return Err(Error::AuthRejected {
                                 url,
                                 username: self.cfg.username.clone(),
@@ -248,7 +324,7 @@ impl Clb {
                             });
                         }
                         Ok(bytes) => {
-                            self.health.metrics.call("AUTH", "server_error");
+                            self.health.metrics.call(CallVerb::AUTH, CallOutcome::server_error);
                             Error::Server {
                                 verb: "POST",
                                 url: url.clone(),
@@ -260,7 +336,7 @@ impl Clb {
                     }
                 }
                 Err(e) => {
-                    self.health.metrics.call("AUTH", "transport");
+                    self.health.metrics.call(CallVerb::AUTH, CallOutcome::transport);
                     transport("POST", &url, &e)
                 }
             };
@@ -338,7 +414,7 @@ impl Clb {
             }
             let failure = match req.send().await {
                 Err(e) => {
-                    self.health.metrics.call(verb.name(), "transport");
+                    self.health.metrics.call(verb.label(), CallOutcome::transport);
                     transport(verb.name(), &url, &e)
                 }
                 Ok(resp) => {
@@ -350,14 +426,14 @@ impl Clb {
                         .map(str::to_owned);
                     match resp.bytes().await {
                         Err(e) => {
-                            self.health.metrics.call(verb.name(), "transport");
+                            self.health.metrics.call(verb.label(), CallOutcome::transport);
                             transport(verb.name(), &url, &e)
                         }
                         Ok(bytes) => {
                             let bytes = bytes.to_vec();
                             match status {
                                 401 => {
-                                    self.health.metrics.call(verb.name(), "unauthorized");
+                                    self.health.metrics.call(verb.label(), CallOutcome::unauthorized);
                                     if reauthenticated {
                                         return Err(Error::Unauthorized { verb: verb.name(), url });
                                     }
@@ -367,7 +443,7 @@ impl Clb {
                                     continue;
                                 }
                                 413 if is_over_limit(&bytes) => {
-                                    self.health.metrics.call(verb.name(), "rate_limited");
+                                    self.health.metrics.call(verb.label(), CallOutcome::rate_limited);
                                     rate_waits += 1;
                                     if rate_waits > MAX_RATE_LIMIT_WAITS {
                                         return Err(Error::RateLimited {
@@ -386,7 +462,7 @@ impl Clb {
                                     continue;
                                 }
                                 500..=599 => {
-                                    self.health.metrics.call(verb.name(), "server_error");
+                                    self.health.metrics.call(verb.label(), CallOutcome::server_error);
                                     Error::Server {
                                         verb: verb.name(),
                                         url: url.clone(),
@@ -395,7 +471,7 @@ impl Clb {
                                     }
                                 }
                                 200..=299 => {
-                                    self.health.metrics.call(verb.name(), "ok");
+                                    self.health.metrics.call(verb.label(), CallOutcome::ok);
                                     return Ok(Answer {
                                         status,
                                         body: bytes,
@@ -403,7 +479,7 @@ impl Clb {
                                     });
                                 }
                                 _ => {
-                                    self.health.metrics.call(verb.name(), "client_error");
+                                    self.health.metrics.call(verb.label(), CallOutcome::client_error);
                                     return Ok(Answer {
                                         status,
                                         body: bytes,
@@ -445,7 +521,7 @@ impl Clb {
             }),
             410 => Err(Error::Gone {
                 lb: self.cfg.load_balancer_id,
-                status: "DELETED".into(),
+                status: LbStatus::Deleted,
             }),
             status => Err(self.unexpected(Verb::Get, &a, status)),
         }
@@ -462,21 +538,21 @@ impl Clb {
         let mut logged = false;
         loop {
             let read = self.load_balancer().await?;
-            match read.status.as_str() {
-                "ACTIVE" => return Ok(read),
-                "ERROR" | "SUSPENDED" => {
+            match &read.status {
+                LbStatus::Active => return Ok(read),
+                LbStatus::Error | LbStatus::Suspended => {
                     return Err(Error::Unusable {
                         lb,
                         status: read.status,
                     });
                 }
-                "DELETED" | "PENDING_DELETE" => {
+                LbStatus::Deleted | LbStatus::PendingDelete => {
                     return Err(Error::Gone {
                         lb,
                         status: read.status,
                     });
                 }
-                _ => {}
+                LbStatus::Build | LbStatus::PendingUpdate | LbStatus::Other(_) => {}
             }
             if start.elapsed() >= self.cfg.active_timeout {
                 return Err(Error::ActiveTimeout {
@@ -616,12 +692,13 @@ impl Clb {
             },
             410 => Error::Gone {
                 lb,
-                status: "DELETED".into(),
+                status: LbStatus::Deleted,
             },
             422 if message.contains("Duplicate") => Error::Duplicate { lb },
             422 => Error::Immutable {
                 lb,
-                status: immutable_status(&message).unwrap_or_else(|| "not ACTIVE".into()),
+                status: immutable_status(&message)
+                    .map_or_else(|| LbStatus::Other("not ACTIVE".into()), |s| LbStatus::parse(&s)),
             },
             status => self.unexpected(verb, a, status),
         }
@@ -708,12 +785,7 @@ pub fn session_from(body: &[u8], region: &str, now: SystemTime) -> Result<Sessio
                     .join(", ")
             },
         })?;
-    let expires = doc
-        .access
-        .token
-        .expires
-        .as_deref()
-        .and_then(|e| humantime::parse_rfc3339_weak(e.trim()).ok());
+    let expires = doc.access.token.expires.as_deref().and_then(parse_rfc3339);
     let renew_at = match expires {
         Some(exp) => {
             let lifetime = exp.duration_since(now).unwrap_or_default();
@@ -729,6 +801,38 @@ pub fn session_from(body: &[u8], region: &str, now: SystemTime) -> Result<Sessio
         endpoint: endpoint.public_url.trim_end_matches('/').to_owned(),
         renew_at,
     })
+}
+
+/// An RFC 3339 time with any UTC offset (`2031-03-14T08:10:14.000-05:00`, `...Z`).
+/// humantime reads only UTC; the offset is taken off here.
+#[must_use]
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.trim();
+    let t = s.find('T')?;
+    let Some(at) = s[t..].rfind(['+', '-']).map(|i| t + i) else {
+        return humantime::parse_rfc3339_weak(s).ok();
+    };
+    let (local, offset) = s.split_at(at);
+    let digits: Vec<u64> = offset[1..]
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_digit(10).map(u64::from))
+        .collect::<Option<_>>()?;
+    let [h1, h2, m1, m2] = digits[..] else {
+        return None;
+    };
+    let (hours, minutes) = (h1 * 10 + h2, m1 * 10 + m2);
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let at_local = humantime::parse_rfc3339_weak(local).ok()?;
+    let offset = Duration::from_secs(hours * 3600 + minutes * 60);
+    // Local time = UTC + offset.
+    if s.as_bytes()[at] == b'+' {
+        at_local.checked_sub(offset)
+    } else {
+        at_local.checked_add(offset)
+    }
 }
 
 /// Whether a 413 is the rate limiter's (`overLimit` wrapper) rather than the node limit.
@@ -770,6 +874,10 @@ pub fn api_message(body: &[u8]) -> String {
     };
     let mut parts: Vec<String> = Vec::new();
     if let Some(msgs) = v.pointer("/validationErrors/messages").and_then(Value::as_array) {
+        parts.extend(msgs.iter().filter_map(|m| m.as_str().map(str::to_owned)));
+    }
+    // `message` is a list in some answers (`["JSON does not match the expected schema"]`).
+    if let Some(msgs) = v.get("message").and_then(Value::as_array) {
         parts.extend(msgs.iter().filter_map(|m| m.as_str().map(str::to_owned)));
     }
     if parts.is_empty() {
@@ -823,6 +931,8 @@ impl From<NodeDoc> for Node {
             port: n.port,
             condition: Condition::parse(&n.condition),
             status: NodeStatus::parse(&n.status),
+            sessions: None,
+            foreign: false,
         }
     }
 }
@@ -842,7 +952,7 @@ fn parse_load_balancer(body: &[u8]) -> Result<LoadBalancer, String> {
     }
     let doc: Doc = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     Ok(LoadBalancer {
-        status: doc.lb.status,
+        status: LbStatus::parse(&doc.lb.status),
         nodes: doc.lb.nodes.into_iter().map(Node::from).collect(),
     })
 }
@@ -884,6 +994,22 @@ mod tests {
 
     use super::*;
     use crate::plan::Endpoint;
+
+    #[test]
+    fn token_expiries_with_any_utc_offset_are_read() {
+        let utc = parse_rfc3339("2031-03-14T13:10:14.000Z").unwrap();
+        assert_eq!(parse_rfc3339("2031-03-14T08:10:14.000-05:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2031-03-14T18:40:14+05:30"), Some(utc));
+        assert_eq!(parse_rfc3339("2031-03-14T13:10:14.000+00:00"), Some(utc));
+        assert_eq!(parse_rfc3339("2031-03-14T13:10:14"), Some(utc));
+        for bad in ["2031-03-14T13:10:14+25:00", "2031-03-14T13:10:14-5", "tomorrow", ""] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert_eq!(
+            api_message(br#"{"message": ["JSON does not match the expected schema"], "code": 400}"#),
+            "JSON does not match the expected schema"
+        );
+    }
 
     fn token_doc(server: &str, token: &str, expires: &str) -> Value {
         json!({"access": {
@@ -1049,7 +1175,7 @@ EyWRZyXQNx92tyddbT4NVA==
             .await;
         let clb = Clb::new(config(&server), Arc::new(Health::new())).unwrap();
         let lb = clb.load_balancer().await.unwrap();
-        assert_eq!(lb.status, "ACTIVE");
+        assert_eq!(lb.status, LbStatus::Active);
         assert_eq!(lb.nodes.len(), 2);
         assert_eq!(lb.nodes[1].condition, Condition::Other("SOMETHING_NEW".into()));
         assert_eq!(lb.nodes[1].status, NodeStatus::Other("MAINTENANCE".into()));
@@ -1081,7 +1207,7 @@ EyWRZyXQNx92tyddbT4NVA==
             .mount(&server)
             .await;
         let clb = Clb::new(config(&server), Arc::new(Health::new())).unwrap();
-        assert_eq!(clb.load_balancer().await.unwrap().status, "ACTIVE");
+        assert_eq!(clb.load_balancer().await.unwrap().status, LbStatus::Active);
     }
 
     #[tokio::test]
@@ -1250,7 +1376,15 @@ EyWRZyXQNx92tyddbT4NVA==
             .await;
         let clb = Clb::new(config(&server), Arc::new(Health::new())).unwrap();
         let err = clb.set_condition(1, &Condition::Draining).await.unwrap_err();
-        assert!(matches!(&err, Error::Immutable { status, .. } if status == "PENDING_UPDATE") && err.retryable());
+        assert!(
+            matches!(
+                &err,
+                Error::Immutable {
+                    status: LbStatus::PendingUpdate,
+                    ..
+                }
+            ) && err.retryable()
+        );
         let add = NewNode {
             endpoint: Endpoint::new("10.0.0.9".parse().unwrap(), 80),
             condition: Condition::Enabled,

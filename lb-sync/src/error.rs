@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use crate::clb::LbStatus;
+use crate::haproxy::RuntimeError;
+
 /// Everything that can go wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -67,7 +70,7 @@ pub enum Error {
     /// A change refused because the load balancer is busy with another (422): retryable
     /// after it is ACTIVE again, unless the status says it is going away.
     #[error("load balancer {lb} is {status}: change refused as immutable")]
-    Immutable { lb: u64, status: String },
+    Immutable { lb: u64, status: LbStatus },
 
     /// The account's node limit (413, not a rate limit): not retried.
     #[error("node limit reached on load balancer {lb}: {message}")]
@@ -91,15 +94,19 @@ pub enum Error {
 
     /// The load balancer is deleted (410) or going away.
     #[error("load balancer {lb} is deleted or being deleted ({status})")]
-    Gone { lb: u64, status: String },
+    Gone { lb: u64, status: LbStatus },
 
     /// The load balancer is in a state where no change can be made (ERROR, SUSPENDED).
     #[error("load balancer {lb} is {status}: no change can be made until it is ACTIVE again")]
-    Unusable { lb: u64, status: String },
+    Unusable { lb: u64, status: LbStatus },
 
     /// The load balancer did not become ACTIVE in time.
     #[error("load balancer {lb} still {status} after {waited:?}")]
-    ActiveTimeout { lb: u64, status: String, waited: Duration },
+    ActiveTimeout {
+        lb: u64,
+        status: LbStatus,
+        waited: Duration,
+    },
 
     /// An answer that could not be read.
     #[error("{what}: cannot read the answer: {reason}")]
@@ -117,6 +124,19 @@ pub enum Error {
     /// A node the plan named is no longer there (404): re-read the node list.
     #[error("node {id} of load balancer {lb} is gone (404)")]
     StaleNode { lb: u64, id: u64 },
+
+    /// A HAProxy Runtime API command failed.
+    #[error("HAProxy {socket}: `{command}`: {kind}")]
+    Runtime {
+        socket: String,
+        command: String,
+        #[source]
+        kind: RuntimeError,
+    },
+
+    /// A pass applied this many steps without converging.
+    #[error("no convergence after {steps} steps; trying again later")]
+    NoConvergence { steps: usize },
 
     /// Shutdown was asked for while waiting.
     #[error("stopped by shutdown")]
@@ -136,7 +156,8 @@ impl Error {
     #[must_use]
     pub fn retryable(&self) -> bool {
         match self {
-            Error::Immutable { status, .. } => !matches!(status.as_str(), "PENDING_DELETE" | "DELETED"),
+            Error::Immutable { status, .. } => !status.is_gone(),
+            Error::Runtime { kind, .. } => kind.retryable(),
             Error::Transport { .. }
             | Error::Server { .. }
             | Error::RateLimited { .. }
@@ -157,6 +178,7 @@ impl Error {
             | Error::Decode { .. }
             | Error::Unexpected { .. }
             | Error::Cancelled
+            | Error::NoConvergence { .. }
             | Error::Listen { .. } => false,
         }
     }

@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use axum::extract::State;
+use axum::extract::State as AxState;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -20,15 +21,89 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::plan::RefusalReason;
 
-type Labels = Vec<(String, String)>;
+/// What an API call is: a verb of the Rackspace API, or a HAProxy Runtime API command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(clippy::upper_case_acronyms)] // the label values are the HTTP method names
+pub enum CallVerb {
+    /// Identity: a token request.
+    AUTH,
+    /// HTTP GET.
+    GET,
+    /// HTTP POST.
+    POST,
+    /// HTTP PUT.
+    PUT,
+    /// HTTP DELETE.
+    DELETE,
+    /// A HAProxy Runtime API command.
+    RUNTIME,
+}
+
+/// How an API call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // the label values are the metric's documented snake_case
+pub enum CallOutcome {
+    /// A success answer.
+    ok,
+    /// A 4xx other than 401/413 rate limits (or a HAProxy command refused).
+    client_error,
+    /// 401.
+    unauthorized,
+    /// 413 rate limit.
+    rate_limited,
+    /// 5xx.
+    server_error,
+    /// No answer (connection refused or reset, timeout, socket gone).
+    transport,
+}
+
+/// Labels of `lb_sync_api_calls_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CallLabels {
+    /// The call.
+    pub verb: CallVerb,
+    /// How it ended.
+    pub outcome: CallOutcome,
+}
+
+/// Labels of `lb_sync_refusals_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The refusal's reason.
+    pub reason: RefusalReason,
+}
+
+/// The state `/healthz` reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// No pass ended yet.
+    #[default]
+    Starting,
+    /// A pass is applying a change.
+    Applying,
+    /// The load balancer matches the records.
+    Converged,
+    /// Drains or checks are pending.
+    Waiting,
+    /// A safety rule refused the plan.
+    Refused,
+    /// The last pass stopped on an error.
+    Error,
+    /// Not the leader.
+    Standby,
+    /// Dry run: plans are logged, not applied.
+    DryRun,
+}
 
 /// Counters and gauges, registered once.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    calls: Family<Labels, Counter>,
-    refusals: Family<Labels, Counter>,
+    calls: Family<CallLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
     passes: Counter,
     errors: Counter,
     converged: Gauge,
@@ -49,13 +124,13 @@ impl Metrics {
     #[must_use]
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("lb_sync");
-        let calls = Family::<Labels, Counter>::default();
+        let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "api_calls",
             "Load balancer and identity API calls by verb and outcome",
             calls.clone(),
         );
-        let refusals = Family::<Labels, Counter>::default();
+        let refusals = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "refusals",
             "Plans refused by a safety rule, by reason",
@@ -97,12 +172,9 @@ impl Metrics {
         }
     }
 
-    /// Counts one API call: `verb` (`GET`, `POST`, `PUT`, `DELETE`, `AUTH`) and its outcome
-    /// (`ok`, `client_error`, `unauthorized`, `rate_limited`, `server_error`, `transport`).
-    pub fn call(&self, verb: &str, outcome: &str) {
-        self.calls
-            .get_or_create(&vec![("verb".into(), verb.into()), ("outcome".into(), outcome.into())])
-            .inc();
+    /// Counts one API call.
+    pub fn call(&self, verb: CallVerb, outcome: CallOutcome) {
+        self.calls.get_or_create(&CallLabels { verb, outcome }).inc();
     }
 
     /// The Prometheus text exposition.
@@ -118,9 +190,8 @@ impl Metrics {
 /// The state `/healthz` reports.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
-    /// `starting`, `applying`, `converged`, `waiting` (drains pending), `refused`,
-    /// `error`, `standby` (not the leader) or `dry_run`.
-    pub state: String,
+    /// What the loop is doing (serialized in snake case: `converged`, `dry_run`, ...).
+    pub state: State,
     /// Whether this instance may apply plans.
     pub leader: bool,
     /// Why the last plan was refused (empty when it was not).
@@ -149,9 +220,7 @@ impl Health {
     /// A health record in state `starting`.
     #[must_use]
     pub fn new() -> Health {
-        let h = Health::default();
-        h.lock().state = "starting".into();
-        h
+        Health::default()
     }
 
     fn lock(&self) -> MutexGuard<'_, Status> {
@@ -170,19 +239,16 @@ impl Health {
         f(&mut s);
         s.last_pass = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
         let m = &self.metrics;
-        m.converged.set(i64::from(s.state == "converged"));
-        m.refused.set(i64::from(s.state == "refused"));
+        m.converged.set(i64::from(s.state == State::Converged));
+        m.refused.set(i64::from(s.state == State::Refused));
         m.leader.set(i64::from(s.leader));
         m.desired_nodes.set(i64::try_from(s.desired_nodes).unwrap_or(i64::MAX));
         m.lb_nodes.set(i64::try_from(s.lb_nodes).unwrap_or(i64::MAX));
     }
 
     /// Counts a refused plan.
-    pub fn refusal(&self, reason: &str) {
-        self.metrics
-            .refusals
-            .get_or_create(&vec![("reason".into(), reason.into())])
-            .inc();
+    pub fn refusal(&self, reason: RefusalReason) {
+        self.metrics.refusals.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Counts a pass, and an error when it ended in one.
@@ -221,9 +287,9 @@ pub async fn serve(addr: SocketAddr, health: Arc<Health>, cancel: CancellationTo
     Ok(())
 }
 
-async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+async fn healthz(AxState(health): AxState<Arc<Health>>) -> impl IntoResponse {
     let status = health.status();
-    let code = if matches!(status.state.as_str(), "refused" | "error") {
+    let code = if matches!(status.state, State::Refused | State::Error) {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -232,7 +298,7 @@ async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     (code, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
-async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+async fn metrics(AxState(health): AxState<Arc<Health>>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -249,12 +315,12 @@ mod tests {
     #[test]
     fn metrics_render_calls_refusals_and_gauges() {
         let h = Health::new();
-        h.metrics.call("POST", "ok");
-        h.metrics.call("POST", "ok");
-        h.metrics.call("PUT", "rate_limited");
-        h.refusal("max_remove");
+        h.metrics.call(CallVerb::POST, CallOutcome::ok);
+        h.metrics.call(CallVerb::POST, CallOutcome::ok);
+        h.metrics.call(CallVerb::PUT, CallOutcome::rate_limited);
+        h.refusal(RefusalReason::max_remove);
         h.update(|s| {
-            s.state = "converged".into();
+            s.state = State::Converged;
             s.leader = true;
             s.desired_nodes = 3;
         });

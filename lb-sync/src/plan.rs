@@ -121,6 +121,12 @@ pub struct Node {
     pub condition: Condition,
     /// ONLINE, OFFLINE, ...
     pub status: NodeStatus,
+    /// Connections the node serves now, when the API tells (HAProxy's `scur`; Rackspace
+    /// does not): a draining node with none left may go before its drain period ends.
+    pub sessions: Option<u64>,
+    /// The provider knows this node is not lb-sync's (HAProxy: a server whose name lacks
+    /// lb-sync's prefix): it is never changed, whatever the policy.
+    pub foreign: bool,
 }
 
 impl Node {
@@ -154,21 +160,37 @@ pub struct Desired {
     pub revision: i64,
 }
 
-/// Limits of the account, from `absolutelimits`.
+/// Limits of the load balancer's API (Rackspace: from `absolutelimits`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Nodes per load balancer.
     pub node_limit: usize,
     /// Ids per bulk delete.
     pub batch_delete: usize,
+    /// Whether due deletes wait a little for other draining nodes so they share one call
+    /// (Rackspace: every call locks the load balancer; HAProxy: commands cost nothing).
+    pub share_deletes: bool,
+}
+
+impl Limits {
+    /// No limit at all (HAProxy's Runtime API).
+    #[must_use]
+    pub const fn unlimited() -> Limits {
+        Limits {
+            node_limit: usize::MAX,
+            batch_delete: usize::MAX,
+            share_deletes: false,
+        }
+    }
 }
 
 impl Default for Limits {
-    /// The API's defaults: 25 nodes, 10 ids per bulk delete.
+    /// The Rackspace API's defaults: 25 nodes, 10 ids per bulk delete.
     fn default() -> Self {
         Limits {
             node_limit: 25,
             batch_delete: 10,
+            share_deletes: true,
         }
     }
 }
@@ -186,6 +208,12 @@ pub struct Policy {
     pub min_nodes: usize,
     /// Lift the emptiness and size rules (not the incomplete-view rule).
     pub force: bool,
+    /// How long a node in service must have been missing from the records before it is
+    /// drained (`--remove-settle`). Records that expire one lease at a time (a host cut
+    /// off, whose announcers' leases run out a keep-alive period apart) are then judged
+    /// together by the `max_remove` rule, instead of going one pass at a time. Zero
+    /// drains at once (a container's withdrawal on its stop signal must drain at once).
+    pub remove_settle: Duration,
     /// Touch only managed nodes (see [`Policy::managed_port`]).
     pub managed_only: bool,
     /// With `managed_only`: the port of managed nodes; without it, nodes at an address
@@ -201,6 +229,7 @@ impl Default for Policy {
             max_remove_pct: 50,
             min_nodes: 1,
             force: false,
+            remove_settle: Duration::ZERO,
             managed_only: false,
             managed_port: None,
         }
@@ -215,6 +244,9 @@ pub struct Actual<'a> {
     /// When each DRAINING node started draining, as far as lb-sync knows (nodes found
     /// draining count from when they were first seen).
     pub drain_started: &'a BTreeMap<u64, Instant>,
+    /// Since when each endpoint of a node has been missing from the records, as far as
+    /// lb-sync knows (see [`Policy::remove_settle`]; endpoints not listed count from now).
+    pub missing_since: &'a BTreeMap<Endpoint, Instant>,
     /// The time the plan is made at.
     pub now: Instant,
 }
@@ -265,15 +297,29 @@ pub enum Refusal {
     },
 }
 
+/// A refusal's short stable name (the metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue)]
+#[allow(non_camel_case_types)] // the label values are the metric's documented snake_case
+pub enum RefusalReason {
+    /// [`Refusal::Incomplete`].
+    incomplete_view,
+    /// [`Refusal::EmptyDesired`].
+    empty_desired,
+    /// [`Refusal::TooManyRemovals`].
+    max_remove,
+    /// [`Refusal::BelowMinimum`].
+    min_nodes,
+}
+
 impl Refusal {
     /// A short stable name, for metrics labels.
     #[must_use]
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> RefusalReason {
         match self {
-            Refusal::Incomplete => "incomplete_view",
-            Refusal::EmptyDesired { .. } => "empty_desired",
-            Refusal::TooManyRemovals { .. } => "max_remove",
-            Refusal::BelowMinimum { .. } => "min_nodes",
+            Refusal::Incomplete => RefusalReason::incomplete_view,
+            Refusal::EmptyDesired { .. } => RefusalReason::empty_desired,
+            Refusal::TooManyRemovals { .. } => RefusalReason::max_remove,
+            Refusal::BelowMinimum { .. } => RefusalReason::min_nodes,
         }
     }
 }
@@ -301,6 +347,84 @@ impl fmt::Display for Refusal {
                 f,
                 "the plan would leave {left} node(s) in service, fewer than --min-nodes {min}"
             ),
+        }
+    }
+}
+
+/// Something the plan leaves alone on purpose, told to the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// The node limit holds adds back.
+    NodeLimit {
+        /// The limit.
+        limit: usize,
+        /// Desired endpoints not added.
+        left_out: Vec<Endpoint>,
+    },
+    /// Nodes lb-sync does not manage (by `--managed-only`, or foreign to the provider).
+    Unmanaged {
+        /// How many.
+        count: usize,
+    },
+    /// A desired node in a condition this version does not know.
+    UnknownCondition {
+        /// The node.
+        node: NodeRef,
+        /// The condition as the API wrote it.
+        condition: String,
+    },
+    /// Unreadable records that cannot be placed hold every removal.
+    RemovalsHeld {
+        /// Why each record cannot be read.
+        unknown: Vec<String>,
+    },
+    /// An unreadable record: its node is kept as it is.
+    HeldEndpoint {
+        /// The instance.
+        instance: String,
+        /// Its last endpoint.
+        endpoint: Endpoint,
+    },
+    /// An unreadable record without a port: every node at its address is kept.
+    HeldAddress {
+        /// The instance.
+        instance: String,
+        /// Its address.
+        address: IpAddr,
+    },
+    /// `--force` lifted this refusal for one pass.
+    Forced(Refusal),
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Note::NodeLimit { limit, left_out } => write!(
+                f,
+                "node limit {limit}: {} desired node(s) not added ({})",
+                left_out.len(),
+                left_out.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+            Note::Unmanaged { count } => write!(f, "{count} node(s) not managed by lb-sync are left alone"),
+            Note::UnknownCondition { node, condition } => write!(
+                f,
+                "node {} {} has an unknown condition {condition:?}: left alone",
+                node.id, node.endpoint
+            ),
+            Note::RemovalsHeld { unknown } => write!(
+                f,
+                "no node is removed while a record cannot be read: {}",
+                unknown.join("; ")
+            ),
+            Note::HeldEndpoint { instance, endpoint } => write!(
+                f,
+                "record {instance:?} is unreadable: its node {endpoint} is kept as it is"
+            ),
+            Note::HeldAddress { instance, address } => write!(
+                f,
+                "record {instance:?} is unreadable: nodes at {address} are kept as they are"
+            ),
+            Note::Forced(r) => write!(f, "--force lifts: {r}"),
         }
     }
 }
@@ -349,16 +473,29 @@ pub struct Wait {
     pub what: WaitFor,
 }
 
+/// How often a draining node whose sessions the API reports is looked at again: it may
+/// go as soon as its last session ends.
+pub const SESSION_POLL: Duration = Duration::from_millis(250);
+
 /// What a node is waited on for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitFor {
-    /// Its drain period; it is deleted after `remaining` (or with the rest of its batch).
+    /// Its drain period; it is deleted after `remaining` (or with the rest of its batch),
+    /// or as soon as it has no session left when the API reports them.
     Drain {
         /// Time left.
         remaining: Duration,
+        /// Sessions it still serves, when known.
+        sessions: Option<u64>,
     },
     /// Added as DRAINING: enabled once it reports ONLINE.
     Online,
+    /// Missing from the records for less than `--remove-settle`: drained once it has
+    /// been missing that long (if the safety rules allow it then).
+    Settle {
+        /// Time left.
+        remaining: Duration,
+    },
 }
 
 /// The plan: changes in the order they are applied, what is waited for, and refusals.
@@ -377,7 +514,7 @@ pub struct Plan {
     /// When non-empty, nothing is applied.
     pub refusals: Vec<Refusal>,
     /// Things left alone on purpose, for the operator (node limit, unreadable records, unmanaged nodes).
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
     /// Whether `force` lifted a refusal.
     pub forced: bool,
 }
@@ -406,30 +543,35 @@ impl Plan {
     /// removal is re-planned against the larger set in service.
     #[must_use]
     pub fn next_step(&self) -> Option<Step> {
+        self.allowed_steps().into_iter().next()
+    }
+
+    /// Every change that may be applied now, in order, for an API that takes several
+    /// changes per read (HAProxy). Same rules as [`Plan::next_step`], which is its first.
+    #[must_use]
+    pub fn allowed_steps(&self) -> Vec<Step> {
+        let mut out = Vec::new();
         if self.refusals.contains(&Refusal::Incomplete) {
-            return None;
+            return out;
         }
         let removals_ok = self.refusals.is_empty();
-        let limit_bound = self.notes.iter().any(|n| n.starts_with("node limit"));
-        if removals_ok
-            && limit_bound
-            && let Some(batch) = self.deletes.first()
-        {
-            return Some(Step::Delete(batch.clone()));
+        let limit_bound = self.notes.iter().any(|n| matches!(n, Note::NodeLimit { .. }));
+        let deletes = self.deletes.iter().cloned().map(Step::Delete);
+        if removals_ok && limit_bound {
+            out.extend(deletes.clone());
         }
         if !self.adds.is_empty() {
-            return Some(Step::Add(self.adds.clone()));
+            out.push(Step::Add(self.adds.clone()));
         }
-        if let Some(n) = self.enables.first() {
-            return Some(Step::Enable(n.clone()));
-        }
+        out.extend(self.enables.iter().cloned().map(Step::Enable));
         if !removals_ok {
-            return None;
+            return out;
         }
-        if let Some(n) = self.drains.first() {
-            return Some(Step::Drain(n.clone()));
+        out.extend(self.drains.iter().cloned().map(Step::Drain));
+        if !limit_bound {
+            out.extend(deletes);
         }
-        self.deletes.first().map(|b| Step::Delete(b.clone()))
+        out
     }
 
     /// How long until something waited on may be due (the earliest drain end), if anything is waited on.
@@ -438,7 +580,15 @@ impl Plan {
         self.waiting
             .iter()
             .filter_map(|w| match w.what {
-                WaitFor::Drain { remaining } => Some(remaining),
+                WaitFor::Drain {
+                    remaining,
+                    sessions: Some(_),
+                } => Some(remaining.min(SESSION_POLL)),
+                WaitFor::Drain {
+                    remaining,
+                    sessions: None,
+                } => Some(remaining),
+                WaitFor::Settle { remaining } => Some(remaining),
                 WaitFor::Online => None,
             })
             .min()
@@ -464,43 +614,162 @@ impl Plan {
     }
 }
 
+/// A plan as `lb-sync plan` prints it: one line per change, wait, note and refusal, and
+/// a last line that says what would happen.
+#[derive(Clone, Copy, Debug)]
+pub struct Report<'a> {
+    /// The plan.
+    pub plan: &'a Plan,
+    /// The drain period (a drain line says when the node goes).
+    pub drain: Duration,
+}
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plan = self.plan;
+        for step in plan.steps() {
+            match step {
+                Step::Add(nodes) => {
+                    for n in nodes {
+                        writeln!(f, "add     {} {}", n.endpoint, n.condition.as_str())?;
+                    }
+                }
+                Step::Enable(n) => writeln!(f, "enable  node {} {}", n.id, n.endpoint)?,
+                Step::Drain(n) => writeln!(
+                    f,
+                    "drain   node {} {} (deleted {} later)",
+                    n.id,
+                    n.endpoint,
+                    humantime::format_duration(self.drain)
+                )?,
+                Step::Delete(nodes) => {
+                    for n in nodes {
+                        writeln!(f, "delete  node {} {}", n.id, n.endpoint)?;
+                    }
+                }
+            }
+        }
+        for w in &plan.waiting {
+            match &w.what {
+                WaitFor::Drain { .. } => writeln!(
+                    f,
+                    "waiting node {} {} is draining; deleted once its drain period ends",
+                    w.node.id, w.node.endpoint
+                )?,
+                WaitFor::Online => writeln!(
+                    f,
+                    "waiting node {} {} is enabled once it reports ONLINE",
+                    w.node.id, w.node.endpoint
+                )?,
+                WaitFor::Settle { remaining } => writeln!(
+                    f,
+                    "waiting node {} {} is missing from the records; drained in {} (--remove-settle)",
+                    w.node.id,
+                    w.node.endpoint,
+                    humantime::format_duration(*remaining)
+                )?,
+            }
+        }
+        for note in &plan.notes {
+            writeln!(f, "note    {note}")?;
+        }
+        for r in &plan.refusals {
+            writeln!(f, "REFUSED {r}")?;
+        }
+        if !plan.refusals.is_empty() {
+            writeln!(
+                f,
+                "nothing above would be applied except adds (and nothing at all on an incomplete view)"
+            )?;
+        } else if plan.is_converged() && plan.notes.is_empty() {
+            writeln!(f, "converged: nothing to do")?;
+        } else if !plan.has_steps() {
+            writeln!(f, "nothing to apply now")?;
+        }
+        Ok(())
+    }
+}
+
 /// Computes the plan that takes `actual` to `desired` under `limits` and `policy`.
+///
+/// Five phases, each a function: index the load balancer, plan the adds, walk the
+/// managed nodes (enables, drains, drain clocks), batch the deletes, apply the safety rules.
 #[must_use]
 pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Policy) -> Plan {
     let mut out = Plan::default();
-    let managed = |n: &Node, ep: &Endpoint| -> bool {
-        if !policy.managed_only {
-            return true;
-        }
-        match policy.managed_port {
-            Some(p) => n.port == p,
-            None => desired.known_addresses.contains(&ep.address),
-        }
-    };
+    let inventory = Inventory::of(desired, actual.nodes, policy);
+    if inventory.unmanaged > 0 && (policy.managed_only || inventory.foreign) {
+        out.notes.push(Note::Unmanaged {
+            count: inventory.unmanaged,
+        });
+    }
+    plan_adds(desired, &inventory, actual.nodes.len(), limits, policy, &mut out);
+    let removal = plan_existing(desired, &inventory, actual, policy, &mut out);
+    apply_safety(desired, inventory.mine.len(), &removal, policy, &mut out);
+    plan_deletes(removal.ready, removal.pending_drain, limits, policy, &mut out);
+    out
+}
 
-    // Index the load balancer by endpoint; nodes whose address is not an IP are not ours.
-    let mut present: BTreeMap<Endpoint, Vec<&Node>> = BTreeMap::new();
-    let mut mine: Vec<(&Node, Endpoint)> = Vec::new();
-    let mut unmanaged = 0usize;
-    for n in actual.nodes {
-        match n.endpoint() {
-            Some(ep) => {
-                present.entry(ep).or_default().push(n);
-                if managed(n, &ep) {
-                    mine.push((n, ep));
-                } else {
-                    unmanaged += 1;
-                }
+/// The load balancer indexed by endpoint, and which of its nodes lb-sync manages.
+struct Inventory<'a> {
+    /// Every node with an IP endpoint (managed or not: a desired endpoint held by any
+    /// node is not added again).
+    present: BTreeSet<Endpoint>,
+    /// The managed nodes.
+    mine: Vec<(&'a Node, Endpoint)>,
+    /// Nodes left alone.
+    unmanaged: usize,
+    /// Whether the provider marked a node as foreign.
+    foreign: bool,
+}
+
+impl<'a> Inventory<'a> {
+    fn of(desired: &Desired, nodes: &'a [Node], policy: &Policy) -> Inventory<'a> {
+        let managed = |n: &Node, ep: &Endpoint| -> bool {
+            if n.foreign {
+                return false;
             }
-            None => unmanaged += 1,
+            if !policy.managed_only {
+                return true;
+            }
+            match policy.managed_port {
+                Some(p) => n.port == p,
+                None => desired.known_addresses.contains(&ep.address),
+            }
+        };
+        let mut inv = Inventory {
+            present: BTreeSet::new(),
+            mine: Vec::new(),
+            unmanaged: 0,
+            foreign: nodes.iter().any(|n| n.foreign),
+        };
+        // Nodes whose address is not an IP are not ours.
+        for n in nodes {
+            match n.endpoint() {
+                Some(ep) => {
+                    inv.present.insert(ep);
+                    if managed(n, &ep) {
+                        inv.mine.push((n, ep));
+                    } else {
+                        inv.unmanaged += 1;
+                    }
+                }
+                None => inv.unmanaged += 1,
+            }
         }
+        inv
     }
-    if unmanaged > 0 && policy.managed_only {
-        out.notes
-            .push(format!("{unmanaged} node(s) not managed by lb-sync are left alone"));
-    }
+}
 
-    // Adds: desired endpoints the load balancer lacks, within the node limit.
+/// Adds: desired endpoints the load balancer lacks, within the node limit.
+fn plan_adds(
+    desired: &Desired,
+    inventory: &Inventory<'_>,
+    node_count: usize,
+    limits: &Limits,
+    policy: &Policy,
+    out: &mut Plan,
+) {
     let condition = if policy.add_draining {
         Condition::Draining
     } else {
@@ -509,21 +778,15 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
     let missing: Vec<Endpoint> = desired
         .nodes
         .keys()
-        .filter(|ep| !present.contains_key(ep))
+        .filter(|ep| !inventory.present.contains(ep))
         .copied()
         .collect();
-    let room = limits.node_limit.saturating_sub(actual.nodes.len());
+    let room = limits.node_limit.saturating_sub(node_count);
     if missing.len() > room {
-        out.notes.push(format!(
-            "node limit {}: {} desired node(s) not added ({})",
-            limits.node_limit,
-            missing.len() - room,
-            missing[room..]
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        out.notes.push(Note::NodeLimit {
+            limit: limits.node_limit,
+            left_out: missing[room..].to_vec(),
+        });
     }
     out.adds = missing
         .iter()
@@ -533,14 +796,36 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
             condition: condition.clone(),
         })
         .collect();
+}
 
-    // Enables, drains, deletes.
-    let mut ready: Vec<(NodeRef, Duration)> = Vec::new(); // node, overdue by
-    let mut pending_drain: Vec<(NodeRef, Duration)> = Vec::new(); // node, remaining
-    let mut in_service = 0usize;
-    let mut removed_serving = 0usize;
+/// What walking the managed nodes found about removals.
+#[derive(Default)]
+struct Removal {
+    /// Nodes that may be deleted now, with how long they are overdue.
+    ready: Vec<(NodeRef, Duration)>,
+    /// Draining nodes not due yet: time left, sessions still served.
+    pending_drain: Vec<(NodeRef, Duration, Option<u64>)>,
+    /// Managed nodes in service (take traffic, not known to fail their check).
+    in_service: usize,
+    /// Of those, how many the plan takes out (drains now, or once settled).
+    removed_serving: usize,
+    /// Managed nodes whose removal has begun (DRAINING or DISABLED, no longer desired):
+    /// they count against `max_remove` until deleted, so records that vanish one pass at a
+    /// time cannot take out more than the limit in small steps.
+    in_progress: usize,
+}
+
+/// Enables and drains of the managed nodes, and which draining nodes are due.
+fn plan_existing(
+    desired: &Desired,
+    inventory: &Inventory<'_>,
+    actual: &Actual<'_>,
+    policy: &Policy,
+    out: &mut Plan,
+) -> Removal {
+    let mut r = Removal::default();
     let removals_held = !desired.unknown.is_empty();
-    for (n, ep) in &mine {
+    for (n, ep) in &inventory.mine {
         let node = NodeRef {
             id: n.id,
             endpoint: *ep,
@@ -549,7 +834,7 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
         let serving =
             matches!(n.condition, Condition::Enabled | Condition::Other(_)) && n.status != NodeStatus::Offline;
         if serving {
-            in_service += 1;
+            r.in_service += 1;
         }
         if desired.nodes.contains_key(ep) {
             match &n.condition {
@@ -561,97 +846,136 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
                     });
                 }
                 Condition::Draining | Condition::Disabled => out.enables.push(node),
-                Condition::Other(c) => out
-                    .notes
-                    .push(format!("node {} {ep} has an unknown condition {c:?}: left alone", n.id)),
+                Condition::Other(c) => out.notes.push(Note::UnknownCondition {
+                    node,
+                    condition: c.clone(),
+                }),
             }
             continue;
         }
-        if desired.held.contains_key(ep) || desired.held_addresses.contains_key(&ep.address) {
-            continue;
-        }
-        if removals_held {
+        if desired.held.contains_key(ep) || desired.held_addresses.contains_key(&ep.address) || removals_held {
             continue;
         }
         match &n.condition {
             Condition::Enabled | Condition::Other(_) => {
                 if serving {
-                    removed_serving += 1;
+                    r.removed_serving += 1;
                 }
-                out.drains.push(node);
+                let since = actual.missing_since.get(ep).copied().unwrap_or(actual.now);
+                let settled = since + policy.remove_settle;
+                if settled > actual.now {
+                    out.waiting.push(Wait {
+                        node,
+                        what: WaitFor::Settle {
+                            remaining: settled.duration_since(actual.now),
+                        },
+                    });
+                } else {
+                    out.drains.push(node);
+                }
             }
-            Condition::Disabled => ready.push((node, Duration::ZERO)),
+            Condition::Disabled => {
+                r.in_progress += 1;
+                r.ready.push((node, Duration::ZERO));
+            }
             Condition::Draining => {
+                r.in_progress += 1;
                 let started = actual.drain_started.get(&n.id).copied().unwrap_or(actual.now);
                 let due = started + policy.drain;
                 if due <= actual.now {
-                    ready.push((node, actual.now.duration_since(due)));
+                    r.ready.push((node, actual.now.duration_since(due)));
+                } else if n.sessions == Some(0) {
+                    // Drained before its time: nothing left to finish.
+                    r.ready.push((node, Duration::ZERO));
                 } else {
-                    pending_drain.push((node, due.duration_since(actual.now)));
+                    r.pending_drain.push((node, due.duration_since(actual.now), n.sessions));
                 }
             }
         }
     }
     if removals_held {
-        out.notes.push(format!(
-            "no node is removed while a record cannot be read: {}",
-            desired.unknown.join("; ")
-        ));
+        out.notes.push(Note::RemovalsHeld {
+            unknown: desired.unknown.clone(),
+        });
     }
-    for (ep, inst) in &desired.held {
-        out.notes
-            .push(format!("record {inst:?} is unreadable: its node {ep} is kept as it is"));
+    for (endpoint, instance) in &desired.held {
+        out.notes.push(Note::HeldEndpoint {
+            instance: instance.clone(),
+            endpoint: *endpoint,
+        });
     }
-    for (addr, inst) in &desired.held_addresses {
-        out.notes.push(format!(
-            "record {inst:?} is unreadable: nodes at {addr} are kept as they are"
-        ));
+    for (address, instance) in &desired.held_addresses {
+        out.notes.push(Note::HeldAddress {
+            instance: instance.clone(),
+            address: *address,
+        });
     }
+    r
+}
 
-    // Deletes go in as few calls as possible: wait until every draining node is due,
-    // unless a full batch is ready or the oldest has waited long past its due time
-    // (a whole extra drain period, and at least a minute), so churn cannot starve them.
+/// Deletes go in as few calls as possible: wait until every draining node is due,
+/// unless a full batch is ready or the oldest has waited long past its due time
+/// (a whole extra drain period, and at least a minute), so churn cannot starve them.
+/// An API whose calls cost nothing (`!share_deletes`) deletes each node when it is due.
+fn plan_deletes(
+    ready: Vec<(NodeRef, Duration)>,
+    pending_drain: Vec<(NodeRef, Duration, Option<u64>)>,
+    limits: &Limits,
+    policy: &Policy,
+    out: &mut Plan,
+) {
     let overdue = ready.iter().map(|(_, o)| *o).max().unwrap_or_default();
     let batch = limits.batch_delete.max(1);
     let patience = policy.drain.max(DELETE_PATIENCE);
     let go = !ready.is_empty()
-        && ((pending_drain.is_empty() && out.drains.is_empty()) || ready.len() >= batch || overdue >= patience);
+        && (!limits.share_deletes
+            || (pending_drain.is_empty() && out.drains.is_empty())
+            || ready.len() >= batch
+            || overdue >= patience);
     if go {
         let nodes: Vec<NodeRef> = ready.iter().map(|(n, _)| n.clone()).collect();
         out.deletes = nodes.chunks(batch).map(<[NodeRef]>::to_vec).collect();
     } else {
-        let next = pending_drain.iter().map(|(_, r)| *r).min().unwrap_or(policy.drain);
+        let next = pending_drain.iter().map(|(_, r, _)| *r).min().unwrap_or(policy.drain);
         for (n, _) in ready {
             out.waiting.push(Wait {
                 node: n,
-                what: WaitFor::Drain { remaining: next },
+                what: WaitFor::Drain {
+                    remaining: next,
+                    sessions: None,
+                },
             });
         }
     }
-    for (n, remaining) in pending_drain {
+    for (n, remaining, sessions) in pending_drain {
         out.waiting.push(Wait {
             node: n,
-            what: WaitFor::Drain { remaining },
+            what: WaitFor::Drain { remaining, sessions },
         });
     }
+}
 
-    // Safety.
+/// The safety rules; `force` lifts all but the incomplete-view one.
+fn apply_safety(desired: &Desired, managed: usize, removal: &Removal, policy: &Policy, out: &mut Plan) {
+    let (in_service, remove) = (removal.in_service, removal.removed_serving);
     if !desired.complete {
         out.refusals.push(Refusal::Incomplete);
     }
     let mut lifted = Vec::new();
     let nothing_left = desired.nodes.is_empty() && desired.held.is_empty() && desired.held_addresses.is_empty();
-    if nothing_left && !mine.is_empty() && desired.unknown.is_empty() {
-        lifted.push(Refusal::EmptyDesired { nodes: mine.len() });
+    if nothing_left && managed > 0 && desired.unknown.is_empty() {
+        lifted.push(Refusal::EmptyDesired { nodes: managed });
     }
     // Only nodes in service count: draining a node that fails its health check takes
     // no capacity away.
-    let remove = removed_serving;
     if remove > 0 {
-        if remove * 100 > usize::from(policy.max_remove_pct) * in_service {
+        // Removals already under way count as taken out, of a base that still holds them.
+        let out_total = remove + removal.in_progress;
+        let base = in_service + removal.in_progress;
+        if out_total * 100 > usize::from(policy.max_remove_pct) * base {
             lifted.push(Refusal::TooManyRemovals {
-                remove,
-                in_service,
+                remove: out_total,
+                in_service: base,
                 max_pct: policy.max_remove_pct,
             });
         }
@@ -666,13 +990,10 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
     }
     if !lifted.is_empty() && policy.force {
         out.forced = true;
-        for r in &lifted {
-            out.notes.push(format!("--force lifts: {r}"));
-        }
+        out.notes.extend(lifted.into_iter().map(Note::Forced));
     } else {
         out.refusals.extend(lifted);
     }
-    out
 }
 
 #[cfg(test)]
@@ -698,6 +1019,8 @@ mod tests {
             port: 8080,
             condition,
             status: NodeStatus::Online,
+            sessions: None,
+            foreign: false,
         }
     }
 
@@ -718,6 +1041,7 @@ mod tests {
             &Actual {
                 nodes,
                 drain_started: started,
+                missing_since: &BTreeMap::new(),
                 now,
             },
             &Limits::default(),
@@ -727,6 +1051,94 @@ mod tests {
 
     fn ids(nodes: &[NodeRef]) -> Vec<u64> {
         nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// Records that vanish one pass at a time cannot take out more than `max_remove` in
+    /// small steps: nodes still draining after an earlier pass count as taken out.
+    #[test]
+    fn removals_under_way_count_against_max_remove() {
+        let policy = Policy {
+            max_remove_pct: 30,
+            ..Policy::default()
+        };
+        // Ten nodes; 1-2 already draining (no longer desired), 3 now missing: 3 of 10.
+        let mut nodes = enabled(&[3, 4, 5, 6, 7, 8, 9, 10]);
+        nodes.extend([node(101, 1, Condition::Draining), node(102, 2, Condition::Draining)]);
+        let d = desired(&[4, 5, 6, 7, 8, 9, 10]);
+        let p = run(&d, &nodes, &policy);
+        assert!(p.refusals.is_empty(), "{p:?}");
+        assert_eq!(ids(&p.drains), vec![103]);
+        // A fourth: 4 of 10 is more than 30 %, refused, and nothing is drained.
+        nodes = enabled(&[4, 5, 6, 7, 8, 9, 10]);
+        nodes.extend([1, 2, 3].map(|l| node(100 + u64::from(l), l, Condition::Draining)));
+        let d = desired(&[5, 6, 7, 8, 9, 10]);
+        let p = run(&d, &nodes, &policy);
+        assert_eq!(
+            p.refusals,
+            vec![Refusal::TooManyRemovals {
+                remove: 4,
+                in_service: 10,
+                max_pct: 30
+            }]
+        );
+        assert!(p.allowed_steps().is_empty(), "{:?}", p.allowed_steps());
+        // Once the drained ones are deleted, the next removal is judged against what is left.
+        let nodes = enabled(&[4, 5, 6, 7, 8, 9, 10]);
+        let p = run(&d, &nodes, &policy);
+        assert!(p.refusals.is_empty(), "{p:?}");
+        assert_eq!(ids(&p.drains), vec![104]);
+    }
+
+    /// With `--remove-settle`, a node is drained only once its record has been missing that
+    /// long; meanwhile it counts for the safety rules, so records expiring a little apart
+    /// are refused together before any node goes.
+    #[test]
+    fn remove_settle_judges_records_that_vanish_apart_together() {
+        let policy = Policy {
+            max_remove_pct: 30,
+            remove_settle: Duration::from_secs(2),
+            ..Policy::default()
+        };
+        let now = Instant::now();
+        let nodes = enabled(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let at = |missing: &[(u8, u64)], d: &Desired| {
+            let since: BTreeMap<Endpoint, Instant> = missing
+                .iter()
+                .map(|(l, ago)| (ep(*l), now - Duration::from_millis(*ago)))
+                .collect();
+            plan(
+                d,
+                &Actual {
+                    nodes: &nodes,
+                    drain_started: &BTreeMap::new(),
+                    missing_since: &since,
+                    now,
+                },
+                &Limits::default(),
+                &policy,
+            )
+        };
+        // One record gone 500 ms ago: waited on, nothing drained yet, a wake in 1.5 s.
+        let d = desired(&[2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let p = at(&[(1, 500)], &d);
+        assert!(p.drains.is_empty() && p.refusals.is_empty(), "{p:?}");
+        assert_eq!(
+            p.waiting[0].what,
+            WaitFor::Settle {
+                remaining: Duration::from_millis(1500)
+            }
+        );
+        assert_eq!(p.next_wake(), Some(Duration::from_millis(1500)));
+        assert!(!p.is_converged());
+        // Settled: drained.
+        let p = at(&[(1, 2000)], &d);
+        assert_eq!(ids(&p.drains), vec![101]);
+        // Four gone within the settle time (one settled): refused, nothing drained.
+        let d = desired(&[5, 6, 7, 8, 9, 10]);
+        let p = at(&[(1, 2500), (2, 1000), (3, 400), (4, 0)], &d);
+        assert_eq!(p.refusals.len(), 1, "{p:?}");
+        assert_eq!(p.refusals[0].reason(), RefusalReason::max_remove);
+        assert!(p.allowed_steps().is_empty());
     }
 
     /// One row: name, desired, load balancer, policy, adds, drained ids, refusal reasons.
@@ -909,7 +1321,7 @@ mod tests {
             let p = run(&d, &nodes, &policy);
             assert_eq!(p.adds.len(), adds, "{name}: adds {p:?}");
             assert_eq!(ids(&p.drains), drains, "{name}: drains {p:?}");
-            let got: Vec<&str> = p.refusals.iter().map(Refusal::reason).collect();
+            let got: Vec<String> = p.refusals.iter().map(|r| format!("{:?}", r.reason())).collect();
             assert_eq!(got, refusals, "{name}: refusals");
             // Refused plans apply adds only (and nothing at all on an incomplete view).
             let next = p.next_step();
@@ -934,7 +1346,7 @@ mod tests {
         let p = run(&desired(&[2, 3]), &nodes, &Policy::default());
         assert_eq!(
             p.refusals.iter().map(Refusal::reason).collect::<Vec<_>>(),
-            vec!["max_remove", "min_nodes"]
+            vec![RefusalReason::max_remove, RefusalReason::min_nodes]
         );
     }
 
@@ -963,19 +1375,22 @@ mod tests {
         let p = run(&desired(&want), &enabled(&[1, 2]), &Policy::default());
         assert_eq!(p.adds.len(), 23, "25 - 2 present");
         assert!(
-            p.notes.iter().any(|n| n.starts_with("node limit 25: 5 desired")),
+            p.notes
+                .iter()
+                .any(|n| n.to_string().starts_with("node limit 25: 5 desired")),
             "{:?}",
             p.notes
         );
         let limits = Limits {
             node_limit: 3,
-            batch_delete: 10,
+            ..Limits::default()
         };
         let p = plan(
             &desired(&[1, 2, 3, 4]),
             &Actual {
                 nodes: &enabled(&[1, 2, 3]),
                 drain_started: &BTreeMap::new(),
+                missing_since: &BTreeMap::new(),
                 now: Instant::now(),
             },
             &limits,
@@ -1121,6 +1536,8 @@ mod tests {
             port: 443,
             condition: Condition::Enabled,
             status: NodeStatus::Online,
+            sessions: None,
+            foreign: false,
         });
         let policy = Policy {
             managed_only: true,
@@ -1152,7 +1569,11 @@ mod tests {
         let mut nodes = enabled(&[1]);
         nodes[0].condition = Condition::Other("FROZEN".into());
         let p = run(&desired(&[1]), &nodes, &Policy::default());
-        assert!(p.notes.iter().any(|n| n.contains("FROZEN")));
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| matches!(n, Note::UnknownCondition { condition, .. } if condition == "FROZEN"))
+        );
         // A node whose address is not an IP is never touched.
         let odd = vec![Node {
             id: 9,
@@ -1160,6 +1581,8 @@ mod tests {
             port: 80,
             condition: Condition::Enabled,
             status: NodeStatus::Online,
+            sessions: None,
+            foreign: false,
         }];
         assert!(run(&desired(&[1]), &odd, &Policy::default()).drains.is_empty());
     }

@@ -1,16 +1,17 @@
-//! The reconcile loop: level-triggered, debounced, one change at a time.
+//! The reconcile loop: level-triggered, debounced.
 //!
 //! A pass starts after the records change (debounced: quiet for `MIN`, or `MAX` after
 //! the first change at most), every `--resync`, when a drain period ends, and when this
-//! instance becomes the leader. A pass reads the load balancer (waiting until it is
-//! ACTIVE), plans from scratch with [`plan::plan`], applies the first step, and starts
-//! over from a fresh read, until nothing is left to do or the plan is refused. Each step
-//! is applied only after a fresh [`Leadership::may_apply`].
+//! instance becomes the leader. A pass reads the load balancer (Rackspace: waiting until
+//! it is ACTIVE), plans from scratch with [`plan::plan`], applies the first step (HAProxy:
+//! every step the plan allows), and starts over from a fresh read, until nothing is left
+//! to do or the plan is refused. Each step is applied only after a fresh
+//! [`Leadership::may_apply`].
 //!
 //! The loop remembers one thing across passes: when it drained each node, so the drain
 //! period survives re-plans (nodes found draining count from when they were first seen).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +19,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::clb::{Clb, LoadBalancer};
+use crate::clb::LoadBalancer;
 use crate::election::Leadership;
-use crate::health::Health;
-use crate::plan::{self, Actual, Condition, Desired, Limits, Plan, Policy, Step};
+use crate::health::{Health, State};
+use crate::plan::{self, Actual, Condition, Desired, Endpoint, Limits, Note, Plan, Policy, Refusal, Step};
+use crate::provider::Provider;
 
 /// Most steps one pass may apply before it yields (a guard against a loop that never converges).
 const MAX_STEPS_PER_PASS: usize = 500;
@@ -38,49 +40,52 @@ pub struct Timing {
 }
 
 /// How a pass ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Outcome {
     /// The load balancer matches the records.
     Converged,
     /// Drains or ONLINE checks are pending; pass again after the duration.
     Waiting(Duration),
     /// A safety rule refused the plan.
-    Refused(Vec<String>),
+    Refused(Vec<Refusal>),
     /// Not the leader: nothing applied.
     Standby,
     /// Dry run: the plan was logged, not applied.
     DryRun,
     /// The pass stopped on an error.
-    Failed(String),
+    Failed(Arc<Error>),
 }
 
 /// The loop's state.
 #[derive(Debug)]
 pub struct Reconciler {
-    clb: Clb,
+    provider: Provider,
     policy: Policy,
     limits: Limits,
     dry_run: bool,
     health: Arc<Health>,
     /// Node id -> when it started draining.
     drain_started: BTreeMap<u64, Instant>,
+    /// Since when each node's endpoint has been missing from the records (`--remove-settle`).
+    missing_since: BTreeMap<Endpoint, Instant>,
     /// The refusal last logged, to log each new one once at error level.
-    last_refusal: Vec<String>,
+    last_refusal: Vec<Refusal>,
     /// The plan notes last logged, to log each new one once.
-    last_notes: Vec<String>,
+    last_notes: Vec<Note>,
 }
 
 impl Reconciler {
     /// A reconciler; `policy.force` holds for the first pass that needs it, then lapses.
     #[must_use]
-    pub fn new(clb: Clb, policy: Policy, limits: Limits, dry_run: bool, health: Arc<Health>) -> Reconciler {
+    pub fn new(provider: Provider, policy: Policy, limits: Limits, dry_run: bool, health: Arc<Health>) -> Reconciler {
         Reconciler {
-            clb,
+            provider,
             policy,
             limits,
             dry_run,
             health,
             drain_started: BTreeMap::new(),
+            missing_since: BTreeMap::new(),
             last_refusal: Vec::new(),
             last_notes: Vec::new(),
         }
@@ -161,20 +166,19 @@ impl Reconciler {
         self.health.update(|s| {
             s.leader = leader;
             s.state = match &outcome {
-                Outcome::Converged => "converged",
-                Outcome::Waiting(_) => "waiting",
-                Outcome::Refused(_) => "refused",
-                Outcome::Standby => "standby",
-                Outcome::DryRun => "dry_run",
-                Outcome::Failed(_) => "error",
-            }
-            .into();
+                Outcome::Converged => State::Converged,
+                Outcome::Waiting(_) => State::Waiting,
+                Outcome::Refused(_) => State::Refused,
+                Outcome::Standby => State::Standby,
+                Outcome::DryRun => State::DryRun,
+                Outcome::Failed(_) => State::Error,
+            };
             s.refusals = match &outcome {
-                Outcome::Refused(r) => r.clone(),
+                Outcome::Refused(r) => r.iter().map(ToString::to_string).collect(),
                 _ => Vec::new(),
             };
             match &outcome {
-                Outcome::Failed(e) => s.last_error = Some(e.clone()),
+                Outcome::Failed(e) => s.last_error = Some(e.to_string()),
                 Outcome::Standby => {}
                 _ => s.last_error = None,
             }
@@ -198,24 +202,26 @@ impl Reconciler {
         let mut steps = 0usize;
         loop {
             if cancel.is_cancelled() {
-                return Outcome::Failed(Error::Cancelled.to_string());
+                return Outcome::Failed(Arc::new(Error::Cancelled));
             }
-            let lb = match self.clb.wait_active(cancel).await {
+            let lb = match self.provider.read(cancel).await {
                 Ok(lb) => lb,
-                Err(Error::Cancelled) => return Outcome::Failed(Error::Cancelled.to_string()),
+                Err(Error::Cancelled) => return Outcome::Failed(Arc::new(Error::Cancelled)),
                 Err(e) => {
-                    tracing::error!("cannot read load balancer {}: {e}", self.clb.load_balancer_id());
-                    return Outcome::Failed(e.to_string());
+                    tracing::error!("cannot read {}: {e}", self.provider.describe());
+                    return Outcome::Failed(Arc::new(e));
                 }
             };
             let view = desired.borrow().clone();
             let now = Instant::now();
             self.note_drains(&lb, now);
+            self.note_missing(&view, &lb, now);
             let plan = plan::plan(
                 &view,
                 &Actual {
                     nodes: &lb.nodes,
                     drain_started: &self.drain_started,
+                    missing_since: &self.missing_since,
                     now,
                 },
                 &self.limits,
@@ -235,7 +241,12 @@ impl Reconciler {
                 }
                 self.last_notes.clone_from(&plan.notes);
             }
-            let Some(step) = plan.next_step() else {
+            let batch = if self.provider.batches() {
+                plan.allowed_steps()
+            } else {
+                plan.next_step().into_iter().collect()
+            };
+            let Some(step) = batch.first() else {
                 return self.settle(&plan);
             };
             if self.dry_run {
@@ -250,27 +261,32 @@ impl Reconciler {
             }
             steps += 1;
             if steps > MAX_STEPS_PER_PASS {
-                let msg = format!("no convergence after {MAX_STEPS_PER_PASS} steps; trying again later");
-                tracing::error!("{msg}");
-                return Outcome::Failed(msg);
+                let e = Error::NoConvergence {
+                    steps: MAX_STEPS_PER_PASS,
+                };
+                tracing::error!("{e}");
+                return Outcome::Failed(Arc::new(e));
             }
-            tracing::info!("{step}");
             self.health.update(|s| {
-                s.state = "applying".into();
+                s.state = State::Applying;
                 s.leader = true;
             });
-            match self.apply(&step).await {
-                Ok(()) => {
-                    if plan.forced {
-                        tracing::warn!("applied under --force");
+            for step in &batch {
+                tracing::info!("{step}");
+                match self.apply(step).await {
+                    Ok(()) => {
+                        if plan.forced {
+                            tracing::warn!("applied under --force");
+                        }
                     }
-                }
-                Err(e) if e.retryable() => {
-                    tracing::info!("{step}: {e}; reading the load balancer again");
-                }
-                Err(e) => {
-                    tracing::error!("{step} failed: {e}");
-                    return Outcome::Failed(e.to_string());
+                    Err(e) if e.retryable() => {
+                        tracing::info!("{step}: {e}; reading the load balancer again");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!("{step} failed: {e}");
+                        return Outcome::Failed(Arc::new(e));
+                    }
                 }
             }
         }
@@ -279,7 +295,7 @@ impl Reconciler {
     /// The end of a pass with nothing left to apply now.
     fn settle(&mut self, plan: &Plan) -> Outcome {
         if !plan.refusals.is_empty() {
-            return Outcome::Refused(plan.refusals.iter().map(ToString::to_string).collect());
+            return Outcome::Refused(plan.refusals.clone());
         }
         if self.policy.force {
             tracing::info!("--force has served its one pass and is lifted");
@@ -295,18 +311,17 @@ impl Reconciler {
     }
 
     fn report_refusal(&mut self, plan: &Plan) {
-        let reasons: Vec<String> = plan.refusals.iter().map(ToString::to_string).collect();
         for r in &plan.refusals {
             self.health.refusal(r.reason());
         }
-        if reasons != self.last_refusal {
-            for r in &reasons {
+        if plan.refusals != self.last_refusal {
+            for r in &plan.refusals {
                 tracing::error!(
-                    lb = self.clb.load_balancer_id(),
+                    lb = %self.provider.describe(),
                     "plan refused, load balancer left unchanged: {r}"
                 );
             }
-            self.last_refusal = reasons;
+            self.last_refusal.clone_from(&plan.refusals);
         }
     }
 
@@ -324,28 +339,33 @@ impl Reconciler {
         }
     }
 
+    /// Keeps the settle clock: a node's endpoint missing from the records starts now; one
+    /// desired again (or gone from the load balancer) is forgotten.
+    fn note_missing(&mut self, view: &Desired, lb: &LoadBalancer, now: Instant) {
+        let missing: BTreeSet<Endpoint> = lb
+            .nodes
+            .iter()
+            .filter_map(plan::Node::endpoint)
+            .filter(|ep| !view.nodes.contains_key(ep))
+            .collect();
+        self.missing_since.retain(|ep, _| missing.contains(ep));
+        for ep in missing {
+            self.missing_since.entry(ep).or_insert(now);
+        }
+    }
+
     async fn apply(&mut self, step: &Step) -> Result<(), Error> {
-        match step {
-            Step::Add(nodes) => {
-                let added = self.clb.add_nodes(nodes).await?;
-                for n in added {
-                    if n.condition == Condition::Draining {
-                        self.drain_started.remove(&n.id);
-                    }
-                }
-                Ok(())
-            }
-            Step::Enable(n) => self.clb.set_condition(n.id, &Condition::Enabled).await,
-            Step::Drain(n) => {
-                self.clb.set_condition(n.id, &Condition::Draining).await?;
-                self.drain_started.insert(n.id, Instant::now());
-                Ok(())
-            }
-            Step::Delete(nodes) => {
-                let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-                self.clb.delete_nodes(&ids).await
+        let added = self.provider.apply(step).await?;
+        // A node added draining (--add-draining) waits for ONLINE, not for a drain clock.
+        for n in added {
+            if n.condition == Condition::Draining {
+                self.drain_started.remove(&n.id);
             }
         }
+        if let Step::Drain(n) = step {
+            self.drain_started.insert(n.id, Instant::now());
+        }
+        Ok(())
     }
 }
 
@@ -373,7 +393,7 @@ async fn debounce(desired: &mut watch::Receiver<Desired>, timing: Timing, cancel
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clb::{ApiKey, ClbConfig};
+    use crate::clb::{ApiKey, Clb, ClbConfig};
     use crate::records::{Builder, Source};
 
     /// The desired set of records `web01..webN` (fields layout), complete.
@@ -439,12 +459,14 @@ mod tests {
         };
         let cancel = CancellationToken::new();
         let task = tokio::spawn(
-            Reconciler::new(clb, Policy::default(), Limits::default(), false, health.clone()).run(
-                rx,
-                leadership,
-                timing,
-                cancel.clone(),
-            ),
+            Reconciler::new(
+                Provider::Rackspace(Box::new(clb)),
+                Policy::default(),
+                Limits::default(),
+                false,
+                health.clone(),
+            )
+            .run(rx, leadership, timing, cancel.clone()),
         );
         let nodes = || sim.nodes(1).len();
         let wait_for = |want: usize| async move {
@@ -462,10 +484,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(300)).await;
         tx.send_replace(desired(3));
         let deadline = Instant::now() + Duration::from_secs(5);
-        while health.status().state != "standby" && Instant::now() < deadline {
+        while health.status().state != State::Standby && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(health.status().state, "standby", "the pass stood by");
+        assert_eq!(health.status().state, State::Standby, "the pass stood by");
         assert_eq!(sim.nodes(1).len(), 1, "nothing applied while the lease looked stale");
 
         // The next keep-alive answer renews it: the skipped change is applied now.

@@ -9,6 +9,9 @@
 #[path = "lb_sync/support.rs"]
 mod support;
 
+#[path = "lb_sync/haproxy.rs"]
+mod haproxy;
+
 use std::time::Duration;
 
 use support::{Announcer, LbSync, PORT, World, eventually, quick_sim, run_once};
@@ -16,11 +19,21 @@ use testbed::clb_sim::{RateLimit, RateLimits, SimConfig};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
-/// The call of the Interface section, flag for flag, keeps the LB in step.
+/// The call of the Interface section, flag for flag, keeps the LB in step. The
+/// API key (long and unique, from a file) appears nowhere in the log, even at debug level,
+/// and the token's expiry, written with a UTC offset as Identity does, is understood.
 #[tokio::test]
 async fn the_documented_call_keeps_the_lb_in_step() {
-    let w = World::start(quick_sim()).await;
+    let key = format!("{}-{}", testbed::unique("api-key"), testbed::unique("never-logged"));
+    let w = World::start(SimConfig {
+        api_key: key.clone(),
+        ..quick_sim()
+    })
+    .await;
     w.put([1, 2]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
     let args: Vec<String> = [
         "--etcd-endpoints",
         &w.etcd.endpoint(),
@@ -32,10 +45,14 @@ async fn the_documented_call_keeps_the_lb_in_step() {
         "1",
         "--username",
         "u",
+        "--api-key-file",
+        key_file.to_str().unwrap(),
         "--identity-url",
         &w.sim.identity_url(),
         "--drain",
         "1s",
+        "--log-filter",
+        "debug",
         "run",
     ]
     .iter()
@@ -44,7 +61,13 @@ async fn the_documented_call_keeps_the_lb_in_step() {
     let lb = LbSync::start(&args);
     w.wait_enabled(&[1, 2], WITHIN).await;
     assert_eq!(w.sim.auth_calls(), 1, "one token for the whole run");
-    assert!(!lb.log().contains("\"k\""), "the API key is never logged");
+    let log = lb.log();
+    assert!(!log.contains(&key), "the API key is never logged:\n{log}");
+    assert!(
+        !log.contains("no readable expiry"),
+        "the expiry with an offset is read:\n{log}"
+    );
+    assert!(log.contains("DEBUG"), "the log is at debug level");
 }
 
 /// A machine (or a `FROM scratch` image) without CA certificates still starts, and
@@ -143,6 +166,70 @@ async fn a_deleted_record_drains_its_node_then_deletes_it() {
     assert!(draining.is_some(), "node 2 never DRAINING: {:?}", w.nodes());
     w.wait_enabled(&[1], WITHIN).await;
     assert_eq!(w.sim.count_status("DELETE", 202), 1);
+    // From the simulator's own log: the DELETE came at least --drain after the DRAINING PUT.
+    let calls = w.sim.calls();
+    let put = calls
+        .iter()
+        .find(|c| c.method == "PUT" && c.status == 202)
+        .expect("the DRAINING PUT");
+    let delete = calls
+        .iter()
+        .find(|c| c.method == "DELETE" && c.status == 202)
+        .expect("the DELETE");
+    let waited = delete.at.duration_since(put.at).unwrap_or_default();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "deleted {waited:?} after the drain began, --drain 2s"
+    );
+}
+
+/// With a batch-delete limit of 3, 7 -> 3 records delete the four drained nodes in two
+/// bulk DELETEs (3 + 1), never more ids than the limit in one.
+#[tokio::test]
+async fn bulk_deletes_follow_the_accounts_batch_limit() {
+    let w = World::start(SimConfig {
+        batch_delete_limit: 3,
+        ..quick_sim()
+    })
+    .await;
+    w.put(1..=7).await;
+    let mut a = w.lb_sync(&[]);
+    w.wait_enabled(&[1, 2, 3, 4, 5, 6, 7], WITHIN).await;
+    a.stop(libc::SIGTERM).await;
+    w.delete(4..=7).await;
+    let _b = w.lb_sync(&["--max-remove", "60"]);
+    w.wait_enabled(&[1, 2, 3], WITHIN).await;
+    let sizes: Vec<usize> = w
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.method == "DELETE" && c.status == 202)
+        .map(|c| c.path.matches("id=").count())
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), 4, "{sizes:?}");
+    assert!(sizes.iter().all(|s| *s <= 3), "no DELETE over the limit: {sizes:?}");
+    assert_eq!(sizes.len(), 2, "ceil(4 / 3) DELETEs: {sizes:?}");
+}
+
+/// A request slower than --api-timeout is abandoned and retried: answers slower than the
+/// timeout show as `transport` errors, and once they are fast again the LB converges.
+#[tokio::test]
+async fn an_answer_slower_than_the_api_timeout_is_retried() {
+    let w = World::start(quick_sim()).await;
+    w.put([1]).await;
+    w.sim.set_delay(Duration::from_millis(1500));
+    let lb = w.lb_sync(&["--api-timeout", "300ms"]);
+    let timed_out = eventually(WITHIN, || lb.metrics().contains("outcome=\"transport\"").then_some(())).await;
+    assert!(
+        timed_out.is_some(),
+        "no timeout counted:\n{}\n{}",
+        lb.metrics(),
+        lb.log()
+    );
+    assert!(w.sim.nodes(1).is_empty(), "nothing changed while every answer was late");
+    w.sim.set_delay(Duration::ZERO);
+    w.wait_enabled(&[1], Duration::from_secs(40)).await;
+    assert!(lb.log().contains("timed out"), "the timeout is logged:\n{}", lb.log());
 }
 
 /// An LB stuck in PENDING_UPDATE, then changed under our feet by "another client": lb-sync

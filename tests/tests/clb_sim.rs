@@ -122,7 +122,11 @@ async fn identity_issues_tokens_with_expiry_and_a_load_balancer_endpoint_per_reg
     assert_eq!(status, 200);
     let token = &doc["access"]["token"];
     assert_eq!(token["tenant"]["id"], "123456");
-    let expires = humantime::parse_rfc3339_weak(token["expires"].as_str().unwrap()).unwrap();
+    // Identity writes expiries with a UTC offset, as the real one does.
+    let raw = token["expires"].as_str().unwrap();
+    assert!(raw.ends_with("-05:00"), "{raw}");
+    let expires =
+        humantime::parse_rfc3339_weak(raw.trim_end_matches("-05:00")).unwrap() + Duration::from_secs(5 * 3600);
     let left = expires.duration_since(SystemTime::now()).unwrap();
     assert!(
         left > Duration::from_secs(23 * 3600),
@@ -548,4 +552,121 @@ async fn absolute_limits_rate_limits_and_node_pages_of_100() {
         .await;
     assert_eq!(page2["nodes"].as_array().unwrap().len(), 20);
     assert!(page2.get("links").is_none());
+}
+
+/// The order of checks and the messages of the real API's server code: POST nodes (400
+/// body, 404, 422 immutable, 413 limit, 422 duplicate; weight 1 by default; a pair twice
+/// in one request; `status`/`id` refused), PUT/DELETE of a missing node (404 before the
+/// immutable 422), bulk delete (400 empty, 422 not ACTIVE, one 400 listing the limit and
+/// the unknown ids), and the schema 400 whose `message` is a list.
+#[tokio::test]
+async fn checks_come_in_the_apis_order_with_its_messages() {
+    let sim = ClbSim::start(SimConfig {
+        pending_time: Duration::ZERO,
+        ..quick()
+    });
+    let api = Api::login(&sim, "ORD").await;
+    let post = |body: Value| {
+        let api = &api;
+        async move { api.status("POST", "/loadbalancers/1/nodes", Some(body)).await }
+    };
+    // Body checks come first, even on a missing load balancer.
+    let schema = json!({"message": ["JSON does not match the expected schema"], "code": 400});
+    assert_eq!(post(json!({"nodes": "x"})).await, (400, schema.clone()));
+    assert_eq!(
+        api.status("POST", "/loadbalancers/999/nodes", Some(json!({"nodes": 3})))
+            .await,
+        (400, schema.clone())
+    );
+    let (status, doc) = post(nodes(&[("10.0.3.1", 80), ("10.0.3.1", 80)])).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        doc["validationErrors"]["messages"][0],
+        "Duplicate nodes detected. Please ensure that the ip address and port are unique for each node."
+    );
+    let (status, doc) =
+        post(json!({"nodes": [{"address": "10.0.3.1", "port": 80, "condition": "ENABLED", "status": "ONLINE"}]})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        doc["validationErrors"]["messages"][0],
+        "Node status field cannot be modified."
+    );
+    assert_eq!(
+        api.status("POST", "/loadbalancers/999/nodes", Some(nodes(&[("10.0.3.1", 80)])))
+            .await
+            .0,
+        404
+    );
+    // Weight 1 when none is given.
+    let (status, doc) = post(nodes(&[("10.0.3.1", 80)])).await;
+    assert_eq!(status, 202);
+    assert_eq!(doc["nodes"][0]["weight"], 1, "{doc}");
+    // Immutable before the node limit, the limit before the duplicate.
+    sim.hold_pending(1, Duration::from_secs(30));
+    let many: Vec<(String, u16)> = (1..=30).map(|i| (format!("10.0.4.{i}"), 80)).collect();
+    let mut refs: Vec<(&str, u16)> = many.iter().map(|(a, p)| (a.as_str(), *p)).collect();
+    refs.push(("10.0.3.1", 80));
+    assert_eq!(post(nodes(&refs)).await.0, 422, "immutable first");
+    let id = sim.nodes(1)[0].id;
+    // A missing node is a 404 even while immutable; an existing one gets the 422.
+    let (status, doc) = api
+        .status(
+            "PUT",
+            "/loadbalancers/1/nodes/424242",
+            Some(json!({"node": {"condition": "DRAINING"}})),
+        )
+        .await;
+    assert_eq!(
+        (status, doc["message"].as_str()),
+        (404, Some("Node with id #424242 not found for loadbalancer #1"))
+    );
+    assert_eq!(api.status("DELETE", "/loadbalancers/1/nodes/424242", None).await.0, 404);
+    assert_eq!(
+        api.status("DELETE", &format!("/loadbalancers/1/nodes/{id}"), None)
+            .await
+            .0,
+        422
+    );
+    let (status, _) = api.status("DELETE", "/loadbalancers/1/nodes?id=424242", None).await;
+    assert_eq!(status, 422, "bulk: not ACTIVE before the id checks");
+    assert_eq!(
+        api.status("DELETE", "/loadbalancers/1/nodes", None).await.0,
+        400,
+        "bulk: no id first"
+    );
+    sim.hold_pending(1, Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    api.wait_active(1).await;
+    assert_eq!(post(nodes(&refs)).await.0, 413, "the limit before the duplicate");
+    assert_eq!(post(nodes(&[("10.0.3.1", 80)])).await.0, 422, "then the duplicate");
+    // PUT bodies: `status` and `id` refused; not JSON: the schema answer.
+    let path = format!("/loadbalancers/1/nodes/{id}");
+    let (status, doc) = api
+        .status("PUT", &path, Some(json!({"node": {"status": "OFFLINE"}})))
+        .await;
+    assert_eq!(
+        (status, doc["validationErrors"]["messages"][0].as_str()),
+        (400, Some("Node status field cannot be modified."))
+    );
+    assert_eq!(api.status("PUT", &path, Some(json!([1]))).await, (400, schema));
+    // Bulk delete: one 400 with both the limit (ids of this LB only) and the unknown ids.
+    let more: Vec<(String, u16)> = (1..=11).map(|i| (format!("10.0.5.{i}"), 80)).collect();
+    let refs: Vec<(&str, u16)> = more.iter().map(|(a, p)| (a.as_str(), *p)).collect();
+    assert_eq!(post(nodes(&refs)).await.0, 202);
+    api.wait_active(1).await;
+    let ids: Vec<String> = sim.nodes(1).iter().map(|n| n.id.to_string()).collect();
+    let mut q: Vec<String> = ids.iter().map(|i| format!("id={i}")).collect();
+    q.push("id=7".into());
+    q.push("id=9".into());
+    let (status, doc) = api
+        .status("DELETE", &format!("/loadbalancers/1/nodes?{}", q.join("&")), None)
+        .await;
+    assert_eq!(status, 400);
+    let msgs = doc["validationErrors"]["messages"].as_array().unwrap();
+    assert_eq!(
+        msgs[0],
+        "Request to delete 12 nodes exceeds the account limit BATCH_DELETE_LIMIT of 10 please attempt to delete fewer then 10 nodes"
+    );
+    assert_eq!(msgs[1], "Node ids 7,9 are not a part of your loadbalancer");
+    assert_eq!(sim.nodes(1).len(), 12, "nothing deleted");
 }

@@ -172,15 +172,18 @@ impl World {
         LbSync::start(&args)
     }
 
-    /// The nodes of load balancer 1 as (last octet, condition).
+    /// The nodes of load balancer 1 as (last octet, condition). A node whose address is not
+    /// exactly `10.0.0.N` or whose port is not [`PORT`] shows as octet 0, so no comparison
+    /// with the records' nodes can pass by the last octet alone.
     pub fn nodes(&self) -> Vec<(u8, String)> {
         let mut v: Vec<(u8, String)> = self
             .sim
             .nodes(1)
             .iter()
             .map(|n: &Node| {
-                let last = n.address.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-                (last, n.condition.clone())
+                let last: u8 = n.address.rsplit('.').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+                let exact = n.address == format!("10.0.0.{last}") && n.port == PORT;
+                (if exact { last } else { 0 }, n.condition.clone())
             })
             .collect();
         v.sort();
@@ -351,10 +354,15 @@ pub struct Announcer {
 
 impl Announcer {
     pub fn start(args: &[String]) -> Announcer {
+        Announcer::start_bin(&testbed::bin("announcer"), args)
+    }
+
+    /// Starts another announcer binary (an older build, to compare behaviours).
+    pub fn start_bin(bin: &std::path::Path, args: &[String]) -> Announcer {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("announcer.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(testbed::bin("announcer"));
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .env_clear()
             .stdin(Stdio::null())

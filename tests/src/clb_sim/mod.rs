@@ -320,6 +320,13 @@ impl ClbSim {
         self.shared.lock().add_node_direct(lb, address, port, condition)
     }
 
+    /// Removes every node of load balancer `lb` directly (no API call): for resetting the scene.
+    pub fn clear_nodes(&self, lb: u64) {
+        if let Some(l) = self.shared.lock().lbs.get_mut(&lb) {
+            l.nodes.clear();
+        }
+    }
+
     /// The next `n` load balancer calls answer `500` (after the delay, before any check).
     pub fn inject_5xx(&self, n: u32) {
         self.shared.lock().inject_5xx = n;

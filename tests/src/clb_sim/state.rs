@@ -155,6 +155,20 @@ impl Reply {
         )
     }
 
+    /// The API's answer to a body that is not JSON or not of the expected shape (its
+    /// `message` is a list).
+    fn schema() -> Reply {
+        Reply::json(
+            400,
+            json!({"message": ["JSON does not match the expected schema"], "code": 400}),
+        )
+    }
+
+    /// The API's 404 for a node id the load balancer does not have.
+    fn node_not_found(lb: u64, nid: &str) -> Reply {
+        Reply::message(404, &format!("Node with id #{nid} not found for loadbalancer #{lb}"))
+    }
+
     fn immutable(lb: u64, status: &str) -> Reply {
         Reply::message(
             422,
@@ -351,7 +365,8 @@ impl State {
                 "access": {
                     "token": {
                         "id": token,
-                        "expires": humantime::format_rfc3339_millis(expires).to_string(),
+                        // Identity writes expiries in its own zone, with the offset (US Central).
+                        "expires": central_time(expires),
                         "tenant": {"id": tenant, "name": tenant},
                         "RAX-AUTH:authenticatedBy": ["APIKEY"],
                     },
@@ -415,7 +430,9 @@ impl State {
                 let Ok(id) = id.parse::<u64>() else {
                     return Reply::message(404, "Load balancer not found");
                 };
-                if !self.lbs.contains_key(&id) {
+                // POST nodes checks its body before the load balancer (the API's order).
+                let post_nodes = matches!((verb, rest), (Verb::Post, ["nodes"]));
+                if !post_nodes && !self.lbs.contains_key(&id) {
                     return Reply::message(404, "Load balancer not found");
                 }
                 match (verb, rest) {
@@ -646,13 +663,24 @@ impl State {
         Some(Reply::immutable(id, &status))
     }
 
+    /// POST nodes, checked in the API's order: body (400), load balancer (404),
+    /// immutable (422), node limit (413), duplicate of an existing node (422).
     fn add_nodes(&mut self, id: u64, body: &[u8], now: Instant) -> Reply {
         let Ok(doc) = serde_json::from_slice::<Value>(body) else {
-            return Reply::message(400, "Invalid JSON request body");
+            return Reply::schema();
         };
-        let Some(list) = doc["nodes"].as_array().filter(|l| !l.is_empty()) else {
+        let Some(list) = doc.get("nodes") else {
+            return Reply::schema();
+        };
+        let Some(list) = list.as_array() else {
+            return Reply::schema();
+        };
+        if list.is_empty() {
             return Reply::validation(&["Must provide at least one node".into()]);
-        };
+        }
+        if list.iter().any(|n| !n.is_object()) {
+            return Reply::schema();
+        }
         let mut wanted: Vec<Node> = Vec::new();
         let mut errors: Vec<String> = Vec::new();
         for n in list {
@@ -672,8 +700,15 @@ impl State {
             if !["PRIMARY", "SECONDARY"].contains(&node_type.as_str()) {
                 errors.push("Node type is invalid. Must be PRIMARY or SECONDARY.".into());
             }
+            if n.get("status").is_some() {
+                errors.push("Node status field cannot be modified.".into());
+            }
+            if n.get("id").is_some() {
+                errors.push("Node id field cannot be modified.".into());
+            }
+            // The API stores and answers weight 1 when none is given.
             let weight = match &n["weight"] {
-                Value::Null => None,
+                Value::Null => Some(1),
                 w => match w.as_u64().filter(|w| (1..=100).contains(w)) {
                     Some(w) => Some(w),
                     None => {
@@ -692,8 +727,23 @@ impl State {
                 node_type,
             });
         }
+        let mut in_request: Vec<(String, u16)> = Vec::new();
+        for n in &wanted {
+            let key = (normal_ip(&n.address), n.port);
+            if in_request.contains(&key) {
+                errors.push(
+                    "Duplicate nodes detected. Please ensure that the ip address and port are unique for each node."
+                        .into(),
+                );
+                break;
+            }
+            in_request.push(key);
+        }
         if !errors.is_empty() {
             return Reply::validation(&errors);
+        }
+        if !self.lbs.contains_key(&id) {
+            return Reply::message(404, "Load balancer not found");
         }
         if let Some(r) = self.check_mutable(id, now, false) {
             return r;
@@ -703,19 +753,15 @@ impl State {
         let Some(lb) = self.lbs.get_mut(&id) else {
             return Reply::message(404, "Load balancer not found");
         };
-        let mut seen: Vec<(String, u16)> = lb.nodes.values().map(|n| (normal_ip(&n.address), n.port)).collect();
-        for n in &wanted {
-            let key = (normal_ip(&n.address), n.port);
-            if seen.contains(&key) {
-                return Reply::message(
-                    422,
-                    "Duplicate nodes detected. One or more nodes already configured on load balancer.",
-                );
-            }
-            seen.push(key);
-        }
         if lb.nodes.len() + wanted.len() > node_limit {
             return Reply::message(413, &format!("Nodes must not exceed {node_limit} per load balancer."));
+        }
+        let existing: Vec<(String, u16)> = lb.nodes.values().map(|n| (normal_ip(&n.address), n.port)).collect();
+        if in_request.iter().any(|k| existing.contains(k)) {
+            return Reply::message(
+                422,
+                "Duplicate nodes detected. One or more nodes already configured on load balancer.",
+            );
         }
         let mut created = Vec::new();
         for mut n in wanted {
@@ -728,12 +774,13 @@ impl State {
         Reply::json(202, json!({"nodes": created}))
     }
 
+    /// PUT a node: body (400), load balancer (404), node (404), immutable (422).
     fn put_node(&mut self, id: u64, nid: &str, body: &[u8], now: Instant) -> Reply {
         let Ok(doc) = serde_json::from_slice::<Value>(body) else {
-            return Reply::message(400, "Invalid JSON request body");
+            return Reply::schema();
         };
         let Some(node) = doc.get("node").and_then(Value::as_object) else {
-            return Reply::validation(&["The node must be given as {\"node\": {...}}".into()]);
+            return Reply::schema();
         };
         let mut errors = Vec::new();
         if node.contains_key("address") {
@@ -744,6 +791,9 @@ impl State {
         }
         if node.contains_key("id") {
             errors.push("Node id field cannot be modified.".to_owned());
+        }
+        if node.contains_key("status") {
+            errors.push("Node status field cannot be modified.".to_owned());
         }
         let condition = node.get("condition").map(|c| c.as_str().unwrap_or_default().to_owned());
         if let Some(c) = &condition
@@ -767,6 +817,9 @@ impl State {
         if !errors.is_empty() {
             return Reply::validation(&errors);
         }
+        if let Some(r) = self.node_missing(id, nid) {
+            return r;
+        }
         if let Some(r) = self.check_mutable(id, now, false) {
             return r;
         }
@@ -775,7 +828,7 @@ impl State {
             return Reply::message(404, "Load balancer not found");
         };
         let Some(n) = nid.parse::<u64>().ok().and_then(|n| lb.nodes.get_mut(&n)) else {
-            return Reply::message(404, "Node not found");
+            return Reply::node_not_found(id, nid);
         };
         if let Some(c) = condition {
             n.condition = c;
@@ -790,7 +843,20 @@ impl State {
         Reply::empty(202)
     }
 
+    /// The 404 of a missing load balancer or node, checked before the immutable 422.
+    fn node_missing(&self, id: u64, nid: &str) -> Option<Reply> {
+        let Some(lb) = self.lbs.get(&id) else {
+            return Some(Reply::message(404, "Load balancer not found"));
+        };
+        let found = nid.parse::<u64>().ok().is_some_and(|n| lb.nodes.contains_key(&n));
+        (!found).then(|| Reply::node_not_found(id, nid))
+    }
+
+    /// DELETE a node: load balancer (404), node (404), immutable (422).
     fn delete_node(&mut self, id: u64, nid: &str, now: Instant) -> Reply {
+        if let Some(r) = self.node_missing(id, nid) {
+            return r;
+        }
         if let Some(r) = self.check_mutable(id, now, false) {
             return r;
         }
@@ -803,10 +869,12 @@ impl State {
                 lb.start_pending(now, pending);
                 Reply::empty(202)
             }
-            None => Reply::message(404, "Node not found"),
+            None => Reply::node_not_found(id, nid),
         }
     }
 
+    /// Bulk DELETE: no id (400), not ACTIVE (422), then one 400 listing every problem:
+    /// over the batch limit (counting only ids of this load balancer) and unknown ids.
     fn bulk_delete(&mut self, id: u64, query: &str, now: Instant) -> Reply {
         let raw: Vec<String> = parse_query(query)
             .into_iter()
@@ -824,10 +892,8 @@ impl State {
             }
         }
         let limit = self.config.batch_delete_limit;
-        if ids.len() > limit {
-            return Reply::validation(&[format!(
-                "Request to delete more than {limit} nodes at once is not allowed"
-            )]);
+        if !self.lbs.contains_key(&id) {
+            return Reply::message(404, "Load balancer not found");
         }
         if let Some(r) = self.check_mutable(id, now, true) {
             return r;
@@ -836,17 +902,24 @@ impl State {
         let Some(lb) = self.lbs.get_mut(&id) else {
             return Reply::message(404, "Load balancer not found");
         };
-        let unknown: Vec<String> = ids
-            .iter()
-            .filter(|i| !lb.nodes.contains_key(i))
-            .map(u64::to_string)
-            .collect();
+        let (known, unknown): (Vec<u64>, Vec<u64>) = ids.iter().partition(|i| lb.nodes.contains_key(i));
+        let mut errors = Vec::new();
+        if known.len() > limit {
+            errors.push(format!(
+                "Request to delete {} nodes exceeds the account limit BATCH_DELETE_LIMIT of {limit} please attempt to delete fewer then {limit} nodes",
+                known.len()
+            ));
+        }
         if !unknown.is_empty() {
             // All or nothing: one unknown id and no node is deleted.
-            return Reply::validation(&[format!(
+            let list: Vec<String> = unknown.iter().map(u64::to_string).collect();
+            errors.push(format!(
                 "Node ids {} are not a part of your loadbalancer",
-                unknown.join(",")
-            )]);
+                list.join(",")
+            ));
+        }
+        if !errors.is_empty() {
+            return Reply::validation(&errors);
         }
         for i in &ids {
             lb.nodes.remove(i);
@@ -854,6 +927,13 @@ impl State {
         lb.start_pending(now, pending);
         Reply::empty(202)
     }
+}
+
+/// `t` as Identity writes it: `2031-03-14T08:10:14.000-05:00`.
+fn central_time(t: SystemTime) -> String {
+    let local = t.checked_sub(Duration::from_secs(5 * 3600)).unwrap_or(t);
+    let utc = humantime::format_rfc3339_millis(local).to_string();
+    format!("{}-05:00", utc.trim_end_matches('Z'))
 }
 
 /// `a=1&b=2&a=3` into pairs, repeated keys kept (bulk delete sends `id` many times).

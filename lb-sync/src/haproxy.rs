@@ -1,0 +1,599 @@
+//! The HAProxy provider: keeps one backend's servers in step through the Runtime API (the
+//! stats socket at `level admin`), without a reload.
+//!
+//! Which servers are lb-sync's: those whose name starts with `--haproxy-server-prefix`
+//! (`lb-sync-` by default; the rest of the name is the endpoint, `lb-sync-10.0.0.1:8080`).
+//! Every other server of the backend, from the configuration or added by hand, is
+//! foreign: read, counted, never changed. This rule is the only guard: the Runtime API
+//! would as well delete a server of the configuration.
+//!
+//! How plan steps map onto commands:
+//! - add: `add server B/N ADDR:PORT check OPTIONS`, `enable health B/N`, then
+//!   `set server B/N state ready` (or `drain` with `--add-draining`: enabled by a later
+//!   plan once its check passes). A dynamic server starts in maintenance.
+//! - enable: `set server B/N state ready`; drain: `set server B/N state drain`.
+//! - delete: `set server B/N state maint`, `shutdown sessions server B/N` (also closes
+//!   idle pooled connections, which would block the delete), `del server B/N`.
+//!
+//! A read is `show servers state B` (ids, addresses, admin and operational states, check
+//! result) and `show stat` (current sessions, `scur`), so a draining server with no
+//! session left is deleted before its drain period ends.
+//!
+//! Servers added at runtime are lost when HAProxy restarts or reloads. A later read no
+//! longer finds them, the plan adds them again at once, and [`HaProxy::read`] says why.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::Error;
+use crate::health::{CallOutcome, CallVerb, Health};
+use crate::plan::{Condition, Endpoint, NewNode, Node, NodeRef, NodeStatus};
+
+/// Where the Runtime API listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HaSocket {
+    /// A unix socket (`stats socket /run/haproxy/admin.sock level admin`).
+    Unix(PathBuf),
+    /// A TCP socket (`stats socket ipv4@127.0.0.1:9999 level admin`).
+    Tcp(SocketAddr),
+}
+
+impl fmt::Display for HaSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HaSocket::Unix(p) => write!(f, "{}", p.display()),
+            HaSocket::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// Why a Runtime API command failed. HAProxy answers in text; the text is read here, at
+/// the edge, and nowhere else.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// No connection: HAProxy is down or restarting, or the socket is gone.
+    #[error("cannot reach the Runtime API (HAProxy down or restarting?): {0}")]
+    Unreachable(String),
+    /// No complete answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The socket is not at `level admin`.
+    #[error("permission denied: the stats socket needs `level admin`")]
+    PermissionDenied,
+    /// The backend does not exist.
+    #[error("no such backend")]
+    UnknownBackend,
+    /// The server does not exist (any more): read again.
+    #[error("no such server")]
+    UnknownServer,
+    /// The server still has connections: read again, it is deleted once they are gone.
+    #[error("the server still has connections")]
+    InUse,
+    /// A server of that name exists already: read again.
+    #[error("a server of that name exists already")]
+    Duplicate,
+    /// The backend's balance algorithm is static (`static-rr`, `first`, hashes without `consistent`).
+    #[error("the backend's balance algorithm does not allow dynamic servers (use roundrobin or leastconn)")]
+    StaticBackend,
+    /// Any other refusal, as HAProxy wrote it.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// An answer that cannot be read.
+    #[error("cannot read the answer: {0}")]
+    Malformed(String),
+}
+
+impl RuntimeError {
+    /// Whether reading again and retrying can succeed.
+    #[must_use]
+    pub fn retryable(&self) -> bool {
+        match self {
+            RuntimeError::Unreachable(_)
+            | RuntimeError::Timeout(_)
+            | RuntimeError::UnknownServer
+            | RuntimeError::InUse
+            | RuntimeError::Duplicate => true,
+            RuntimeError::PermissionDenied
+            | RuntimeError::UnknownBackend
+            | RuntimeError::StaticBackend
+            | RuntimeError::Refused(_)
+            | RuntimeError::Malformed(_) => false,
+        }
+    }
+
+    /// Classifies a non-empty answer to a command that answers nothing on success.
+    #[must_use]
+    pub fn from_answer(answer: &str) -> RuntimeError {
+        let a = answer.trim();
+        if a.contains("Permission denied") {
+            RuntimeError::PermissionDenied
+        } else if a.contains("No such backend") || a.contains("Can't find backend") {
+            RuntimeError::UnknownBackend
+        } else if a.contains("No such server") {
+            RuntimeError::UnknownServer
+        } else if a.contains("still has connections") || a.contains("still in use") || a.contains("queue is not empty")
+        {
+            RuntimeError::InUse
+        } else if a.contains("Already exists a server") {
+            RuntimeError::Duplicate
+        } else if a.contains("dynamic load balancing") || a.contains("dynamic load-balancing") {
+            RuntimeError::StaticBackend
+        } else {
+            RuntimeError::Refused(a.lines().next().unwrap_or_default().to_owned())
+        }
+    }
+}
+
+/// The provider's configuration.
+#[derive(Clone, Debug)]
+pub struct HaProxyConfig {
+    /// The Runtime API.
+    pub socket: HaSocket,
+    /// The backend kept in step.
+    pub backend: String,
+    /// Name prefix of lb-sync's servers.
+    pub prefix: String,
+    /// Passed after `check` on every add.
+    pub check_options: String,
+    /// Add servers draining; the plan enables them once their check passes.
+    pub add_draining: bool,
+    /// Longest wait for one command's answer.
+    pub timeout: Duration,
+}
+
+/// The client of one backend.
+#[derive(Debug)]
+pub struct HaProxy {
+    cfg: HaProxyConfig,
+    health: Arc<Health>,
+    /// Name of each server by id, from the last read (steps name nodes by id).
+    names: Mutex<BTreeMap<u64, String>>,
+    /// lb-sync's servers at the last read, to tell a restart from our own deletes.
+    last_mine: Mutex<usize>,
+}
+
+/// Bits of `srv_admin_state` (HAProxy's `SRV_ADMF_*`): maintenance, forced or inherited,
+/// from the configuration, from DNS resolution, or from a missing address.
+const ADMIN_MAINT: u32 = 0x01 | 0x02 | 0x04 | 0x20 | 0x40;
+/// Forced or inherited drain.
+const ADMIN_DRAIN: u32 = 0x08 | 0x10;
+/// `srv_op_state` of a running server.
+const OP_RUNNING: u32 = 2;
+/// `srv_check_result` of a failed check.
+const CHECK_FAILED: u32 = 2;
+/// `srv_check_state` bit: checks enabled.
+const CHECK_ENABLED: u32 = 0x04;
+
+impl HaProxy {
+    /// A client; nothing is sent until the first read.
+    #[must_use]
+    pub fn new(cfg: HaProxyConfig, health: Arc<Health>) -> HaProxy {
+        HaProxy {
+            cfg,
+            health,
+            names: Mutex::new(BTreeMap::new()),
+            last_mine: Mutex::new(0),
+        }
+    }
+
+    /// What it drives, for messages.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        format!("HAProxy backend {} via {}", self.cfg.backend, self.cfg.socket)
+    }
+
+    /// The name lb-sync gives the server of `endpoint`.
+    #[must_use]
+    pub fn server_name(&self, endpoint: &Endpoint) -> String {
+        server_name(&self.cfg.prefix, endpoint)
+    }
+
+    /// Sends one command and returns the whole answer.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`] when the socket cannot be reached or does not answer in time.
+    pub async fn command(&self, command: &str) -> Result<String, Error> {
+        let err = |kind| Error::Runtime {
+            socket: self.cfg.socket.to_string(),
+            command: command.to_owned(),
+            kind,
+        };
+        let exchange = async {
+            match &self.cfg.socket {
+                HaSocket::Unix(p) => exchange(tokio::net::UnixStream::connect(p).await?, command).await,
+                HaSocket::Tcp(a) => exchange(tokio::net::TcpStream::connect(a).await?, command).await,
+            }
+        };
+        let answer = match tokio::time::timeout(self.cfg.timeout, exchange).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::transport);
+                return Err(err(RuntimeError::Unreachable(e.to_string())));
+            }
+            Err(_) => {
+                self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::transport);
+                return Err(err(RuntimeError::Timeout(self.cfg.timeout)));
+            }
+        };
+        Ok(answer)
+    }
+
+    /// Sends a command that answers nothing (or `expect`) on success.
+    async fn change(&self, command: &str, expect: Option<&str>) -> Result<(), Error> {
+        let answer = self.command(command).await?;
+        let text = answer.trim();
+        let ok = match expect {
+            Some(e) => text.contains(e),
+            None => text.is_empty(),
+        };
+        if ok {
+            self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::ok);
+            return Ok(());
+        }
+        self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::client_error);
+        Err(Error::Runtime {
+            socket: self.cfg.socket.to_string(),
+            command: command.to_owned(),
+            kind: RuntimeError::from_answer(text),
+        })
+    }
+
+    /// Reads the backend's servers.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`]: unreachable socket, unknown backend, permission denied.
+    pub async fn read(&self) -> Result<Vec<Node>, Error> {
+        let state_cmd = format!("show servers state {}", self.cfg.backend);
+        let state = self.command(&state_cmd).await?;
+        let servers = parse_servers_state(&state).map_err(|kind| {
+            self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::client_error);
+            Error::Runtime {
+                socket: self.cfg.socket.to_string(),
+                command: state_cmd.clone(),
+                kind,
+            }
+        })?;
+        self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::ok);
+        let stat_cmd = format!("show stat {} 4 -1", self.cfg.backend);
+        let stat = self.command(&stat_cmd).await?;
+        let sessions = parse_stat_sessions(&stat, &self.cfg.backend);
+        self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::ok);
+        let nodes: Vec<Node> = servers
+            .iter()
+            .map(|s| s.node(&self.cfg.prefix, sessions.get(&s.name).copied()))
+            .collect();
+        let mine = nodes.iter().filter(|n| !n.foreign).count();
+        {
+            let mut last = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *last > 0 && mine == 0 {
+                tracing::warn!(
+                    backend = %self.cfg.backend,
+                    "HAProxy lost the {} server(s) lb-sync added (restarted or reloaded?): adding them again",
+                    *last
+                );
+            }
+            *last = mine;
+        }
+        let mut names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *names = servers.into_iter().map(|s| (s.id, s.name)).collect();
+        Ok(nodes)
+    }
+
+    fn name_of(&self, node: &NodeRef) -> String {
+        let names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        names
+            .get(&node.id)
+            .cloned()
+            .unwrap_or_else(|| self.server_name(&node.endpoint))
+    }
+
+    /// Adds servers, with health checks, in service (or draining with `--add-draining`).
+    ///
+    /// # Errors
+    /// [`Error::Runtime`] of the first command that fails.
+    pub async fn add(&self, nodes: &[NewNode]) -> Result<(), Error> {
+        let b = &self.cfg.backend;
+        for n in nodes {
+            let name = self.server_name(&n.endpoint);
+            let opts = &self.cfg.check_options;
+            self.change(
+                format!("add server {b}/{name} {} check {opts}", n.endpoint).trim_end(),
+                Some("New server registered"),
+            )
+            .await?;
+            self.change(&format!("enable health {b}/{name}"), None).await?;
+            let state = if n.condition == Condition::Draining {
+                "drain"
+            } else {
+                "ready"
+            };
+            self.change(&format!("set server {b}/{name} state {state}"), None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets a server ready (enable) or draining.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`].
+    pub async fn set_condition(&self, node: &NodeRef, condition: &Condition) -> Result<(), Error> {
+        let state = match condition {
+            Condition::Draining => "drain",
+            Condition::Disabled => "maint",
+            Condition::Enabled | Condition::Other(_) => "ready",
+        };
+        let name = self.name_of(node);
+        self.change(&format!("set server {}/{name} state {state}", self.cfg.backend), None)
+            .await
+    }
+
+    /// Deletes servers: maintenance, close what is left, delete.
+    ///
+    /// # Errors
+    /// [`Error::Runtime`]; [`RuntimeError::InUse`] when connections outlive the shutdown.
+    pub async fn delete(&self, nodes: &[NodeRef]) -> Result<(), Error> {
+        let b = &self.cfg.backend;
+        for n in nodes {
+            let name = self.name_of(n);
+            self.change(&format!("set server {b}/{name} state maint"), None).await?;
+            self.change(&format!("shutdown sessions server {b}/{name}"), None)
+                .await?;
+            // Closing is asynchronous: a delete right after may still see the connections.
+            let mut tries = 0;
+            loop {
+                match self
+                    .change(&format!("del server {b}/{name}"), Some("Server deleted"))
+                    .await
+                {
+                    Err(Error::Runtime {
+                        kind: RuntimeError::InUse,
+                        ..
+                    }) if tries < 20 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The name of the server lb-sync adds for `endpoint`.
+#[must_use]
+pub fn server_name(prefix: &str, endpoint: &Endpoint) -> String {
+    format!("{prefix}{}", endpoint.address).replace(['[', ']'], "") + &format!(":{}", endpoint.port)
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, command: &str) -> std::io::Result<String> {
+    s.write_all(format!("{command}\n").as_bytes()).await?;
+    // Without `prompt`, HAProxy answers one command and closes the connection.
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// One line of `show servers state`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerState {
+    /// `srv_id`.
+    pub id: u64,
+    /// `srv_name`.
+    pub name: String,
+    /// `srv_addr`.
+    pub address: String,
+    /// `srv_port`.
+    pub port: u16,
+    /// `srv_op_state`: 0 stopped, 1 starting, 2 running, 3 stopping.
+    pub op_state: u32,
+    /// `srv_admin_state`: `SRV_ADMF_*` bits.
+    pub admin_state: u32,
+    /// `srv_check_result`: 0 unknown, 1 neutral, 2 failed, 3 passed, 4 conditionally passed.
+    pub check_result: u32,
+    /// `srv_check_state`: `CHK_ST_*` bits.
+    pub check_state: u32,
+}
+
+impl ServerState {
+    /// The plan's view of the server.
+    #[must_use]
+    pub fn node(&self, prefix: &str, sessions: Option<u64>) -> Node {
+        let condition = if self.admin_state & ADMIN_MAINT != 0 {
+            Condition::Disabled
+        } else if self.admin_state & ADMIN_DRAIN != 0 {
+            Condition::Draining
+        } else {
+            Condition::Enabled
+        };
+        let checked = self.check_state & CHECK_ENABLED != 0;
+        // Online: running, and when checked, its check passed at least once (a server just
+        // added is "running" before its first check).
+        let status = if self.op_state == OP_RUNNING && (!checked || matches!(self.check_result, 3 | 4)) {
+            NodeStatus::Online
+        } else if self.op_state == OP_RUNNING && self.check_result != CHECK_FAILED {
+            NodeStatus::Other("CHECKING".into())
+        } else {
+            NodeStatus::Offline
+        };
+        Node {
+            id: self.id,
+            address: self.address.clone(),
+            port: self.port,
+            condition,
+            status,
+            sessions,
+            foreign: !self.name.starts_with(prefix),
+        }
+    }
+}
+
+/// Parses `show servers state B` (format 1: a version line, a `#` header naming the
+/// columns, one line per server).
+///
+/// # Errors
+/// [`RuntimeError`] for an error answer or a table that cannot be read.
+pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, RuntimeError> {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or_default().trim();
+    if first != "1" {
+        return Err(RuntimeError::from_answer(text));
+    }
+    let header = lines
+        .next()
+        .and_then(|h| h.strip_prefix('#'))
+        .ok_or_else(|| RuntimeError::Malformed("no header line".into()))?;
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| RuntimeError::Malformed(format!("no column {name}")))
+    };
+    let (id, name, addr, port) = (col("srv_id")?, col("srv_name")?, col("srv_addr")?, col("srv_port")?);
+    let (op, admin, result, cstate) = (
+        col("srv_op_state")?,
+        col("srv_admin_state")?,
+        col("srv_check_result")?,
+        col("srv_check_state")?,
+    );
+    let mut out = Vec::new();
+    for line in lines {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let get = |i: usize| {
+            f.get(i)
+                .copied()
+                .ok_or_else(|| RuntimeError::Malformed(format!("short line {line:?}")))
+        };
+        let num = |i: usize| -> Result<u32, RuntimeError> {
+            get(i)?
+                .parse()
+                .map_err(|_| RuntimeError::Malformed(format!("not a number in {line:?}")))
+        };
+        out.push(ServerState {
+            id: u64::from(num(id)?),
+            name: get(name)?.to_owned(),
+            address: get(addr)?.to_owned(),
+            port: u16::try_from(num(port)?).map_err(|_| RuntimeError::Malformed(format!("bad port in {line:?}")))?,
+            op_state: num(op)?,
+            admin_state: num(admin)?,
+            check_result: num(result)?,
+            check_state: num(cstate)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Current sessions (`scur`) of each server of `backend`, from `show stat` CSV.
+#[must_use]
+pub fn parse_stat_sessions(text: &str, backend: &str) -> BTreeMap<String, u64> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next().and_then(|h| h.strip_prefix("# ")) else {
+        return BTreeMap::new();
+    };
+    let cols: Vec<&str> = header.split(',').collect();
+    let pos = |n: &str| cols.iter().position(|c| *c == n);
+    let (Some(px), Some(sv), Some(scur)) = (pos("pxname"), pos("svname"), pos("scur")) else {
+        return BTreeMap::new();
+    };
+    lines
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            if f.get(px) != Some(&backend) {
+                return None;
+            }
+            let name = (*f.get(sv)?).to_owned();
+            if name == "BACKEND" || name == "FRONTEND" {
+                return None;
+            }
+            Some((name, f.get(scur)?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = "1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+3 web 1 static1 127.0.0.1 2 0 1 1 10 1 0 0 0 0 0 0 - 9001 - 0 0 - - 0
+3 web 2 lb-sync-127.0.0.2:8080 127.0.0.2 2 0 1 1 3 6 3 4 6 0 0 0 - 8080 - 0 0 - - 0
+3 web 3 lb-sync-127.0.0.3:8080 127.0.0.3 2 8 1 1 3 6 3 4 6 0 0 0 - 8080 - 0 0 - - 0
+3 web 4 lb-sync-127.0.0.4:8080 127.0.0.4 0 1 1 1 3 6 2 0 6 0 0 0 - 8080 - 0 0 - - 0
+";
+
+    #[test]
+    fn servers_state_becomes_typed_nodes() {
+        let servers = parse_servers_state(STATE).unwrap();
+        let stat = "# pxname,svname,qcur,qmax,scur,smax\nweb,static1,0,0,1,3\nweb,lb-sync-127.0.0.3:8080,0,0,2,2\nweb,BACKEND,0,0,3,3\nother,x,0,0,9,9\n";
+        let sessions = parse_stat_sessions(stat, "web");
+        assert_eq!(sessions.len(), 2, "{sessions:?}");
+        let nodes: Vec<Node> = servers
+            .iter()
+            .map(|s| s.node("lb-sync-", sessions.get(&s.name).copied()))
+            .collect();
+        let got: Vec<(u64, bool, Condition, NodeStatus, Option<u64>)> = nodes
+            .iter()
+            .map(|n| (n.id, n.foreign, n.condition.clone(), n.status.clone(), n.sessions))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, true, Condition::Enabled, NodeStatus::Online, Some(1)),
+                (2, false, Condition::Enabled, NodeStatus::Online, None),
+                (3, false, Condition::Draining, NodeStatus::Online, Some(2)),
+                (4, false, Condition::Disabled, NodeStatus::Offline, None),
+            ]
+        );
+        assert_eq!(nodes[1].endpoint().unwrap().to_string(), "127.0.0.2:8080");
+    }
+
+    #[test]
+    fn error_answers_are_typed() {
+        let cases = [
+            ("Permission denied\n", RuntimeError::PermissionDenied),
+            ("Can't find backend.\n", RuntimeError::UnknownBackend),
+            ("No such backend.\n", RuntimeError::UnknownBackend),
+            ("No such server.\n", RuntimeError::UnknownServer),
+            (
+                "Server still has connections attached to it, cannot remove it.\n",
+                RuntimeError::InUse,
+            ),
+            (
+                "Already exists a server with the same name in backend.\n",
+                RuntimeError::Duplicate,
+            ),
+            (
+                "Backend must use a dynamic load balancing to support dynamic servers.\n",
+                RuntimeError::StaticBackend,
+            ),
+            ("Unknown command\n", RuntimeError::Refused("Unknown command".into())),
+        ];
+        for (answer, want) in cases {
+            assert_eq!(RuntimeError::from_answer(answer), want, "{answer:?}");
+        }
+        assert_eq!(
+            parse_servers_state("Can't find backend.\n").unwrap_err(),
+            RuntimeError::UnknownBackend
+        );
+        assert!(RuntimeError::InUse.retryable() && !RuntimeError::PermissionDenied.retryable());
+    }
+
+    #[test]
+    fn server_names_carry_the_endpoint() {
+        let v4 = Endpoint::new("10.0.0.1".parse().unwrap(), 8080);
+        assert_eq!(server_name("lb-sync-", &v4), "lb-sync-10.0.0.1:8080");
+        let v6 = Endpoint::new("2001:db8::1".parse().unwrap(), 80);
+        assert_eq!(server_name("lb-sync-", &v6), "lb-sync-2001:db8::1:80");
+    }
+}
