@@ -11,8 +11,8 @@ mod equivalence;
 use std::time::{Duration, Instant};
 
 use support::{
-    Proxy, Reader, Running, Trip, WORLD_COUNTS, dbhelper, root_sql, run, seed_at, sql, user_databases, world_counts,
-    world_dump, write_file,
+    OLD_WORLD_VIEW, Proxy, Reader, Running, Trip, WORLD_COUNTS, WORLD_VIEW, dbhelper, old_world, root_sql, run, seed_at,
+    sql, user_databases, world_counts, world_dump, write_file,
 };
 use testbed::MariaDb;
 
@@ -162,8 +162,7 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
     let seen = reader.stop();
     assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
     assert!(
-        seen.keys()
-            .all(|view| view.is_none() || view.as_deref() == Some(WORLD_COUNTS)),
+        seen.keys().all(|view| view.is_none() || view.as_deref() == Some(WORLD_VIEW)),
         "a reader saw a partial world: {seen:?}"
     );
     assert!(seen.contains_key(&None), "the reader looked before the load: {seen:?}");
@@ -177,12 +176,9 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
 fn connection_dropped_during_a_reload_keeps_the_old_data_live() {
     let db = MariaDb::start();
     let dir = tempfile::tempdir().unwrap();
-    // The "old" dump: the same world with one city renamed, so old and new data differ.
-    let original = std::fs::read(world_dump()).unwrap();
-    let needle = b"(1,'Kabul',";
-    let at = original.windows(needle.len()).position(|w| w == needle).unwrap();
-    let mut old = original.clone();
-    old.splice(at..at + needle.len(), b"(1,'Old Kabul',".iter().copied());
+    // The "old" dump: the same world with one value changed in each table, so a reader
+    // would see a mix of old and new tables.
+    let old = old_world();
     let old_dump = write_file(dir.path(), "old.sql", &old);
     let port = db.port().to_string();
     run(&mut seed_at(&port, old_dump.to_str().unwrap(), &[])).assert_ok();
@@ -213,12 +209,14 @@ fn connection_dropped_during_a_reload_keeps_the_old_data_live() {
         out.stdout
     );
     assert_eq!(root_sql(&db, "SELECT Name FROM world.City WHERE ID=1"), ["Kabul"]);
+    // Let the reader look at the new world too.
+    std::thread::sleep(Duration::from_millis(500));
     let seen = reader.stop();
-    assert_eq!(
-        seen.keys().collect::<Vec<_>>(),
-        [&Some(WORLD_COUNTS.to_owned())],
-        "readers always saw a complete world: {seen:?}"
+    assert!(
+        seen.contains_key(&Some(OLD_WORLD_VIEW.to_owned())) && seen.contains_key(&Some(WORLD_VIEW.to_owned())),
+        "the reader saw the old world, then the new one: {seen:?}"
     );
+    assert_eq!(seen.len(), 2, "readers only ever saw a whole old or a whole new world: {seen:?}");
 }
 
 /// The seed's way: docker-link variables, including `DB_PORT=tcp://ADDR:PORT`, the root
@@ -525,4 +523,81 @@ fn sigterm_while_waiting_stops_promptly() {
         "{}",
         out.error_line()
     );
+}
+
+/// Views, triggers and routines are created right after the swap; a run killed inside
+/// that step (its connection stalled by a proxy, then SIGKILL) leaves the tables in place
+/// and the marker saying the step is not done, and the next run completes it without
+/// loading the tables again.
+#[test]
+fn objects_step_killed_half_way_is_completed_by_the_next_run() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The objects step sends far more than the tables step: only its connection trips.
+    let body = "x".repeat(300 * 1024);
+    let dump = format!(
+        "CREATE TABLE t (a int PRIMARY KEY, b varchar(10));\nINSERT INTO t VALUES (1,'one'),(2,'two');\n\
+         CREATE TABLE log (n int);\n\
+         CREATE VIEW v AS SELECT a, b FROM t;\n\
+         DELIMITER ;;\n\
+         CREATE TRIGGER t_ai AFTER INSERT ON t FOR EACH ROW BEGIN INSERT INTO log VALUES (NEW.a); END ;;\n\
+         CREATE PROCEDURE big() BEGIN SELECT '{body}'; END ;;\n\
+         CREATE FUNCTION after_big() RETURNS INT DETERMINISTIC RETURN 7 ;;\n\
+         DELIMITER ;\n"
+    );
+    let dump = write_file(dir.path(), "objects.sql", dump.as_bytes());
+    let proxy = Proxy::start(db.port());
+    proxy.trip_after(100 * 1024, Trip::Stall);
+    let mut running = Running::spawn(&mut seed_at(&proxy.port.to_string(), dump.to_str().unwrap(), &[]));
+    running.wait_for_stderr("swapped the loaded tables in", Duration::from_secs(60));
+    let stalled = testbed::wait_for(Duration::from_secs(30), || proxy.tripped().then_some(()));
+    assert!(stalled.is_some(), "the objects step never stalled: {}", running.stderr());
+    running.child.kill().unwrap();
+    let killed = running.finish(Duration::from_secs(10));
+    assert_eq!(killed.code, None, "killed by a signal");
+    proxy.cut_all();
+
+    // The tables are in, the objects step is recorded as not done, the last function missing.
+    assert_eq!(root_sql(&db, "SELECT a, b FROM world.t ORDER BY a"), ["1\tone", "2\ttwo"]);
+    assert_eq!(
+        root_sql(&db, "SELECT DISTINCT objects_done FROM world._dbhelper_seed"),
+        ["0"]
+    );
+    assert!(
+        root_sql(&db, "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='world'")
+            .iter()
+            .all(|r| r != "after_big")
+    );
+    // A change to the data in between: the completing run must not reload the tables.
+    root_sql(&db, "UPDATE world.t SET b='changed' WHERE a=1");
+
+    let out = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("completed the views, triggers, routines and events"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(root_sql(&db, "SELECT b FROM world.t WHERE a=1"), ["changed"]);
+    assert_eq!(
+        root_sql(&db, "SELECT DISTINCT objects_done FROM world._dbhelper_seed"),
+        ["1"]
+    );
+    assert_eq!(
+        root_sql(
+            &db,
+            "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='world' ORDER BY 1"
+        ),
+        ["after_big", "big"]
+    );
+    assert_eq!(root_sql(&db, "SELECT world.after_big(), COUNT(*) FROM world.v"), ["7\t2"]);
+    // The trigger works (created once, not twice).
+    root_sql(&db, "INSERT INTO world.t VALUES (3,'three')");
+    assert_eq!(root_sql(&db, "SELECT n FROM world.log"), ["3"]);
+    assert_eq!(user_databases(&db), ["world"]);
+
+    // A third run loads nothing.
+    let again = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
+    again.assert_ok();
+    assert!(again.stdout.contains("world: already seeded"), "{}", again.stdout);
 }
