@@ -292,7 +292,16 @@ fn equivalence_mariadb_dump_option_sets() {
             orphans,
             "{name}: the definer rewrite is logged when the dump has a missing definer: {log}"
         );
-        println!("equivalence {name}: same state ({:?})", started.elapsed());
+        // The window of the objects step, as dbhelper logged it (for the README).
+        let window = log
+            .lines()
+            .find_map(|l| l.split("window=").nth(1))
+            .and_then(|w| w.split_whitespace().next())
+            .unwrap_or("-");
+        println!(
+            "equivalence {name}: same state ({:?}); swap + objects step took {window}",
+            started.elapsed()
+        );
     }
 
     // --all-databases writes the system schema `mysql`: refused, naming it and the option.
