@@ -600,4 +600,88 @@ fn objects_step_killed_half_way_is_completed_by_the_next_run() {
     let again = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
     again.assert_ok();
     assert!(again.stdout.contains("world: already seeded"), "{}", again.stdout);
+
+    // A forced reload replaces tables that have triggers (dropped just before the swap:
+    // a table with triggers cannot be renamed to another database) and creates them anew.
+    let forced = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &["--force"]));
+    forced.assert_ok();
+    assert_eq!(root_sql(&db, "SELECT a, b FROM world.t ORDER BY a"), ["1\tone", "2\ttwo"]);
+    root_sql(&db, "INSERT INTO world.t VALUES (4,'four')");
+    assert_eq!(root_sql(&db, "SELECT n FROM world.log"), ["4"]);
+    assert_eq!(user_databases(&db), ["world"]);
+}
+
+/// The first SIGTERM during the load stops at the next statement boundary: the run ends
+/// promptly, says nothing changed, and drops its staging database.
+#[test]
+fn sigterm_during_the_load_stops_at_a_statement_boundary_and_drops_the_staging_database() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dump = String::from("CREATE TABLE t (a int);\n");
+    for n in 0..100 {
+        dump.push_str(&format!("DO SLEEP(0.1);\nINSERT INTO t VALUES ({n});\n"));
+    }
+    let dump = write_file(dir.path(), "slow.sql", dump.as_bytes());
+    let mut running = Running::spawn(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
+    let started = testbed::wait_for(Duration::from_secs(60), || {
+        let n = sql(db.port(), "root", "secret", "SELECT COUNT(*) FROM world__dbhelper_new.t").ok()?;
+        (n.first()?.parse::<u64>().ok()? > 2).then_some(())
+    });
+    assert!(started.is_some(), "the load never got going: {}", running.stderr());
+    testbed::signal(running.child.id(), libc::SIGTERM);
+    let signalled = Instant::now();
+    let out = running.finish(Duration::from_secs(30));
+    assert!(signalled.elapsed() < Duration::from_secs(5), "stopped within a statement or two");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.error_line().contains("stopped by a signal during the load; nothing was changed in database \"world\""),
+        "{}",
+        out.error_line()
+    );
+    assert!(user_databases(&db).is_empty(), "{:?}", user_databases(&db));
+}
+
+/// Two runs at once for the same database: one loads, the other waits for its lock and
+/// then finds the dump already loaded.
+#[test]
+fn concurrent_runs_for_the_same_database_are_serialised() {
+    let db = MariaDb::start();
+    let port = db.port().to_string();
+    let mut first = Running::spawn(&mut seed_at(&port, &dump_arg(), &[]));
+    let mut second = Running::spawn(&mut seed_at(&port, &dump_arg(), &[]));
+    let (a, b) = (first.finish(Duration::from_secs(120)), second.finish(Duration::from_secs(120)));
+    a.assert_ok();
+    b.assert_ok();
+    let loaded = [&a, &b].iter().filter(|r| r.stdout.contains("world: seeded from")).count();
+    let skipped = [&a, &b].iter().filter(|r| r.stdout.contains("world: already seeded")).count();
+    assert_eq!((loaded, skipped), (1, 1), "one load, one skip:\n{}\n{}", a.stdout, b.stdout);
+    assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
+    assert_eq!(user_databases(&db), ["world"]);
+}
+
+/// With a small `max_allowed_packet` the merged inserts stay under it (the server would
+/// refuse a larger packet), and tables and views of the database that the dump does not
+/// hold are left alone.
+#[test]
+fn batches_stay_under_max_allowed_packet_and_other_tables_are_left_alone() {
+    let db = MariaDb::start();
+    root_sql(&db, "SET GLOBAL max_allowed_packet = 16384");
+    root_sql(
+        &db,
+        "CREATE DATABASE world; CREATE TABLE world.extra (a int); INSERT INTO world.extra VALUES (1),(2); \
+         CREATE VIEW world.extra_v AS SELECT COUNT(*) AS n FROM world.extra",
+    );
+    let out = run(&mut seed_at(&db.port().to_string(), &dump_arg(), &[]));
+    out.assert_ok();
+    let trips: usize = out
+        .stderr
+        .lines()
+        .find_map(|l| l.split("round_trips=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the load logs its round trips");
+    // The rows in batches of at most 15 KiB: more round trips than the 37 of 4M batches.
+    assert!(trips >= 45, "{trips} round trips");
+    assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
+    assert_eq!(root_sql(&db, "SELECT n FROM world.extra_v"), ["2"]);
 }
