@@ -141,6 +141,11 @@ pub struct SeedArgs {
     #[arg(long, env = "DB_REPLAY_SYSTEM_SCHEMAS")]
     pub replay_system_schemas: bool,
 
+    /// Connections that load tables in parallel (1 to 16); each table's statements stay
+    /// on one connection, in dump order.
+    #[arg(long, env = "DB_LOAD_JOBS", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub jobs: u8,
+
     /// Upper bound of one merged statement in bytes (suffixes K, M); the server's
     /// max_allowed_packet lowers it further.
     #[arg(long, env = "DB_BATCH_BYTES", default_value = "4M", value_parser = parse_bytes)]

@@ -158,6 +158,7 @@ async fn run_seed(
         database: &seed.database,
         force: seed.force,
         batch_bytes: seed.batch_bytes,
+        jobs: usize::from(seed.jobs),
         lock_wait: seed.db.wait_timeout,
     };
     let outcome = load::seed(&mut admin, &root, &dump, &opts, cancel).await?;

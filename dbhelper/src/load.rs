@@ -46,7 +46,7 @@ use crate::db::{self, Admin, db_error, ident};
 use crate::dump::{self, Piece};
 use crate::error::{describe, server_code, snippet};
 use crate::locate::Address;
-use crate::plan::{self, Action, Database, Definer, ObjectKind, Plan, Verb};
+use crate::plan::{self, Action, Database, Definer, ObjectKind, Verb};
 use crate::progress::{Progress, human_bytes};
 
 /// The marker table, in each seeded database.
@@ -218,6 +218,8 @@ pub struct SeedOptions<'a> {
     pub force: bool,
     /// Upper bound of a merged statement.
     pub batch_bytes: usize,
+    /// Connections loading tables in parallel.
+    pub jobs: usize,
     /// How long to wait for another dbhelper seeding the same database.
     pub lock_wait: Duration,
 }
@@ -536,8 +538,9 @@ fn first_user_target(targets: &[Target]) -> Option<&Target> {
     targets.iter().find(|t| !t.system)
 }
 
-/// Runs the tables phase on a connection of its own, so the dump's session settings
-/// (`SET NAMES latin1`, `FOREIGN_KEY_CHECKS=0`, ...) stay there.
+/// Runs the tables phase on connections of their own, so the dump's session settings
+/// (`SET NAMES latin1`, `FOREIGN_KEY_CHECKS=0`, ...) stay there: one connection in dump
+/// order, or up to `--jobs` connections each loading whole tables (see [`plan::lanes`]).
 async fn load_tables(
     admin: &mut Admin,
     root: &Credentials,
@@ -549,67 +552,138 @@ async fn load_tables(
     let address = admin.address.clone();
     let staging: Vec<String> = targets.iter().map(Target::staging).collect();
     let default = first_user_target(targets).map(Target::staging);
-    let mut conn = db::connect(db::opts(&address, root, default.as_deref()), db::CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| db_error("opening the load connection", &address, &e))?;
+    let connect = || async {
+        db::connect(db::opts(&address, root, default.as_deref()), db::CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| db_error("opening a load connection", &address, &e))
+    };
+    let mut conn = connect().await?;
     let limit = statement_limit(&mut conn, &address, opts.batch_bytes).await?;
     let plan = plan::plan(&dump.bytes, &dump.pieces, limit, dump.replay_system).map_err(|source| Error::DumpPlan {
         path: dump.path.clone(),
         source,
     })?;
     let user: Vec<&Target> = targets.iter().filter(|t| !t.system).collect();
+    // More than one lane only pays when several lanes hold table statements.
+    let lanes = plan::lanes(&plan.tables, opts.jobs).filter(|lanes| {
+        lanes
+            .iter()
+            .filter(|lane| lane.iter().any(|st| matches!(plan::target_of(&st.action), plan::Target::Table(_))))
+            .count()
+            > 1
+    });
     tracing::info!(
         databases = %describe_databases(&user),
         statements = plan.statements,
         round_trips = plan.tables.len(),
+        connections = lanes.as_ref().map_or(1, Vec::len),
         size = %human_bytes(dump.bytes.len()),
         "loading the tables into the staging databases"
     );
     let started = Instant::now();
-    let result = run_tables(&mut conn, &address, &plan, dump, &staging, &user, cancel).await;
-    // A broken connection cannot be closed politely; dropping it is enough.
-    if result.is_ok() {
-        let _ = conn.disconnect().await;
-    }
+    let lane = Lane {
+        address: &address,
+        dump,
+        staging: &staging,
+        unchanged: describe_databases(&user),
+        cancel,
+    };
+    let result = match &lanes {
+        None => {
+            let steps: Vec<&plan::Step<'_>> = plan.tables.iter().collect();
+            lane.run(&mut conn, &steps, true).await
+        }
+        Some(lanes) => {
+            let mut conns = vec![conn];
+            while conns.len() < lanes.len() {
+                conns.push(connect().await?);
+            }
+            // Tables load in an order of their own on each connection: a foreign key's
+            // rows may arrive before the rows it references (the swap makes them visible
+            // only all together, and mysqldump's data is consistent).
+            for c in &mut conns {
+                c.query_drop("SET SESSION FOREIGN_KEY_CHECKS = 0")
+                    .await
+                    .map_err(|e| db_error("preparing a load connection", &address, &e))?;
+            }
+            let stop = cancel.child_token();
+            let lane = Lane { cancel: &stop, ..lane };
+            let runs = conns.iter_mut().zip(lanes).enumerate().map(|(i, (c, steps))| {
+                let lane = &lane;
+                let stop = &stop;
+                async move {
+                    let r = lane.run(c, steps, i == 0).await;
+                    if r.is_err() {
+                        // The other connections stop at their next statement.
+                        stop.cancel();
+                    }
+                    r
+                }
+            });
+            let results = futures::future::join_all(runs).await;
+            // The first real error, not the "interrupted" of the lanes it stopped.
+            let first = results
+                .iter()
+                .position(|r| matches!(r, Err(e) if !matches!(e, Error::Interrupted { .. })))
+                .or_else(|| results.iter().position(Result::is_err));
+            let mut results = results;
+            match first {
+                Some(i) => results.swap_remove(i),
+                None => Ok(()),
+            }
+        }
+    };
     result?;
     tracing::info!(elapsed = ?started.elapsed(), "tables loaded into the staging databases");
     Ok(())
 }
 
-async fn run_tables(
-    conn: &mut Conn,
-    address: &Address,
-    plan: &Plan<'_>,
-    dump: &DumpFile,
-    staging: &[String],
-    user: &[&Target],
-    cancel: &CancellationToken,
-) -> Result<(), Error> {
-    let statements: Vec<&Piece> = dump.pieces.iter().filter(|p| p.statement_number().is_some()).collect();
-    let mut progress = Progress::new(dump.bytes.len(), plan.statements);
-    let unchanged = describe_databases(user);
-    for step in &plan.tables {
-        if cancel.is_cancelled() {
-            return Err(Error::Interrupted {
-                during: format!("during the load; nothing was changed in {unchanged}"),
-            });
-        }
-        let sql: Cow<'_, [u8]> = match &step.action {
-            Action::Use(i) => Cow::Owned(format!("USE {}", ident(&staging[*i])).into_bytes()),
-            Action::AlterDatabase(i, options) => {
-                let mut v = format!("ALTER DATABASE {}", ident(&staging[*i])).into_bytes();
-                v.extend_from_slice(options);
-                Cow::Owned(v)
+/// What every connection of the tables phase shares.
+struct Lane<'r> {
+    address: &'r Address,
+    dump: &'r DumpFile,
+    staging: &'r [String],
+    unchanged: String,
+    cancel: &'r CancellationToken,
+}
+
+impl Lane<'_> {
+    /// Runs `steps` on `conn`; the first lane also shows progress.
+    async fn run(&self, conn: &mut Conn, steps: &[&plan::Step<'_>], progress: bool) -> Result<(), Error> {
+        let statements: Vec<&Piece> = self
+            .dump
+            .pieces
+            .iter()
+            .filter(|p| p.statement_number().is_some())
+            .collect();
+        let mut shown = progress.then(|| Progress::new(self.dump.bytes.len(), self.dump.statements));
+        for step in steps {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted {
+                    during: format!("during the load; nothing was changed in {}", self.unchanged),
+                });
             }
-            Action::Sql(bytes) | Action::Object { sql: bytes, .. } => Cow::Borrowed(bytes.as_ref()),
-        };
-        if let Err(e) = conn.query_drop(sql.as_ref()).await {
-            return Err(rejected(conn, address, e, step, &statements, &dump.bytes, &unchanged).await);
+            let sql: Cow<'_, [u8]> = match &step.action {
+                Action::Use(i) => Cow::Owned(format!("USE {}", ident(&self.staging[*i])).into_bytes()),
+                Action::AlterDatabase(i, options) => {
+                    let mut v = format!("ALTER DATABASE {}", ident(&self.staging[*i])).into_bytes();
+                    v.extend_from_slice(options);
+                    Cow::Owned(v)
+                }
+                Action::Sql(bytes) | Action::Object { sql: bytes, .. } => Cow::Borrowed(bytes.as_ref()),
+            };
+            if let Err(e) = conn.query_drop(sql.as_ref()).await {
+                return Err(rejected(conn, self.address, e, step, &statements, &self.dump.bytes, &self.unchanged).await);
+            }
+            if let Some(p) = shown.as_mut() {
+                p.update(step.done_bytes, *step.statements.end());
+            }
         }
-        progress.update(step.done_bytes, *step.statements.end());
+        if let Some(mut p) = shown {
+            p.finish();
+        }
+        Ok(())
     }
-    progress.finish();
-    Ok(())
 }
 
 /// The accounts of the server, to keep the definers that exist.

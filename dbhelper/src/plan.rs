@@ -787,6 +787,116 @@ fn object_statement<'a>(verb: Verb, mut lx: Lexer<'a>) -> Kind<'a> {
     }
 }
 
+/// Which table a statement of the tables phase works on, for loading tables in parallel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Session state (`SET`, `USE`, `ALTER DATABASE`): every connection runs it.
+    Session,
+    /// One table, unqualified (`CREATE|DROP|ALTER|LOCK … t`, `INSERT INTO t`).
+    Table(Vec<u8>),
+    /// `UNLOCK TABLES`: the connection that locked.
+    Unlock,
+    /// Anything else (or a qualified or multi-table name): loads stay sequential.
+    Unknown,
+}
+
+/// See [`Target`].
+#[must_use]
+pub fn target_of(action: &Action<'_>) -> Target {
+    let sql = match action {
+        Action::Use(_) | Action::AlterDatabase(..) => return Target::Session,
+        Action::Sql(sql) | Action::Object { sql, .. } => sql,
+    };
+    let mut lx = Lexer::new(sql);
+    let Some(Token::Word(first)) = lx.next() else {
+        return Target::Unknown;
+    };
+    let first = first.to_ascii_lowercase();
+    let named = match first.as_slice() {
+        b"set" => return Target::Session,
+        b"unlock" => return if lx.keyword("tables") { Target::Unlock } else { Target::Unknown },
+        b"create" | b"drop" | b"alter" => {
+            if !lx.keyword("table") {
+                return Target::Unknown;
+            }
+            if lx.keyword("if") {
+                lx.keyword("not");
+                lx.keyword("exists");
+            }
+            lx.name()
+        }
+        b"lock" => {
+            if !lx.keyword("tables") {
+                return Target::Unknown;
+            }
+            let name = lx.name();
+            // `t [AS alias] READ|WRITE …`, then nothing: a `,` means several tables.
+            while let Some(t) = lx.next() {
+                if t == Token::Punct(b',') || t == Token::Punct(b'.') {
+                    return Target::Unknown;
+                }
+            }
+            name
+        }
+        b"insert" | b"replace" => loop {
+            match lx.next() {
+                Some(Token::Word(w))
+                    if [&b"into"[..], b"ignore", b"low_priority", b"delayed", b"high_priority"]
+                        .iter()
+                        .any(|k| w.eq_ignore_ascii_case(k)) => {}
+                Some(Token::Word(w) | Token::Quoted(w)) => break Some(w),
+                _ => break None,
+            }
+        },
+        _ => return Target::Unknown,
+    };
+    match (named, lx.peek()) {
+        // `db.t` or `t1, t2`: not one table of the current database.
+        (Some(_), Some(Token::Punct(b'.' | b','))) | (None, _) => Target::Unknown,
+        (Some(name), _) => Target::Table(name),
+    }
+}
+
+/// Spreads the tables phase over at most `lanes` connections: each table's statements go
+/// to one lane (tables dealt in turn as they first appear), session statements to every
+/// lane, in dump order. `None` when a statement belongs to no single table: then the load
+/// stays on one connection, in dump order.
+#[must_use]
+pub fn lanes<'p, 'a>(steps: &'p [Step<'a>], lanes: usize) -> Option<Vec<Vec<&'p Step<'a>>>> {
+    let lanes = lanes.max(1);
+    let mut out: Vec<Vec<&Step<'a>>> = vec![Vec::new(); lanes];
+    let mut lane_of: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut database = 0;
+    let mut next = 0;
+    let mut last = 0;
+    for step in steps {
+        if let Action::Use(i) = step.action {
+            database = i;
+        }
+        match target_of(&step.action) {
+            Target::Session => out.iter_mut().for_each(|lane| lane.push(step)),
+            Target::Unlock => out[last].push(step),
+            Target::Unknown => return None,
+            Target::Table(name) => {
+                let mut key = database.to_le_bytes().to_vec();
+                key.extend_from_slice(&name);
+                let lane = match lane_of.iter().find(|(k, _)| *k == key) {
+                    Some((_, lane)) => *lane,
+                    None => {
+                        let lane = next % lanes;
+                        next += 1;
+                        lane_of.push((key, lane));
+                        lane
+                    }
+                };
+                out[lane].push(step);
+                last = lane;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// `INSERT [modifiers] [INTO] name[.name] [(columns)] VALUES (…)[,(…)]` and nothing after.
 fn insert<'a>(stmt: &'a [u8], mut lx: Lexer<'a>) -> Kind<'a> {
     loop {
@@ -1035,6 +1145,59 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(&classify(input.as_bytes()), want, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn targets_table() {
+        let t = |n: &str| Target::Table(n.as_bytes().to_vec());
+        let cases: &[(&str, Target)] = &[
+            ("/*!40101 SET NAMES utf8mb4 */", Target::Session),
+            ("DROP TABLE IF EXISTS `a``b`", t("a`b")),
+            ("CREATE TABLE `c` (x int)", t("c")),
+            ("CREATE TABLE IF NOT EXISTS c (x int)", t("c")),
+            ("/*!40000 ALTER TABLE `c` DISABLE KEYS */", t("c")),
+            ("LOCK TABLES `c` WRITE", t("c")),
+            ("UNLOCK TABLES", Target::Unlock),
+            ("INSERT INTO `c` VALUES (1)", t("c")),
+            ("INSERT IGNORE INTO c VALUES (1)", t("c")),
+            ("REPLACE c VALUES (1)", t("c")),
+            ("INSERT INTO other.c VALUES (1)", Target::Unknown),
+            ("LOCK TABLES a WRITE, b WRITE", Target::Unknown),
+            ("DROP TABLE a, b", Target::Unknown),
+            ("UPDATE c SET x = 1", Target::Unknown),
+            ("CREATE INDEX i ON c (x)", Target::Unknown),
+            ("", Target::Unknown),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(&target_of(&Action::Sql(Cow::Borrowed(sql.as_bytes()))), want, "{sql}");
+        }
+        assert_eq!(target_of(&Action::Use(1)), Target::Session);
+    }
+
+    #[test]
+    fn lanes_keep_each_table_on_one_connection_and_session_statements_on_all() {
+        let input = "SET NAMES utf8mb4;\nDROP TABLE IF EXISTS a;\nCREATE TABLE a (x int);\nLOCK TABLES a WRITE;\n\
+                     INSERT INTO a VALUES (1);\nUNLOCK TABLES;\nCREATE TABLE b (x int);\nLOCK TABLES b WRITE;\n\
+                     INSERT INTO b VALUES (2);\nUNLOCK TABLES;\nCREATE TABLE c (x int);\nUSE other\n\
+                     CREATE TABLE a (y int);\nSET @x = 1;\n";
+        let pieces = split(input.as_bytes()).unwrap();
+        let p = plan(input.as_bytes(), &pieces, 1 << 20, false).unwrap();
+        let lanes = lanes(&p.tables, 2).unwrap();
+        let numbers: Vec<Vec<usize>> = lanes
+            .iter()
+            .map(|lane| lane.iter().map(|st| *st.statements.start()).collect())
+            .collect();
+        // `other` is the dump's first named database: the statements before its `USE` went
+        // to it too (the connection starts there), so its `a` is the first `a`.
+        assert_eq!(numbers, [vec![1, 2, 3, 4, 5, 6, 11, 12, 13, 14], vec![1, 7, 8, 9, 10, 12, 14]]);
+        // One lane: everything in dump order.
+        let one = super::lanes(&p.tables, 1).unwrap();
+        assert_eq!(one[0].len(), p.tables.len());
+        // A statement of no single table keeps the load sequential.
+        let input = "CREATE TABLE a (x int);\nUPDATE a SET x = 1;\n";
+        let pieces = split(input.as_bytes()).unwrap();
+        let p = plan(input.as_bytes(), &pieces, 1 << 20, false).unwrap();
+        assert!(super::lanes(&p.tables, 4).is_none());
     }
 
     #[test]
