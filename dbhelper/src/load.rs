@@ -104,9 +104,10 @@ impl DumpFile {
             path: path.to_owned(),
             source,
         })?;
-        // Planned once here only to refuse a bad dump early; the loader plans again with
-        // the server's packet limit.
-        let checked = plan::plan(&bytes, &pieces, usize::MAX, replay_system).map_err(|source| Error::DumpPlan {
+        // Planned once here only to refuse a bad dump early, without merging (a limit of
+        // 0 merges nothing, so nothing is copied); the loader plans again with the
+        // server's packet limit.
+        let checked = plan::plan(&bytes, &pieces, 0, replay_system).map_err(|source| Error::DumpPlan {
             path: path.to_owned(),
             source,
         })?;
@@ -1099,6 +1100,68 @@ async fn check_foreign_keys(admin: &mut Admin, db: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn marker(sha: &str, done: bool) -> Option<Marker> {
+        Some(Marker {
+            sha256: sha.into(),
+            loaded_at: String::new(),
+            tables: vec![("t".into(), 1)],
+            objects_done: done,
+        })
+    }
+
+    #[test]
+    fn state_table() {
+        let cases: Vec<(Vec<Option<Marker>>, bool, State)> = vec![
+            (vec![marker("a", true)], true, State::Loaded),
+            (vec![marker("a", true), marker("a", true)], true, State::Loaded),
+            (vec![marker("a", true), marker("a", false)], true, State::ObjectsPending),
+            (vec![marker("a", false)], true, State::ObjectsPending),
+            (vec![marker("a", true)], false, State::Load),
+            (vec![marker("a", false)], false, State::Load),
+            (vec![marker("b", true)], true, State::Load),
+            (vec![marker("a", true), marker("b", true)], true, State::Load),
+            (vec![marker("a", true), None], true, State::Load),
+            (vec![None], true, State::Load),
+            (vec![], true, State::Load),
+        ];
+        for (markers, present, want) in cases {
+            assert_eq!(state(&markers, "a", present), want, "{markers:?} {present}");
+        }
+    }
+
+    #[test]
+    fn targets_map_one_database_and_keep_several() {
+        let db = |name: Option<&str>, system: bool| Database {
+            name: name.map(str::to_owned),
+            options: None,
+            system,
+            line: 1,
+        };
+        let lives = |dbs: &[Database]| -> Vec<String> { targets(dbs, "app").into_iter().map(|t| t.live).collect() };
+        assert_eq!(lives(&[db(None, false)]), ["app"]);
+        assert_eq!(lives(&[db(Some("world"), false)]), ["app"]);
+        assert_eq!(lives(&[db(Some("a"), false), db(Some("b"), false)]), ["a", "b"]);
+        assert_eq!(lives(&[db(Some("a"), false), db(Some("mysql"), true)]), ["app", "mysql"]);
+    }
+
+    #[test]
+    fn missing_definers_become_the_loading_user() {
+        let sql = b"CREATE DEFINER=`gone`@`%` VIEW v AS SELECT 1";
+        let definer = Definer {
+            user: b"gone".to_vec(),
+            host: b"%".to_vec(),
+            span: 15..25,
+        };
+        let mut accounts = HashSet::new();
+        assert_eq!(
+            with_definer(sql, Some(&definer), &accounts).as_deref(),
+            Some(&b"CREATE DEFINER=CURRENT_USER VIEW v AS SELECT 1"[..])
+        );
+        accounts.insert((b"gone".to_vec(), b"%".to_vec()));
+        assert_eq!(with_definer(sql, Some(&definer), &accounts), None);
+        assert_eq!(with_definer(sql, None, &HashSet::new()), None);
+    }
 
     #[test]
     fn names_fit_the_server_limit() {

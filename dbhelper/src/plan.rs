@@ -894,6 +894,8 @@ pub fn lanes<'p, 'a>(steps: &'p [Step<'a>], lanes: usize) -> Option<Vec<Vec<&'p 
             }
         }
     }
+    // Fewer tables than lanes: the lanes past them would only replay session statements.
+    out.truncate(next.clamp(1, lanes));
     Some(out)
 }
 
