@@ -172,9 +172,12 @@ mod tests {
         }
     }
 
+    /// An input and what [`block_at`] says of it.
+    type BlockCase = (&'static [u8], Option<(Block, usize)>);
+
     #[test]
     fn blocks() {
-        let cases: &[(&[u8], Option<(Block, usize)>)] = &[
+        let cases: &[BlockCase] = &[
             (b"/* x */", Some((Block::Comment, 2))),
             (b"/**/", Some((Block::Comment, 2))),
             (b"/*!40101 SET x */", Some((Block::Version, 3))),

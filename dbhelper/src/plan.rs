@@ -353,18 +353,18 @@ impl<'a> Builder<'a> {
             done_bytes: done,
         };
         let kind = classify(bytes);
-        if let Kind::Insert { head, rows } = kind {
-            if !self.in_system() {
-                let limit = self.max_statement;
-                let fits = |m: &&mut Merge<'a>| m.head == head && m.len() + 1 + rows.len() <= limit;
-                if let Some(m) = self.pending.as_mut().filter(fits) {
-                    m.push(rows, number, done);
-                    return Ok(());
-                }
-                self.flush();
-                self.pending = Some(Merge::new(bytes, head, rows, number, line, done));
+        if let Kind::Insert { head, rows } = kind
+            && !self.in_system()
+        {
+            let limit = self.max_statement;
+            let fits = |m: &&mut Merge<'a>| m.head == head && m.len() + 1 + rows.len() <= limit;
+            if let Some(m) = self.pending.as_mut().filter(fits) {
+                m.push(rows, number, done);
                 return Ok(());
             }
+            self.flush();
+            self.pending = Some(Merge::new(bytes, head, rows, number, line, done));
+            return Ok(());
         }
         self.flush();
         match kind {
