@@ -1,4 +1,8 @@
-//! Benchmark 6: `dbhelper seed` against `mariadb < world_innodb.sql` on the same server.
+//! Benchmark 6: `dbhelper seed` against `mariadb < world_innodb.sql` on the same server,
+//! then against `mariadb < gen.sql`, a second dump written by the real `mariadb-dump` from
+//! a schema generated here (about 50 MB, 10 MB in the quick run: many tables with long
+//! extended inserts, views, triggers, procedures and functions), with dbhelper's peak
+//! resident memory.
 //!
 //! The server runs with MariaDB's default durability (the InnoDB log flushed at every
 //! commit), not the test bed's relaxed setting: the seed's way commits once per `INSERT`,
@@ -82,20 +86,185 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
 fn run_blocking(ctx: &Ctx) -> anyhow::Result<Section> {
     let dump = testbed::world_dump();
     let db = MariaDb::start_durable();
+    let mut section = world(ctx, &db, &dump)?;
+    generated(ctx, &db, &mut section)?;
+    Ok(section)
+}
+
+/// Tables of the generated schema.
+const GEN_TABLES: usize = 40;
+
+/// The generated schema's statements: `GEN_TABLES` tables of `rows` rows each (about 190
+/// bytes a row in the dump), a view, a trigger and a procedure per table, some functions.
+#[must_use]
+pub fn generated_schema(rows: usize) -> String {
+    let mut sql = String::from("CREATE DATABASE bench_gen CHARACTER SET utf8mb4;\nUSE bench_gen;\n");
+    for t in 0..GEN_TABLES {
+        sql.push_str(&format!(
+            "CREATE TABLE t{t:02} (id INT PRIMARY KEY, k INT NOT NULL, name VARCHAR(64) NOT NULL, note TEXT, \
+             amount DECIMAL(12,2), created DATETIME, KEY (k)) ENGINE=InnoDB;\n\
+             INSERT INTO t{t:02} SELECT seq, seq % 1000, CONCAT('name-{t}-', seq), REPEAT(MD5(seq), 4), seq / 7, \
+             '2020-01-01' + INTERVAL seq SECOND FROM seq_1_to_{rows};\n\
+             CREATE TABLE t{t:02}_log (id INT AUTO_INCREMENT PRIMARY KEY, ref INT) ENGINE=InnoDB;\n\
+             CREATE VIEW v{t:02} AS SELECT k, COUNT(*) AS n, SUM(amount) AS total FROM t{t:02} GROUP BY k;\n\
+             CREATE TRIGGER t{t:02}_ai AFTER INSERT ON t{t:02} FOR EACH ROW INSERT INTO t{t:02}_log (ref) VALUES (NEW.id);\n\
+             CREATE PROCEDURE p{t:02}(IN n INT) SELECT * FROM t{t:02} WHERE k = n;\n"
+        ));
+    }
+    for f in 0..5 {
+        sql.push_str(&format!("CREATE FUNCTION f{f}(x INT) RETURNS INT DETERMINISTIC RETURN x + {f};\n"));
+    }
+    sql
+}
+
+/// The second dump: generated, dumped with `mariadb-dump`, loaded both ways.
+fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<()> {
+    let target: usize = if ctx.settings.mode == "quick" { 10 << 20 } else { 50 << 20 };
+    let rows = target / GEN_TABLES / 190;
+    let started = Instant::now();
+    let client = testbed::require_program("mariadb", "apt-get install -y mariadb-client");
+    let out = Command::new(&client)
+        .args(["-h127.0.0.1", &format!("-P{}", db.port()), "-uroot"])
+        .env("MYSQL_PWD", db.root_password())
+        .args(["-e", &generated_schema(rows)])
+        .output()
+        .context("generate the schema")?;
+    anyhow::ensure!(out.status.success(), "generating the schema: {}", String::from_utf8_lossy(&out.stderr));
+    let dump = ctx.out.join("gen.sql");
+    let mariadb_dump = testbed::require_program("mariadb-dump", "apt-get install -y mariadb-client");
+    let out = Command::new(mariadb_dump)
+        .args(["-h127.0.0.1", &format!("-P{}", db.port()), "-uroot"])
+        .env("MYSQL_PWD", db.root_password())
+        .args(["--routines", "--triggers", "--events", "--databases", "bench_gen"])
+        .output()
+        .context("run mariadb-dump")?;
+    anyhow::ensure!(out.status.success(), "mariadb-dump: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&dump, &out.stdout).with_context(|| format!("write {}", dump.display()))?;
+    let bytes = out.stdout.len();
+    eprintln!(
+        "bench:   generated dump: {:.1} MiB, {GEN_TABLES} tables of {rows} rows, in {:.1?}",
+        bytes as f64 / f64::from(1 << 20),
+        started.elapsed()
+    );
+    let runs = ctx.settings.seed_runs;
+    let expect = format!("t00: {rows} rows");
+    let mut client_ms = Vec::new();
+    let mut seed_ms = Vec::new();
+    let mut peak = Vec::new();
+    for i in 0..runs {
+        let database = format!("bench_gen_{i}");
+        let mut one_seed = |seed_ms: &mut Vec<f64>| -> anyhow::Result<()> {
+            let (took, rss) = time_dbhelper_peak(ctx, db, &dump, &database, &expect)?;
+            seed_ms.push(took.as_secs_f64() * 1000.0);
+            peak.push(rss as f64);
+            Ok(())
+        };
+        let one_client = |client_ms: &mut Vec<f64>| -> anyhow::Result<()> {
+            let _ = db.cli(&["-e", "DROP DATABASE IF EXISTS bench_gen"]);
+            let input = std::fs::File::open(&dump).with_context(|| format!("open {}", dump.display()))?;
+            let started = Instant::now();
+            let out = Command::new(&client)
+                .args(["-h127.0.0.1", &format!("-P{}", db.port()), "-uroot"])
+                .env("MYSQL_PWD", db.root_password())
+                .stdin(Stdio::from(input))
+                .output()
+                .context("run the mariadb client")?;
+            client_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            anyhow::ensure!(out.status.success(), "mariadb < gen.sql: {}", String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        };
+        if client_first(i) {
+            one_client(&mut client_ms)?;
+            one_seed(&mut seed_ms)?;
+        } else {
+            one_seed(&mut seed_ms)?;
+            one_client(&mut client_ms)?;
+        }
+        let _ = db.cli(&["-e", &format!("DROP DATABASE IF EXISTS {database}")]);
+        eprintln!(
+            "bench:   gen run {}/{runs}: mariadb < dump {:.0} ms, dbhelper seed {:.0} ms (peak RSS {:.1} MiB)",
+            i + 1,
+            client_ms[i],
+            seed_ms[i],
+            peak[i] / f64::from(1 << 20)
+        );
+    }
+    let seed = median(&seed_ms);
+    let cli = median(&client_ms);
+    section.add("gen_dump_bytes", bytes as f64);
+    section.add("gen_seed_ms", seed);
+    section.add("gen_cli_ms", cli);
+    section.add("gen_speedup", cli.zip(seed).and_then(|(c, s)| stats::ratio(c, s)));
+    section.add("gen_seed_peak_rss_bytes", peak.iter().copied().reduce(f64::max));
+    section.note(format!(
+        "gen.sql: mariadb-dump --routines --triggers --events of a generated schema ({GEN_TABLES} tables of {rows} rows \
+         in extended inserts, {GEN_TABLES} views, triggers and procedures, 5 functions), {runs} alternating runs, \
+         no warm-up; gen_seed_peak_rss_bytes is dbhelper's VmHWM, sampled every 5 ms"
+    ));
+    Ok(())
+}
+
+/// Times one `dbhelper seed` of the generated dump and samples its peak resident memory.
+fn time_dbhelper_peak(
+    ctx: &Ctx,
+    db: &MariaDb,
+    dump: &std::path::Path,
+    database: &str,
+    expect: &str,
+) -> anyhow::Result<(Duration, u64)> {
+    let stdout = ctx.log(&format!("dbhelper-gen-{database}.out"));
+    let stderr = ctx.log(&format!("dbhelper-gen-{database}.log"));
+    let started = Instant::now();
+    let mut child = Command::new(&ctx.dbhelper)
+        .args(["seed", "--host", "127.0.0.1", "--port", &db.port().to_string()])
+        .arg("--dump")
+        .arg(dump)
+        .args(["--database", database])
+        .env_clear()
+        .env("MYSQL_ROOT_PASSWORD", db.root_password())
+        .env("APP_PW", "bench-app-pw")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout)?)
+        .stderr(std::fs::File::create(&stderr)?)
+        .spawn()
+        .context("run dbhelper seed")?;
+    let mut peak = 0;
+    let status = loop {
+        if let Some(p) = crate::process::peak_rss_bytes(child.id()) {
+            peak = peak.max(p);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = started.elapsed();
+    let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+    anyhow::ensure!(
+        status.success() && out.contains(expect),
+        "dbhelper seed of gen.sql failed ({status}): {out} (see {})",
+        stderr.display()
+    );
+    Ok((took, peak))
+}
+
+/// The world dump, loaded both ways `seed_runs` times after a warm-up.
+fn world(ctx: &Ctx, db: &MariaDb, dump: &std::path::Path) -> anyhow::Result<Section> {
     let runs = ctx.settings.seed_runs;
     // Warm-up: the first load of each pays for cold files and an empty buffer pool.
-    time_client(&db, &dump)?;
-    time_dbhelper(ctx, &db, &dump, "bench_warmup")?;
+    time_client(db, dump)?;
+    time_dbhelper(ctx, db, dump, "bench_warmup")?;
     let mut client_ms = Vec::new();
     let mut seed_ms = Vec::new();
     for i in 0..runs {
         let database = format!("bench_seed_{i}");
         if client_first(i) {
-            client_ms.push(time_client(&db, &dump)?.as_secs_f64() * 1000.0);
-            seed_ms.push(time_dbhelper(ctx, &db, &dump, &database)?.as_secs_f64() * 1000.0);
+            client_ms.push(time_client(db, dump)?.as_secs_f64() * 1000.0);
+            seed_ms.push(time_dbhelper(ctx, db, dump, &database)?.as_secs_f64() * 1000.0);
         } else {
-            seed_ms.push(time_dbhelper(ctx, &db, &dump, &database)?.as_secs_f64() * 1000.0);
-            client_ms.push(time_client(&db, &dump)?.as_secs_f64() * 1000.0);
+            seed_ms.push(time_dbhelper(ctx, db, dump, &database)?.as_secs_f64() * 1000.0);
+            client_ms.push(time_client(db, dump)?.as_secs_f64() * 1000.0);
         }
         eprintln!(
             "bench:   run {}/{runs}: mariadb < dump {:.0} ms, dbhelper seed {:.0} ms",

@@ -117,7 +117,9 @@ pub struct SeedArgs {
     #[arg(long, env = "WORLD_DUMP", value_name = "FILE")]
     pub dump: PathBuf,
 
-    /// The database to seed; the dump's tables go there whatever database the dump names.
+    /// The database to seed from a dump that names one database (or none): its tables go
+    /// there whatever database the dump names. A dump naming several databases (as
+    /// `--databases` and `--all-databases` write) loads each under its own name.
     #[arg(long, env = "APP_DB_NAME", default_value = "world", value_parser = parse_database)]
     pub database: String,
 
@@ -132,6 +134,17 @@ pub struct SeedArgs {
     /// Load the dump even when the database already holds it.
     #[arg(long, env = "DB_SEED_FORCE")]
     pub force: bool,
+
+    /// Replay the statements a dump writes into the system schemas (`mysql`, `sys`,
+    /// `performance_schema`, `information_schema`) after the swap, as the mysql client
+    /// would run them, instead of refusing the dump. They are not staged nor all-or-nothing.
+    #[arg(long, env = "DB_REPLAY_SYSTEM_SCHEMAS")]
+    pub replay_system_schemas: bool,
+
+    /// Connections that load tables in parallel (1 to 16); each table's statements stay
+    /// on one connection, in dump order.
+    #[arg(long, env = "DB_LOAD_JOBS", default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub jobs: u8,
 
     /// Upper bound of one merged statement in bytes (suffixes K, M); the server's
     /// max_allowed_packet lowers it further.

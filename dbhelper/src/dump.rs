@@ -1,12 +1,15 @@
 //! The dump splitter: bytes in, pieces out.
 //!
 //! [`split`] cuts a SQL dump into [`Piece`]s the way the `mysql` command-line client reads
-//! a script: statements end at the current delimiter (`;` unless a `DELIMITER` command
-//! changed it), except inside `'…'`, `"…"` and `` `…` `` quotes (with backslash escapes
-//! and doubled quotes), `-- ` / `#` line comments and `/* … */` comments. Version comments
-//! (`/*!40101 … */`, `/*M!100101 … */`) and optimizer hints (`/*+ … */`) are code: they stay
-//! in the statement, byte for byte, and the server executes them. A line `USE db` without a
-//! delimiter is a statement of its own, as the client treats it.
+//! a script: statements end at the current delimiter (`;` unless a `DELIMITER` command,
+//! in any letter case, changed it), except inside quotes and comments as [`crate::lex`]
+//! reads them (the client's rules: a delimiter inside a `/*!…*/` version comment does end
+//! the statement, one inside a `/*+…*/` hint does not). Version comments and hints are code:
+//! they stay in the statement, byte for byte, and the server executes them. A line
+//! `USE db` without a delimiter is a statement of its own, as the client treats it (unless
+//! its quoted name goes on past the line, then it ends at the delimiter). The sandbox-mode
+//! line of newer mariadb-dump (`/*!999999\- … */`, `/*M!999999\- … */`) is read as a comment:
+//! no server runs a version-999999 comment.
 //!
 //! Guarantees (each checked by the tests below):
 //! - it does no I/O and never decodes text: a latin1 dump stays latin1, bytes are only
@@ -18,6 +21,8 @@
 //!   comment started.
 
 use std::ops::Range;
+
+use crate::lex::{self, Block, end_of_line, is_space};
 
 /// What a piece of the dump is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,60 +150,9 @@ fn line_of(input: &[u8], offset: usize) -> usize {
     1 + input[..offset.min(input.len())].iter().filter(|&&b| b == b'\n').count()
 }
 
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
-}
-
-/// The end of the line holding `from`: the index of its `\n`, or the input's end.
-fn end_of_line(input: &[u8], from: usize) -> usize {
-    input[from..]
-        .iter()
-        .position(|&b| b == b'\n')
-        .map_or(input.len(), |p| from + p)
-}
-
 /// `haystack` contains `needle` (byte comparison).
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Does a comment that the server ignores start at `i`? Returns its kind: `--` followed by
-/// whitespace, a control character or the end; `#`; `/*` not followed by `!`, `M!` or `+`.
-fn plain_comment_at(input: &[u8], i: usize) -> Option<CommentKind> {
-    match input.get(i)? {
-        b'#' => Some(CommentKind::Line),
-        b'-' if input.get(i + 1) == Some(&b'-') => match input.get(i + 2) {
-            None => Some(CommentKind::Line),
-            Some(&c) if c <= b' ' || c == 0x7f => Some(CommentKind::Line),
-            _ => None,
-        },
-        b'/' if input.get(i + 1) == Some(&b'*') => {
-            if code_comment_len(input, i).is_some() {
-                None
-            } else {
-                Some(CommentKind::Block)
-            }
-        }
-        _ => None,
-    }
-}
-
-/// Length of the opener when a code comment (`/*!`, `/*M!`, `/*+`) starts at `i`.
-fn code_comment_len(input: &[u8], i: usize) -> Option<usize> {
-    let rest = input.get(i..)?;
-    if rest.starts_with(b"/*!") || rest.starts_with(b"/*+") {
-        Some(3)
-    } else if rest.starts_with(b"/*M!") {
-        Some(4)
-    } else {
-        None
-    }
-}
-
-#[derive(Clone, Copy)]
-enum CommentKind {
-    Line,
-    Block,
 }
 
 struct Splitter<'a> {
@@ -271,43 +225,21 @@ impl<'a> Splitter<'a> {
         }
     }
 
-    /// Skips a comment the server ignores that starts at `i`; returns the index after it.
-    fn skip_plain_comment(&self, i: usize, kind: CommentKind) -> Result<usize, SplitError> {
-        match kind {
-            // The newline itself is not part of the comment.
-            CommentKind::Line => Ok(end_of_line(self.input, i)),
-            CommentKind::Block => self.input[i + 2..]
-                .windows(2)
-                .position(|w| w == b"*/")
-                .map(|p| i + 2 + p + 2)
-                .ok_or_else(|| self.unterminated(Open::Comment, i)),
-        }
+    /// Skips the block comment that starts at `i`; returns the index after it.
+    fn skip_block_comment(&self, i: usize) -> Result<usize, SplitError> {
+        lex::block_end(self.input, i).ok_or_else(|| self.unterminated(Open::Comment, i))
     }
 
     /// Skips a quoted string or identifier that starts at `i`; returns the index after it.
     fn skip_quoted(&self, i: usize) -> Result<usize, SplitError> {
-        let quote = self.input[i];
-        let escapes = quote != b'`';
-        let mut j = i + 1;
-        while j < self.input.len() {
-            let b = self.input[j];
-            if escapes && b == b'\\' {
-                j += 2;
-                continue;
-            }
-            if b == quote {
-                // A doubled quote is an escaped quote: the scan goes on either way, since
-                // `'a''b'` reads as two adjacent strings with the same result for splitting.
-                return Ok(j + 1);
-            }
-            j += 1;
-        }
-        let open = match quote {
-            b'\'' => Open::SingleQuote,
-            b'"' => Open::DoubleQuote,
-            _ => Open::Backtick,
-        };
-        Err(self.unterminated(open, i))
+        lex::quoted_end(self.input, i).ok_or_else(|| {
+            let open = match self.input[i] {
+                b'\'' => Open::SingleQuote,
+                b'"' => Open::DoubleQuote,
+                _ => Open::Backtick,
+            };
+            self.unterminated(open, i)
+        })
     }
 
     /// At a line start in a gap: is this a `USE db` line without the delimiter?
@@ -321,6 +253,18 @@ impl<'a> Splitter<'a> {
             rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"use") && rest.get(3).is_none_or(|&b| is_space(b));
         if !is_use || contains(line, &self.delimiter) {
             return None;
+        }
+        // A quoted name that goes on past the line end (`USE `a<newline>b`;`) makes it
+        // an ordinary statement that ends at the delimiter, as the client reads it.
+        let mut j = line_start + word;
+        while j < eol {
+            match self.input[j] {
+                b'\'' | b'"' | b'`' => match lex::quoted_end(self.input, j) {
+                    Some(end) if end <= eol => j = end,
+                    _ => return None,
+                },
+                _ => j += 1,
+            }
         }
         Some((line_start + word, eol))
     }
@@ -378,8 +322,8 @@ impl<'a> Splitter<'a> {
         let mut gap_start = 0;
         // Start of the pending statement, if one has begun.
         let mut stmt_start: Option<usize> = None;
-        // Start of an open version comment inside the pending statement.
-        let mut code_comment: Option<usize> = None;
+        // An open version comment or hint inside the pending statement, and where it starts.
+        let mut code: Option<(Block, usize)> = None;
 
         while i < n {
             let Some(start) = stmt_start else {
@@ -396,8 +340,12 @@ impl<'a> Splitter<'a> {
                     i += 1;
                     continue;
                 }
-                if let Some(kind) = plain_comment_at(input, i) {
-                    i = self.skip_plain_comment(i, kind)?;
+                if lex::line_comment_at(input, i) {
+                    i = end_of_line(input, i);
+                    continue;
+                }
+                if let Some((Block::Comment | Block::Sandbox, _)) = lex::block_at(input, i) {
+                    i = self.skip_block_comment(i)?;
                     continue;
                 }
                 if let Some((stop, eol, new)) = self.delimiter_command(i)? {
@@ -413,39 +361,41 @@ impl<'a> Splitter<'a> {
                 continue;
             };
 
-            if code_comment.is_none() && input[i..].starts_with(&self.delimiter) {
+            // The client ends a statement at its delimiter even inside a version comment,
+            // but not inside an optimizer hint.
+            let in_hint = matches!(code, Some((Block::Hint, _)));
+            if !in_hint && input[i..].starts_with(&self.delimiter) {
                 self.push_statement(start..i, StatementEnd::Delimiter);
                 let end = i + self.delimiter.len();
                 self.push(PieceKind::Delimiter, i..end);
                 i = end;
                 gap_start = i;
                 stmt_start = None;
+                code = None;
                 continue;
             }
             match input[i] {
                 b'\'' | b'"' | b'`' => i = self.skip_quoted(i)?,
-                b'*' if code_comment.is_some() && input.get(i + 1) == Some(&b'/') => {
-                    code_comment = None;
+                b'*' if code.is_some() && input.get(i + 1) == Some(&b'/') => {
+                    code = None;
                     i += 2;
                 }
-                b'/' if input.get(i + 1) == Some(&b'*') => {
-                    if let Some(len) = code_comment_len(input, i).filter(|_| code_comment.is_none()) {
-                        code_comment = Some(i);
+                b'/' => match lex::block_at(input, i) {
+                    Some((Block::Comment, _)) => i = self.skip_block_comment(i)?,
+                    Some((_, len)) if code.is_none() => {
+                        code = lex::block_at(input, i).map(|(kind, _)| (kind, i));
                         i += len;
-                    } else {
-                        i = self.skip_plain_comment(i, CommentKind::Block)?;
                     }
-                }
-                _ => match plain_comment_at(input, i) {
-                    Some(kind) => i = self.skip_plain_comment(i, kind)?,
-                    None => i += 1,
+                    _ => i += 1,
                 },
+                _ if lex::line_comment_at(input, i) => i = end_of_line(input, i),
+                _ => i += 1,
             }
         }
 
         match stmt_start {
             Some(start) => {
-                if let Some(open) = code_comment {
+                if let Some((_, open)) = code {
                     return Err(self.unterminated(Open::VersionComment, open));
                 }
                 self.push_statement(start..n, StatementEnd::EndOfInput);
@@ -516,10 +466,49 @@ mod tests {
             ("SELECT /* in; side */ 1;", &["SELECT /* in; side */ 1"]),
             ("/*!40101 SET NAMES latin1 */;", &["/*!40101 SET NAMES latin1 */"]),
             ("/*!40101 SET @a='x;y' */;z;", &["/*!40101 SET @a='x;y' */", "z"]),
+            // The client ends a statement at a delimiter inside a version comment (and the
+            // server then rejects the halves): dumps wrap such bodies in DELIMITER ;;.
             (
                 "/*!50003 CREATE*/ /*!50003 TRIGGER t BEGIN x; END */;",
-                &["/*!50003 CREATE*/ /*!50003 TRIGGER t BEGIN x; END */"],
+                &["/*!50003 CREATE*/ /*!50003 TRIGGER t BEGIN x", "END */"],
             ),
+            ("SELECT 4 /*!40101 ,5; SELECT 6 */;", &["SELECT 4 /*!40101 ,5", "SELECT 6 */"]),
+            ("SELECT 7 /*M!100101 ,8 */;", &["SELECT 7 /*M!100101 ,8 */"]),
+            ("select 15 /*+ a; */;", &["select 15 /*+ a; */"]),
+            (
+                "DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER t AFTER INSERT ON p FOR EACH ROW BEGIN INSERT INTO a VALUES ('x; y'); END */;;\nDELIMITER ;\n",
+                &["/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER t AFTER INSERT ON p FOR EACH ROW BEGIN INSERT INTO a VALUES ('x; y'); END */"],
+            ),
+            // The sandbox-mode first line of newer mariadb-dump, both spellings.
+            (
+                "/*M!999999\\- enable the sandbox mode */ \n-- MariaDB dump\nSELECT 1;",
+                &["SELECT 1"],
+            ),
+            (
+                "/*!999999\\- enable the sandbox mode */\nDELIMITER $$\nSELECT 2$$",
+                &["SELECT 2"],
+            ),
+            // `--` then 0x7f is not a comment for the client: the `;` ends the statement.
+            ("SELECT 3 --\x7f;\nSELECT 4;", &["SELECT 3 --\x7f", "SELECT 4"]),
+            ("SELECT 3 --\x7f;x\n;", &["SELECT 3 --\x7f", "x"]),
+            // DELIMITER in any letter case, with any delimiter.
+            ("DeLiMiTeR $$\nSELECT 10$$\ndelimiter ;\nSELECT 11;", &["SELECT 10", "SELECT 11"]),
+            ("DELIMITER //\nSELECT 1//\nDELIMITER END_OF_IT\nSELECT 2 END_OF_IT", &["SELECT 1", "SELECT 2"]),
+            ("DELIMITER ;;\nSELECT ';;' ;;\nDELIMITER ;", &["SELECT ';;'"]),
+            ("  delimiter ||\nSELECT 1 || SELECT 2||", &["SELECT 1", "SELECT 2"]),
+            // Identifiers with backticks, spaces, quotes, newlines; a USE spanning lines.
+            (
+                "USE `we\nird db`;\nCREATE TABLE `t``q; x` (`a\nb` int, `it's` int);",
+                &["USE `we\nird db`", "CREATE TABLE `t``q; x` (`a\nb` int, `it's` int)"],
+            ),
+            ("USE `sp ace`\nSELECT 1;", &["USE `sp ace`", "SELECT 1"]),
+            // Binary data as mariadb-dump writes it (escaped) and as --hex-blob writes it.
+            (
+                "INSERT INTO t VALUES\n(1,'\\0\u{7f}\\'\\\"\\\\\\n\\r\\Z;'),\n(2,0xDEADBEEF);",
+                &["INSERT INTO t VALUES\n(1,'\\0\u{7f}\\'\\\"\\\\\\n\\r\\Z;'),\n(2,0xDEADBEEF)"],
+            ),
+            ("SELECT `x\\`;SELECT 2;", &["SELECT `x\\`", "SELECT 2"]),
+            ("LOCK TABLES `t` WRITE;\nUNLOCK TABLES;", &["LOCK TABLES `t` WRITE", "UNLOCK TABLES"]),
             ("/*M!100101 SET a=1 */;", &["/*M!100101 SET a=1 */"]),
             (
                 "SELECT /*+ MAX_EXECUTION_TIME(1) */ 1;",
@@ -557,6 +546,32 @@ mod tests {
             assert_eq!(&got, want, "input {input:?}");
             assert_covers(input.as_bytes(), &split(input.as_bytes()).unwrap());
         }
+    }
+
+    /// Raw bytes that are not UTF-8 (latin1 text, binary data written escaped) pass
+    /// through, and a quote byte inside a multi-byte sequence is still a quote, as for the
+    /// client reading a latin1 or binary dump.
+    #[test]
+    fn non_utf8_literals_and_raw_binary() {
+        let input = b"INSERT INTO b VALUES (1,'\xff\xfe\\'\x00;\x80'),(2,'\xe9;');\nSELECT 2;";
+        let pieces = split(input).unwrap();
+        let got: Vec<&[u8]> = statements(input, &pieces).map(|(_, b)| b).collect();
+        assert_eq!(
+            got,
+            [&b"INSERT INTO b VALUES (1,'\xff\xfe\\'\x00;\x80'),(2,'\xe9;')"[..], b"SELECT 2"]
+        );
+        // A megabyte-long extended insert is one statement, byte for byte.
+        let mut long = b"INSERT INTO t VALUES ".to_vec();
+        for n in 0..60_000 {
+            long.extend_from_slice(format!("({n},'r;{n}'),").as_bytes());
+        }
+        long.pop();
+        let mut input = long.clone();
+        input.extend_from_slice(b";\nSELECT 1;");
+        let pieces = split(&input).unwrap();
+        let got: Vec<&[u8]> = statements(&input, &pieces).map(|(_, b)| b).collect();
+        assert!(long.len() > 1 << 20);
+        assert_eq!(got, [&long[..], b"SELECT 1"]);
     }
 
     #[test]
@@ -599,7 +614,8 @@ mod tests {
             (r"SELECT 'abc\", Open::SingleQuote, 1, 7),
             ("SELECT 1;\n\n/* open", Open::Comment, 3, 11),
             ("SELECT 1 /* open", Open::Comment, 1, 9),
-            ("/*!40101 SET a=1 ;", Open::VersionComment, 1, 0),
+            ("/*!40101 SET a=1 ", Open::VersionComment, 1, 0),
+            ("SELECT 1 /*+ hint ;", Open::VersionComment, 1, 9),
             ("/*", Open::Comment, 1, 0),
         ];
         for (input, open, line, offset) in cases {
@@ -738,7 +754,8 @@ mod tests {
             b"\"q;\\\"\"",
             b"`c;``d`",
             b"/* c; */",
-            b"/*!40101 v; */",
+            b"/*!40101 v */",
+            b"/*+ h; */",
             b"-- line;\n",
             b"# hash;\n",
             b"\xe9\xef",

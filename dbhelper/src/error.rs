@@ -122,7 +122,7 @@ pub enum Error {
 
     /// A statement of the dump was rejected; the load was rolled back.
     #[error(
-        "statement {number} (line {line}) of the dump was rejected: {reason}; it begins: {snippet}; nothing was changed in database {database:?}"
+        "statement {number} (line {line}) of the dump was rejected: {reason}; it begins: {snippet}; nothing was changed in {database}"
     )]
     Rejected {
         /// 1-based number of the statement in the dump.
@@ -133,7 +133,24 @@ pub enum Error {
         reason: String,
         /// Its first 200 bytes, printable.
         snippet: String,
-        /// The target database, left as it was.
+        /// The target databases (`database "w"`), left as they were.
+        database: String,
+    },
+
+    /// A statement of the objects step (after the swap) was rejected.
+    #[error(
+        "statement {number} (line {line}) of the dump was rejected after the swap: {reason}; it begins: {snippet}; the tables of {database} are in place, the views, triggers, routines and events from this statement on are missing (the marker says so; the next run creates them again)"
+    )]
+    ObjectRejected {
+        /// 1-based number of the statement in the dump.
+        number: String,
+        /// Its line.
+        line: usize,
+        /// The server's error.
+        reason: String,
+        /// Its first 200 bytes, printable.
+        snippet: String,
+        /// The target databases.
         database: String,
     },
 
@@ -180,7 +197,11 @@ impl Error {
             }
             Error::EtcdKeyTimeout { .. } | Error::NotReady { .. } => EXIT_NOT_READY,
             Error::AccessDenied { .. } => EXIT_ACCESS_DENIED,
-            Error::Rejected { .. } | Error::Database { .. } | Error::Verify { .. } | Error::Interrupted { .. } => {
+            Error::Rejected { .. }
+            | Error::ObjectRejected { .. }
+            | Error::Database { .. }
+            | Error::Verify { .. }
+            | Error::Interrupted { .. } => {
                 EXIT_FAILURE
             }
         }

@@ -14,6 +14,7 @@
 pub mod args;
 pub mod db;
 pub mod dump;
+pub mod lex;
 mod error;
 pub mod load;
 pub mod locate;
@@ -81,7 +82,7 @@ fn validate(args: &Args, env: &Environment) -> Result<String, Error> {
         Command::Wait(_) => "wait".to_owned(),
         Command::Seed(seed) => {
             seed.app_credentials(env)?;
-            let dump = DumpFile::read(&seed.dump)?;
+            let dump = DumpFile::read(&seed.dump, seed.replay_system_schemas)?;
             format!(
                 "seed {} from {} ({} statements, sha256 {}) with app user {}",
                 seed.database,
@@ -136,69 +137,81 @@ async fn run_seed(
 ) -> Result<(), Error> {
     let started = Instant::now();
     let app = seed.app_credentials(env)?;
-    let dump = DumpFile::read(&seed.dump)?;
+    let dump = DumpFile::read(&seed.dump, seed.replay_system_schemas)?;
+    let named: Vec<&str> = dump.databases.iter().filter_map(|d| d.name.as_deref()).collect();
     tracing::info!(
         path = %dump.path.display(),
         size = %progress::human_bytes(dump.bytes.len()),
         statements = dump.statements,
+        objects = dump.objects,
         sha256 = %dump.sha256,
-        source_database = dump.source_database.as_deref().unwrap_or("-"),
+        databases = %if named.is_empty() { "-".to_owned() } else { named.join(", ") },
         "dump read"
     );
+    let targets = dump.targets(&seed.database);
+    if targets.iter().filter(|t| !t.system).count() > 1 {
+        tracing::info!("the dump names several databases: each is loaded under its own name (--database applies to one-database dumps)");
+    }
     let (address, root, conn) = ready(&seed.db, etcd, env, cancel).await?;
     let mut admin = db::Admin::new(conn, address.clone()).await?;
     let opts = SeedOptions {
         database: &seed.database,
         force: seed.force,
         batch_bytes: seed.batch_bytes,
+        jobs: usize::from(seed.jobs),
         lock_wait: seed.db.wait_timeout,
     };
     let outcome = load::seed(&mut admin, &root, &dump, &opts, cancel).await?;
-    let db = &seed.database;
     let name = dump
         .path
         .file_name()
         .map_or_else(|| dump.path.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let (marker, summary) = match &outcome {
-        Outcome::AlreadyLoaded(m) => {
-            let s = format!(
+    let mut summary = Vec::new();
+    for (db, m) in outcome.markers() {
+        let s = match &outcome {
+            Outcome::AlreadyLoaded(_) => format!(
                 "{db}: already seeded from {name} (sha256 {}, loaded {}); nothing loaded (--force reloads)",
                 short(&m.sha256),
                 m.loaded_at
-            );
-            tracing::info!("{s}");
-            (m, s)
-        }
-        Outcome::Loaded(m) => {
-            let s = format!(
+            ),
+            Outcome::Completed(_) => format!(
+                "{db}: seeded from {name} (sha256 {}); completed the views, triggers, routines and events an earlier run left undone",
+                short(&m.sha256)
+            ),
+            Outcome::Loaded(_) => format!(
                 "{db}: seeded from {name} (sha256 {}, {} statements) in {:.2?}",
                 short(&m.sha256),
                 dump.statements,
                 started.elapsed()
-            );
-            tracing::info!("{s}");
-            (m, s)
-        }
-    };
-    user::ensure(&mut admin, &app, db).await?;
+            ),
+        };
+        tracing::info!("{s}");
+        summary.push(s);
+    }
+    for (db, _) in outcome.markers() {
+        user::ensure(&mut admin, &app, db).await?;
+    }
     let _ = admin.conn.disconnect().await;
 
-    let tables: Vec<String> = marker.tables.iter().map(|(t, _)| t.clone()).collect();
-    let seen = verify::counts(&address, &app, db, &tables).await?;
-    for ((table, recorded), (_, now)) in marker.tables.iter().zip(&seen) {
-        if recorded != now {
-            if matches!(outcome, Outcome::Loaded(_)) {
-                return Err(Error::Verify {
-                    database: db.clone(),
-                    reason: format!("table {table:?} has {now} rows, the load counted {recorded}"),
-                });
+    let mut lines = Vec::new();
+    for (db, marker) in outcome.markers() {
+        let tables: Vec<String> = marker.tables.iter().map(|(t, _)| t.clone()).collect();
+        let seen = verify::counts(&address, &app, db, &tables).await?;
+        for ((table, recorded), (_, now)) in marker.tables.iter().zip(&seen) {
+            if recorded != now {
+                if matches!(outcome, Outcome::Loaded(_)) {
+                    return Err(Error::Verify {
+                        database: db.clone(),
+                        reason: format!("table {table:?} has {now} rows, the load counted {recorded}"),
+                    });
+                }
+                tracing::warn!(database = %db, "table {table:?} has {now} rows, {recorded} when seeded (changed since)");
             }
-            tracing::warn!(database = %db, "table {table:?} has {now} rows, {recorded} when seeded (changed since)");
         }
+        lines.extend(seen.into_iter().map(|(table, n)| format!("{db}.{table}: {n} rows")));
     }
-    println!("{summary}");
-    for (table, n) in &seen {
-        println!("{db}.{table}: {n} rows");
+    for s in summary.iter().chain(&lines) {
+        println!("{s}");
     }
     tracing::info!(user = %app.user, "the app user can log in and read every table");
     Ok(())

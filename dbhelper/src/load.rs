@@ -1,26 +1,36 @@
-//! Seeding: once, completely, atomically.
+//! Seeding: once, completely, atomically (as far as the server allows).
 //!
-//! The dump is loaded into a staging database (`<db>__dbhelper_new`), never into the live
-//! one. Only when every statement succeeded, and the row counts and a marker table
-//! (`_dbhelper_seed`: dump sha256, table row counts, time) are written there too, one
-//! `RENAME TABLE` moves the live tables of the same names out (to `<db>__dbhelper_old`)
-//! and the staged ones in. A reader therefore sees the old tables or the new ones, never
-//! half a load; the marker arrives in the same rename, so it exists exactly when the data
-//! it describes does.
+//! Each database the dump loads gets a staging database (`<db>__dbhelper_new`); the
+//! tables and their rows are loaded there, never into the live databases. Only when every
+//! statement succeeded, and the row counts and a marker table (`_dbhelper_seed`: dump
+//! sha256, table row counts, time, and whether the objects step is done) are written there
+//! too, one `RENAME TABLE` moves the live tables of the same names out (to
+//! `<db>__dbhelper_old`) and the staged ones in, in every database at once. A reader sees
+//! the old tables or the new ones, never half a load; the marker arrives in the same
+//! rename, so it exists exactly when the data it describes does.
 //!
-//! - A rerun finds the marker with the dump's sha256 and does nothing (unless `--force`).
-//! - A run that died half-way (killed, connection dropped) left at most a staging
-//!   database, which the next run drops before loading again.
-//! - Runs against the same database are serialised by a server lock
+//! Views, triggers, procedures, functions and events cannot move with `RENAME TABLE`
+//! (a table with triggers cannot change database, a view cannot, routines and events
+//! belong to their database): they are created in the live databases right after the swap,
+//! in one short step (the "objects step"), replaying the dump's own statements with its
+//! session settings. The marker says whether that step finished; a run killed inside it
+//! leaves `objects_done = 0`, and the next run completes it.
+//!
+//! - A rerun finds the markers with the dump's sha256 and does nothing (unless `--force`).
+//! - A run that died before the swap left at most staging databases, which the next run
+//!   drops before loading again.
+//! - Runs against the same databases are serialised by server locks
 //!   (`GET_LOCK('dbhelper:<db>')`), released by the server if the holder dies.
-//! - On a statement the server rejects, the staging database is dropped and the error
-//!   names the statement; the live database is untouched.
+//! - On a statement the server rejects before the swap, the staging databases are dropped
+//!   and the error names the statement; the live databases are untouched.
 //!
-//! Invariant: the live database is only written by the swap (preceded by its
-//! `CREATE DATABASE IF NOT EXISTS`), so a failed first load leaves no trace at all.
+//! Invariant: before the swap, the live databases are only written by their
+//! `CREATE DATABASE IF NOT EXISTS` and by dropping the triggers of the tables the swap
+//! replaces (a table with triggers cannot be renamed to another database); a failed first
+//! load leaves no trace at all.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,10 +46,10 @@ use crate::db::{self, Admin, db_error, ident};
 use crate::dump::{self, Piece};
 use crate::error::{describe, server_code, snippet};
 use crate::locate::Address;
-use crate::plan::{self, Action, Plan};
+use crate::plan::{self, Action, Database, Definer, ObjectKind, Verb};
 use crate::progress::{Progress, human_bytes};
 
-/// The marker table, in the seeded database.
+/// The marker table, in each seeded database.
 pub const MARKER_TABLE: &str = "_dbhelper_seed";
 
 /// Bytes of a rejected statement shown in the error.
@@ -70,8 +80,12 @@ pub struct DumpFile {
     pub pieces: Vec<Piece>,
     /// How many statements it holds.
     pub statements: usize,
-    /// The database the dump names, if any.
-    pub source_database: Option<String>,
+    /// The databases the dump names (one unnamed entry when none).
+    pub databases: Vec<Database>,
+    /// How many view, trigger, routine and event statements it holds.
+    pub objects: usize,
+    /// Whether the statements of system schemas are replayed (else refused).
+    pub replay_system: bool,
 }
 
 impl DumpFile {
@@ -80,7 +94,7 @@ impl DumpFile {
     /// # Errors
     /// [`Error::DumpRead`], [`Error::DumpSplit`], [`Error::DumpPlan`] or
     /// [`Error::DumpUseless`], each naming the path.
-    pub fn read(path: &Path) -> Result<DumpFile, Error> {
+    pub fn read(path: &Path, replay_system: bool) -> Result<DumpFile, Error> {
         let bytes = std::fs::read(path).map_err(|source| Error::DumpRead {
             path: path.to_owned(),
             source,
@@ -90,9 +104,10 @@ impl DumpFile {
             path: path.to_owned(),
             source,
         })?;
-        // Planned once here only to refuse a bad dump early; the loader plans again with
-        // the server's packet limit.
-        let checked = plan::plan(&bytes, &pieces, usize::MAX).map_err(|source| Error::DumpPlan {
+        // Planned once here only to refuse a bad dump early, without merging (a limit of
+        // 0 merges nothing, so nothing is copied); the loader plans again with the
+        // server's packet limit.
+        let checked = plan::plan(&bytes, &pieces, 0, replay_system).map_err(|source| Error::DumpPlan {
             path: path.to_owned(),
             source,
         })?;
@@ -102,19 +117,65 @@ impl DumpFile {
                 reason: "it holds no SQL statement".into(),
             });
         }
-        let (statements, source_database) = (checked.statements, checked.source_database);
+        let objects = checked.object_count();
+        let (statements, databases) = (checked.statements, checked.databases);
         Ok(DumpFile {
             path: path.to_owned(),
             bytes,
             sha256,
             pieces,
             statements,
-            source_database,
+            databases,
+            objects,
+            replay_system,
         })
+    }
+
+    /// Where each of the dump's databases goes: a dump that names one database (or none)
+    /// goes to `database`; a dump that names several loads each under its own name.
+    #[must_use]
+    pub fn targets(&self, database: &str) -> Vec<Target> {
+        targets(&self.databases, database)
     }
 }
 
-/// What the marker records.
+/// Where one database of the dump goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The live database.
+    pub live: String,
+    /// A system schema: not staged, its statements replayed after the swap.
+    pub system: bool,
+    /// The dump's `CREATE DATABASE` options.
+    pub options: Option<Vec<u8>>,
+}
+
+impl Target {
+    /// Its staging database.
+    #[must_use]
+    pub fn staging(&self) -> String {
+        staging_name(&self.live)
+    }
+}
+
+/// See [`DumpFile::targets`].
+#[must_use]
+pub fn targets(databases: &[Database], database: &str) -> Vec<Target> {
+    let user_databases = databases.iter().filter(|d| !d.system).count();
+    databases
+        .iter()
+        .map(|d| Target {
+            live: match (&d.name, d.system || user_databases > 1) {
+                (Some(name), true) => name.clone(),
+                _ => database.to_owned(),
+            },
+            system: d.system,
+            options: d.options.clone(),
+        })
+        .collect()
+}
+
+/// What the marker of one database records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marker {
     /// sha256 of the dump loaded.
@@ -123,36 +184,55 @@ pub struct Marker {
     pub loaded_at: String,
     /// Each table and its row count after the load, by name.
     pub tables: Vec<(String, u64)>,
+    /// Whether the views, triggers, routines and events were all created after the swap.
+    pub objects_done: bool,
 }
 
-/// What [`seed`] did.
+/// What [`seed`] did, with the marker of each database it seeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The database already held this dump; nothing was loaded.
-    AlreadyLoaded(Marker),
+    /// The databases already held this dump; nothing was loaded.
+    AlreadyLoaded(Vec<(String, Marker)>),
+    /// The tables were in place from an earlier run killed during the objects step; this
+    /// run created the objects.
+    Completed(Vec<(String, Marker)>),
     /// The dump was loaded and swapped in.
-    Loaded(Marker),
+    Loaded(Vec<(String, Marker)>),
+}
+
+impl Outcome {
+    /// The markers.
+    #[must_use]
+    pub fn markers(&self) -> &[(String, Marker)] {
+        match self {
+            Outcome::AlreadyLoaded(m) | Outcome::Completed(m) | Outcome::Loaded(m) => m,
+        }
+    }
 }
 
 /// How one seed runs.
 #[derive(Debug)]
 pub struct SeedOptions<'a> {
-    /// The database to seed.
+    /// The database a one-database dump goes to.
     pub database: &'a str,
     /// Reload even when the marker matches.
     pub force: bool,
     /// Upper bound of a merged statement.
     pub batch_bytes: usize,
+    /// Connections loading tables in parallel.
+    pub jobs: usize,
     /// How long to wait for another dbhelper seeding the same database.
     pub lock_wait: Duration,
 }
 
-/// Makes `database` hold the dump: skips when it already does, else loads and swaps.
+/// Makes the databases hold the dump: skips when they already do, completes an
+/// interrupted objects step, else loads and swaps.
 ///
 /// # Errors
-/// [`Error::Rejected`] for a statement the server refuses, [`Error::Database`] for other
-/// database failures, [`Error::DumpUseless`] when the dump's result cannot be swapped in,
-/// [`Error::Interrupted`] on a signal; in every case the live database is as it was.
+/// [`Error::Rejected`] for a statement the server refuses before the swap,
+/// [`Error::ObjectRejected`] after it, [`Error::Database`] for other database failures,
+/// [`Error::DumpUseless`] when the dump's result cannot be swapped in,
+/// [`Error::Interrupted`] on a signal before the swap.
 pub async fn seed(
     admin: &mut Admin,
     root: &Credentials,
@@ -160,12 +240,18 @@ pub async fn seed(
     opts: &SeedOptions<'_>,
     cancel: &CancellationToken,
 ) -> Result<Outcome, Error> {
-    let db = opts.database;
-    lock(admin, db, opts.lock_wait).await?;
-    let result = seed_locked(admin, root, dump, opts, cancel).await;
-    let unlock = format!("SELECT RELEASE_LOCK({})", admin.literal(&lock_name(db)));
-    if let Err(e) = admin.exec("releasing the seed lock", &unlock).await {
-        tracing::warn!("{e}");
+    let targets = dump.targets(opts.database);
+    let mut names: Vec<&str> = targets.iter().filter(|t| !t.system).map(|t| t.live.as_str()).collect();
+    names.sort_unstable();
+    for db in &names {
+        lock(admin, db, opts.lock_wait).await?;
+    }
+    let result = seed_locked(admin, root, dump, opts, &targets, cancel).await;
+    for db in &names {
+        let unlock = format!("SELECT RELEASE_LOCK({})", admin.literal(&lock_name(db)));
+        if let Err(e) = admin.exec("releasing the seed lock", &unlock).await {
+            tracing::warn!("{e}");
+        }
     }
     result
 }
@@ -192,74 +278,175 @@ async fn lock(admin: &mut Admin, db: &str, wait: Duration) -> Result<(), Error> 
     })
 }
 
+/// What the live databases' markers say about this dump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Every database holds it, objects included.
+    Loaded,
+    /// Every database holds its tables; the objects step did not finish.
+    ObjectsPending,
+    /// Load it.
+    Load,
+}
+
+/// The decision from the markers (one per target: `None` when absent) and whether every
+/// table they list still exists.
+#[must_use]
+pub fn state(markers: &[Option<Marker>], sha256: &str, tables_present: bool) -> State {
+    let all_this_dump = !markers.is_empty() && markers.iter().all(|m| m.as_ref().is_some_and(|m| m.sha256 == sha256));
+    if !all_this_dump || !tables_present {
+        return State::Load;
+    }
+    if markers.iter().flatten().all(|m| m.objects_done) {
+        State::Loaded
+    } else {
+        State::ObjectsPending
+    }
+}
+
 async fn seed_locked(
     admin: &mut Admin,
     root: &Credentials,
     dump: &DumpFile,
     opts: &SeedOptions<'_>,
+    targets: &[Target],
     cancel: &CancellationToken,
 ) -> Result<Outcome, Error> {
-    let db = opts.database;
-    drop_leftovers(admin, db).await?;
-    match read_marker(admin, db).await? {
-        Some(marker) if marker.sha256 == dump.sha256 && !opts.force => {
-            let present = table_names(admin, db).await?;
-            match marker.tables.iter().find(|(t, _)| !present.contains(t)) {
-                None => return Ok(Outcome::AlreadyLoaded(marker)),
-                Some((missing, _)) => {
-                    tracing::warn!(
-                        database = db,
-                        "table {missing:?} of the last load is missing: loading again"
+    let user: Vec<&Target> = targets.iter().filter(|t| !t.system).collect();
+    let mut markers = Vec::with_capacity(user.len());
+    let mut present = true;
+    for t in &user {
+        drop_leftovers(admin, &t.live).await?;
+        let marker = read_marker(admin, &t.live).await?;
+        if let Some(m) = &marker {
+            let live = table_names(admin, &t.live).await?;
+            if let Some((missing, _)) = m.tables.iter().find(|(name, _)| !live.contains(name)) {
+                tracing::warn!(database = %t.live, "table {missing:?} of the last load is missing: loading again");
+                present = false;
+            }
+        }
+        markers.push(marker);
+    }
+    let named = |markers: Vec<Option<Marker>>| -> Vec<(String, Marker)> {
+        user.iter().map(|t| t.live.clone()).zip(markers.into_iter().flatten()).collect()
+    };
+    match (state(&markers, &dump.sha256, present), opts.force) {
+        (State::Loaded, false) => return Ok(Outcome::AlreadyLoaded(named(markers))),
+        (State::ObjectsPending, false) => {
+            tracing::warn!(
+                "the tables of this dump are in place but an earlier run stopped while creating its views, triggers, routines and events: creating them now"
+            );
+            create_objects(admin, root, dump, opts, targets).await?;
+            let markers = named(markers)
+                .into_iter()
+                .map(|(db, m)| {
+                    (
+                        db,
+                        Marker {
+                            objects_done: true,
+                            ..m
+                        },
+                    )
+                })
+                .collect();
+            return Ok(Outcome::Completed(markers));
+        }
+        (State::Loaded | State::ObjectsPending, true) => {
+            tracing::info!("the databases already hold this dump; --force: loading it again");
+        }
+        (State::Load, _) => {
+            for (t, m) in user.iter().zip(&markers) {
+                if let Some(m) = m.as_ref().filter(|m| m.sha256 != dump.sha256) {
+                    tracing::info!(
+                        database = %t.live,
+                        "database holds another dump (sha256 {}), loading this one (sha256 {})",
+                        m.sha256,
+                        dump.sha256
                     );
                 }
             }
         }
-        Some(marker) if marker.sha256 == dump.sha256 => {
-            tracing::info!(
-                database = db,
-                "database already holds this dump; --force: loading it again"
-            );
-        }
-        Some(marker) => tracing::info!(
-            database = db,
-            "database holds another dump (sha256 {}), loading this one (sha256 {})",
-            marker.sha256,
-            dump.sha256
-        ),
-        None => {}
     }
-    let staging = staging_name(db);
-    admin
-        .exec(
-            &format!("creating staging database {staging:?}"),
-            &format!("CREATE DATABASE {}", ident(&staging)),
-        )
-        .await?;
+    for t in &user {
+        let staging = t.staging();
+        let options = String::from_utf8_lossy(t.options.as_deref().unwrap_or_default()).into_owned();
+        admin
+            .exec(
+                &format!("creating staging database {staging:?}"),
+                &format!("CREATE DATABASE {}{options}", ident(&staging)),
+            )
+            .await?;
+    }
     let staged = async {
-        load(admin, root, dump, opts, &staging, cancel).await?;
-        let counts = count_tables(admin, dump, &staging).await?;
-        write_marker(admin, &staging, dump, &counts).await
+        load_tables(admin, root, dump, opts, targets, cancel).await?;
+        let mut out = Vec::with_capacity(user.len());
+        for t in &user {
+            let counts = count_tables(admin, dump, &t.staging()).await?;
+            out.push((t.live.clone(), write_marker(admin, &t.staging(), dump, &counts).await?));
+        }
+        Ok::<_, Error>(out)
     }
     .await;
-    let marker = match staged {
-        Ok(marker) => marker,
+    let markers = match staged {
+        Ok(markers) => markers,
         Err(e) => {
-            drop_database(admin, &staging).await;
+            drop_staging(admin, &user).await;
             return Err(e);
         }
     };
     if cancel.is_cancelled() {
-        drop_database(admin, &staging).await;
+        drop_staging(admin, &user).await;
         return Err(Error::Interrupted {
-            during: format!("before the swap; database {db:?} is unchanged"),
+            during: format!("before the swap; nothing was changed in {}", describe_databases(&user)),
         });
     }
-    let swapped = swap(admin, db, &staging, &marker).await;
-    drop_database(admin, &retired_name(db)).await;
-    drop_database(admin, &staging).await;
+    let window = Instant::now();
+    let swapped = swap(admin, &user, &markers).await;
+    for t in &user {
+        drop_database(admin, &retired_name(&t.live)).await;
+    }
+    drop_staging(admin, &user).await;
     swapped?;
-    check_foreign_keys(admin, db).await?;
-    Ok(Outcome::Loaded(marker))
+    if dump.objects > 0 || dump.databases.iter().any(|d| d.system) {
+        create_objects(admin, root, dump, opts, targets).await?;
+        tracing::info!(
+            window = ?window.elapsed(),
+            objects = dump.objects,
+            "the swap and the views, triggers, routines and events after it took this long"
+        );
+    }
+    for t in &user {
+        check_foreign_keys(admin, &t.live).await?;
+    }
+    let markers = markers
+        .into_iter()
+        .map(|(db, m)| {
+            (
+                db,
+                Marker {
+                    objects_done: true,
+                    ..m
+                },
+            )
+        })
+        .collect();
+    Ok(Outcome::Loaded(markers))
+}
+
+/// Drops the staging databases of `user`.
+async fn drop_staging(admin: &mut Admin, user: &[&Target]) {
+    for t in user {
+        drop_database(admin, &t.staging()).await;
+    }
+}
+
+/// `database "w"` or `databases "a", "b"`, for messages.
+fn describe_databases(targets: &[&Target]) -> String {
+    let names: Vec<String> = targets.iter().map(|t| format!("{:?}", t.live)).collect();
+    match names.len() {
+        1 => format!("database {}", names[0]),
+        _ => format!("databases {}", names.join(", ")),
+    }
 }
 
 /// Drops staging and retired databases an interrupted run left behind.
@@ -294,7 +481,7 @@ async fn drop_database(admin: &mut Admin, name: &str) {
 /// The base tables of `db`.
 async fn table_names(admin: &mut Admin, db: &str) -> Result<BTreeSet<String>, Error> {
     let sql = format!(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {}",
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_TYPE = 'BASE TABLE'",
         admin.literal(db)
     );
     let names: Vec<String> = admin.rows(&format!("listing the tables of {db:?}"), &sql).await?;
@@ -307,17 +494,18 @@ async fn table_names(admin: &mut Admin, db: &str) -> Result<BTreeSet<String>, Er
 /// [`Error::Database`] for failures other than the marker table not existing.
 pub async fn read_marker(admin: &mut Admin, db: &str) -> Result<Option<Marker>, Error> {
     let sql = format!(
-        "SELECT table_name, row_count, dump_sha256, DATE_FORMAT(loaded_at, '%Y-%m-%dT%H:%i:%sZ') FROM {}.{} ORDER BY table_name",
+        "SELECT table_name, row_count, dump_sha256, DATE_FORMAT(loaded_at, '%Y-%m-%dT%H:%i:%sZ'), objects_done FROM {}.{} ORDER BY table_name",
         ident(db),
         ident(MARKER_TABLE)
     );
-    let rows: Vec<(String, u64, String, String)> = match admin.conn.query(sql).await {
+    let rows: Vec<(String, u64, String, String, bool)> = match admin.conn.query(sql).await {
         Ok(rows) => rows,
-        // ER_NO_SUCH_TABLE, ER_BAD_DB_ERROR: never seeded by dbhelper.
-        Err(e) if matches!(server_code(&e), Some(1146 | 1049)) => return Ok(None),
+        // ER_NO_SUCH_TABLE, ER_BAD_DB_ERROR: never seeded by dbhelper; ER_BAD_FIELD_ERROR:
+        // a marker of an older dbhelper, which did not record the objects step: load again.
+        Err(e) if matches!(server_code(&e), Some(1146 | 1049 | 1054)) => return Ok(None),
         Err(e) => return Err(db_error("reading the seed marker", &admin.address, &e)),
     };
-    let Some((_, _, sha256, loaded_at)) = rows.first().cloned() else {
+    let Some((_, _, sha256, loaded_at, _)) = rows.first().cloned() else {
         return Ok(None);
     };
     if rows.iter().any(|r| r.2 != sha256) {
@@ -327,91 +515,318 @@ pub async fn read_marker(admin: &mut Admin, db: &str) -> Result<Option<Marker>, 
     Ok(Some(Marker {
         sha256,
         loaded_at,
-        tables: rows.into_iter().map(|(t, n, _, _)| (t, n)).collect(),
+        objects_done: rows.iter().all(|r| r.4),
+        tables: rows.into_iter().map(|(t, n, _, _, _)| (t, n)).collect(),
     }))
 }
 
-/// Runs the plan on a connection of its own, so the dump's session settings
-/// (`SET NAMES latin1`, `FOREIGN_KEY_CHECKS=0`, ...) stay there.
-async fn load(
+/// The byte limit of a merged statement on this connection.
+async fn statement_limit(conn: &mut Conn, address: &Address, batch_bytes: usize) -> Result<usize, Error> {
+    let max_packet: Option<u64> = conn
+        .query_first("SELECT @@max_allowed_packet")
+        .await
+        .map_err(|e| db_error("reading max_allowed_packet", address, &e))?;
+    // Leave room for the packet header and command byte.
+    Ok(usize::try_from(max_packet.unwrap_or(4 << 20))
+        .unwrap_or(usize::MAX)
+        .saturating_sub(1024)
+        .min(batch_bytes)
+        .max(1024))
+}
+
+/// The first database that is not a system schema: the connection's default one.
+fn first_user_target(targets: &[Target]) -> Option<&Target> {
+    targets.iter().find(|t| !t.system)
+}
+
+/// Runs the tables phase on connections of their own, so the dump's session settings
+/// (`SET NAMES latin1`, `FOREIGN_KEY_CHECKS=0`, ...) stay there: one connection in dump
+/// order, or up to `--jobs` connections each loading whole tables (see [`plan::lanes`]).
+async fn load_tables(
     admin: &mut Admin,
     root: &Credentials,
     dump: &DumpFile,
     opts: &SeedOptions<'_>,
-    staging: &str,
+    targets: &[Target],
     cancel: &CancellationToken,
 ) -> Result<(), Error> {
     let address = admin.address.clone();
-    let mut conn = db::connect(db::opts(&address, root, Some(staging)), db::CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| db_error("opening the load connection", &address, &e))?;
-    let max_packet: Option<u64> = conn
-        .query_first("SELECT @@max_allowed_packet")
-        .await
-        .map_err(|e| db_error("reading max_allowed_packet", &address, &e))?;
-    // Leave room for the packet header and command byte.
-    let limit = usize::try_from(max_packet.unwrap_or(4 << 20))
-        .unwrap_or(usize::MAX)
-        .saturating_sub(1024)
-        .min(opts.batch_bytes)
-        .max(1024);
-    let plan = plan::plan(&dump.bytes, &dump.pieces, limit).map_err(|source| Error::DumpPlan {
+    let staging: Vec<String> = targets.iter().map(Target::staging).collect();
+    let default = first_user_target(targets).map(Target::staging);
+    let connect = || async {
+        db::connect(db::opts(&address, root, default.as_deref()), db::CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| db_error("opening a load connection", &address, &e))
+    };
+    let mut conn = connect().await?;
+    let limit = statement_limit(&mut conn, &address, opts.batch_bytes).await?;
+    let plan = plan::plan(&dump.bytes, &dump.pieces, limit, dump.replay_system).map_err(|source| Error::DumpPlan {
         path: dump.path.clone(),
         source,
     })?;
+    let user: Vec<&Target> = targets.iter().filter(|t| !t.system).collect();
+    // More than one lane only pays when several lanes hold table statements.
+    let lanes = plan::lanes(&plan.tables, opts.jobs).filter(|lanes| {
+        lanes
+            .iter()
+            .filter(|lane| lane.iter().any(|st| matches!(plan::target_of(&st.action), plan::Target::Table(_))))
+            .count()
+            > 1
+    });
     tracing::info!(
-        database = opts.database,
-        staging,
+        databases = %describe_databases(&user),
         statements = plan.statements,
-        round_trips = plan.steps.len(),
+        round_trips = plan.tables.len(),
+        connections = lanes.as_ref().map_or(1, Vec::len),
         size = %human_bytes(dump.bytes.len()),
-        "loading the dump into the staging database"
+        "loading the tables into the staging databases"
     );
     let started = Instant::now();
-    let result = run_plan(&mut conn, &address, &plan, dump, opts.database, staging, cancel).await;
-    // A broken connection cannot be closed politely; dropping it is enough.
-    if result.is_ok() {
-        let _ = conn.disconnect().await;
-    }
+    let lane = Lane {
+        address: &address,
+        dump,
+        staging: &staging,
+        unchanged: describe_databases(&user),
+        cancel,
+    };
+    let result = match &lanes {
+        None => {
+            let steps: Vec<&plan::Step<'_>> = plan.tables.iter().collect();
+            lane.run(&mut conn, &steps, true).await
+        }
+        Some(lanes) => {
+            let mut conns = vec![conn];
+            while conns.len() < lanes.len() {
+                conns.push(connect().await?);
+            }
+            // Tables load in an order of their own on each connection: a foreign key's
+            // rows may arrive before the rows it references (the swap makes them visible
+            // only all together, and mysqldump's data is consistent).
+            for c in &mut conns {
+                c.query_drop("SET SESSION FOREIGN_KEY_CHECKS = 0")
+                    .await
+                    .map_err(|e| db_error("preparing a load connection", &address, &e))?;
+            }
+            let stop = cancel.child_token();
+            let lane = Lane { cancel: &stop, ..lane };
+            let runs = conns.iter_mut().zip(lanes).enumerate().map(|(i, (c, steps))| {
+                let lane = &lane;
+                let stop = &stop;
+                async move {
+                    let r = lane.run(c, steps, i == 0).await;
+                    if r.is_err() {
+                        // The other connections stop at their next statement.
+                        stop.cancel();
+                    }
+                    r
+                }
+            });
+            let results = futures::future::join_all(runs).await;
+            // The first real error, not the "interrupted" of the lanes it stopped.
+            let first = results
+                .iter()
+                .position(|r| matches!(r, Err(e) if !matches!(e, Error::Interrupted { .. })))
+                .or_else(|| results.iter().position(Result::is_err));
+            let mut results = results;
+            match first {
+                Some(i) => results.swap_remove(i),
+                None => Ok(()),
+            }
+        }
+    };
     result?;
-    tracing::info!(elapsed = ?started.elapsed(), "dump loaded into the staging database");
+    tracing::info!(elapsed = ?started.elapsed(), "tables loaded into the staging databases");
     Ok(())
 }
 
-async fn run_plan(
-    conn: &mut Conn,
-    address: &Address,
-    plan: &Plan<'_>,
-    dump: &DumpFile,
-    database: &str,
-    staging: &str,
-    cancel: &CancellationToken,
-) -> Result<(), Error> {
-    let statements: Vec<&Piece> = dump.pieces.iter().filter(|p| p.statement_number().is_some()).collect();
-    let mut progress = Progress::new(dump.bytes.len(), plan.statements);
-    let use_staging = format!("USE {}", ident(staging)).into_bytes();
-    for step in &plan.steps {
-        if cancel.is_cancelled() {
-            return Err(Error::Interrupted {
-                during: format!("during the load; database {database:?} is unchanged"),
-            });
+/// What every connection of the tables phase shares.
+struct Lane<'r> {
+    address: &'r Address,
+    dump: &'r DumpFile,
+    staging: &'r [String],
+    unchanged: String,
+    cancel: &'r CancellationToken,
+}
+
+impl Lane<'_> {
+    /// Runs `steps` on `conn`; the first lane also shows progress.
+    async fn run(&self, conn: &mut Conn, steps: &[&plan::Step<'_>], progress: bool) -> Result<(), Error> {
+        let statements: Vec<&Piece> = self
+            .dump
+            .pieces
+            .iter()
+            .filter(|p| p.statement_number().is_some())
+            .collect();
+        let mut shown = progress.then(|| Progress::new(self.dump.bytes.len(), self.dump.statements));
+        for step in steps {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Interrupted {
+                    during: format!("during the load; nothing was changed in {}", self.unchanged),
+                });
+            }
+            let sql: Cow<'_, [u8]> = match &step.action {
+                Action::Use(i) => Cow::Owned(format!("USE {}", ident(&self.staging[*i])).into_bytes()),
+                Action::AlterDatabase(i, options) => {
+                    let mut v = format!("ALTER DATABASE {}", ident(&self.staging[*i])).into_bytes();
+                    v.extend_from_slice(options);
+                    Cow::Owned(v)
+                }
+                Action::Sql(bytes) | Action::Object { sql: bytes, .. } => Cow::Borrowed(bytes.as_ref()),
+            };
+            if let Err(e) = conn.query_drop(sql.as_ref()).await {
+                return Err(rejected(conn, self.address, e, step, &statements, &self.dump.bytes, &self.unchanged).await);
+            }
+            if let Some(p) = shown.as_mut() {
+                p.update(step.done_bytes, *step.statements.end());
+            }
         }
+        if let Some(mut p) = shown {
+            p.finish();
+        }
+        Ok(())
+    }
+}
+
+/// The accounts of the server, to keep the definers that exist.
+async fn accounts(admin: &mut Admin) -> Result<HashSet<(Vec<u8>, Vec<u8>)>, Error> {
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = admin
+        .rows("listing the accounts for the definers", "SELECT User, LOWER(Host) FROM mysql.user")
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The statement with its definer replaced by `CURRENT_USER` when that account does not
+/// exist here (the server would create an object that fails when used).
+fn with_definer<'a>(
+    sql: &'a [u8],
+    definer: Option<&Definer>,
+    accounts: &HashSet<(Vec<u8>, Vec<u8>)>,
+) -> Option<Cow<'a, [u8]>> {
+    let d = definer?;
+    if accounts.contains(&(d.user.clone(), d.host.to_ascii_lowercase())) {
+        return None;
+    }
+    let mut v = Vec::with_capacity(sql.len());
+    v.extend_from_slice(&sql[..d.span.start]);
+    v.extend_from_slice(b"CURRENT_USER");
+    v.extend_from_slice(&sql[d.span.end..]);
+    Some(Cow::Owned(v))
+}
+
+/// The objects step: views, triggers, routines and events (and replayed system-schema
+/// statements) created in the live databases by replaying the dump's statements with
+/// their session settings, then the markers set to done. Safe to run again: each
+/// `CREATE` is preceded by a `DROP … IF EXISTS` of the same object.
+async fn create_objects(
+    admin: &mut Admin,
+    root: &Credentials,
+    dump: &DumpFile,
+    opts: &SeedOptions<'_>,
+    targets: &[Target],
+) -> Result<(), Error> {
+    let address = admin.address.clone();
+    let accounts = accounts(admin).await?;
+    let live: Vec<String> = targets.iter().map(|t| t.live.clone()).collect();
+    let user: Vec<&Target> = targets.iter().filter(|t| !t.system).collect();
+    let default = first_user_target(targets).map(|t| t.live.clone());
+    let mut conn = db::connect(db::opts(&address, root, default.as_deref()), db::CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| db_error("opening the connection for views, triggers and routines", &address, &e))?;
+    let limit = statement_limit(&mut conn, &address, opts.batch_bytes).await?;
+    let plan = plan::plan(&dump.bytes, &dump.pieces, limit, dump.replay_system).map_err(|source| Error::DumpPlan {
+        path: dump.path.clone(),
+        source,
+    })?;
+    let statements: Vec<&Piece> = dump.pieces.iter().filter(|p| p.statement_number().is_some()).collect();
+    let done = describe_databases(&user);
+    for step in &plan.objects {
         let sql: Cow<'_, [u8]> = match &step.action {
-            Action::UseStaging => Cow::Borrowed(&use_staging),
-            Action::AlterStaging(options) => {
-                let mut v = format!("ALTER DATABASE {}", ident(staging)).into_bytes();
+            Action::Use(i) => Cow::Owned(format!("USE {}", ident(&live[*i])).into_bytes()),
+            Action::AlterDatabase(i, options) => {
+                let mut v = format!("ALTER DATABASE {}", ident(&live[*i])).into_bytes();
                 v.extend_from_slice(options);
                 Cow::Owned(v)
             }
             Action::Sql(bytes) => Cow::Borrowed(bytes.as_ref()),
+            Action::Object {
+                verb,
+                kind,
+                name,
+                definer,
+                sql,
+            } => {
+                if let (Verb::Create, Some(name)) = (verb, name) {
+                    drop_object(&mut conn, *kind, name).await;
+                }
+                match with_definer(sql, definer.as_ref(), &accounts) {
+                    Some(rewritten) => {
+                        if let Some(d) = definer {
+                            tracing::warn!(
+                                "the definer {}@{} of the {kind} {} (line {}) does not exist on this server: created with the loading user as its definer",
+                                String::from_utf8_lossy(&d.user),
+                                String::from_utf8_lossy(&d.host),
+                                String::from_utf8_lossy(name.as_deref().unwrap_or_default()),
+                                step.line
+                            );
+                        }
+                        rewritten
+                    }
+                    None => Cow::Borrowed(sql.as_ref()),
+                }
+            }
         };
         if let Err(e) = conn.query_drop(sql.as_ref()).await {
-            return Err(rejected(conn, address, e, step, &statements, &dump.bytes, database).await);
+            let err = rejected(&mut conn, &address, e, step, &statements, &dump.bytes, &done).await;
+            return Err(after_swap(err));
         }
-        progress.update(step.done_bytes, *step.statements.end());
     }
-    progress.finish();
+    let _ = conn.disconnect().await;
+    for t in &user {
+        admin
+            .exec(
+                "recording that the objects step is done",
+                &format!("UPDATE {}.{} SET objects_done = 1", ident(&t.live), ident(MARKER_TABLE)),
+            )
+            .await?;
+    }
     Ok(())
+}
+
+/// A statement refused after the swap: the tables are in, the objects step is not done.
+fn after_swap(err: Error) -> Error {
+    match err {
+        Error::Rejected {
+            number,
+            line,
+            reason,
+            snippet,
+            database,
+        } => Error::ObjectRejected {
+            number,
+            line,
+            reason,
+            snippet,
+            database,
+        },
+        other => other,
+    }
+}
+
+/// `DROP <kind> IF EXISTS name` before a `CREATE`, so a rerun of the objects step (after a
+/// run killed inside it) does not stop at "already exists"; a failure is left to the
+/// `CREATE` to report.
+async fn drop_object(conn: &mut Conn, kind: ObjectKind, name: &[u8]) {
+    let mut sql = format!("DROP {} IF EXISTS `", kind.keyword()).into_bytes();
+    for &b in name {
+        if b == b'`' {
+            sql.push(b'`');
+        }
+        sql.push(b);
+    }
+    sql.push(b'`');
+    if let Err(e) = conn.query_drop(sql.as_slice()).await {
+        tracing::debug!("dropping the {kind} before creating it: {}", describe(&e));
+    }
 }
 
 /// Turns a failed step into an error naming the statement. When the step merged several
@@ -440,7 +855,7 @@ async fn rejected(
             what: format!("loading statement {number} (line {}) of the dump", step.line),
             host: address.host.clone(),
             port: address.port,
-            reason: format!("{}; nothing was changed in database {database:?}", describe(&err)),
+            reason: format!("{}; nothing was changed in {database}", describe(&err)),
         };
     }
     if first != last {
@@ -475,7 +890,7 @@ async fn rejected(
     }
 }
 
-/// Checks what the load created and counts the rows of each table.
+/// Checks what the load created in one staging database and counts the rows of each table.
 async fn count_tables(admin: &mut Admin, dump: &DumpFile, staging: &str) -> Result<Vec<(String, u64)>, Error> {
     let sql = format!(
         "SELECT TABLE_NAME, TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} ORDER BY TABLE_NAME",
@@ -486,16 +901,14 @@ async fn count_tables(admin: &mut Admin, dump: &DumpFile, staging: &str) -> Resu
         path: dump.path.clone(),
         reason,
     };
-    if tables.is_empty() {
-        return Err(useless("loading it created no table".into()));
-    }
+    // Views, routines, triggers and events are created after the swap; one found in the
+    // staging database was created by a statement dbhelper did not recognise as one, and
+    // would be lost with it (or, for a trigger, make the cross-database rename fail).
     if let Some((name, kind)) = tables.iter().find(|(_, kind)| kind != "BASE TABLE") {
         return Err(useless(format!(
-            "it creates {name:?} of type {kind}; dbhelper swaps base tables only"
+            "a statement it holds creates {name:?} of type {kind} in a form dbhelper does not recognise as such (write it CREATE … VIEW)"
         )));
     }
-    // Routines, triggers and events live in the staging database and would be lost with
-    // it (or, for triggers, make the cross-database rename fail): refuse them by name.
     let lit = admin.literal(staging);
     let sql = format!(
         "SELECT 'routine', ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = {lit} \
@@ -505,7 +918,7 @@ async fn count_tables(admin: &mut Admin, dump: &DumpFile, staging: &str) -> Resu
     let others: Vec<(String, String)> = admin.rows("listing the loaded routines", &sql).await?;
     if let Some((kind, name)) = others.first() {
         return Err(useless(format!(
-            "it creates the {kind} {name:?}; dbhelper swaps base tables only"
+            "a statement it holds creates the {kind} {name:?} in a form dbhelper does not recognise as such"
         )));
     }
     if tables.iter().any(|(name, _)| name == MARKER_TABLE) {
@@ -522,7 +935,8 @@ async fn count_tables(admin: &mut Admin, dump: &DumpFile, staging: &str) -> Resu
     Ok(counts)
 }
 
-/// Writes the marker into the staging database, so it moves in with the data.
+/// Writes the marker into a staging database, so it moves in with the data. It records
+/// the objects step as not done; that step sets it when it finishes.
 async fn write_marker(
     admin: &mut Admin,
     staging: &str,
@@ -538,17 +952,24 @@ async fn write_marker(
            dump_bytes BIGINT UNSIGNED NOT NULL,\
            dump_statements BIGINT UNSIGNED NOT NULL,\
            loaded_at DATETIME NOT NULL,\
-           loaded_by VARCHAR(64) NOT NULL\
+           loaded_by VARCHAR(64) NOT NULL,\
+           objects_done BOOLEAN NOT NULL\
          ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT='dbhelper: the dump this database was seeded from'"
     );
     admin.exec("creating the seed marker", &create).await?;
     let by = admin.literal(concat!("dbhelper ", env!("CARGO_PKG_VERSION")));
     let sha = admin.literal(&dump.sha256);
-    let rows: Vec<String> = counts
+    let done = u8::from(dump.objects == 0 && !dump.databases.iter().any(|d| d.system));
+    // A database without tables (only views or routines) still gets a marker row.
+    let mut names: Vec<(String, u64)> = counts.to_vec();
+    if names.is_empty() {
+        names.push((String::new(), 0));
+    }
+    let rows: Vec<String> = names
         .iter()
         .map(|(name, n)| {
             format!(
-                "({}, {n}, {sha}, {}, {}, @t, {by})",
+                "({}, {n}, {sha}, {}, {}, @t, {by}, {done})",
                 admin.literal(name),
                 dump.bytes.len(),
                 dump.statements
@@ -571,52 +992,89 @@ async fn write_marker(
         sha256: dump.sha256.clone(),
         loaded_at: loaded_at.into_iter().next().unwrap_or_default(),
         tables: counts.to_vec(),
+        objects_done: done == 1,
     })
 }
 
-/// The one statement that changes the live database: live tables of the same names out,
-/// staged tables (and the marker) in.
-async fn swap(admin: &mut Admin, db: &str, staging: &str, marker: &Marker) -> Result<(), Error> {
-    // Created only now, so that a failed first load leaves no trace at all.
-    admin
-        .exec(
-            &format!("creating database {db:?}"),
-            &format!("CREATE DATABASE IF NOT EXISTS {}", ident(db)),
-        )
-        .await?;
-    let live = table_names(admin, db).await?;
-    let retired = retired_name(db);
-    let moving: Vec<&str> = marker
-        .tables
-        .iter()
-        .map(|(t, _)| t.as_str())
-        .chain([MARKER_TABLE])
-        .collect();
-    let mut renames: Vec<String> = moving
-        .iter()
-        .filter(|t| live.contains(**t))
-        .map(|t| format!("{}.{} TO {}.{}", ident(db), ident(t), ident(&retired), ident(t)))
-        .collect();
-    if !renames.is_empty() {
+/// The one statement that changes the live tables: in every database, live tables of the
+/// same names out, staged tables (and the marker) in. Before it, the live markers are set
+/// to "objects step not done" and the triggers of the tables being replaced are dropped
+/// (`RENAME TABLE` cannot move a table with triggers to another database).
+async fn swap(admin: &mut Admin, user: &[&Target], markers: &[(String, Marker)]) -> Result<(), Error> {
+    let mut renames: Vec<String> = Vec::new();
+    for (t, (_, marker)) in user.iter().zip(markers) {
+        let db = &t.live;
+        // Created only now, so that a failed first load leaves no trace at all.
+        let options = String::from_utf8_lossy(t.options.as_deref().unwrap_or_default()).into_owned();
         admin
             .exec(
-                &format!("creating database {retired:?}"),
-                &format!("CREATE DATABASE {}", ident(&retired)),
+                &format!("creating database {db:?}"),
+                &format!("CREATE DATABASE IF NOT EXISTS {}{options}", ident(db)),
             )
             .await?;
-    }
-    renames.extend(
-        moving
+        let live = table_names(admin, db).await?;
+        let retired = retired_name(db);
+        let moving: Vec<&str> = marker
+            .tables
             .iter()
-            .map(|t| format!("{}.{} TO {}.{}", ident(staging), ident(t), ident(db), ident(t))),
-    );
+            .map(|(t, _)| t.as_str())
+            .chain([MARKER_TABLE])
+            .collect();
+        let out: Vec<&str> = moving.iter().copied().filter(|t| live.contains(*t)).collect();
+        if !out.is_empty() {
+            admin
+                .exec(
+                    &format!("creating database {retired:?}"),
+                    &format!("CREATE DATABASE {}", ident(&retired)),
+                )
+                .await?;
+            if live.contains(MARKER_TABLE) {
+                admin
+                    .exec(
+                        "recording that the objects step is not done",
+                        &format!("UPDATE {}.{} SET objects_done = 0", ident(db), ident(MARKER_TABLE)),
+                    )
+                    .await?;
+            }
+            drop_triggers(admin, db, &out).await?;
+        }
+        renames.extend(
+            out.iter()
+                .map(|t| format!("{}.{} TO {}.{}", ident(db), ident(t), ident(&retired), ident(t))),
+        );
+        let staging = t.staging();
+        renames.extend(
+            moving
+                .iter()
+                .map(|name| format!("{}.{} TO {}.{}", ident(&staging), ident(name), ident(db), ident(name))),
+        );
+    }
     admin
         .exec(
-            &format!("swapping the loaded tables into {db:?}"),
+            "swapping the loaded tables in",
             &format!("RENAME TABLE {}", renames.join(", ")),
         )
         .await?;
-    tracing::info!(database = db, tables = moving.len() - 1, "swapped the loaded tables in");
+    tracing::info!(databases = %describe_databases(user), "swapped the loaded tables in");
+    Ok(())
+}
+
+/// Drops the triggers of `tables` in `db` (they belong to the data being replaced; the
+/// dump's own triggers are created after the swap).
+async fn drop_triggers(admin: &mut Admin, db: &str, tables: &[&str]) -> Result<(), Error> {
+    let sql = format!(
+        "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = {}",
+        admin.literal(db)
+    );
+    let triggers: Vec<(String, String)> = admin.rows("listing the triggers", &sql).await?;
+    for (name, _) in triggers.iter().filter(|(_, table)| tables.contains(&table.as_str())) {
+        admin
+            .exec(
+                &format!("dropping trigger {name:?} of the replaced data"),
+                &format!("DROP TRIGGER IF EXISTS {}.{}", ident(db), ident(name)),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -642,6 +1100,68 @@ async fn check_foreign_keys(admin: &mut Admin, db: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn marker(sha: &str, done: bool) -> Option<Marker> {
+        Some(Marker {
+            sha256: sha.into(),
+            loaded_at: String::new(),
+            tables: vec![("t".into(), 1)],
+            objects_done: done,
+        })
+    }
+
+    #[test]
+    fn state_table() {
+        let cases: Vec<(Vec<Option<Marker>>, bool, State)> = vec![
+            (vec![marker("a", true)], true, State::Loaded),
+            (vec![marker("a", true), marker("a", true)], true, State::Loaded),
+            (vec![marker("a", true), marker("a", false)], true, State::ObjectsPending),
+            (vec![marker("a", false)], true, State::ObjectsPending),
+            (vec![marker("a", true)], false, State::Load),
+            (vec![marker("a", false)], false, State::Load),
+            (vec![marker("b", true)], true, State::Load),
+            (vec![marker("a", true), marker("b", true)], true, State::Load),
+            (vec![marker("a", true), None], true, State::Load),
+            (vec![None], true, State::Load),
+            (vec![], true, State::Load),
+        ];
+        for (markers, present, want) in cases {
+            assert_eq!(state(&markers, "a", present), want, "{markers:?} {present}");
+        }
+    }
+
+    #[test]
+    fn targets_map_one_database_and_keep_several() {
+        let db = |name: Option<&str>, system: bool| Database {
+            name: name.map(str::to_owned),
+            options: None,
+            system,
+            line: 1,
+        };
+        let lives = |dbs: &[Database]| -> Vec<String> { targets(dbs, "app").into_iter().map(|t| t.live).collect() };
+        assert_eq!(lives(&[db(None, false)]), ["app"]);
+        assert_eq!(lives(&[db(Some("world"), false)]), ["app"]);
+        assert_eq!(lives(&[db(Some("a"), false), db(Some("b"), false)]), ["a", "b"]);
+        assert_eq!(lives(&[db(Some("a"), false), db(Some("mysql"), true)]), ["app", "mysql"]);
+    }
+
+    #[test]
+    fn missing_definers_become_the_loading_user() {
+        let sql = b"CREATE DEFINER=`gone`@`%` VIEW v AS SELECT 1";
+        let definer = Definer {
+            user: b"gone".to_vec(),
+            host: b"%".to_vec(),
+            span: 15..25,
+        };
+        let mut accounts = HashSet::new();
+        assert_eq!(
+            with_definer(sql, Some(&definer), &accounts).as_deref(),
+            Some(&b"CREATE DEFINER=CURRENT_USER VIEW v AS SELECT 1"[..])
+        );
+        accounts.insert((b"gone".to_vec(), b"%".to_vec()));
+        assert_eq!(with_definer(sql, Some(&definer), &accounts), None);
+        assert_eq!(with_definer(sql, None, &HashSet::new()), None);
+    }
 
     #[test]
     fn names_fit_the_server_limit() {

@@ -1,25 +1,96 @@
-//! The load plan: the dump's statements turned into the steps the loader sends.
+//! The load plan: the dump's statements turned into the steps the loader sends, in two
+//! phases.
 //!
-//! Two things happen here, both pure (no I/O, bytes never decoded):
-//! - **database statements are redirected**: the dump's `USE db`, `CREATE DATABASE db …`
-//!   and `DROP DATABASE db` name the database the dump came from; the loader must put the
-//!   tables into its staging database instead. `USE` becomes "use the staging database",
-//!   `CREATE DATABASE`'s options (character set, collation) become an `ALTER DATABASE` of
-//!   the staging database, `DROP DATABASE` is dropped (the swap replaces the tables). A dump
-//!   that names two different databases is refused: dbhelper seeds one database.
+//! Pure (no I/O, bytes never decoded). What happens here:
+//! - **databases are found and mapped**: the dump's `USE db` and `CREATE DATABASE db …`
+//!   name the databases it loads ([`Database`], in order of appearance); the loader puts
+//!   each one's tables into a staging database. `USE` becomes "use this database's staging
+//!   (or, after the swap, live) database", `CREATE DATABASE`'s options are applied to
+//!   both, `DROP DATABASE` is dropped (the swap replaces the tables). The system schemas
+//!   (`mysql`, `sys`, `performance_schema`, `information_schema`) are never staged: a dump
+//!   that writes them is refused unless the caller asks to replay those statements after
+//!   the swap, as the client would run them.
+//! - **statements are sorted into two phases**: tables and their rows
+//!   ([`Plan::tables`]) load into the staging databases, before the swap; views,
+//!   triggers, procedures, functions and events ([`Plan::objects`]), which cannot move
+//!   between databases with `RENAME TABLE`, are created in the live databases right after
+//!   it. Session `SET`s and `USE`s go to both phases, in dump order, so each object is
+//!   created under the `sql_mode` and character sets the dump set for it.
 //! - **single-row inserts are merged**: consecutive `INSERT … VALUES (…)` statements with
-//!   byte-identical heads (`INSERT INTO `City` VALUES `) become one multi-row insert, up to
-//!   a size limit (the server's `max_allowed_packet`), so a mysqldump written one row per
-//!   statement loads in a few round trips. Only statements of exactly that shape merge:
-//!   anything after the row list (`ON DUPLICATE KEY UPDATE`, a comment) keeps a statement
-//!   on its own.
+//!   byte-identical heads become one multi-row insert, up to a size limit (the server's
+//!   `max_allowed_packet`). Only statements of exactly that shape merge.
 //!
 //! Every step remembers which dump statements it covers, so an error names them.
 
 use std::borrow::Cow;
-use std::ops::RangeInclusive;
+use std::ops::{Range, RangeInclusive};
 
 use crate::dump::{Piece, PieceKind};
+use crate::lex::{self, Block};
+
+/// A kind of object that lives in a database but is not a base table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ObjectKind {
+    /// `VIEW`.
+    View,
+    /// `TRIGGER`.
+    Trigger,
+    /// `PROCEDURE`.
+    Procedure,
+    /// `FUNCTION` (stored or aggregate).
+    Function,
+    /// `EVENT`.
+    Event,
+}
+
+impl ObjectKind {
+    /// The SQL keyword.
+    #[must_use]
+    pub fn keyword(self) -> &'static str {
+        match self {
+            ObjectKind::View => "VIEW",
+            ObjectKind::Trigger => "TRIGGER",
+            ObjectKind::Procedure => "PROCEDURE",
+            ObjectKind::Function => "FUNCTION",
+            ObjectKind::Event => "EVENT",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ObjectKind::View => "view",
+            ObjectKind::Trigger => "trigger",
+            ObjectKind::Procedure => "procedure",
+            ObjectKind::Function => "function",
+            ObjectKind::Event => "event",
+        })
+    }
+}
+
+/// What a statement does to an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// `CREATE [OR REPLACE]`.
+    Create,
+    /// `ALTER`.
+    Alter,
+    /// `DROP`.
+    Drop,
+}
+
+/// The `DEFINER=user@host` of a `CREATE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Definer {
+    /// The user name (unquoted bytes).
+    pub user: Vec<u8>,
+    /// The host (unquoted bytes).
+    pub host: Vec<u8>,
+    /// Where `user@host` is in the statement, to be replaced by `CURRENT_USER` when that
+    /// account does not exist on the target server.
+    pub span: Range<usize>,
+}
 
 /// What one statement is, as far as the loader cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +107,14 @@ pub enum Kind<'a> {
         /// What follows the name, ready to follow `ALTER DATABASE x`; `None` when nothing does.
         options: Option<Cow<'a, [u8]>>,
     },
+    /// `ALTER DATABASE|SCHEMA db <options>` (mysqldump switches a database's collation
+    /// around routines created under another one).
+    AlterDatabase {
+        /// The database name (unquoted bytes).
+        name: Vec<u8>,
+        /// What follows the name.
+        options: Cow<'a, [u8]>,
+    },
     /// `DROP DATABASE|SCHEMA [IF EXISTS] db`.
     DropDatabase {
         /// The database name (unquoted bytes).
@@ -48,19 +127,59 @@ pub enum Kind<'a> {
         /// The rows: `(…),(…)`.
         rows: &'a [u8],
     },
-    /// Anything else: sent as it is.
+    /// `SET …`: session settings, needed in both phases.
+    Set,
+    /// `CREATE|ALTER|DROP` of a view, trigger, routine or event.
+    Object {
+        /// What the statement does.
+        verb: Verb,
+        /// What it does it to.
+        kind: ObjectKind,
+        /// The object's name (unquoted bytes; `None` when it could not be read).
+        name: Option<Vec<u8>>,
+        /// Its `DEFINER`, when a `CREATE` names one.
+        definer: Option<Definer>,
+    },
+    /// Anything else: sent as it is, before the swap.
     Other,
+}
+
+/// One database the dump loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Database {
+    /// Its name in the dump; `None` for a dump that names no database.
+    pub name: Option<String>,
+    /// The options of its `CREATE DATABASE`, ready to follow `CREATE DATABASE x`.
+    pub options: Option<Vec<u8>>,
+    /// One of the server's own schemas: never staged, its statements replayed after the swap.
+    pub system: bool,
+    /// The line that first names it.
+    pub line: usize,
 }
 
 /// What the loader does for one step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action<'a> {
-    /// Switch the load connection to the staging database.
-    UseStaging,
-    /// `ALTER DATABASE <staging> <options>`: the dump's database options.
-    AlterStaging(Cow<'a, [u8]>),
+    /// Switch the connection to this database (an index into [`Plan::databases`]): its
+    /// staging database before the swap, the live one after.
+    Use(usize),
+    /// `ALTER DATABASE <that database> <options>`.
+    AlterDatabase(usize, Cow<'a, [u8]>),
     /// Send these bytes as they are.
     Sql(Cow<'a, [u8]>),
+    /// Create, alter or drop an object (after the swap).
+    Object {
+        /// What the statement does.
+        verb: Verb,
+        /// What it does it to.
+        kind: ObjectKind,
+        /// The object's name, when read.
+        name: Option<Vec<u8>>,
+        /// Its definer, to check on the target server.
+        definer: Option<Definer>,
+        /// The statement.
+        sql: Cow<'a, [u8]>,
+    },
 }
 
 /// One round trip of the load.
@@ -79,104 +198,224 @@ pub struct Step<'a> {
 /// The whole load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan<'a> {
-    /// The steps, in order.
-    pub steps: Vec<Step<'a>>,
-    /// The database the dump names (`USE`, `CREATE DATABASE`), if any.
-    pub source_database: Option<String>,
+    /// Before the swap: tables and rows, into the staging databases.
+    pub tables: Vec<Step<'a>>,
+    /// After the swap: views, triggers, routines, events (and the system schemas'
+    /// statements when replayed), into the live databases.
+    pub objects: Vec<Step<'a>>,
+    /// The databases the dump names, in order; one unnamed entry when it names none.
+    pub databases: Vec<Database>,
     /// How many statements the dump holds.
     pub statements: usize,
 }
 
+impl Plan<'_> {
+    /// How many object statements (creates, alters, drops) the plan holds.
+    #[must_use]
+    pub fn object_count(&self) -> usize {
+        self.objects
+            .iter()
+            .filter(|s| matches!(s.action, Action::Object { .. }))
+            .count()
+    }
+}
+
+/// The schemas of the server itself.
+pub const SYSTEM_SCHEMAS: [&str; 4] = ["mysql", "sys", "performance_schema", "information_schema"];
+
 /// Why a dump cannot be planned.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// The dump names two different databases.
+    /// The dump writes into a system schema.
     #[error(
-        "the dump uses more than one database ({first:?} at line {first_line}, {second:?} at line {second_line}); dbhelper seeds one database"
+        "it writes the system schema {name:?} (line {line}); dbhelper never swaps it: --replay-system-schemas runs those statements as the mysql client would, after the swap"
     )]
-    MultipleDatabases {
-        /// The first database named.
-        first: String,
+    SystemSchema {
+        /// The schema.
+        name: String,
+        /// Where the dump names it.
+        line: usize,
+    },
+    /// A database name dbhelper cannot stage.
+    #[error("it names the database {name:?} (line {line}), {reason}")]
+    BadDatabaseName {
+        /// The name, as far as readable.
+        name: String,
         /// Where.
-        first_line: usize,
-        /// The other one.
-        second: String,
-        /// Where.
-        second_line: usize,
+        line: usize,
+        /// What is wrong with it.
+        reason: &'static str,
     },
 }
 
+/// Longest database name of a dump dbhelper stages (its staging name adds 15 bytes to a
+/// server limit of 64).
+pub const MAX_DATABASE_NAME: usize = 48;
+
 /// Builds the plan; merged inserts stay at or under `max_statement` bytes (a single
-/// statement that is larger on its own is sent as it is).
+/// statement that is larger on its own is sent as it is). With `replay_system`, the
+/// statements of a system schema are replayed after the swap instead of refused.
 ///
 /// # Errors
-/// [`PlanError::MultipleDatabases`].
-pub fn plan<'a>(input: &'a [u8], pieces: &[Piece], max_statement: usize) -> Result<Plan<'a>, PlanError> {
-    let mut steps = Vec::new();
-    let mut source: Option<(Vec<u8>, usize)> = None;
-    let mut pending: Option<Merge<'a>> = None;
-    let mut statements = 0;
-
+/// [`PlanError`] for a system schema (without `replay_system`) or an unusable name.
+pub fn plan<'a>(
+    input: &'a [u8],
+    pieces: &[Piece],
+    max_statement: usize,
+    replay_system: bool,
+) -> Result<Plan<'a>, PlanError> {
+    let mut b = Builder {
+        max_statement,
+        replay_system,
+        plan: Plan {
+            tables: Vec::new(),
+            objects: Vec::new(),
+            databases: Vec::new(),
+            statements: 0,
+        },
+        pending: None,
+        current: None,
+    };
     for piece in pieces {
         let PieceKind::Statement { number, .. } = piece.kind else {
             continue;
         };
-        statements = number;
-        let bytes = &input[piece.range.clone()];
-        let done = piece.range.end;
+        b.plan.statements = number;
+        b.statement(&input[piece.range.clone()], number, piece.line, piece.range.end)?;
+    }
+    b.flush();
+    if b.plan.databases.is_empty() {
+        b.plan.databases.push(Database {
+            name: None,
+            options: None,
+            system: false,
+            line: 1,
+        });
+    }
+    Ok(b.plan)
+}
+
+struct Builder<'a> {
+    max_statement: usize,
+    replay_system: bool,
+    plan: Plan<'a>,
+    pending: Option<Merge<'a>>,
+    /// The database the dump is in (index), once a `USE` said so.
+    current: Option<usize>,
+}
+
+impl<'a> Builder<'a> {
+    fn flush(&mut self) {
+        if let Some(m) = self.pending.take() {
+            self.plan.tables.push(m.into_step());
+        }
+    }
+
+    /// The index of database `name`, added when new.
+    fn database(&mut self, name: &[u8], line: usize) -> Result<usize, PlanError> {
+        let text = String::from_utf8(name.to_vec()).map_err(|_| PlanError::BadDatabaseName {
+            name: lossy(name),
+            line,
+            reason: "which is not UTF-8",
+        })?;
+        if let Some(i) = self.plan.databases.iter().position(|d| d.name.as_deref() == Some(&text)) {
+            return Ok(i);
+        }
+        let system = SYSTEM_SCHEMAS.iter().any(|s| s.eq_ignore_ascii_case(&text));
+        if system && !self.replay_system {
+            return Err(PlanError::SystemSchema { name: text, line });
+        }
+        if !system && (text.is_empty() || text.len() > MAX_DATABASE_NAME) {
+            return Err(PlanError::BadDatabaseName {
+                name: text,
+                line,
+                reason: "which is empty or longer than 48 bytes",
+            });
+        }
+        self.plan.databases.push(Database {
+            name: Some(text),
+            options: None,
+            system,
+            line,
+        });
+        Ok(self.plan.databases.len() - 1)
+    }
+
+    fn in_system(&self) -> bool {
+        self.current.is_some_and(|i| self.plan.databases[i].system)
+    }
+
+    fn statement(&mut self, bytes: &'a [u8], number: usize, line: usize, done: usize) -> Result<(), PlanError> {
         let one = |action| Step {
             action,
             statements: number..=number,
-            line: piece.line,
+            line,
             done_bytes: done,
         };
         let kind = classify(bytes);
-        if let Kind::Use { name } | Kind::CreateDatabase { name, .. } | Kind::DropDatabase { name } = &kind {
-            match &source {
-                None => source = Some((name.clone(), piece.line)),
-                Some((first, first_line)) if first != name => {
-                    return Err(PlanError::MultipleDatabases {
-                        first: lossy(first),
-                        first_line: *first_line,
-                        second: lossy(name),
-                        second_line: piece.line,
-                    });
-                }
-                Some(_) => {}
-            }
-        }
-        if let Kind::Insert { head, rows } = kind {
-            let fits = |m: &&mut Merge<'a>| m.head == head && m.len() + 1 + rows.len() <= max_statement;
-            if let Some(m) = pending.as_mut().filter(fits) {
+        if let Kind::Insert { head, rows } = kind
+            && !self.in_system()
+        {
+            let limit = self.max_statement;
+            let fits = |m: &&mut Merge<'a>| m.head == head && m.len() + 1 + rows.len() <= limit;
+            if let Some(m) = self.pending.as_mut().filter(fits) {
                 m.push(rows, number, done);
-                continue;
+                return Ok(());
             }
-            if let Some(m) = pending.take() {
-                steps.push(m.into_step());
-            }
-            pending = Some(Merge::new(bytes, head, rows, number, piece.line, done));
-            continue;
+            self.flush();
+            self.pending = Some(Merge::new(bytes, head, rows, number, line, done));
+            return Ok(());
         }
-        if let Some(m) = pending.take() {
-            steps.push(m.into_step());
-        }
+        self.flush();
         match kind {
-            Kind::Use { .. } => steps.push(one(Action::UseStaging)),
-            Kind::CreateDatabase {
-                options: Some(options), ..
-            } => steps.push(one(Action::AlterStaging(options))),
-            Kind::CreateDatabase { options: None, .. } | Kind::DropDatabase { .. } => {}
-            Kind::Insert { .. } | Kind::Other => steps.push(one(Action::Sql(Cow::Borrowed(bytes)))),
+            Kind::Use { name } => {
+                let i = self.database(&name, line)?;
+                self.current = Some(i);
+                if !self.plan.databases[i].system {
+                    self.plan.tables.push(one(Action::Use(i)));
+                }
+                self.plan.objects.push(one(Action::Use(i)));
+            }
+            Kind::CreateDatabase { name, options } => {
+                let i = self.database(&name, line)?;
+                let db = &mut self.plan.databases[i];
+                if db.options.is_none() && !db.system {
+                    db.options = options.map(Cow::into_owned);
+                }
+            }
+            Kind::AlterDatabase { name, options } => {
+                let i = self.database(&name, line)?;
+                self.plan.objects.push(one(Action::AlterDatabase(i, options)));
+            }
+            Kind::DropDatabase { name } => {
+                // The swap replaces the tables; the name still counts as one of the dump's.
+                self.database(&name, line)?;
+            }
+            Kind::Set => {
+                if !self.in_system() {
+                    self.plan.tables.push(one(Action::Sql(Cow::Borrowed(bytes))));
+                }
+                self.plan.objects.push(one(Action::Sql(Cow::Borrowed(bytes))));
+            }
+            Kind::Object {
+                verb,
+                kind,
+                name,
+                definer,
+            } => self.plan.objects.push(one(Action::Object {
+                verb,
+                kind,
+                name,
+                definer,
+                sql: Cow::Borrowed(bytes),
+            })),
+            Kind::Insert { .. } | Kind::Other if self.in_system() => {
+                self.plan.objects.push(one(Action::Sql(Cow::Borrowed(bytes))));
+            }
+            Kind::Insert { .. } | Kind::Other => self.plan.tables.push(one(Action::Sql(Cow::Borrowed(bytes)))),
         }
+        Ok(())
     }
-    if let Some(m) = pending.take() {
-        steps.push(m.into_step());
-    }
-    Ok(Plan {
-        steps,
-        source_database: source.map(|(name, _)| lossy(&name)),
-        statements,
-    })
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -250,18 +489,20 @@ enum Token {
     Word(Vec<u8>),
     /// A `` `quoted` `` identifier, unquoted.
     Quoted(Vec<u8>),
-    /// A string literal (contents not kept).
-    Str,
+    /// A string literal, unquoted (a name in `DEFINER='u'@'h'` or under `ANSI_QUOTES`).
+    Str(Vec<u8>),
     /// Any other single byte.
     Punct(u8),
 }
 
-/// Reads tokens, treating comments as space and the markers of version comments as
-/// transparent (their contents are code).
+/// Reads tokens with the rules of [`crate::lex`], treating comments as space and the
+/// markers of version comments as transparent (their contents are code).
 struct Lexer<'a> {
     s: &'a [u8],
     pos: usize,
     in_code_comment: bool,
+    /// Where the last token read starts.
+    start: usize,
 }
 
 fn is_word_byte(b: u8) -> bool {
@@ -274,6 +515,7 @@ impl<'a> Lexer<'a> {
             s,
             pos: 0,
             in_code_comment: false,
+            start: 0,
         }
     }
 
@@ -285,38 +527,23 @@ impl<'a> Lexer<'a> {
     fn skip_space(&mut self) {
         loop {
             let Some(b) = self.at(self.pos) else { return };
-            let next = self.at(self.pos + 1);
-            if b.is_ascii_whitespace() || b == 0x0b {
+            if lex::is_space(b) {
                 self.pos += 1;
-            } else if b == b'#' || (b == b'-' && next == Some(b'-') && self.at(self.pos + 2).is_none_or(|c| c <= b' '))
-            {
-                while self.at(self.pos).is_some_and(|c| c != b'\n') {
-                    self.pos += 1;
-                }
-            } else if b == b'*' && next == Some(b'/') && self.in_code_comment {
+            } else if lex::line_comment_at(self.s, self.pos) {
+                self.pos = lex::end_of_line(self.s, self.pos);
+            } else if b == b'*' && self.at(self.pos + 1) == Some(b'/') && self.in_code_comment {
                 self.in_code_comment = false;
                 self.pos += 2;
-            } else if b == b'/' && next == Some(b'*') {
-                let rest = &self.s[self.pos..];
-                let opener = if rest.starts_with(b"/*!") || rest.starts_with(b"/*+") {
-                    Some(3)
-                } else if rest.starts_with(b"/*M!") {
-                    Some(4)
-                } else {
-                    None
-                };
-                match opener {
-                    Some(len) if !self.in_code_comment => {
+            } else if let Some((block, len)) = lex::block_at(self.s, self.pos) {
+                match block {
+                    Block::Version | Block::Hint if !self.in_code_comment => {
                         self.in_code_comment = true;
                         self.pos += len;
                         while self.at(self.pos).is_some_and(|c| c.is_ascii_digit()) {
                             self.pos += 1;
                         }
                     }
-                    _ => match rest[2..].windows(2).position(|w| w == b"*/") {
-                        Some(p) => self.pos += 2 + p + 2,
-                        None => self.pos = self.s.len(),
-                    },
+                    _ => self.pos = lex::block_end(self.s, self.pos).unwrap_or(self.s.len()),
                 }
             } else {
                 return;
@@ -327,39 +554,13 @@ impl<'a> Lexer<'a> {
     fn next(&mut self) -> Option<Token> {
         self.skip_space();
         let b = self.at(self.pos)?;
+        self.start = self.pos;
         match b {
-            b'`' => {
-                let mut name = Vec::new();
-                let mut i = self.pos + 1;
-                while let Some(c) = self.at(i) {
-                    if c == b'`' {
-                        if self.at(i + 1) == Some(b'`') {
-                            name.push(b'`');
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    name.push(c);
-                    i += 1;
-                }
-                self.pos = (i + 1).min(self.s.len());
-                Some(Token::Quoted(name))
-            }
-            b'\'' | b'"' => {
-                let mut i = self.pos + 1;
-                while let Some(c) = self.at(i) {
-                    if c == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if c == b {
-                        break;
-                    }
-                    i += 1;
-                }
-                self.pos = (i + 1).min(self.s.len());
-                Some(Token::Str)
+            b'`' | b'\'' | b'"' => {
+                let end = lex::quoted_end(self.s, self.pos).unwrap_or(self.s.len());
+                let inner = lex::unquote(self.s, self.pos, end);
+                self.pos = end;
+                Some(if b == b'`' { Token::Quoted(inner) } else { Token::Str(inner) })
             }
             _ if is_word_byte(b) => {
                 let start = self.pos;
@@ -375,17 +576,32 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// The next token without moving.
+    fn peek(&mut self) -> Option<Token> {
+        let (pos, inside, start) = (self.pos, self.in_code_comment, self.start);
+        let t = self.next();
+        (self.pos, self.in_code_comment, self.start) = (pos, inside, start);
+        t
+    }
+
     /// The next token if it is the keyword `kw` (case-insensitive); otherwise nothing moves.
     fn keyword(&mut self, kw: &str) -> bool {
-        let (pos, inside) = (self.pos, self.in_code_comment);
-        match self.next() {
-            Some(Token::Word(w)) if w.eq_ignore_ascii_case(kw.as_bytes()) => true,
-            _ => {
-                self.pos = pos;
-                self.in_code_comment = inside;
-                false
+        match self.peek() {
+            Some(Token::Word(w)) if w.eq_ignore_ascii_case(kw.as_bytes()) => {
+                self.next();
+                true
             }
+            _ => false,
         }
+    }
+
+    /// The next token if it is the punctuation `p`.
+    fn punct(&mut self, p: u8) -> bool {
+        if self.peek() == Some(Token::Punct(p)) {
+            self.next();
+            return true;
+        }
+        false
     }
 
     /// The next token as a name (unquoted word or backtick identifier).
@@ -396,6 +612,22 @@ impl<'a> Lexer<'a> {
         }
     }
 
+    /// The next token as an object name: also a `"…"` one (`ANSI_QUOTES`), and the last
+    /// part of `db.name`.
+    fn object_name(&mut self) -> Option<Vec<u8>> {
+        let mut name = match self.next()? {
+            Token::Word(w) | Token::Quoted(w) | Token::Str(w) => w,
+            Token::Punct(_) => return None,
+        };
+        while self.punct(b'.') {
+            name = match self.next()? {
+                Token::Word(w) | Token::Quoted(w) | Token::Str(w) => w,
+                Token::Punct(_) => return None,
+            };
+        }
+        Some(name)
+    }
+
     /// Whether a word token follows before the end.
     fn has_word(&mut self) -> bool {
         while let Some(t) = self.next() {
@@ -404,6 +636,38 @@ impl<'a> Lexer<'a> {
             }
         }
         false
+    }
+
+    /// After `DEFINER`: `= user@host`, `= CURRENT_USER[()]` or `= role`.
+    fn definer(&mut self) -> Option<Definer> {
+        if !self.punct(b'=') {
+            return None;
+        }
+        let user = match self.next()? {
+            Token::Word(w) if w.eq_ignore_ascii_case(b"current_user") => {
+                if self.punct(b'(') {
+                    self.punct(b')');
+                }
+                return None;
+            }
+            Token::Word(w) | Token::Quoted(w) | Token::Str(w) => w,
+            Token::Punct(_) => return None,
+        };
+        let from = self.start;
+        // `user@host` may lex as one word when unquoted (`root@localhost` has no `@`
+        // word byte, so it does not): read `@` then the host.
+        if !self.punct(b'@') {
+            return None;
+        }
+        let host = match self.next()? {
+            Token::Word(w) | Token::Quoted(w) | Token::Str(w) => w,
+            Token::Punct(_) => return None,
+        };
+        Some(Definer {
+            user,
+            host,
+            span: from..self.pos,
+        })
     }
 }
 
@@ -422,43 +686,217 @@ pub fn classify(stmt: &[u8]) -> Kind<'_> {
             _ => Kind::Other,
         };
     }
-    if is("create") || is("drop") {
-        if !(lx.keyword("database") || lx.keyword("schema")) {
-            return Kind::Other;
-        }
-        if is("create") {
-            let _ = lx.keyword("if") && lx.keyword("not") && lx.keyword("exists");
-        } else {
-            let _ = lx.keyword("if") && lx.keyword("exists");
-        }
-        let Some(name) = lx.name() else {
-            return Kind::Other;
-        };
-        if is("drop") {
-            return Kind::DropDatabase { name };
-        }
-        let (rest_at, inside) = (lx.pos, lx.in_code_comment);
-        if !lx.has_word() {
-            return Kind::CreateDatabase { name, options: None };
-        }
-        let rest = &stmt[rest_at..];
-        let options = if inside {
-            // The name sat inside a version comment that the options close: reopen it.
-            let mut v = b"/*!".to_vec();
-            v.extend_from_slice(rest);
-            Cow::Owned(v)
-        } else {
-            Cow::Borrowed(rest)
-        };
-        return Kind::CreateDatabase {
-            name,
-            options: Some(options),
-        };
+    if is("set") {
+        return Kind::Set;
     }
     if is("insert") || is("replace") {
         return insert(stmt, lx);
     }
-    Kind::Other
+    let verb = if is("create") {
+        Verb::Create
+    } else if is("alter") {
+        Verb::Alter
+    } else if is("drop") {
+        Verb::Drop
+    } else {
+        return Kind::Other;
+    };
+    if lx.keyword("database") || lx.keyword("schema") {
+        return database_statement(stmt, verb, lx);
+    }
+    object_statement(verb, lx)
+}
+
+/// `CREATE|ALTER|DROP DATABASE …`, after its second word.
+fn database_statement<'a>(stmt: &'a [u8], verb: Verb, mut lx: Lexer<'a>) -> Kind<'a> {
+    match verb {
+        Verb::Create => {
+            let _ = lx.keyword("if") && lx.keyword("not") && lx.keyword("exists");
+        }
+        Verb::Drop => {
+            let _ = lx.keyword("if") && lx.keyword("exists");
+        }
+        Verb::Alter => {}
+    }
+    let Some(name) = lx.name() else {
+        return Kind::Other;
+    };
+    if verb == Verb::Drop {
+        return Kind::DropDatabase { name };
+    }
+    let (rest_at, inside) = (lx.pos, lx.in_code_comment);
+    let has_options = lx.has_word();
+    let rest = &stmt[rest_at..];
+    let options = if inside {
+        // The name sat inside a version comment that the options close: reopen it.
+        let mut v = b"/*!".to_vec();
+        v.extend_from_slice(rest);
+        Cow::Owned(v)
+    } else {
+        Cow::Borrowed(rest)
+    };
+    match verb {
+        Verb::Create => Kind::CreateDatabase {
+            name,
+            options: has_options.then_some(options),
+        },
+        _ if has_options => Kind::AlterDatabase { name, options },
+        _ => Kind::Other,
+    }
+}
+
+/// `CREATE|ALTER|DROP [OR REPLACE] [ALGORITHM=…] [DEFINER=…] [SQL SECURITY …]
+/// VIEW|TRIGGER|PROCEDURE|FUNCTION|EVENT [IF [NOT] EXISTS] name`, after its first word.
+fn object_statement<'a>(verb: Verb, mut lx: Lexer<'a>) -> Kind<'a> {
+    let mut definer = None;
+    let kind = loop {
+        let Some(Token::Word(w)) = lx.next() else {
+            return Kind::Other;
+        };
+        let w = w.to_ascii_lowercase();
+        match w.as_slice() {
+            b"view" => break ObjectKind::View,
+            b"trigger" => break ObjectKind::Trigger,
+            b"procedure" => break ObjectKind::Procedure,
+            b"function" => break ObjectKind::Function,
+            b"event" => break ObjectKind::Event,
+            // `SQL SECURITY DEFINER` has no `=`: it keeps the definer read before.
+            b"definer" => {
+                if let Some(d) = lx.definer() {
+                    definer = Some(d);
+                }
+            }
+            b"algorithm" => {
+                lx.punct(b'=');
+                lx.next();
+            }
+            // `OR REPLACE`, `SQL SECURITY DEFINER|INVOKER`, `AGGREGATE`, `NONEDITIONABLE`…
+            b"or" | b"replace" | b"sql" | b"security" | b"invoker" | b"aggregate" | b"nonvalidating" => {}
+            _ => return Kind::Other,
+        }
+    };
+    if lx.keyword("if") {
+        lx.keyword("not");
+        lx.keyword("exists");
+    }
+    Kind::Object {
+        verb,
+        kind,
+        name: lx.object_name(),
+        definer,
+    }
+}
+
+/// Which table a statement of the tables phase works on, for loading tables in parallel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Session state (`SET`, `USE`, `ALTER DATABASE`): every connection runs it.
+    Session,
+    /// One table, unqualified (`CREATE|DROP|ALTER|LOCK … t`, `INSERT INTO t`).
+    Table(Vec<u8>),
+    /// `UNLOCK TABLES`: the connection that locked.
+    Unlock,
+    /// Anything else (or a qualified or multi-table name): loads stay sequential.
+    Unknown,
+}
+
+/// See [`Target`].
+#[must_use]
+pub fn target_of(action: &Action<'_>) -> Target {
+    let sql = match action {
+        Action::Use(_) | Action::AlterDatabase(..) => return Target::Session,
+        Action::Sql(sql) | Action::Object { sql, .. } => sql,
+    };
+    let mut lx = Lexer::new(sql);
+    let Some(Token::Word(first)) = lx.next() else {
+        return Target::Unknown;
+    };
+    let first = first.to_ascii_lowercase();
+    let named = match first.as_slice() {
+        b"set" => return Target::Session,
+        b"unlock" => return if lx.keyword("tables") { Target::Unlock } else { Target::Unknown },
+        b"create" | b"drop" | b"alter" => {
+            if !lx.keyword("table") {
+                return Target::Unknown;
+            }
+            if lx.keyword("if") {
+                lx.keyword("not");
+                lx.keyword("exists");
+            }
+            lx.name()
+        }
+        b"lock" => {
+            if !lx.keyword("tables") {
+                return Target::Unknown;
+            }
+            let name = lx.name();
+            // `t [AS alias] READ|WRITE …`, then nothing: a `,` means several tables.
+            while let Some(t) = lx.next() {
+                if t == Token::Punct(b',') || t == Token::Punct(b'.') {
+                    return Target::Unknown;
+                }
+            }
+            name
+        }
+        b"insert" | b"replace" => loop {
+            match lx.next() {
+                Some(Token::Word(w))
+                    if [&b"into"[..], b"ignore", b"low_priority", b"delayed", b"high_priority"]
+                        .iter()
+                        .any(|k| w.eq_ignore_ascii_case(k)) => {}
+                Some(Token::Word(w) | Token::Quoted(w)) => break Some(w),
+                _ => break None,
+            }
+        },
+        _ => return Target::Unknown,
+    };
+    match (named, lx.peek()) {
+        // `db.t` or `t1, t2`: not one table of the current database.
+        (Some(_), Some(Token::Punct(b'.' | b','))) | (None, _) => Target::Unknown,
+        (Some(name), _) => Target::Table(name),
+    }
+}
+
+/// Spreads the tables phase over at most `lanes` connections: each table's statements go
+/// to one lane (tables dealt in turn as they first appear), session statements to every
+/// lane, in dump order. `None` when a statement belongs to no single table: then the load
+/// stays on one connection, in dump order.
+#[must_use]
+pub fn lanes<'p, 'a>(steps: &'p [Step<'a>], lanes: usize) -> Option<Vec<Vec<&'p Step<'a>>>> {
+    let lanes = lanes.max(1);
+    let mut out: Vec<Vec<&Step<'a>>> = vec![Vec::new(); lanes];
+    let mut lane_of: Vec<(Vec<u8>, usize)> = Vec::new();
+    let mut database = 0;
+    let mut next = 0;
+    let mut last = 0;
+    for step in steps {
+        if let Action::Use(i) = step.action {
+            database = i;
+        }
+        match target_of(&step.action) {
+            Target::Session => out.iter_mut().for_each(|lane| lane.push(step)),
+            Target::Unlock => out[last].push(step),
+            Target::Unknown => return None,
+            Target::Table(name) => {
+                let mut key = database.to_le_bytes().to_vec();
+                key.extend_from_slice(&name);
+                let lane = match lane_of.iter().find(|(k, _)| *k == key) {
+                    Some((_, lane)) => *lane,
+                    None => {
+                        let lane = next % lanes;
+                        next += 1;
+                        lane_of.push((key, lane));
+                        lane
+                    }
+                };
+                out[lane].push(step);
+                last = lane;
+            }
+        }
+    }
+    // Fewer tables than lanes: the lanes past them would only replay session statements.
+    out.truncate(next.clamp(1, lanes));
+    Some(out)
 }
 
 /// `INSERT [modifiers] [INTO] name[.name] [(columns)] VALUES (…)[,(…)]` and nothing after.
@@ -533,19 +971,8 @@ fn group_end(s: &[u8], open: usize) -> Option<usize> {
                 }
             }
             b'\'' | b'"' | b'`' => {
-                let escapes = b != b'`';
-                i += 1;
-                loop {
-                    let c = *s.get(i)?;
-                    if escapes && c == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if c == b {
-                        break;
-                    }
-                    i += 1;
-                }
+                i = lex::quoted_end(s, i)?;
+                continue;
             }
             b'#' => return None,
             b'-' if s.get(i + 1) == Some(&b'-') => return None,
@@ -648,12 +1075,131 @@ mod tests {
             ("INSERT INTO t VALUES (1", Kind::Other),
             ("/*!40000 INSERT INTO t VALUES (1) */", Kind::Other),
             ("SELECT 1", Kind::Other),
+            ("/*!40101 SET NAMES latin1 */", Kind::Set),
+            ("set @a = 1", Kind::Set),
+            ("LOCK TABLES `t` WRITE", Kind::Other),
+            ("CREATE TABLE `view` (a int)", Kind::Other),
+            ("CREATE USER x", Kind::Other),
+            ("DROP TABLE IF EXISTS `v`", Kind::Other),
+            (
+                "/*!50001 DROP VIEW IF EXISTS `v``w`*/",
+                Kind::Object {
+                    verb: Verb::Drop,
+                    kind: ObjectKind::View,
+                    name: Some(name("v`w")),
+                    definer: None,
+                },
+            ),
+            (
+                "CREATE OR REPLACE DEFINER=CURRENT_USER() AGGREGATE FUNCTION IF NOT EXISTS db.f() RETURNS INT RETURN 1",
+                Kind::Object {
+                    verb: Verb::Create,
+                    kind: ObjectKind::Function,
+                    name: Some(name("f")),
+                    definer: None,
+                },
+            ),
+            (
+                "CREATE DEFINER='u''x'@'h' EVENT e ON SCHEDULE EVERY 1 DAY DO SELECT 1",
+                Kind::Object {
+                    verb: Verb::Create,
+                    kind: ObjectKind::Event,
+                    name: Some(name("e")),
+                    definer: Some(Definer {
+                        user: name("u'x"),
+                        host: name("h"),
+                        span: 15..25,
+                    }),
+                },
+            ),
+            (
+                "ALTER DEFINER=`a`@`b` SQL SECURITY INVOKER VIEW `v` AS SELECT 1",
+                Kind::Object {
+                    verb: Verb::Alter,
+                    kind: ObjectKind::View,
+                    name: Some(name("v")),
+                    definer: Some(Definer {
+                        user: name("a"),
+                        host: name("b"),
+                        span: 14..21,
+                    }),
+                },
+            ),
+            (
+                "drop procedure if exists `p`",
+                Kind::Object {
+                    verb: Verb::Drop,
+                    kind: ObjectKind::Procedure,
+                    name: Some(name("p")),
+                    definer: None,
+                },
+            ),
+            (
+                "/*!50003 ALTER DATABASE `w` CHARACTER SET latin1 COLLATE latin1_swedish_ci */",
+                Kind::AlterDatabase {
+                    name: name("w"),
+                    options: Cow::Owned(b"/*! CHARACTER SET latin1 COLLATE latin1_swedish_ci */".to_vec()),
+                },
+            ),
             ("", Kind::Other),
             ("(", Kind::Other),
         ];
         for (input, want) in cases {
             assert_eq!(&classify(input.as_bytes()), want, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn targets_table() {
+        let t = |n: &str| Target::Table(n.as_bytes().to_vec());
+        let cases: &[(&str, Target)] = &[
+            ("/*!40101 SET NAMES utf8mb4 */", Target::Session),
+            ("DROP TABLE IF EXISTS `a``b`", t("a`b")),
+            ("CREATE TABLE `c` (x int)", t("c")),
+            ("CREATE TABLE IF NOT EXISTS c (x int)", t("c")),
+            ("/*!40000 ALTER TABLE `c` DISABLE KEYS */", t("c")),
+            ("LOCK TABLES `c` WRITE", t("c")),
+            ("UNLOCK TABLES", Target::Unlock),
+            ("INSERT INTO `c` VALUES (1)", t("c")),
+            ("INSERT IGNORE INTO c VALUES (1)", t("c")),
+            ("REPLACE c VALUES (1)", t("c")),
+            ("INSERT INTO other.c VALUES (1)", Target::Unknown),
+            ("LOCK TABLES a WRITE, b WRITE", Target::Unknown),
+            ("DROP TABLE a, b", Target::Unknown),
+            ("UPDATE c SET x = 1", Target::Unknown),
+            ("CREATE INDEX i ON c (x)", Target::Unknown),
+            ("", Target::Unknown),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(&target_of(&Action::Sql(Cow::Borrowed(sql.as_bytes()))), want, "{sql}");
+        }
+        assert_eq!(target_of(&Action::Use(1)), Target::Session);
+    }
+
+    #[test]
+    fn lanes_keep_each_table_on_one_connection_and_session_statements_on_all() {
+        let input = "SET NAMES utf8mb4;\nDROP TABLE IF EXISTS a;\nCREATE TABLE a (x int);\nLOCK TABLES a WRITE;\n\
+                     INSERT INTO a VALUES (1);\nUNLOCK TABLES;\nCREATE TABLE b (x int);\nLOCK TABLES b WRITE;\n\
+                     INSERT INTO b VALUES (2);\nUNLOCK TABLES;\nCREATE TABLE c (x int);\nUSE other\n\
+                     CREATE TABLE a (y int);\nSET @x = 1;\n";
+        let pieces = split(input.as_bytes()).unwrap();
+        let p = plan(input.as_bytes(), &pieces, 1 << 20, false).unwrap();
+        let lanes = lanes(&p.tables, 2).unwrap();
+        let numbers: Vec<Vec<usize>> = lanes
+            .iter()
+            .map(|lane| lane.iter().map(|st| *st.statements.start()).collect())
+            .collect();
+        // `other` is the dump's first named database: the statements before its `USE` went
+        // to it too (the connection starts there), so its `a` is the first `a`.
+        assert_eq!(numbers, [vec![1, 2, 3, 4, 5, 6, 11, 12, 13, 14], vec![1, 7, 8, 9, 10, 12, 14]]);
+        // One lane: everything in dump order.
+        let one = super::lanes(&p.tables, 1).unwrap();
+        assert_eq!(one[0].len(), p.tables.len());
+        // A statement of no single table keeps the load sequential.
+        let input = "CREATE TABLE a (x int);\nUPDATE a SET x = 1;\n";
+        let pieces = split(input.as_bytes()).unwrap();
+        let p = plan(input.as_bytes(), &pieces, 1 << 20, false).unwrap();
+        assert!(super::lanes(&p.tables, 4).is_none());
     }
 
     #[test]
@@ -670,21 +1216,26 @@ mod tests {
         }
     }
 
-    fn steps(input: &str, max: usize) -> Vec<(String, RangeInclusive<usize>)> {
-        let pieces = split(input.as_bytes()).unwrap();
-        plan(input.as_bytes(), &pieces, max)
-            .unwrap()
-            .steps
+    fn describe(steps: Vec<Step<'_>>) -> Vec<(String, RangeInclusive<usize>)> {
+        steps
             .into_iter()
             .map(|st| {
                 let text = match st.action {
-                    Action::UseStaging => "<use staging>".to_owned(),
-                    Action::AlterStaging(o) => format!("<alter staging>{}", s(&o)),
+                    Action::Use(i) => format!("<use {i}>"),
+                    Action::AlterDatabase(i, o) => format!("<alter {i}>{}", s(&o)),
                     Action::Sql(b) => s(&b),
+                    Action::Object { verb, kind, name, .. } => {
+                        format!("<{verb:?} {kind} {}>", s(&name.unwrap_or_default()))
+                    }
                 };
                 (text, st.statements)
             })
             .collect()
+    }
+
+    fn steps(input: &str, max: usize) -> Vec<(String, RangeInclusive<usize>)> {
+        let pieces = split(input.as_bytes()).unwrap();
+        describe(plan(input.as_bytes(), &pieces, max, false).unwrap().tables)
     }
 
     #[test]
@@ -697,7 +1248,7 @@ mod tests {
         assert_eq!(
             steps(input, 1 << 20),
             vec![
-                ("<use staging>".to_owned(), 2..=2),
+                ("<use 0>".to_owned(), 2..=2),
                 ("INSERT INTO `A` VALUES (1,'a;'),(2,'b')".to_owned(), 3..=4),
                 ("INSERT INTO `B` VALUES (3),(4),(5)".to_owned(), 5..=6),
                 ("SET @x=1".to_owned(), 7..=7),
@@ -727,36 +1278,129 @@ mod tests {
     }
 
     #[test]
-    fn database_options_go_to_the_staging_database() {
+    fn database_options_are_kept_for_the_database() {
         let input = "/*!40000 DROP DATABASE IF EXISTS `w`*/;\nCREATE DATABASE /*!32312 IF NOT EXISTS*/ `w` /*!40100 DEFAULT CHARACTER SET latin1 */;\nUSE `w`;\nCREATE TABLE t (a int);";
+        let pieces = split(input.as_bytes()).unwrap();
+        let p = plan(input.as_bytes(), &pieces, 1 << 20, false).unwrap();
         assert_eq!(
-            steps(input, 1 << 20),
+            p.databases,
+            [Database {
+                name: Some("w".into()),
+                options: Some(b" /*!40100 DEFAULT CHARACTER SET latin1 */".to_vec()),
+                system: false,
+                line: 1
+            }]
+        );
+        assert_eq!(
+            describe(p.tables),
+            vec![("<use 0>".to_owned(), 3..=3), ("CREATE TABLE t (a int)".to_owned(), 4..=4)]
+        );
+    }
+
+    /// A `--databases` dump: each database its own index, tables before the swap, the
+    /// objects after it with the session settings and `USE`s around them, in dump order.
+    #[test]
+    fn databases_and_objects_are_sorted_into_the_two_phases() {
+        let input = "CREATE DATABASE `a` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\nUSE `a`;\n\
+                     CREATE TABLE t (x int);\nINSERT INTO t VALUES (1);\n\
+                     /*!50003 SET sql_mode = 'ANSI_QUOTES' */ ;\nDELIMITER ;;\n\
+                     /*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER trg AFTER INSERT ON t FOR EACH ROW SET @n = 1 */;;\n\
+                     DELIMITER ;\nDROP TABLE IF EXISTS `v`;\n/*!50001 DROP VIEW IF EXISTS `v`*/;\n\
+                     /*!50001 CREATE VIEW `v` AS SELECT 1 AS `x` */;\n\
+                     CREATE DATABASE `b c`;\nUSE `b c`\nCREATE TABLE u (y int);\n\
+                     /*!50003 ALTER DATABASE `b c` CHARACTER SET latin1 */ ;\n\
+                     CREATE DEFINER=\"gone\"@\"%\" PROCEDURE \"p\"() SELECT 1;\n\
+                     /*!50106 DROP EVENT IF EXISTS `e` */;\nUSE `a`;\n\
+                     /*!50001 CREATE ALGORITHM=UNDEFINED */ /*!50013 DEFINER=`root`@`%` SQL SECURITY DEFINER */ /*!50001 VIEW `v` AS select 2 AS `x` */;\n";
+        let pieces = split(input.as_bytes()).unwrap();
+        let p = plan(input.as_bytes(), &pieces, 1 << 20, false).unwrap();
+        let names: Vec<Option<&str>> = p.databases.iter().map(|d| d.name.as_deref()).collect();
+        assert_eq!(names, [Some("a"), Some("b c")]);
+        assert_eq!(
+            describe(p.tables.clone()),
             vec![
-                (
-                    "<alter staging> /*!40100 DEFAULT CHARACTER SET latin1 */".to_owned(),
-                    2..=2
-                ),
-                ("<use staging>".to_owned(), 3..=3),
-                ("CREATE TABLE t (a int)".to_owned(), 4..=4),
+                ("<use 0>".to_owned(), 2..=2),
+                ("CREATE TABLE t (x int)".to_owned(), 3..=3),
+                ("INSERT INTO t VALUES (1)".to_owned(), 4..=4),
+                ("/*!50003 SET sql_mode = 'ANSI_QUOTES' */".to_owned(), 5..=5),
+                ("DROP TABLE IF EXISTS `v`".to_owned(), 7..=7),
+                ("<use 1>".to_owned(), 11..=11),
+                ("CREATE TABLE u (y int)".to_owned(), 12..=12),
+                ("<use 0>".to_owned(), 16..=16),
+            ]
+        );
+        assert_eq!(
+            describe(p.objects.clone()),
+            vec![
+                ("<use 0>".to_owned(), 2..=2),
+                ("/*!50003 SET sql_mode = 'ANSI_QUOTES' */".to_owned(), 5..=5),
+                ("<Create trigger trg>".to_owned(), 6..=6),
+                ("<Drop view v>".to_owned(), 8..=8),
+                ("<Create view v>".to_owned(), 9..=9),
+                ("<use 1>".to_owned(), 11..=11),
+                ("<alter 1>/*! CHARACTER SET latin1 */".to_owned(), 13..=13),
+                ("<Create procedure p>".to_owned(), 14..=14),
+                ("<Drop event e>".to_owned(), 15..=15),
+                ("<use 0>".to_owned(), 16..=16),
+                ("<Create view v>".to_owned(), 17..=17),
+            ]
+        );
+        assert_eq!(p.object_count(), 6);
+        let definers: Vec<(String, String, String)> = p
+            .objects
+            .iter()
+            .filter_map(|st| match &st.action {
+                Action::Object {
+                    definer: Some(d), sql, ..
+                } => Some((s(&d.user), s(&d.host), s(&sql[d.span.clone()]))),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            definers,
+            [
+                ("root".into(), "localhost".into(), "`root`@`localhost`".into()),
+                ("gone".into(), "%".into(), "\"gone\"@\"%\"".into()),
+                ("root".into(), "%".into(), "`root`@`%`".into()),
             ]
         );
     }
 
     #[test]
-    fn two_databases_are_refused() {
-        let input = "USE a\nCREATE TABLE t (x int);\nUSE b\n";
+    fn system_schemas_and_unusable_names_are_refused() {
+        let cases: &[(&str, &str)] = &[
+            ("CREATE DATABASE mysql;\nUSE mysql;", "system schema \"mysql\" (line 1)"),
+            ("USE a\nCREATE TABLE t (x int);\nUSE `SYS`\n", "system schema \"SYS\" (line 3)"),
+            ("USE `performance_schema`;", "--replay-system-schemas"),
+            ("USE ``;", "which is empty"),
+        ];
+        for (input, needle) in cases {
+            let pieces = split(input.as_bytes()).unwrap();
+            let err = plan(input.as_bytes(), &pieces, 1 << 20, false).unwrap_err();
+            assert!(err.to_string().contains(needle), "{input:?}: {err}");
+        }
+        // With the option, the system schema's statements go after the swap, verbatim.
+        let input = "USE a\nCREATE TABLE t (x int);\nUSE mysql\nINSERT INTO x VALUES (1);\nUSE a\n";
         let pieces = split(input.as_bytes()).unwrap();
-        let err = plan(input.as_bytes(), &pieces, 1 << 20).unwrap_err();
+        let p = plan(input.as_bytes(), &pieces, 1 << 20, true).unwrap();
+        assert!(p.databases[1].system);
         assert_eq!(
-            err,
-            PlanError::MultipleDatabases {
-                first: "a".into(),
-                first_line: 1,
-                second: "b".into(),
-                second_line: 3
-            }
+            describe(p.tables),
+            vec![
+                ("<use 0>".to_owned(), 1..=1),
+                ("CREATE TABLE t (x int)".to_owned(), 2..=2),
+                ("<use 0>".to_owned(), 5..=5)
+            ]
         );
-        assert!(err.to_string().contains("\"b\" at line 3"), "{err}");
+        assert_eq!(
+            describe(p.objects),
+            vec![
+                ("<use 0>".to_owned(), 1..=1),
+                ("<use 1>".to_owned(), 3..=3),
+                ("INSERT INTO x VALUES (1)".to_owned(), 4..=4),
+                ("<use 0>".to_owned(), 5..=5)
+            ]
+        );
     }
 
     /// Random single-row inserts into two tables, with tricky values, planned with random
@@ -787,9 +1431,9 @@ mod tests {
             }
             let limit = rng.random_range(1..200);
             let pieces = split(input.as_bytes()).unwrap();
-            let p = plan(input.as_bytes(), &pieces, limit).unwrap();
+            let p = plan(input.as_bytes(), &pieces, limit, false).unwrap();
             let mut got: Vec<(char, String)> = Vec::new();
-            for step in &p.steps {
+            for step in &p.tables {
                 let Action::Sql(bytes) = &step.action else {
                     panic!("only SQL steps")
                 };
@@ -829,7 +1473,7 @@ mod tests {
                         let merged = step.statements.start() != step.statements.end();
                         assert!(!merged || bytes.len() <= limit, "a merge stays under the limit");
                     }
-                    Kind::Other => assert_eq!(s(bytes), "SET @x = 1"),
+                    Kind::Set => assert_eq!(s(bytes), "SET @x = 1"),
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -857,10 +1501,12 @@ mod tests {
                 ("INSERT INTO `Country` VALUES ".to_owned(), 239),
             ]
         );
-        let p = plan(&input, &pieces, 16 << 20).unwrap();
-        assert_eq!(p.source_database.as_deref(), Some("world"));
+        let p = plan(&input, &pieces, 16 << 20, false).unwrap();
+        let names: Vec<Option<&str>> = p.databases.iter().map(|d| d.name.as_deref()).collect();
+        assert_eq!(names, [Some("world")]);
+        assert!(p.objects.iter().all(|st| !matches!(st.action, Action::Object { .. })));
         let inserts: Vec<RangeInclusive<usize>> = p
-            .steps
+            .tables
             .iter()
             .filter(|st| matches!(&st.action, Action::Sql(b) if b.starts_with(b"INSERT")))
             .map(|st| st.statements.clone())
@@ -870,9 +1516,9 @@ mod tests {
             inserts.iter().map(|r| r.end() - r.start() + 1).sum::<usize>(),
             4079 + 239 + 984
         );
-        // `CREATE DATABASE IF NOT EXISTS `world`` has no options: nothing to send for it.
-        assert!(!p.steps.iter().any(|st| matches!(st.action, Action::AlterStaging(_))));
-        assert_eq!(p.steps.iter().filter(|st| st.action == Action::UseStaging).count(), 1);
+        // `CREATE DATABASE IF NOT EXISTS `world`` has no options.
+        assert_eq!(p.databases[0].options, None);
+        assert_eq!(p.tables.iter().filter(|st| st.action == Action::Use(0)).count(), 1);
     }
 
     #[test]
@@ -920,8 +1566,8 @@ mod tests {
     fn done_bytes_grow_to_the_last_statement() {
         let input = "SELECT 1;\nINSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\n-- end\n";
         let pieces = split(input.as_bytes()).unwrap();
-        let p = plan(input.as_bytes(), &pieces, 1 << 20).unwrap();
-        let done: Vec<usize> = p.steps.iter().map(|s| s.done_bytes).collect();
+        let p = plan(input.as_bytes(), &pieces, 1 << 20, false).unwrap();
+        let done: Vec<usize> = p.tables.iter().map(|s| s.done_bytes).collect();
         assert_eq!(done, vec![8, input.find("(2)").unwrap() + 3]);
         assert_eq!(p.statements, 3);
     }

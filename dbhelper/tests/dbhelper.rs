@@ -5,11 +5,14 @@
 #[path = "dbhelper/support.rs"]
 mod support;
 
+#[path = "dbhelper/equivalence.rs"]
+mod equivalence;
+
 use std::time::{Duration, Instant};
 
 use support::{
-    Proxy, Reader, Running, Trip, WORLD_COUNTS, dbhelper, root_sql, run, seed_at, sql, user_databases, world_counts,
-    world_dump, write_file,
+    OLD_WORLD_VIEW, Proxy, Reader, Running, Trip, WORLD_COUNTS, WORLD_VIEW, dbhelper, old_world, root_sql, run, seed_at,
+    sql, user_databases, world_counts, world_dump, write_file,
 };
 use testbed::MariaDb;
 
@@ -159,8 +162,7 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
     let seen = reader.stop();
     assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
     assert!(
-        seen.keys()
-            .all(|view| view.is_none() || view.as_deref() == Some(WORLD_COUNTS)),
+        seen.keys().all(|view| view.is_none() || view.as_deref() == Some(WORLD_VIEW)),
         "a reader saw a partial world: {seen:?}"
     );
     assert!(seen.contains_key(&None), "the reader looked before the load: {seen:?}");
@@ -174,12 +176,9 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
 fn connection_dropped_during_a_reload_keeps_the_old_data_live() {
     let db = MariaDb::start();
     let dir = tempfile::tempdir().unwrap();
-    // The "old" dump: the same world with one city renamed, so old and new data differ.
-    let original = std::fs::read(world_dump()).unwrap();
-    let needle = b"(1,'Kabul',";
-    let at = original.windows(needle.len()).position(|w| w == needle).unwrap();
-    let mut old = original.clone();
-    old.splice(at..at + needle.len(), b"(1,'Old Kabul',".iter().copied());
+    // The "old" dump: the same world with one value changed in each table, so a reader
+    // would see a mix of old and new tables.
+    let old = old_world();
     let old_dump = write_file(dir.path(), "old.sql", &old);
     let port = db.port().to_string();
     run(&mut seed_at(&port, old_dump.to_str().unwrap(), &[])).assert_ok();
@@ -210,12 +209,14 @@ fn connection_dropped_during_a_reload_keeps_the_old_data_live() {
         out.stdout
     );
     assert_eq!(root_sql(&db, "SELECT Name FROM world.City WHERE ID=1"), ["Kabul"]);
+    // Let the reader look at the new world too.
+    std::thread::sleep(Duration::from_millis(500));
     let seen = reader.stop();
-    assert_eq!(
-        seen.keys().collect::<Vec<_>>(),
-        [&Some(WORLD_COUNTS.to_owned())],
-        "readers always saw a complete world: {seen:?}"
+    assert!(
+        seen.contains_key(&Some(OLD_WORLD_VIEW.to_owned())) && seen.contains_key(&Some(WORLD_VIEW.to_owned())),
+        "the reader saw the old world, then the new one: {seen:?}"
     );
+    assert_eq!(seen.len(), 2, "readers only ever saw a whole old or a whole new world: {seen:?}");
 }
 
 /// The seed's way: docker-link variables, including `DB_PORT=tcp://ADDR:PORT`, the root
@@ -424,30 +425,26 @@ fn rejected_statement_is_named_and_nothing_is_left_behind() {
         "no app user for a failed seed"
     );
 
-    // Loads fine, but a view or a procedure could not move with the tables: refused, by name.
-    let cases: [(&str, &[u8], &str); 2] = [
-        (
-            "view.sql",
-            b"CREATE TABLE t (a int);\nCREATE VIEW v AS SELECT a FROM t;\n",
-            "\"v\" of type VIEW",
-        ),
-        (
-            "proc.sql",
-            b"CREATE TABLE t (a int);\nDELIMITER ;;\nCREATE PROCEDURE p() BEGIN SELECT 1; END ;;\nDELIMITER ;\n",
-            "routine \"p\"",
-        ),
-    ];
-    for (name, bytes, needle) in cases {
-        let dump = write_file(dir.path(), name, bytes);
-        let out = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
-        assert_eq!(out.code, Some(3), "{out:?}");
-        assert!(
-            out.error_line().contains(needle) && out.error_line().contains("base tables only"),
-            "{}",
-            out.error_line()
-        );
-        assert!(user_databases(&db).is_empty(), "{:?}", user_databases(&db));
-    }
+    // A statement refused after the swap (a view on a missing table): the tables are in,
+    // the error says what is missing, and the marker says the objects step is not done.
+    let dump = write_file(
+        dir.path(),
+        "view.sql",
+        b"CREATE TABLE t (a int);\nINSERT INTO t VALUES (1);\nCREATE VIEW v AS SELECT a FROM missing;\n",
+    );
+    let out = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let msg = out.error_line();
+    assert!(
+        msg.contains("statement 3 (line 3) of the dump was rejected after the swap")
+            && msg.contains("ERROR 1146")
+            && msg.contains("it begins: CREATE VIEW v AS SELECT a FROM missing"),
+        "{msg}"
+    );
+    assert_eq!(
+        root_sql(&db, "SELECT table_name, row_count, objects_done FROM world._dbhelper_seed"),
+        ["t\t1\t0"]
+    );
 }
 
 /// Dumps that cannot be used are refused before anything touches the database.
@@ -466,13 +463,13 @@ fn unusable_dumps_and_options_are_refused_before_touching_the_database() {
         "comment.sql",
         b"CREATE TABLE t (a int);\n\n/* never closed;\n",
     );
-    let two_dbs = write_file(dir.path(), "two.sql", b"USE a\nCREATE TABLE t (a int);\nUSE b\n");
+    let system = write_file(dir.path(), "system.sql", b"USE a\nCREATE TABLE t (a int);\nUSE mysql\n");
     let empty = write_file(dir.path(), "empty.sql", b"-- nothing here\n");
     let missing = dir.path().join("missing.sql");
     let cases: [(&std::path::Path, u8, &[&str]); 6] = [
         (&open_quote, 3, &["quote.sql", "'-quoted string that starts at line 2"]),
         (&open_comment, 3, &["comment.sql", "/* comment that starts at line 3"]),
-        (&two_dbs, 3, &["two.sql", "more than one database"]),
+        (&system, 3, &["system.sql", "system schema \"mysql\" (line 3)", "--replay-system-schemas"]),
         (&empty, 3, &["empty.sql", "no SQL statement"]),
         (&missing, 3, &["missing.sql", "cannot read the dump"]),
         (dir.path(), 3, &["cannot read the dump"]),
@@ -526,4 +523,165 @@ fn sigterm_while_waiting_stops_promptly() {
         "{}",
         out.error_line()
     );
+}
+
+/// Views, triggers and routines are created right after the swap; a run killed inside
+/// that step (its connection stalled by a proxy, then SIGKILL) leaves the tables in place
+/// and the marker saying the step is not done, and the next run completes it without
+/// loading the tables again.
+#[test]
+fn objects_step_killed_half_way_is_completed_by_the_next_run() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The objects step sends far more than the tables step: only its connection trips.
+    let body = "x".repeat(300 * 1024);
+    let dump = format!(
+        "CREATE TABLE t (a int PRIMARY KEY, b varchar(10));\nINSERT INTO t VALUES (1,'one'),(2,'two');\n\
+         CREATE TABLE log (n int);\n\
+         CREATE VIEW v AS SELECT a, b FROM t;\n\
+         DELIMITER ;;\n\
+         CREATE TRIGGER t_ai AFTER INSERT ON t FOR EACH ROW BEGIN INSERT INTO log VALUES (NEW.a); END ;;\n\
+         CREATE PROCEDURE big() BEGIN SELECT '{body}'; END ;;\n\
+         CREATE FUNCTION after_big() RETURNS INT DETERMINISTIC RETURN 7 ;;\n\
+         DELIMITER ;\n"
+    );
+    let dump = write_file(dir.path(), "objects.sql", dump.as_bytes());
+    let proxy = Proxy::start(db.port());
+    proxy.trip_after(100 * 1024, Trip::Stall);
+    let mut running = Running::spawn(&mut seed_at(&proxy.port.to_string(), dump.to_str().unwrap(), &[]));
+    running.wait_for_stderr("swapped the loaded tables in", Duration::from_secs(60));
+    let stalled = testbed::wait_for(Duration::from_secs(30), || proxy.tripped().then_some(()));
+    assert!(stalled.is_some(), "the objects step never stalled: {}", running.stderr());
+    running.child.kill().unwrap();
+    let killed = running.finish(Duration::from_secs(10));
+    assert_eq!(killed.code, None, "killed by a signal");
+    proxy.cut_all();
+
+    // The tables are in, the objects step is recorded as not done, the last function missing.
+    assert_eq!(root_sql(&db, "SELECT a, b FROM world.t ORDER BY a"), ["1\tone", "2\ttwo"]);
+    assert_eq!(
+        root_sql(&db, "SELECT DISTINCT objects_done FROM world._dbhelper_seed"),
+        ["0"]
+    );
+    assert!(
+        root_sql(&db, "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='world'")
+            .iter()
+            .all(|r| r != "after_big")
+    );
+    // A change to the data in between: the completing run must not reload the tables.
+    root_sql(&db, "UPDATE world.t SET b='changed' WHERE a=1");
+
+    let out = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("completed the views, triggers, routines and events"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(root_sql(&db, "SELECT b FROM world.t WHERE a=1"), ["changed"]);
+    assert_eq!(
+        root_sql(&db, "SELECT DISTINCT objects_done FROM world._dbhelper_seed"),
+        ["1"]
+    );
+    assert_eq!(
+        root_sql(
+            &db,
+            "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='world' ORDER BY 1"
+        ),
+        ["after_big", "big"]
+    );
+    assert_eq!(root_sql(&db, "SELECT world.after_big(), COUNT(*) FROM world.v"), ["7\t2"]);
+    // The trigger works (created once, not twice).
+    root_sql(&db, "INSERT INTO world.t VALUES (3,'three')");
+    assert_eq!(root_sql(&db, "SELECT n FROM world.log"), ["3"]);
+    assert_eq!(user_databases(&db), ["world"]);
+
+    // A third run loads nothing.
+    let again = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
+    again.assert_ok();
+    assert!(again.stdout.contains("world: already seeded"), "{}", again.stdout);
+
+    // A forced reload replaces tables that have triggers (dropped just before the swap:
+    // a table with triggers cannot be renamed to another database) and creates them anew.
+    let forced = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &["--force"]));
+    forced.assert_ok();
+    assert_eq!(root_sql(&db, "SELECT a, b FROM world.t ORDER BY a"), ["1\tone", "2\ttwo"]);
+    root_sql(&db, "INSERT INTO world.t VALUES (4,'four')");
+    assert_eq!(root_sql(&db, "SELECT n FROM world.log"), ["4"]);
+    assert_eq!(user_databases(&db), ["world"]);
+}
+
+/// The first SIGTERM during the load stops at the next statement boundary: the run ends
+/// promptly, says nothing changed, and drops its staging database.
+#[test]
+fn sigterm_during_the_load_stops_at_a_statement_boundary_and_drops_the_staging_database() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut dump = String::from("CREATE TABLE t (a int);\n");
+    for n in 0..100 {
+        dump.push_str(&format!("DO SLEEP(0.1);\nINSERT INTO t VALUES ({n});\n"));
+    }
+    let dump = write_file(dir.path(), "slow.sql", dump.as_bytes());
+    let mut running = Running::spawn(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
+    let started = testbed::wait_for(Duration::from_secs(60), || {
+        let n = sql(db.port(), "root", "secret", "SELECT COUNT(*) FROM world__dbhelper_new.t").ok()?;
+        (n.first()?.parse::<u64>().ok()? > 2).then_some(())
+    });
+    assert!(started.is_some(), "the load never got going: {}", running.stderr());
+    testbed::signal(running.child.id(), libc::SIGTERM);
+    let signalled = Instant::now();
+    let out = running.finish(Duration::from_secs(30));
+    assert!(signalled.elapsed() < Duration::from_secs(5), "stopped within a statement or two");
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.error_line().contains("stopped by a signal during the load; nothing was changed in database \"world\""),
+        "{}",
+        out.error_line()
+    );
+    assert!(user_databases(&db).is_empty(), "{:?}", user_databases(&db));
+}
+
+/// Two runs at once for the same database: one loads, the other waits for its lock and
+/// then finds the dump already loaded.
+#[test]
+fn concurrent_runs_for_the_same_database_are_serialised() {
+    let db = MariaDb::start();
+    let port = db.port().to_string();
+    let mut first = Running::spawn(&mut seed_at(&port, &dump_arg(), &[]));
+    let mut second = Running::spawn(&mut seed_at(&port, &dump_arg(), &[]));
+    let (a, b) = (first.finish(Duration::from_secs(120)), second.finish(Duration::from_secs(120)));
+    a.assert_ok();
+    b.assert_ok();
+    let loaded = [&a, &b].iter().filter(|r| r.stdout.contains("world: seeded from")).count();
+    let skipped = [&a, &b].iter().filter(|r| r.stdout.contains("world: already seeded")).count();
+    assert_eq!((loaded, skipped), (1, 1), "one load, one skip:\n{}\n{}", a.stdout, b.stdout);
+    assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
+    assert_eq!(user_databases(&db), ["world"]);
+}
+
+/// With a small `max_allowed_packet` the merged inserts stay under it (the server would
+/// refuse a larger packet), and tables and views of the database that the dump does not
+/// hold are left alone.
+#[test]
+fn batches_stay_under_max_allowed_packet_and_other_tables_are_left_alone() {
+    let db = MariaDb::start();
+    root_sql(&db, "SET GLOBAL max_allowed_packet = 16384");
+    root_sql(
+        &db,
+        "CREATE DATABASE world; CREATE TABLE world.extra (a int); INSERT INTO world.extra VALUES (1),(2); \
+         CREATE VIEW world.extra_v AS SELECT COUNT(*) AS n FROM world.extra",
+    );
+    let out = run(&mut seed_at(&db.port().to_string(), &dump_arg(), &[]));
+    out.assert_ok();
+    let trips: usize = out
+        .stderr
+        .lines()
+        .find_map(|l| l.split("round_trips=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the load logs its round trips");
+    // The rows in batches of at most 15 KiB: more round trips than the 37 of 4M batches.
+    assert!(trips >= 45, "{trips} round trips");
+    assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
+    assert_eq!(root_sql(&db, "SELECT n FROM world.extra_v"), ["2"]);
 }

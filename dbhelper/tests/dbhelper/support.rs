@@ -216,7 +216,48 @@ pub fn world_counts(port: u16, database: &str) -> Option<String> {
 /// The full world, as counted in one statement.
 pub const WORLD_COUNTS: &str = "4079\t239\t984";
 
-/// A reader that keeps looking at the live database and records every distinct view.
+/// What a reader sees of a world database in one statement: the three counts and, per
+/// table, one value that differs between the real dump and [`old_world`]'s, so a view
+/// that mixes an old table with a new one shows.
+pub fn world_view(port: u16, database: &str) -> Option<String> {
+    let q = format!(
+        "SELECT (SELECT COUNT(*) FROM `{database}`.City), (SELECT COUNT(*) FROM `{database}`.Country), \
+         (SELECT COUNT(*) FROM `{database}`.CountryLanguage), (SELECT Name FROM `{database}`.City WHERE ID=1), \
+         (SELECT Name FROM `{database}`.Country WHERE Code='AFG'), \
+         (SELECT Percentage FROM `{database}`.CountryLanguage WHERE CountryCode='AFG' AND Language='Dari')"
+    );
+    match sql(port, "root", "secret", &q) {
+        Ok(rows) => rows.into_iter().next(),
+        Err(e) if e.contains("doesn't exist") || e.contains("Unknown database") => None,
+        Err(e) => panic!("reader query failed: {e}"),
+    }
+}
+
+/// [`world_view`] of the real world dump.
+pub const WORLD_VIEW: &str = "4079\t239\t984\tKabul\tAfghanistan\t32.1";
+
+/// [`world_view`] of [`old_world`].
+pub const OLD_WORLD_VIEW: &str = "4079\t239\t984\tOld Kabul\tOld Afghanistan\t99.9";
+
+/// The world dump with one value changed in each of its three tables.
+pub fn old_world() -> Vec<u8> {
+    let mut dump = std::fs::read(world_dump()).expect("read the world dump");
+    for (from, to) in [
+        (&b"(1,'Kabul',"[..], &b"(1,'Old Kabul',"[..]),
+        (b"('AFG','Afghanistan',", b"('AFG','Old Afghanistan',"),
+        (b"('AFG','Dari','T',32.1)", b"('AFG','Dari','T',99.9)"),
+    ] {
+        let at = dump
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("the value to change is in the world dump");
+        dump.splice(at..at + from.len(), to.iter().copied());
+    }
+    dump
+}
+
+/// A reader that keeps looking at the live database (with [`world_view`]) and records
+/// every distinct view.
 pub struct Reader {
     stop: Arc<AtomicBool>,
     handle: Option<thread::JoinHandle<HashMap<Option<String>, usize>>>,
@@ -230,7 +271,7 @@ impl Reader {
         let handle = thread::spawn(move || {
             let mut seen: HashMap<Option<String>, usize> = HashMap::new();
             while !flag.load(Ordering::Relaxed) {
-                *seen.entry(world_counts(port, &database)).or_default() += 1;
+                *seen.entry(world_view(port, &database)).or_default() += 1;
             }
             seen
         });
