@@ -20,7 +20,7 @@ use crate::record::{ContainerRule, HostRule, Internal, Mode, PortSpec};
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "announcer",
-    version,
+    version = env!("SIDEKICK_VERSION"),
     about = "Announce Docker containers as etcd records on leases",
     long_about = "Announce Docker containers as etcd records on leases.\n\n\
                   `announcer container NAME --service S --instance I` follows one container (a sidekick unit);\n\

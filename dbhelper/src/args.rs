@@ -19,7 +19,7 @@ use crate::Error;
 /// Build it with [`Args::try_parse_from`] / [`Args::parse`] (inherent, not clap's trait
 /// methods): dbhelper renames one shared etcd flag, see [`Args::command`].
 #[derive(Debug, clap::Parser)]
-#[command(name = "dbhelper", version, about, long_about = None)]
+#[command(name = "dbhelper", version = env!("SIDEKICK_VERSION"), about, long_about = None)]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]

@@ -29,7 +29,7 @@ pub enum Command {
 
 /// Command-line options; every flag has an environment twin.
 #[derive(Debug, clap::Parser)]
-#[command(name = "lb-sync", version, about, after_help = AFTER_HELP)]
+#[command(name = "lb-sync", version = env!("SIDEKICK_VERSION"), about, after_help = AFTER_HELP)]
 pub struct Args {
     /// What to do.
     #[command(subcommand)]
