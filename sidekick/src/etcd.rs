@@ -174,7 +174,14 @@ impl EtcdArgs {
             // moves to the live members of a cluster.
             .with_keep_alive(Duration::from_secs(3), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
-            .with_tcp_keepalive(Duration::from_secs(10));
+            .with_tcp_keepalive(Duration::from_secs(10))
+            // With a user, etcd-client authenticates once, in `connect`. etcd forgets a token
+            // left idle for `--auth-token-ttl` (300 s by default), and from then on every call
+            // would fail with `etcdserver: invalid auth token` (issue 17: an idle announcer
+            // never announced again). With this, a call refused for its token authenticates
+            // again and is retried once; every unary call and every stream opening (watch,
+            // lease keep-alive, election campaign and observe) goes through that path.
+            .with_auto_token_refresh(true);
 
         let tls_wanted = self.etcd_cacert.is_some() || self.etcd_cert.is_some();
         let any_https = endpoints.iter().any(|e| e.starts_with("https://"));

@@ -2,7 +2,9 @@
 //! temporary directories and torn down when their handle drops (also when a test panics).
 //!
 //! - [`Etcd`] / [`EtcdCluster`]: Debian's `etcd` 3.4, one member or three; members can be
-//!   killed and restarted.
+//!   killed and restarted; [`EtcdOptions`] adds TLS with client certificates and a short
+//!   auth token TTL, and the handles turn auth on and add users with roles.
+//! - [`pki`]: a throwaway CA with server and client certificates (rcgen).
 //! - [`MariaDb`]: Debian's `mariadbd` with its own datadir, socket and port.
 //! - [`docker`]: the real Docker engine on `/var/run/docker.sock`, test images built
 //!   `FROM scratch` (no registry is reachable), containers removed on drop.
@@ -19,10 +21,11 @@ pub mod clb_sim;
 pub mod docker;
 mod etcd;
 mod mariadb;
+pub mod pki;
 mod process;
 mod proxy;
 
-pub use etcd::{Etcd, EtcdCluster};
+pub use etcd::{Etcd, EtcdCluster, EtcdOptions, EtcdTls};
 pub use mariadb::MariaDb;
 pub use process::{bin, free_port, http_get, require_program, signal, spawn, wait_for};
 pub use proxy::SocketProxy;

@@ -1,0 +1,383 @@
+//! Security: etcd with authentication whose tokens expire, etcd with TLS and client
+//! certificates, least-privilege roles, and secrets that never leak (issue 17).
+//!
+//! Every test runs the real binaries (`cargo build --workspace --bins` first) against real
+//! etcd servers from the test bed; the load balancer is the CLB simulator and the database a
+//! real MariaDB. Token TTLs are 2 s and idle gaps 4 s, so each test takes seconds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+#[path = "security/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use etcd_client::{ElectionClient, EventType, Permission};
+use support::{Daemon, IDLE, TOKEN_TTL, args, eventually, run_to_end, secret_file};
+use testbed::clb_sim::ClbSim;
+use testbed::docker::{self, Spec};
+use testbed::pki::Pki;
+use testbed::{Etcd, EtcdCluster, EtcdOptions, MariaDb, unique};
+
+/// An etcd whose idle tokens die after [`TOKEN_TTL`], with auth on (root password `rootpw`).
+async fn etcd_with_short_tokens() -> Etcd {
+    let mut etcd = Etcd::start_with(&EtcdOptions {
+        auth_token_ttl: Some(TOKEN_TTL),
+        ..EtcdOptions::default()
+    });
+    etcd.enable_auth("rootpw").await;
+    etcd
+}
+
+/// Proves the bed: a client that does not authenticate again is refused after the gap,
+/// so the tests below really cross an expired token.
+async fn assert_tokens_expire(etcd: &Etcd, user: &str, password: &str, key: &str) {
+    let opts = etcd_client::ConnectOptions::new().with_user(user, password);
+    let mut stale = etcd_client::Client::connect([etcd.endpoint()], Some(opts)).await.unwrap();
+    stale.get(key, None).await.unwrap();
+    tokio::time::sleep(IDLE).await;
+    let err = stale.get(key, None).await.expect_err("the token expired");
+    assert!(err.to_string().contains("invalid auth token"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Point 2: authentication that keeps working after the token expired.
+// ---------------------------------------------------------------------------------------
+
+/// The shared client (`sidekick::etcd`) on every call path the binaries use: each path
+/// gets its own client, all idle past the token TTL, then each makes its call.
+#[tokio::test]
+async fn sidekick_client_authenticates_again_on_every_call_path_after_its_token_expired() {
+    let etcd = etcd_with_short_tokens().await;
+    etcd.add_user("app", "apppw", &[Permission::read_write("/app/").with_prefix()])
+        .await;
+    let pw = secret_file("apppw");
+    let cli = args(&[
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--etcd-user",
+        "app",
+        "--etcd-password-file",
+        pw.path().to_str().unwrap(),
+    ]);
+    let config = support::etcd_config(&cli).await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(config.connect().await.expect("connect as app"));
+    }
+    let mut root = etcd.client().await;
+    // A lease of `app`, granted before the gap, for the keep-alive path.
+    let app_lease = clients[0].lease_grant(30, None).await.unwrap().id();
+    tokio::time::sleep(IDLE).await;
+
+    let mut it = clients.into_iter();
+    let mut c = it.next().unwrap();
+    c.get("/app/a", None).await.expect("get after the gap");
+    let mut c = it.next().unwrap();
+    c.put("/app/a", "1", None).await.expect("put after the gap");
+    let mut c = it.next().unwrap();
+    let txn = etcd_client::Txn::new().and_then([etcd_client::TxnOp::put("/app/b", "2", None)]);
+    c.txn(txn).await.expect("txn after the gap");
+    let mut c = it.next().unwrap();
+    let granted = c.lease_grant(5, None).await.expect("lease grant after the gap");
+    let mut c = it.next().unwrap();
+    let (mut keeper, mut acks) = c.lease_keep_alive(app_lease).await.expect("keep-alive after the gap");
+    keeper.keep_alive().await.unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(10), acks.message())
+        .await
+        .expect("keep-alive answered")
+        .unwrap()
+        .unwrap();
+    assert!(ack.ttl() > 0, "the lease is alive: {ack:?}");
+    // etcd 3.4 checks the token of a watch when it creates it, on a stream that is already
+    // open, and answers a refusal as a cancelled watch, not as an error the client could
+    // act on. Every watcher of the binaries reads first (lb-sync loads the prefix, dbhelper
+    // gets its key) and watches from that read's revision: that read authenticates again.
+    let mut c = it.next().unwrap();
+    let mut watch = c.watch("/app/w", None).await.expect("watch after the gap");
+    let refused = watch.message().await.unwrap().unwrap();
+    assert!(
+        refused.canceled() && refused.cancel_reason().contains("invalid auth token"),
+        "{refused:?}"
+    );
+    c.get("/app/w", None).await.expect("the read before a watch");
+    let mut watch = c.watch("/app/w", None).await.expect("watch after the read");
+    let created = watch.message().await.unwrap().unwrap();
+    assert!(created.created() && !created.canceled(), "{created:?}");
+    root.put("/app/w", "x", None).await.unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("watch event")
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.events().first().map(|e| e.event_type()), Some(EventType::Put));
+    let mut c = it.next().unwrap();
+    let resp = c
+        .campaign("/app/election", "me", granted.id())
+        .await
+        .expect("election campaign after the gap");
+    assert!(resp.leader().is_some());
+    let c = it.next().unwrap();
+    let mut election: ElectionClient = c.election_client();
+    let leader = election.leader("/app/election").await.expect("election leader after the gap");
+    assert_eq!(leader.kv().map(etcd_client::KeyValue::value), Some(&b"me"[..]));
+
+    assert_tokens_expire(&etcd, "app", "apppw", "/app/a").await;
+}
+
+/// The issue's scene: an announcer with a user idles past the token TTL, then a container
+/// starts. It must be announced.
+#[tokio::test]
+async fn announcer_announces_a_container_started_after_idling_past_the_token_ttl() {
+    let etcd = etcd_with_short_tokens().await;
+    etcd.add_user("announcer", "annpw", &[Permission::read_write("/services/").with_prefix()])
+        .await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("sec-ttl");
+    let host = unique("host");
+    let c = Spec::web(&image).name(&name).create(&d).await;
+    let pw = secret_file("annpw");
+    let mut a = support::announcer_args(&etcd.endpoint(), &host);
+    a.extend(args(&[
+        "--etcd-user",
+        "announcer",
+        "--etcd-password-file",
+        pw.path().to_str().unwrap(),
+        "container",
+        &name,
+        "--service",
+        "web",
+        "--instance",
+        "web01",
+    ]));
+    let ann = Daemon::announcer(&a, &[]);
+    // Idle: the container is not running, so nothing is written while the token dies.
+    tokio::time::sleep(IDLE).await;
+    c.start().await;
+    let client = etcd.client().await;
+    let port = eventually(Duration::from_secs(20), || async {
+        let r = client.clone().get("/services/web/web01/port", None).await.ok()?;
+        r.kvs().first().map(|kv| kv.value_str().unwrap_or_default().to_owned())
+    })
+    .await;
+    assert!(port.is_some(), "never announced; log:\n{}", ann.log());
+    assert!(
+        !ann.log().contains("invalid auth token"),
+        "the refusal was handled inside the client; log:\n{}",
+        ann.log()
+    );
+}
+
+/// lb-sync with a user: a record written after an idle gap longer than the token TTL
+/// reaches the load balancer, and so does one written after an etcd restart broke the
+/// watch (lb-sync then reads the prefix again, which needs a valid token).
+#[tokio::test]
+async fn lb_sync_sees_a_new_record_after_idling_past_the_token_ttl() {
+    let mut etcd = etcd_with_short_tokens().await;
+    let root = format!("/{}/services", unique("t"));
+    let prefix = format!("{root}/web");
+    let election = format!("/{}/lb-sync-leader", unique("e"));
+    etcd.add_user(
+        "lbsync",
+        "lbpw",
+        &[
+            Permission::read(format!("{prefix}/")).with_prefix(),
+            Permission::read_write(format!("{election}/")).with_prefix(),
+        ],
+    )
+    .await;
+    let sim = ClbSim::start(support::quick_sim());
+    let client = etcd.client().await;
+    support::put_record(&client, &root, 1).await;
+    let pw = secret_file("lbpw");
+    let lb = Daemon::lb_sync(
+        &support::lb_sync_args(
+            &etcd.endpoint(),
+            &prefix,
+            &sim,
+            &[
+                "--etcd-user",
+                "lbsync",
+                "--etcd-password-file",
+                pw.path().to_str().unwrap(),
+                "--election-key",
+                &election,
+                "--election-ttl",
+                "3s",
+            ],
+        ),
+        &[("RACKSPACE_API_KEY", "k")],
+    );
+    support::wait_nodes(&sim, &[1], &lb).await;
+    tokio::time::sleep(IDLE).await;
+    support::put_record(&client, &root, 2).await;
+    support::wait_nodes(&sim, &[1, 2], &lb).await;
+    // A restart breaks the watch: lb-sync must read the prefix again, with a token the
+    // restarted member never issued or that expired.
+    tokio::time::sleep(IDLE).await;
+    etcd.restart();
+    let client = etcd.client().await;
+    support::put_record(&client, &root, 3).await;
+    support::wait_nodes(&sim, &[1, 2, 3], &lb).await;
+}
+
+/// dbhelper reads the database's address from its etcd key when it appears after an idle
+/// gap longer than the token TTL.
+#[tokio::test]
+async fn dbhelper_reads_its_db_record_written_after_idling_past_the_token_ttl() {
+    let etcd = etcd_with_short_tokens().await;
+    let key = format!("/{}/services/db/db_private_ip", unique("t"));
+    etcd.add_user("dbhelper", "dbpw", &[Permission::read(key.as_str())]).await;
+    let db = MariaDb::start();
+    let pw = secret_file("dbpw");
+    let port = db.port().to_string();
+    let mut run = Daemon::dbhelper(
+        &args(&[
+            "--etcd-endpoints",
+            &etcd.endpoint(),
+            "--etcd-user",
+            "dbhelper",
+            "--etcd-password-file",
+            pw.path().to_str().unwrap(),
+            "wait",
+            "--etcd-key",
+            &key,
+            "--port",
+            &port,
+            "--wait-timeout",
+            "60s",
+        ]),
+        &[("MYSQL_ROOT_PASSWORD", db.root_password())],
+    );
+    tokio::time::sleep(IDLE).await;
+    assert!(run.running(), "still waiting for the key; log:\n{}", run.log());
+    etcd.client().await.put(key.as_str(), "127.0.0.1", None).await.unwrap();
+    let status = run.wait(Duration::from_secs(30)).await;
+    assert!(status.success(), "dbhelper wait failed; log:\n{}", run.log());
+}
+
+// ---------------------------------------------------------------------------------------
+// Point 1: TLS with client certificates.
+// ---------------------------------------------------------------------------------------
+
+fn tls_options(pki: &Pki) -> EtcdOptions {
+    EtcdOptions {
+        tls: Some(pki.into()),
+        ..EtcdOptions::default()
+    }
+}
+
+/// The announcer over TLS with its client certificate, against the three-member cluster.
+#[tokio::test]
+async fn announcer_works_with_client_certificates_on_a_tls_cluster() {
+    let pki = Pki::generate();
+    let cluster = EtcdCluster::start_with(3, &tls_options(&pki));
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("sec-tls");
+    let host = unique("host");
+    let c = Spec::web(&image).name(&name).create(&d).await;
+    c.start().await;
+    let mut a = support::announcer_args(&cluster.endpoints_arg(), &host);
+    a.extend(pki.client_args("--etcd-key"));
+    a.extend(args(&["container", &name, "--service", "web", "--instance", "web07"]));
+    let ann = Daemon::announcer(&a, &[]);
+    let client = cluster.client().await;
+    let found = eventually(Duration::from_secs(20), || async {
+        let r = client.clone().get("/services/web/web07/port", None).await.ok()?;
+        r.kvs().first().map(|_| ())
+    })
+    .await;
+    assert!(found.is_some(), "never announced over TLS; log:\n{}", ann.log());
+}
+
+/// lb-sync over TLS with its client certificate.
+#[tokio::test]
+async fn lb_sync_works_with_client_certificates() {
+    let pki = Pki::generate();
+    let etcd = Etcd::start_with(&tls_options(&pki));
+    let root = format!("/{}/services", unique("t"));
+    let prefix = format!("{root}/web");
+    let sim = ClbSim::start(support::quick_sim());
+    let client = etcd.client().await;
+    support::put_record(&client, &root, 3).await;
+    let mut extra: Vec<String> = pki.client_args("--etcd-key");
+    extra.extend(args(&["--election-key", "/lb-sync-tls-leader"]));
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let lb = Daemon::lb_sync(
+        &support::lb_sync_args(&etcd.endpoint(), &prefix, &sim, &extra),
+        &[("RACKSPACE_API_KEY", "k")],
+    );
+    support::wait_nodes(&sim, &[3], &lb).await;
+}
+
+/// dbhelper over TLS: its client key flag is `--etcd-client-key`.
+#[tokio::test]
+async fn dbhelper_works_with_client_certificates() {
+    let pki = Pki::generate();
+    let etcd = Etcd::start_with(&tls_options(&pki));
+    let key = format!("/{}/db", unique("t"));
+    etcd.client().await.put(key.as_str(), "127.0.0.1", None).await.unwrap();
+    let db = MariaDb::start();
+    let port = db.port().to_string();
+    let mut a = args(&["--etcd-endpoints", &etcd.endpoint()]);
+    a.extend(pki.client_args("--etcd-client-key"));
+    a.extend(args(&["wait", "--etcd-key", &key, "--port", &port, "--wait-timeout", "30s"]));
+    let mut run = Daemon::dbhelper(&a, &[("MYSQL_ROOT_PASSWORD", db.root_password())]);
+    let status = run.wait(Duration::from_secs(40)).await;
+    assert!(status.success(), "dbhelper over TLS failed; log:\n{}", run.log());
+}
+
+/// A wrong CA, an expired client certificate, a certificate from an unknown CA, and a
+/// plain-HTTP endpoint against a TLS server: each is one clear line naming the cause.
+#[tokio::test]
+async fn tls_mistakes_fail_with_one_clear_line() {
+    let pki = Pki::generate();
+    let etcd = Etcd::start_with(&tls_options(&pki));
+    let https = etcd.endpoint();
+    let plain = https.replacen("https://", "http://", 1);
+    let ca = pki.ca.display().to_string();
+    let other_ca = pki.other_ca.display().to_string();
+    let good = (pki.client.cert.display().to_string(), pki.client.key.display().to_string());
+    let expired = (
+        pki.expired_client.cert.display().to_string(),
+        pki.expired_client.key.display().to_string(),
+    );
+    let unknown = (
+        pki.unknown_client.cert.display().to_string(),
+        pki.unknown_client.key.display().to_string(),
+    );
+    let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
+        (
+            "wrong CA",
+            args(&["--etcd-endpoints", &https, "--etcd-cacert", &other_ca, "--etcd-cert", &good.0, "--etcd-key", &good.1]),
+            args(&["certificate", "UnknownIssuer"]),
+        ),
+        (
+            "expired client certificate",
+            args(&["--etcd-endpoints", &https, "--etcd-cacert", &ca, "--etcd-cert", &expired.0, "--etcd-key", &expired.1]),
+            args(&["certificate"]),
+        ),
+        (
+            "client certificate of an unknown CA",
+            args(&["--etcd-endpoints", &https, "--etcd-cacert", &ca, "--etcd-cert", &unknown.0, "--etcd-key", &unknown.1]),
+            args(&["certificate"]),
+        ),
+        ("plain HTTP against TLS", args(&["--etcd-endpoints", &plain]), vec![plain.clone()]),
+    ];
+    for (what, etcd_args, needles) in cases {
+        let mut a = support::announcer_args_without_endpoints("sec-tls-host");
+        a.extend(etcd_args);
+        a.extend(args(&["container", "no-such-container", "--service", "web", "--instance", "web01"]));
+        let (status, stdout, stderr) = run_to_end(support::Binary::Announcer, &a, &[], Duration::from_secs(30));
+        assert!(!status.success(), "{what}: the announcer must not start:\n{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{what}: one line, got:\n{stderr}\nstdout:\n{stdout}");
+        let line = lines[0];
+        assert!(
+            needles.iter().any(|n| line.contains(n.as_str())),
+            "{what}: the line names the cause ({needles:?}): {line}"
+        );
+    }
+}
