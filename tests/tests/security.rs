@@ -330,54 +330,57 @@ async fn dbhelper_works_with_client_certificates() {
 }
 
 /// A wrong CA, an expired client certificate, a certificate from an unknown CA, and a
-/// plain-HTTP endpoint against a TLS server: each is one clear line naming the cause.
+/// plain-HTTP endpoint against a TLS server: the announcer (which needs etcd to start)
+/// exits with one line naming the file or the scheme to fix; dbhelper (a waiter) retries
+/// with backoff, quietly, and its one error line at the deadline names the same; lb-sync
+/// (a daemon) retries with backoff, one warning per step.
 #[tokio::test]
-async fn tls_mistakes_fail_with_one_clear_line() {
+async fn tls_mistakes_fail_with_one_clear_line_and_no_retry_storm() {
     let pki = Pki::generate();
     let etcd = Etcd::start_with(&tls_options(&pki));
     let https = etcd.endpoint();
     let plain = https.replacen("https://", "http://", 1);
-    let ca = pki.ca.display().to_string();
-    let other_ca = pki.other_ca.display().to_string();
-    let good = (pki.client.cert.display().to_string(), pki.client.key.display().to_string());
-    let expired = (
-        pki.expired_client.cert.display().to_string(),
-        pki.expired_client.key.display().to_string(),
-    );
-    let unknown = (
-        pki.unknown_client.cert.display().to_string(),
-        pki.unknown_client.key.display().to_string(),
-    );
-    let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
-        (
-            "wrong CA",
-            args(&["--etcd-endpoints", &https, "--etcd-cacert", &other_ca, "--etcd-cert", &good.0, "--etcd-key", &good.1]),
-            args(&["certificate", "UnknownIssuer"]),
-        ),
-        (
-            "expired client certificate",
-            args(&["--etcd-endpoints", &https, "--etcd-cacert", &ca, "--etcd-cert", &expired.0, "--etcd-key", &expired.1]),
-            args(&["certificate"]),
-        ),
-        (
-            "client certificate of an unknown CA",
-            args(&["--etcd-endpoints", &https, "--etcd-cacert", &ca, "--etcd-cert", &unknown.0, "--etcd-key", &unknown.1]),
-            args(&["certificate"]),
-        ),
-        ("plain HTTP against TLS", args(&["--etcd-endpoints", &plain]), vec![plain.clone()]),
+    let path = |p: &std::path::Path| p.display().to_string();
+    let flags = |ca: &std::path::Path, files: &testbed::pki::CertFiles| {
+        vec![
+            "--etcd-endpoints".to_owned(),
+            https.clone(),
+            "--etcd-cacert".to_owned(),
+            path(ca),
+            "--etcd-cert".to_owned(),
+            path(&files.cert),
+            "--etcd-key".to_owned(),
+            path(&files.key),
+        ]
+    };
+    let cases: Vec<(&str, Vec<String>, String)> = vec![
+        ("wrong CA", flags(&pki.other_ca, &pki.client), format!("--etcd-cacert {:?}", path(&pki.other_ca))),
+        ("expired client certificate", flags(&pki.ca, &pki.expired_client), format!("{:?}", path(&pki.expired_client.cert))),
+        ("client certificate of an unknown CA", flags(&pki.ca, &pki.unknown_client), format!("{:?}", path(&pki.unknown_client.cert))),
+        ("plain HTTP against TLS", args(&["--etcd-endpoints", &plain]), "use an https:// endpoint".to_owned()),
     ];
-    for (what, etcd_args, needles) in cases {
+    for (what, etcd_args, needle) in cases {
+        // The announcer: exits at once, one line.
         let mut a = support::announcer_args_without_endpoints("sec-tls-host");
-        a.extend(etcd_args);
+        a.extend(etcd_args.clone());
         a.extend(args(&["container", "no-such-container", "--service", "web", "--instance", "web01"]));
         let (status, stdout, stderr) = run_to_end(support::Binary::Announcer, &a, &[], Duration::from_secs(30));
         assert!(!status.success(), "{what}: the announcer must not start:\n{stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{what}: one line, got:\n{stderr}\nstdout:\n{stdout}");
-        let line = lines[0];
-        assert!(
-            needles.iter().any(|n| line.contains(n.as_str())),
-            "{what}: the line names the cause ({needles:?}): {line}"
-        );
+        assert!(lines[0].contains(&needle), "{what}: the line names {needle}: {}", lines[0]);
+
+        // dbhelper: waits up to its deadline, then one line naming the cause.
+        let mut d: Vec<String> = etcd_args
+            .iter()
+            .map(|f| if f == "--etcd-key" { "--etcd-client-key".to_owned() } else { f.clone() })
+            .collect();
+        d.extend(args(&["wait", "--etcd-key", "/db", "--wait-timeout", "3s"]));
+        let (status, _, stderr) = run_to_end(support::Binary::Dbhelper, &d, &[("MYSQL_ROOT_PASSWORD", "x")], Duration::from_secs(30));
+        assert!(!status.success(), "{what}: dbhelper must fail:\n{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() <= 3, "{what}: no retry storm in dbhelper's output:\n{stderr}");
+        let last = lines.last().copied().unwrap_or_default();
+        assert!(last.contains(&needle), "{what}: dbhelper's line names {needle}: {last}");
     }
 }
