@@ -384,3 +384,110 @@ async fn tls_mistakes_fail_with_one_clear_line_and_no_retry_storm() {
         assert!(last.contains(&needle), "{what}: dbhelper's line names {needle}: {last}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Point 3: least-privilege roles, and a wrong password.
+// ---------------------------------------------------------------------------------------
+
+/// The announcer's role may write only its prefix: with a role limited to
+/// `/services/web/`, a `web` container is announced and a `db` container is refused, with
+/// nothing written outside the prefix and the refusal in the log.
+#[tokio::test]
+async fn announcer_with_its_role_writes_its_prefix_and_nothing_outside_it() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("rootpw").await;
+    etcd.add_user("announcer", "annpw", &[Permission::read_write("/services/web/").with_prefix()])
+        .await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let pw = secret_file("annpw");
+    let mut daemons = Vec::new();
+    let mut containers = Vec::new();
+    for (service, instance) in [("web", "web01"), ("db", "db01")] {
+        let name = unique(&format!("sec-role-{service}"));
+        let c = Spec::web(&image).name(&name).create(&d).await;
+        c.start().await;
+        containers.push(c);
+        let mut a = support::announcer_args(&etcd.endpoint(), &unique("host"));
+        a.extend(args(&[
+            "--etcd-user",
+            "announcer",
+            "--etcd-password-file",
+            pw.path().to_str().unwrap(),
+            "container",
+            &name,
+            "--service",
+            service,
+            "--instance",
+            instance,
+        ]));
+        daemons.push(Daemon::announcer(&a, &[]));
+    }
+    let client = etcd.client().await;
+    let found = eventually(Duration::from_secs(20), || async {
+        let r = client.clone().get("/services/web/web01/port", None).await.ok()?;
+        r.kvs().first().map(|_| ())
+    })
+    .await;
+    assert!(found.is_some(), "web01 announced within its role; log:\n{}", daemons[0].log());
+    let refused = eventually(Duration::from_secs(20), || async {
+        daemons[1].log().contains("permission denied").then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "the write outside the role is refused; log:\n{}", daemons[1].log());
+    let outside = client
+        .clone()
+        .get("/services/db/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert!(outside.kvs().is_empty(), "nothing outside the role: {:?}", outside.kvs());
+}
+
+/// A wrong etcd password is one line naming the user, in each binary: the announcer and
+/// lb-sync exit at start; dbhelper, which waits for its servers, ends at its deadline
+/// with the same cause.
+#[tokio::test]
+async fn a_wrong_password_is_one_clear_line_in_every_binary() {
+    let mut etcd = Etcd::start();
+    etcd.enable_auth("rootpw").await;
+    etcd.add_user("svc", "right-password", &[Permission::read("/services/").with_prefix()])
+        .await;
+    let pw = secret_file("wrong-password");
+    let user = args(&[
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--etcd-user",
+        "svc",
+        "--etcd-password-file",
+        pw.path().to_str().unwrap(),
+    ]);
+    let sim = ClbSim::start(support::quick_sim());
+    let mut ann = support::announcer_args_without_endpoints("sec-pw-host");
+    ann.extend(user.clone());
+    ann.extend(args(&["container", "no-such-container", "--service", "web", "--instance", "web01"]));
+    let mut lb = user.clone();
+    lb.extend(support::lb_sync_args(&etcd.endpoint(), "/services/web", &sim, &[]));
+    let mut db = user.clone();
+    db.extend(args(&["wait", "--etcd-key", "/services/db/x", "--wait-timeout", "2s"]));
+    let runs = [
+        (support::Binary::Announcer, ann, vec![]),
+        (support::Binary::LbSync, lb, vec![("RACKSPACE_API_KEY", "k")]),
+        (support::Binary::Dbhelper, db, vec![("MYSQL_ROOT_PASSWORD", "x")]),
+    ];
+    for (bin, a, env) in runs {
+        let (status, stdout, stderr) = run_to_end(bin, &a, &env, Duration::from_secs(30));
+        assert!(!status.success(), "{bin:?} must fail:\n{stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .chain(stdout.lines())
+            .filter(|l| l.contains("refused the login"))
+            .collect();
+        let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+        assert!(
+            last.contains("refused the login of user \"svc\"") && last.contains("authentication failed"),
+            "{bin:?}: one clear last line:\n{stderr}"
+        );
+        assert!(errors.len() <= 2, "{bin:?}: no retry storm:\n{stderr}");
+        assert!(!stderr.contains("wrong-password"), "{bin:?}: the password is not shown:\n{stderr}");
+    }
+}
