@@ -491,3 +491,224 @@ async fn a_wrong_password_is_one_clear_line_in_every_binary() {
         assert!(!stderr.contains("wrong-password"), "{bin:?}: the password is not shown:\n{stderr}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Point 4: secrets never in output (trace level), error messages, cmdline, --validate.
+// ---------------------------------------------------------------------------------------
+
+/// A long secret no log line could hold by chance.
+fn long_secret(what: &str) -> String {
+    format!("{what}-{}-{}-{}", unique("s"), unique("e"), unique("cret"))
+}
+
+/// The first base64 line of a PEM private key: a piece of it in any output is a leak.
+fn key_material(path: &std::path::Path) -> String {
+    let pem = std::fs::read_to_string(path).unwrap();
+    pem.lines().nth(1).unwrap().to_owned()
+}
+
+fn assert_hidden(what: &str, text: &str, secrets: &[&str]) {
+    for s in secrets {
+        // Half of the secret is enough to count as a leak.
+        let half = &s[..s.len() / 2];
+        assert!(!text.contains(half), "{what} shows a secret ({half}...):\n{text}");
+    }
+}
+
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).replace('\0', " ")
+}
+
+/// The announcer at trace level through its life (start, announce, etcd errors while etcd
+/// is down, SIGTERM) with the etcd password from ETCD_PASSWORD and a TLS client key: none
+/// of them in its output, its command line or `--validate`.
+#[tokio::test]
+async fn announcer_never_shows_its_secrets() {
+    let pki = Pki::generate();
+    let mut etcd = Etcd::start_with(&tls_options(&pki));
+    let password = long_secret("etcd-pw");
+    etcd.enable_auth("rootpw").await;
+    etcd.add_user("announcer", &password, &[Permission::read_write("/services/").with_prefix()])
+        .await;
+    let key = key_material(&pki.client.key);
+    let secrets = [password.as_str(), key.as_str()];
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("sec-secret");
+    let c = Spec::web(&image).name(&name).create(&d).await;
+    c.start().await;
+    let mut a = support::announcer_args(&etcd.endpoint(), &unique("host"));
+    a.extend(pki.client_args("--etcd-key"));
+    a.extend(args(&["--etcd-user", "announcer", "container", &name, "--service", "web", "--instance", "web09"]));
+    let env = [("ETCD_PASSWORD", password.as_str()), ("RUST_LOG", "trace")];
+
+    let mut validate = a.clone();
+    validate.insert(0, "--validate".into());
+    let (status, out, err) = run_to_end(support::Binary::Announcer, &validate, &env, Duration::from_secs(30));
+    assert!(status.success(), "--validate:\n{out}{err}");
+    assert_hidden("--validate", &format!("{out}{err}"), &secrets);
+
+    let mut ann = Daemon::announcer(&a, &env);
+    let client = etcd.client().await;
+    let found = eventually(Duration::from_secs(20), || async {
+        let r = client.clone().get("/services/web/web09/port", None).await.ok()?;
+        r.kvs().first().map(|_| ())
+    })
+    .await;
+    assert!(found.is_some(), "announced; log:\n{}", ann.log());
+    assert_hidden("/proc/PID/cmdline", &cmdline(ann.pid()), &secrets);
+    // Errors: etcd goes away for a while, then comes back.
+    etcd.kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    etcd.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ann.stop().await;
+    let log = ann.log();
+    assert!(log.contains("TRACE"), "ran at trace level:\n{log}");
+    assert_hidden("the announcer's output", &log, &secrets);
+    // A refused login: the error names the user, not the password.
+    let wrong = long_secret("wrong-pw");
+    let (status, out, err) = run_to_end(
+        support::Binary::Announcer,
+        &a,
+        &[("ETCD_PASSWORD", wrong.as_str()), ("RUST_LOG", "trace")],
+        Duration::from_secs(30),
+    );
+    assert!(!status.success());
+    assert_hidden("the announcer's error", &format!("{out}{err}"), &[&wrong, &password, &key]);
+}
+
+/// lb-sync at trace level: the etcd password (file), the API key (file), through start,
+/// work, a refused API key, and SIGTERM.
+#[tokio::test]
+async fn lb_sync_never_shows_its_secrets() {
+    let mut etcd = Etcd::start();
+    let password = long_secret("etcd-pw");
+    let api_key = long_secret("api-key");
+    etcd.enable_auth("rootpw").await;
+    let root = format!("/{}/services", unique("t"));
+    let prefix = format!("{root}/web");
+    etcd.add_user("lbsync", &password, &[Permission::read(format!("{prefix}/")).with_prefix()])
+        .await;
+    let sim = ClbSim::start(testbed::clb_sim::SimConfig {
+        api_key: api_key.clone(),
+        ..support::quick_sim()
+    });
+    support::put_record(&etcd.client().await, &root, 4).await;
+    let pw = secret_file(&password);
+    let key = secret_file(&api_key);
+    let flags = |key_file: &std::path::Path| {
+        let mut a = args(&[
+            "--etcd-user",
+            "lbsync",
+            "--etcd-password-file",
+            pw.path().to_str().unwrap(),
+            "--api-key-file",
+            key_file.to_str().unwrap(),
+        ]);
+        a.extend(support::lb_sync_args(&etcd.endpoint(), &prefix, &sim, &[]));
+        a
+    };
+    let a = flags(key.path());
+    let env = [("RUST_LOG", "trace")];
+    let secrets = [password.as_str(), api_key.as_str()];
+
+    let mut validate = a.clone();
+    validate.insert(0, "--validate".into());
+    let (status, out, err) = run_to_end(support::Binary::LbSync, &validate, &env, Duration::from_secs(30));
+    assert!(status.success(), "--validate:\n{out}{err}");
+    assert_hidden("--validate", &format!("{out}{err}"), &secrets);
+
+    let mut lb = Daemon::lb_sync(&a, &env);
+    support::wait_nodes(&sim, &[4], &lb).await;
+    assert_hidden("/proc/PID/cmdline", &cmdline(lb.pid()), &secrets);
+    lb.stop().await;
+    let log = lb.log();
+    assert!(log.contains("TRACE"), "ran at trace level:\n{log}");
+    assert_hidden("lb-sync's output", &log, &secrets);
+
+    // A key the API refuses: the error says so without showing either key.
+    let wrong = long_secret("wrong-key");
+    let wrong_file = secret_file(&wrong);
+    let (status, out, err) = run_to_end(support::Binary::LbSync, &flags(wrong_file.path()), &env, Duration::from_secs(60));
+    assert!(!status.success(), "a refused API key stops lb-sync:\n{err}");
+    assert_hidden("lb-sync's error", &format!("{out}{err}"), &[&wrong, &password, &api_key]);
+}
+
+/// dbhelper at trace level: the etcd password, the root password and the app password,
+/// through a seed of a small dump, and a refused root password.
+#[tokio::test]
+async fn dbhelper_never_shows_its_secrets() {
+    let mut etcd = Etcd::start();
+    let etcd_pw = long_secret("etcd-pw");
+    let app_pw = long_secret("app-pw");
+    etcd.enable_auth("rootpw").await;
+    let key = format!("/{}/db", unique("t"));
+    etcd.add_user("dbhelper", &etcd_pw, &[Permission::read(key.as_str())]).await;
+    etcd.client().await.put(key.as_str(), "127.0.0.1", None).await.unwrap();
+    let root_pw = long_secret("root-pw");
+    let db = MariaDb::start_with(&root_pw, "127.0.0.1");
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("small.sql");
+    std::fs::write(
+        &dump,
+        "CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(20));\nINSERT INTO t VALUES (1,'a'),(2,'b');\n",
+    )
+    .unwrap();
+    let pw = secret_file(&etcd_pw);
+    let port = db.port().to_string();
+    let a = args(&[
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--etcd-user",
+        "dbhelper",
+        "--etcd-password-file",
+        pw.path().to_str().unwrap(),
+        "seed",
+        "--etcd-key",
+        &key,
+        "--port",
+        &port,
+        "--dump",
+        dump.to_str().unwrap(),
+        "--database",
+        "small",
+        "--wait-timeout",
+        "30s",
+    ]);
+    let env = [
+        ("RUST_LOG", "trace"),
+        ("MYSQL_ROOT_PASSWORD", root_pw.as_str()),
+        ("APP_PW", app_pw.as_str()),
+    ];
+    let secrets = [etcd_pw.as_str(), root_pw.as_str(), app_pw.as_str()];
+
+    let mut validate = a.clone();
+    validate.insert(0, "--validate".into());
+    let (status, out, err) = run_to_end(support::Binary::Dbhelper, &validate, &env, Duration::from_secs(30));
+    assert!(status.success(), "--validate:\n{out}{err}");
+    assert_hidden("--validate", &format!("{out}{err}"), &secrets);
+
+    let mut run = Daemon::dbhelper(&a, &env);
+    let cmd = cmdline(run.pid());
+    let status = run.wait(Duration::from_secs(60)).await;
+    let log = run.log();
+    assert!(status.success(), "seeded:\n{log}");
+    assert!(log.contains("TRACE"), "ran at trace level:\n{log}");
+    assert_hidden("/proc/PID/cmdline", &cmd, &secrets);
+    assert_hidden("dbhelper's output", &log, &secrets);
+
+    // A refused root password.
+    let wrong = long_secret("wrong-root");
+    let env = [
+        ("RUST_LOG", "trace"),
+        ("MYSQL_ROOT_PASSWORD", wrong.as_str()),
+        ("APP_PW", app_pw.as_str()),
+    ];
+    let mut b = a.clone();
+    let at = b.iter().position(|x| x == "30s").unwrap();
+    b[at] = "3s".into();
+    let (status, out, err) = run_to_end(support::Binary::Dbhelper, &b, &env, Duration::from_secs(60));
+    assert!(!status.success(), "a refused root password fails:\n{err}");
+    assert_hidden("dbhelper's error", &format!("{out}{err}"), &[&wrong, &etcd_pw, &root_pw, &app_pw]);
+}
