@@ -356,7 +356,10 @@ fn password(file: Option<&Path>, env: Option<&str>) -> Result<Option<String>, Er
 }
 
 /// Checks one endpoint and gives it a scheme: `host:port` becomes `http://host:port`.
-fn normalize_endpoint(raw: &str) -> Result<String, Error> {
+///
+/// # Errors
+/// [`Error::Endpoint`] naming the value: another scheme, a path, no host, no valid port.
+pub fn normalize_endpoint(raw: &str) -> Result<String, Error> {
     let bad = |reason: &str| Error::Endpoint {
         endpoint: raw.to_owned(),
         reason: reason.to_owned(),
