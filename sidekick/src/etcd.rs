@@ -121,14 +121,24 @@ impl EtcdConfig {
         }
     }
 
-    /// Connects without probing: for long-running loops that retry on their own.
+    /// Connects for long-running loops that retry on their own: an unreachable etcd is not
+    /// an error here. One probe still runs, so that what no retry can fix stops the start
+    /// with one line: a refused login, and a TLS setup the server refuses (a certificate
+    /// that does not verify, a refused client certificate, http:// against TLS).
     ///
     /// # Errors
-    /// [`Error::Connect`] when the configuration itself is refused.
+    /// [`Error::Auth`] for a refused login, [`Error::Connect`] for a refused configuration.
     pub async fn connect_lazy(&self) -> Result<Client, Error> {
-        Client::connect(&self.endpoints, Some(self.options.clone()))
+        let mut client = Client::connect(&self.endpoints, Some(self.options.clone()))
             .await
-            .map_err(|e| self.connect_error(&e, Phase::Login))
+            .map_err(|e| self.connect_error(&e, Phase::Login))?;
+        if let Ok(Err(e)) = tokio::time::timeout(self.timeout, client.status()).await {
+            if self.tls_hint(&e).is_some() {
+                return Err(self.connect_error(&e, Phase::Probe));
+            }
+            tracing::debug!(endpoints = %self.endpoints_display(), "etcd not reachable yet: {}", crate::error::etcd_reason(&e));
+        }
+        Ok(client)
     }
 
     /// The one-line error of a failed connection: a refused login names the user; a TLS
@@ -136,10 +146,12 @@ impl EtcdConfig {
     fn connect_error(&self, err: &etcd_client::Error, phase: Phase) -> Error {
         let endpoints = self.endpoints_display();
         let reason = crate::error::etcd_reason(err);
-        // With a user, `Client::connect` sends exactly one request, `Authenticate`; a status
-        // the server itself answered (not a transport failure) is its verdict on the login.
+        // With a user, `Client::connect` sends exactly one request, `Authenticate`; a refusal
+        // the server itself answered (not a transport failure, not a timeout) is its verdict
+        // on the login: wrong password or user (INVALID_ARGUMENT), auth not enabled
+        // (FAILED_PRECONDITION), or the like.
         if let (Phase::Login, Some(user), etcd_client::Error::GRpcStatus(status)) = (phase, &self.user, err) {
-            if std::error::Error::source(status).is_none() {
+            if std::error::Error::source(status).is_none() && GRPC_LOGIN_REFUSALS.contains(&i32::from(status.code())) {
                 return Error::Auth {
                     endpoints,
                     user: user.clone(),
@@ -183,6 +195,10 @@ impl EtcdConfig {
 /// gRPC status code 1, CANCELLED (fixed by the gRPC specification): tonic answers it when
 /// the connection under a request closed.
 const GRPC_CANCELLED: i32 = 1;
+
+/// The gRPC codes etcd refuses a login with: INVALID_ARGUMENT (3), PERMISSION_DENIED (7),
+/// FAILED_PRECONDITION (9), UNAUTHENTICATED (16).
+const GRPC_LOGIN_REFUSALS: [i32; 4] = [3, 7, 9, 16];
 
 /// Which step of [`EtcdConfig::connect`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

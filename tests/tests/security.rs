@@ -331,9 +331,9 @@ async fn dbhelper_works_with_client_certificates() {
 
 /// A wrong CA, an expired client certificate, a certificate from an unknown CA, and a
 /// plain-HTTP endpoint against a TLS server: the announcer (which needs etcd to start)
-/// exits with one line naming the file or the scheme to fix; dbhelper (a waiter) retries
-/// with backoff, quietly, and its one error line at the deadline names the same; lb-sync
-/// (a daemon) retries with backoff, one warning per step.
+/// and lb-sync exit at start with one line naming the file or the scheme to fix (no retry
+/// can fix them); dbhelper (a waiter) retries with backoff, quietly, and its one error line
+/// at the deadline names the same.
 #[tokio::test]
 async fn tls_mistakes_fail_with_one_clear_line_and_no_retry_storm() {
     let pki = Pki::generate();
@@ -369,6 +369,18 @@ async fn tls_mistakes_fail_with_one_clear_line_and_no_retry_storm() {
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{what}: one line, got:\n{stderr}\nstdout:\n{stdout}");
         assert!(lines[0].contains(&needle), "{what}: the line names {needle}: {}", lines[0]);
+
+        // lb-sync: nothing a retry could fix, so it stops at start with the same line.
+        let sim = ClbSim::start(support::quick_sim());
+        let mut l = etcd_args.clone();
+        l.extend(support::lb_sync_args("", "/services/web", &sim, &[]));
+        let at = l.iter().rposition(|x| x == "--etcd-endpoints").unwrap();
+        l.drain(at..at + 2);
+        let (status, _, stderr) = run_to_end(support::Binary::LbSync, &l, &[("RACKSPACE_API_KEY", "k")], Duration::from_secs(30));
+        assert!(!status.success(), "{what}: lb-sync must not start:\n{stderr}");
+        let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+        assert!(last.contains(&needle), "{what}: lb-sync's line names {needle}: {stderr}");
+        assert!(stderr.lines().count() <= 6, "{what}: no retry storm in lb-sync's output:\n{stderr}");
 
         // dbhelper: waits up to its deadline, then one line naming the cause.
         let mut d: Vec<String> = etcd_args
