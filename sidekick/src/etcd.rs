@@ -150,14 +150,15 @@ impl EtcdConfig {
         // the server itself answered (not a transport failure, not a timeout) is its verdict
         // on the login: wrong password or user (INVALID_ARGUMENT), auth not enabled
         // (FAILED_PRECONDITION), or the like.
-        if let (Phase::Login, Some(user), etcd_client::Error::GRpcStatus(status)) = (phase, &self.user, err) {
-            if std::error::Error::source(status).is_none() && GRPC_LOGIN_REFUSALS.contains(&i32::from(status.code())) {
-                return Error::Auth {
-                    endpoints,
-                    user: user.clone(),
-                    reason,
-                };
-            }
+        if let (Phase::Login, Some(user), etcd_client::Error::GRpcStatus(status)) = (phase, &self.user, err)
+            && std::error::Error::source(status).is_none()
+            && GRPC_LOGIN_REFUSALS.contains(&i32::from(status.code()))
+        {
+            return Error::Auth {
+                endpoints,
+                user: user.clone(),
+                reason,
+            };
         }
         let reason = match self.tls_hint(err) {
             Some(hint) => format!("{reason} ({hint})"),

@@ -378,7 +378,7 @@ async fn tls_mistakes_fail_with_one_clear_line_and_no_retry_storm() {
         l.drain(at..at + 2);
         let (status, _, stderr) = run_to_end(support::Binary::LbSync, &l, &[("RACKSPACE_API_KEY", "k")], Duration::from_secs(30));
         assert!(!status.success(), "{what}: lb-sync must not start:\n{stderr}");
-        let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
         assert!(last.contains(&needle), "{what}: lb-sync's line names {needle}: {stderr}");
         assert!(stderr.lines().count() <= 6, "{what}: no retry storm in lb-sync's output:\n{stderr}");
 
@@ -494,7 +494,7 @@ async fn a_wrong_password_is_one_clear_line_in_every_binary() {
             .chain(stdout.lines())
             .filter(|l| l.contains("refused the login"))
             .collect();
-        let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or_default();
+        let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
         assert!(
             last.contains("refused the login of user \"svc\"") && last.contains("authentication failed"),
             "{bin:?}: one clear last line:\n{stderr}"
