@@ -937,7 +937,7 @@ impl From<NodeDoc> for Node {
     }
 }
 
-fn parse_load_balancer(body: &[u8]) -> Result<LoadBalancer, String> {
+pub fn parse_load_balancer(body: &[u8]) -> Result<LoadBalancer, String> {
     #[derive(Deserialize)]
     struct Doc {
         #[serde(rename = "loadBalancer")]
@@ -957,7 +957,7 @@ fn parse_load_balancer(body: &[u8]) -> Result<LoadBalancer, String> {
     })
 }
 
-fn parse_nodes(body: &[u8]) -> Vec<Node> {
+pub fn parse_nodes(body: &[u8]) -> Vec<Node> {
     #[derive(Deserialize)]
     struct Doc {
         #[serde(default)]

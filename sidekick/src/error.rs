@@ -33,6 +33,14 @@ pub enum Error {
     #[error("etcd at {endpoints} is not reachable: {reason}")]
     Connect { endpoints: String, reason: String },
 
+    /// etcd answered the login of `user` with a refusal (wrong password, unknown user).
+    #[error("etcd at {endpoints} refused the login of user {user:?}: {reason}")]
+    Auth {
+        endpoints: String,
+        user: String,
+        reason: String,
+    },
+
     /// The reachability probe did not answer in time.
     #[error("etcd at {endpoints} did not answer within {timeout:?}")]
     ConnectTimeout {

@@ -73,6 +73,12 @@ pub struct EtcdConfig {
     pub options: ConnectOptions,
     /// Request timeout, also used for the reachability probe.
     pub timeout: Duration,
+    /// The etcd user, if any: named when etcd refuses the login.
+    pub user: Option<String>,
+    /// `--etcd-cacert`, named when the server's certificate does not verify against it.
+    pub ca_cert: Option<PathBuf>,
+    /// `--etcd-cert`, named when the server refuses the client certificate.
+    pub client_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for EtcdConfig {
@@ -102,14 +108,8 @@ impl EtcdConfig {
         let attempt = async {
             let mut client = Client::connect(&self.endpoints, Some(self.options.clone()))
                 .await
-                .map_err(|e| Error::Connect {
-                    endpoints: endpoints.clone(),
-                    reason: crate::error::etcd_reason(&e),
-                })?;
-            client.status().await.map_err(|e| Error::Connect {
-                endpoints: endpoints.clone(),
-                reason: crate::error::etcd_reason(&e),
-            })?;
+                .map_err(|e| self.connect_error(&e, Phase::Login))?;
+            client.status().await.map_err(|e| self.connect_error(&e, Phase::Probe))?;
             Ok(client)
         };
         match tokio::time::timeout(self.timeout, attempt).await {
@@ -121,17 +121,143 @@ impl EtcdConfig {
         }
     }
 
-    /// Connects without probing: for long-running loops that retry on their own.
+    /// Connects for long-running loops that retry on their own: an unreachable etcd is not
+    /// an error here. One probe still runs, so that what no retry can fix stops the start
+    /// with one line: a refused login, and a TLS setup the server refuses (a certificate
+    /// that does not verify, a refused client certificate, http:// against TLS).
     ///
     /// # Errors
-    /// [`Error::Connect`] when the configuration itself is refused.
+    /// [`Error::Auth`] for a refused login, [`Error::Connect`] for a refused configuration.
     pub async fn connect_lazy(&self) -> Result<Client, Error> {
-        Client::connect(&self.endpoints, Some(self.options.clone()))
+        let mut client = Client::connect(&self.endpoints, Some(self.options.clone()))
             .await
-            .map_err(|e| Error::Connect {
-                endpoints: self.endpoints_display(),
-                reason: crate::error::etcd_reason(&e),
-            })
+            .map_err(|e| self.connect_error(&e, Phase::Login))?;
+        if let Ok(Err(e)) = tokio::time::timeout(self.timeout, client.status()).await {
+            if self.tls_hint(&e).is_some() {
+                return Err(self.connect_error(&e, Phase::Probe));
+            }
+            tracing::debug!(endpoints = %self.endpoints_display(), "etcd not reachable yet: {}", crate::error::etcd_reason(&e));
+        }
+        Ok(client)
+    }
+
+    /// The one-line error of a failed connection: a refused login names the user; a TLS
+    /// failure says which file to look at.
+    fn connect_error(&self, err: &etcd_client::Error, phase: Phase) -> Error {
+        let endpoints = self.endpoints_display();
+        let reason = crate::error::etcd_reason(err);
+        // With a user, `Client::connect` sends exactly one request, `Authenticate`; a refusal
+        // the server itself answered (not a transport failure, not a timeout) is its verdict
+        // on the login: wrong password or user (INVALID_ARGUMENT), auth not enabled
+        // (FAILED_PRECONDITION), or the like.
+        if let (Phase::Login, Some(user), etcd_client::Error::GRpcStatus(status)) = (phase, &self.user, err)
+            && std::error::Error::source(status).is_none()
+            && GRPC_LOGIN_REFUSALS.contains(&i32::from(status.code()))
+        {
+            return Error::Auth {
+                endpoints,
+                user: user.clone(),
+                reason,
+            };
+        }
+        let reason = match self.tls_hint(err) {
+            Some(hint) => format!("{reason} ({hint})"),
+            None => reason,
+        };
+        Error::Connect { endpoints, reason }
+    }
+
+    /// What a transport failure most likely means, judged from the typed errors inside it
+    /// (a TLS alert, an I/O error kind, the gRPC code) and from the options given.
+    fn tls_hint(&self, err: &etcd_client::Error) -> Option<String> {
+        let facts = TransportFacts::of(err);
+        let https = self.endpoints.iter().all(|e| e.starts_with("https://"));
+        let cert = |p: &Option<PathBuf>| p.as_ref().map_or_else(String::new, |p| format!(" {:?}", p.display().to_string()));
+        match (&facts.tls, https) {
+            (Some(rustls::Error::InvalidCertificate(_)), _) => Some(match &self.ca_cert {
+                Some(ca) => format!("the server's certificate does not verify against --etcd-cacert {:?}", ca.display().to_string()),
+                None => "the server's certificate does not verify against the system's CA certificates: give --etcd-cacert".into(),
+            }),
+            (Some(rustls::Error::AlertReceived(_)), true) | (None, true) if facts.closed_early => Some(match &self.client_cert {
+                Some(_) => format!(
+                    "the server ended the TLS connection: it refuses the client certificate{} if it is expired, not yet valid or signed by a CA it does not trust",
+                    cert(&self.client_cert)
+                ),
+                None => "the server ended the TLS connection: it may require a client certificate (--etcd-cert, --etcd-key)".into(),
+            }),
+            (None, false) if facts.closed_early => {
+                Some("the server ended the connection: if it serves TLS, use an https:// endpoint and --etcd-cacert".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// gRPC status code 1, CANCELLED (fixed by the gRPC specification): tonic answers it when
+/// the connection under a request closed.
+const GRPC_CANCELLED: i32 = 1;
+
+/// The gRPC codes etcd refuses a login with: INVALID_ARGUMENT (3), PERMISSION_DENIED (7),
+/// FAILED_PRECONDITION (9), UNAUTHENTICATED (16).
+const GRPC_LOGIN_REFUSALS: [i32; 4] = [3, 7, 9, 16];
+
+/// Which step of [`EtcdConfig::connect`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// `Client::connect`: with a user, the `Authenticate` request.
+    Login,
+    /// The `status` request that proves a member answers.
+    Probe,
+}
+
+/// The typed facts found inside a transport error.
+#[derive(Debug, Default)]
+struct TransportFacts {
+    /// A TLS error (an alert the server sent, a certificate that did not verify).
+    tls: Option<rustls::Error>,
+    /// The TCP connection was made, then ended by the other side before an answer: a TLS
+    /// alert, a reset, a broken pipe, an early end of stream, or the request cancelled
+    /// because the connection closed.
+    closed_early: bool,
+}
+
+impl TransportFacts {
+    fn of(err: &etcd_client::Error) -> TransportFacts {
+        use std::io::ErrorKind;
+        let mut facts = TransportFacts::default();
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = match err {
+            etcd_client::Error::GRpcStatus(status) => {
+                if i32::from(status.code()) == GRPC_CANCELLED {
+                    facts.closed_early = true;
+                }
+                std::error::Error::source(status)
+            }
+            other => Some(other),
+        };
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                // `io::Error::source` skips the error it wraps, so look at it directly.
+                if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                    facts.tls = Some(tls.clone());
+                    facts.closed_early = true;
+                }
+                // h2 keeps only the kind and text of an I/O error, so a TLS alert the server
+                // sends after the handshake (a refused client certificate) arrives here as
+                // `InvalidData`, no longer as a `rustls::Error`.
+                if matches!(
+                    io.kind(),
+                    ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::InvalidData
+                ) {
+                    facts.closed_early = true;
+                }
+            }
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                facts.tls = Some(tls.clone());
+                facts.closed_early = true;
+            }
+            cur = e.source();
+        }
+        facts
     }
 }
 
@@ -174,7 +300,14 @@ impl EtcdArgs {
             // moves to the live members of a cluster.
             .with_keep_alive(Duration::from_secs(3), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
-            .with_tcp_keepalive(Duration::from_secs(10));
+            .with_tcp_keepalive(Duration::from_secs(10))
+            // With a user, etcd-client authenticates once, in `connect`. etcd forgets a token
+            // left idle for `--auth-token-ttl` (300 s by default), and from then on every call
+            // would fail with `etcdserver: invalid auth token` (issue 17: an idle announcer
+            // never announced again). With this, a call refused for its token authenticates
+            // again and is retried once; every unary call and every stream opening (watch,
+            // lease keep-alive, election campaign and observe) goes through that path.
+            .with_auto_token_refresh(true);
 
         let tls_wanted = self.etcd_cacert.is_some() || self.etcd_cert.is_some();
         let any_https = endpoints.iter().any(|e| e.starts_with("https://"));
@@ -214,6 +347,9 @@ impl EtcdArgs {
             endpoints,
             options,
             timeout: self.etcd_timeout,
+            user: self.etcd_user.clone(),
+            ca_cert: self.etcd_cacert.clone(),
+            client_cert: self.etcd_cert.clone(),
         })
     }
 }
@@ -237,7 +373,10 @@ fn password(file: Option<&Path>, env: Option<&str>) -> Result<Option<String>, Er
 }
 
 /// Checks one endpoint and gives it a scheme: `host:port` becomes `http://host:port`.
-fn normalize_endpoint(raw: &str) -> Result<String, Error> {
+///
+/// # Errors
+/// [`Error::Endpoint`] naming the value: another scheme, a path, no host, no valid port.
+pub fn normalize_endpoint(raw: &str) -> Result<String, Error> {
     let bad = |reason: &str| Error::Endpoint {
         endpoint: raw.to_owned(),
         reason: reason.to_owned(),

@@ -1,13 +1,60 @@
 //! Throwaway etcd servers: one member, or a three-member cluster whose members a test can
-//! kill and restart.
+//! kill and restart; either one optionally serving clients over TLS with client-certificate
+//! authentication, and with authentication (users, roles) turned on by the test.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::pki::{CertFiles, Pki};
 use crate::process::{self, free_port, http_get, require_program, wait_for};
 
 const INSTALL: &str = "sudo apt-get install -y etcd-server etcd-client";
+
+/// The files of a TLS etcd: what the members serve with and what the test bed's own client
+/// presents.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    /// The CA that signed the server and the accepted client certificates.
+    pub ca: PathBuf,
+    /// The members' certificate and key.
+    pub server: CertFiles,
+    /// The certificate the test bed's own client presents.
+    pub client: CertFiles,
+}
+
+impl From<&Pki> for EtcdTls {
+    fn from(pki: &Pki) -> EtcdTls {
+        EtcdTls {
+            ca: pki.ca.clone(),
+            server: pki.server.clone(),
+            client: pki.client.clone(),
+        }
+    }
+}
+
+/// How to start members beyond the defaults (plain HTTP, no auth token TTL).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    /// Serve clients on `https://` with `--client-cert-auth`: a client must present a
+    /// certificate signed by the CA. Peers stay on plain HTTP (loopback only).
+    pub tls: Option<EtcdTls>,
+    /// `--auth-token-ttl` in seconds: how long an idle simple token lives (etcd: 300).
+    pub auth_token_ttl: Option<u32>,
+}
+
+/// Credentials the test bed's own client logs in with once auth is on.
+#[derive(Clone)]
+struct Login {
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login").field("user", &self.user).finish_non_exhaustive()
+    }
+}
 
 /// One member's fixed facts, kept so it can be restarted on the same ports and data.
 #[derive(Debug)]
@@ -15,14 +62,19 @@ struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// A plain-HTTP port serving `/health` and `/metrics` (`--listen-metrics-urls`), so
+    /// health can be polled without TLS.
+    metrics_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
+    options: EtcdOptions,
     child: Option<Child>,
 }
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.options.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -52,13 +104,26 @@ impl Member {
             .args(["--initial-cluster-token", &token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--logger", "zap", "--log-level", "warn"])
-            .stdout(Stdio::from(log.try_clone().expect("clone log fd")))
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.metrics_port)]);
+        if let Some(tls) = &self.options.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server.cert)
+                .arg("--key-file")
+                .arg(&tls.server.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        if let Some(ttl) = self.options.auth_token_ttl {
+            cmd.args(["--auth-token-ttl", &ttl.to_string()]);
+        }
+        cmd.stdout(Stdio::from(log.try_clone().expect("clone log fd")))
             .stderr(Stdio::from(log));
         self.child = Some(process::spawn(cmd).expect("spawn etcd"));
     }
 
     fn healthy(&self) -> bool {
-        http_get(self.client_port, "/health").is_some_and(|r| r.contains("\"health\":\"true\""))
+        http_get(self.metrics_port, "/health").is_some_and(|r| r.contains("\"health\":\"true\""))
     }
 
     fn exited(&mut self) -> bool {
@@ -79,7 +144,7 @@ fn fnv(s: &str) -> u64 {
 }
 
 /// Starts `n` members on fresh ports; retries with other ports when one was taken.
-fn start_members(n: usize, dir: &tempfile::TempDir) -> Vec<Member> {
+fn start_members(n: usize, dir: &tempfile::TempDir, options: &EtcdOptions) -> Vec<Member> {
     let mut last_log = String::new();
     for attempt in 0..5 {
         let mut members: Vec<Member> = (0..n)
@@ -87,8 +152,10 @@ fn start_members(n: usize, dir: &tempfile::TempDir) -> Vec<Member> {
                 name: format!("m{i}"),
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 data_dir: dir.path().join(format!("a{attempt}-m{i}")),
                 log: dir.path().join(format!("a{attempt}-m{i}.log")),
+                options: options.clone(),
                 child: None,
             })
             .collect();
@@ -124,6 +191,7 @@ fn start_members(n: usize, dir: &tempfile::TempDir) -> Vec<Member> {
 #[derive(Debug)]
 pub struct Etcd {
     member: Member,
+    login: Option<Login>,
     _dir: tempfile::TempDir,
 }
 
@@ -131,26 +199,51 @@ impl Etcd {
     /// Starts one member and waits until it is healthy (well under a second here).
     #[must_use]
     pub fn start() -> Etcd {
+        Etcd::start_with(&EtcdOptions::default())
+    }
+
+    /// Starts one member with `options` (TLS, auth token TTL).
+    #[must_use]
+    pub fn start_with(options: &EtcdOptions) -> Etcd {
         let dir = tempfile::Builder::new()
             .prefix("testbed-etcd")
             .tempdir()
             .expect("temp dir");
-        let mut members = start_members(1, &dir);
+        let mut members = start_members(1, &dir, options);
         Etcd {
             member: members.remove(0),
+            login: None,
             _dir: dir,
         }
     }
 
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` with TLS).
     #[must_use]
     pub fn endpoint(&self) -> String {
         self.member.client_url()
     }
 
-    /// A connected etcd-client.
+    /// A connected etcd-client (with the test bed's client certificate under TLS, as root
+    /// once [`Etcd::enable_auth`] ran).
     pub async fn client(&self) -> etcd_client::Client {
-        connect(&[self.endpoint()]).await
+        connect(&[self.endpoint()], &self.member.options, self.login.as_ref()).await
+    }
+
+    /// Turns authentication on: user `root` with `root_password` and the `root` role, then
+    /// `auth enable`. From then on [`Etcd::client`] logs in as root.
+    pub async fn enable_auth(&mut self, root_password: &str) {
+        let mut c = self.client().await;
+        enable_auth(&mut c, root_password).await;
+        self.login = Some(Login {
+            user: "root".into(),
+            password: root_password.into(),
+        });
+    }
+
+    /// Adds `user` with `password` and a role of the same name holding `permissions`
+    /// (needs [`Etcd::enable_auth`] first, or works before it as well).
+    pub async fn add_user(&self, user: &str, password: &str, permissions: &[etcd_client::Permission]) {
+        add_user(&mut self.client().await, user, password, permissions).await;
     }
 
     /// Stops the member hard (SIGKILL), as a crash would.
@@ -183,6 +276,8 @@ impl Drop for Etcd {
 pub struct EtcdCluster {
     members: Vec<Member>,
     initial: String,
+    options: EtcdOptions,
+    login: Option<Login>,
     _dir: tempfile::TempDir,
 }
 
@@ -190,17 +285,40 @@ impl EtcdCluster {
     /// Starts `n` members and waits until every one reports a leader.
     #[must_use]
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, &EtcdOptions::default())
+    }
+
+    /// Starts `n` members with `options` (TLS, auth token TTL).
+    #[must_use]
+    pub fn start_with(n: usize, options: &EtcdOptions) -> EtcdCluster {
         let dir = tempfile::Builder::new()
             .prefix("testbed-etcd-cluster")
             .tempdir()
             .expect("temp dir");
-        let members = start_members(n, &dir);
+        let members = start_members(n, &dir, options);
         let initial: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect();
         EtcdCluster {
             members,
             initial: initial.join(","),
+            options: options.clone(),
+            login: None,
             _dir: dir,
         }
+    }
+
+    /// As [`Etcd::enable_auth`], for the whole cluster.
+    pub async fn enable_auth(&mut self, root_password: &str) {
+        let mut c = self.client().await;
+        enable_auth(&mut c, root_password).await;
+        self.login = Some(Login {
+            user: "root".into(),
+            password: root_password.into(),
+        });
+    }
+
+    /// As [`Etcd::add_user`].
+    pub async fn add_user(&self, user: &str, password: &str, permissions: &[etcd_client::Permission]) {
+        add_user(&mut self.client().await, user, password, permissions).await;
     }
 
     /// Every member's client URL.
@@ -223,7 +341,7 @@ impl EtcdCluster {
 
     /// A client over every member.
     pub async fn client(&self) -> etcd_client::Client {
-        connect(&self.endpoints()).await
+        connect(&self.endpoints(), &self.options, self.login.as_ref()).await
     }
 
     /// Kills member `i` (SIGKILL). The others keep quorum.
@@ -257,7 +375,7 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
-            let Ok(mut c) = etcd_client::Client::connect([m.client_url()], None).await else {
+            let Ok(mut c) = etcd_client::Client::connect([m.client_url()], Some(connect_options(&self.options, self.login.as_ref()))).await else {
                 continue;
             };
             let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await else {
@@ -286,13 +404,57 @@ impl Drop for EtcdCluster {
     }
 }
 
-async fn connect(endpoints: &[String]) -> etcd_client::Client {
-    let opts = etcd_client::ConnectOptions::new()
+fn connect_options(options: &EtcdOptions, login: Option<&Login>) -> etcd_client::ConnectOptions {
+    let mut opts = etcd_client::ConnectOptions::new()
         .with_timeout(Duration::from_secs(5))
         .with_connect_timeout(Duration::from_secs(2))
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
-    etcd_client::Client::connect(endpoints, Some(opts))
+        .with_keep_alive_while_idle(true)
+        // Tests idle longer than a short --auth-token-ttl too.
+        .with_auto_token_refresh(true);
+    if let Some(tls) = &options.tls {
+        let read = |p: &std::path::Path| std::fs::read(p).expect("read PEM");
+        opts = opts.with_tls(
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)))
+                .identity(etcd_client::Identity::from_pem(
+                    read(&tls.client.cert),
+                    read(&tls.client.key),
+                )),
+        );
+    }
+    if let Some(l) = login {
+        opts = opts.with_user(l.user.clone(), l.password.clone());
+    }
+    opts
+}
+
+async fn connect(endpoints: &[String], options: &EtcdOptions, login: Option<&Login>) -> etcd_client::Client {
+    etcd_client::Client::connect(endpoints, Some(connect_options(options, login)))
         .await
         .expect("connect to testbed etcd")
+}
+
+async fn enable_auth(c: &mut etcd_client::Client, root_password: &str) {
+    c.user_add("root", root_password, None).await.expect("etcd: user add root");
+    c.role_add("root").await.expect("etcd: role add root");
+    c.user_grant_role("root", "root").await.expect("etcd: grant root");
+    c.auth_enable().await.expect("etcd: auth enable");
+}
+
+async fn add_user(c: &mut etcd_client::Client, user: &str, password: &str, permissions: &[etcd_client::Permission]) {
+    c.user_add(user, password, None)
+        .await
+        .unwrap_or_else(|e| panic!("etcd: user add {user}: {e}"));
+    c.role_add(user)
+        .await
+        .unwrap_or_else(|e| panic!("etcd: role add {user}: {e}"));
+    for p in permissions {
+        c.role_grant_permission(user, p.clone())
+            .await
+            .unwrap_or_else(|e| panic!("etcd: grant {p:?} to {user}: {e}"));
+    }
+    c.user_grant_role(user, user)
+        .await
+        .unwrap_or_else(|e| panic!("etcd: grant role {user}: {e}"));
 }

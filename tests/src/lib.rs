@@ -2,7 +2,9 @@
 //! temporary directories and torn down when their handle drops (also when a test panics).
 //!
 //! - [`Etcd`] / [`EtcdCluster`]: Debian's `etcd` 3.4, one member or three; members can be
-//!   killed and restarted.
+//!   killed and restarted; [`EtcdOptions`] adds TLS with client certificates and a short
+//!   auth token TTL, and the handles turn auth on and add users with roles.
+//! - [`pki`]: a throwaway CA with server and client certificates (rcgen).
 //! - [`MariaDb`]: Debian's `mariadbd` with its own datadir, socket and port.
 //! - [`docker`]: the real Docker engine on `/var/run/docker.sock`, test images built
 //!   `FROM scratch` (no registry is reachable), containers removed on drop.
@@ -29,12 +31,13 @@ mod etcd;
 mod eventually;
 mod haproxy;
 mod mariadb;
+pub mod pki;
 mod process;
 mod proxy;
 
 pub use cluster::{Cluster, Cut, Host};
 pub use daemon::{Daemon, fail_with_logs};
-pub use etcd::{Etcd, EtcdCluster};
+pub use etcd::{Etcd, EtcdCluster, EtcdOptions, EtcdTls};
 pub use eventually::{NotYet, eventually};
 pub use haproxy::HaProxy;
 pub use mariadb::MariaDb;
