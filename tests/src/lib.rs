@@ -8,6 +8,10 @@
 //!   `FROM scratch` (no registry is reachable), containers removed on drop.
 //! - [`SocketProxy`]: a Docker socket proxy a test can cut, to break the event stream.
 //! - [`clb_sim`]: a stateful simulator of Rackspace Identity + Cloud Load Balancers.
+//! - [`Cluster`]: N hosts (network namespaces on a private bridge), one etcd member each;
+//!   a test kills, partitions and heals hosts.
+//! - [`Daemon`]: every process a test runs (logs to a file, signal, wait, kill on drop, a
+//!   log excerpt in every failure) and [`eventually`], the one polling helper.
 //!
 //! A missing server is a test failure whose message says how to install it; nothing here
 //! skips. Every server process dies with the test process (`PR_SET_PDEATHSIG`), so a
@@ -16,13 +20,19 @@
 #![allow(clippy::missing_panics_doc, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clb_sim;
+pub mod cluster;
+mod daemon;
 pub mod docker;
 mod etcd;
+mod eventually;
 mod mariadb;
 mod process;
 mod proxy;
 
+pub use cluster::{Cluster, Cut, Host};
+pub use daemon::{Daemon, fail_with_logs};
 pub use etcd::{Etcd, EtcdCluster};
+pub use eventually::{NotYet, eventually};
 pub use mariadb::MariaDb;
 pub use process::{bin, free_port, http_get, require_program, signal, spawn, wait_for};
 pub use proxy::SocketProxy;
