@@ -11,6 +11,7 @@
 //! - [`health`]: the checks that gate an announcement.
 //! - [`reconcile`]: the desired set of records, recomputed on every change.
 //! - [`registry`]: the only code that talks to etcd (lease, transactions, cleanup).
+//! - [`lease`]: the lease keep-alive, one etcd member at a time.
 //! - [`owner`]: who owns a record, and which stale records may be deleted (pure).
 //! - [`machine`]: hostname and addresses of this host.
 
@@ -21,6 +22,7 @@ mod args;
 pub mod docker;
 mod error;
 pub mod health;
+mod lease;
 pub mod machine;
 pub mod owner;
 pub mod reconcile;

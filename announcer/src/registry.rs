@@ -20,10 +20,19 @@
 //! ([`Report`]), and the keys are watched: when the other owner's record goes away the
 //! record is written at once.
 //!
-//! When etcd is away it retries with backoff; when the lease expired meanwhile it grants a
-//! new one and rewrites every record. Keep-alive streams that go silent (bound to a dead
-//! member of a cluster) are reopened. On shutdown it revokes the lease: every record of
-//! this process disappears at once.
+//! It talks to one etcd member at a time, own member first, through a client bound to
+//! that member alone: etcd-client's multi-endpoint client balances every request over all
+//! members, and a member cut off by dropped packets still looks connected, so a balanced
+//! request (or a reopened keep-alive stream) could land on it again and again. A request
+//! that times out or finds the member unavailable sends the next ones to the next member.
+//! The lease is kept alive by a task of its own ([`crate::lease`]), on its own connection,
+//! moving to the next member as soon as a stream stays silent for one keep-alive period
+//! plus a margin; a record write hanging on a bad member never delays a keep-alive.
+//!
+//! When etcd is away it retries with backoff; when the lease expired meanwhile (etcd
+//! answers `NotFound`, or a keep-alive answers TTL 0) it grants a new one and rewrites
+//! every record. On shutdown it revokes the lease: every record of this process
+//! disappears at once.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -31,8 +40,8 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
-    Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions,
 };
 use futures::StreamExt;
 use sidekick::etcd::EtcdConfig;
@@ -42,6 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
+use crate::lease::{self, Members};
 use crate::owner::{self, Conflict, Holder, Me, StoredKey};
 use crate::reconcile::{Announcement, Desired};
 
@@ -113,12 +123,17 @@ struct Stored {
 
 /// The etcd side of the announcer.
 pub struct Registry {
+    /// A client bound to member `member` alone (never balanced: see [`crate::lease`]).
     client: Client,
+    /// Every etcd member, own first.
+    members: Members,
+    /// The member the requests go to; the next one after a request found it away.
+    member: usize,
     settings: Settings,
     lease: Option<i64>,
     granted_ttl: Duration,
-    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-    last_ack: Instant,
+    /// The task keeping the lease alive, and what it reports.
+    keeper: Option<(lease::Task, mpsc::UnboundedReceiver<lease::Event>)>,
     written: BTreeMap<(String, String), Written>,
     need_sync: bool,
     need_full: bool,
@@ -145,13 +160,30 @@ type Key = (String, String);
 /// Record transactions in flight at once.
 const PARALLEL_WRITES: usize = 16;
 
-/// Whether an etcd error says the lease does not exist (it expired or was revoked).
+/// Whether an etcd error says the lease does not exist (it expired or was revoked): etcd
+/// answers a request naming an unknown lease with gRPC status `NotFound`.
 fn lease_gone(e: &Error) -> bool {
-    let text = match e {
-        Error::Etcd { source, .. } => source.to_string(),
-        _ => return false,
-    };
-    text.contains("lease not found")
+    matches!(e, Error::Etcd { source: etcd_client::Error::GRpcStatus(s), .. } if s.code() == tonic::Code::NotFound)
+}
+
+/// Whether an error says the member did not serve the request (no answer in time, no
+/// connection, no leader on its side): the next request goes to the next member.
+fn member_away(e: &Error) -> bool {
+    match e {
+        Error::EtcdTimeout { .. } => true,
+        Error::Etcd { source, .. } => match source {
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+            etcd_client::Error::GRpcStatus(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+            ),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 impl Registry {
@@ -160,15 +192,20 @@ impl Registry {
     /// # Errors
     /// When etcd is unreachable or refuses the lease: the announcer does not start.
     pub async fn connect(config: &EtcdConfig, settings: Settings) -> Result<Registry, Error> {
-        let client = config.connect().await?;
+        // The balanced client only checks that the cluster answers (the start-up error names
+        // every endpoint); the registry then talks to one member at a time.
+        drop(config.connect().await?);
+        let members = Members::new(config.endpoints.clone(), config.options.clone(), config.timeout);
+        let client = members.client(0).await?;
         let (contest_tx, contest_rx) = mpsc::unbounded_channel();
         let mut r = Registry {
             client,
+            members,
+            member: 0,
             settings,
             lease: None,
             granted_ttl: Duration::ZERO,
             keeper: None,
-            last_ack: Instant::now(),
             written: BTreeMap::new(),
             need_sync: true,
             need_full: true,
@@ -177,8 +214,18 @@ impl Registry {
             contest_rx,
             report: watch::Sender::new(Report::default()),
         };
-        r.ensure_lease().await?;
-        Ok(r)
+        // Own member first; one that does not answer gives its turn to the next.
+        let mut tries = r.members.len();
+        loop {
+            match r.ensure_lease().await {
+                Ok(_) => return Ok(r),
+                Err(e) if member_away(&e) && tries > 1 => {
+                    tries -= 1;
+                    r.next_member(&e).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The conflicts, as they change (a typed state for a health output).
@@ -215,10 +262,32 @@ impl Registry {
         self.granted_ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(1).max(1));
         tracing::info!(lease = format!("{id:x}"), ttl = ?self.granted_ttl, "lease granted");
         self.lease = Some(id);
-        self.keeper = None;
         self.written.clear();
-        self.open_keeper().await;
+        let period = self.keep_alive_period();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(lease::keep(self.members.clone(), id, period, self.member, tx));
+        self.keeper = Some((lease::Task(task), rx));
         Ok(id)
+    }
+
+    /// Keep-alives go out three times per TTL: two may go unanswered before it runs out.
+    fn keep_alive_period(&self) -> Duration {
+        (self.granted_ttl / 3).max(Duration::from_millis(200))
+    }
+
+    /// The current member did not serve a request: send the next ones to the next member.
+    async fn next_member(&mut self, e: &Error) {
+        if self.members.len() < 2 {
+            return;
+        }
+        let next = lease::next_member(self.member, self.members.len());
+        tracing::info!(member = self.members.url(self.member), next = self.members.url(next), error = %e, "etcd member did not serve a request: moving to the next one");
+        self.member = next;
+        match self.members.client(next).await {
+            Ok(c) => self.client = c,
+            // Keep the old client; the next failure moves on again.
+            Err(e) => tracing::debug!(error = %e, "cannot connect to the next etcd member yet"),
+        }
     }
 
     /// The lease is gone: forget what we wrote (it went with the lease) and start over.
@@ -235,61 +304,8 @@ impl Registry {
         self.need_full = true;
     }
 
-    async fn open_keeper(&mut self) {
-        let Some(id) = self.lease else { return };
-        let mut client = self.client.clone();
-        match self.timed("keep-alive", client.lease_keep_alive(id)).await {
-            Ok(k) => {
-                self.keeper = Some(k);
-                self.last_ack = Instant::now();
-            }
-            Err(e) if e.to_string().contains("lease not found") => self.lease_lost(),
-            Err(e) => tracing::debug!(error = %e, "cannot open the keep-alive stream yet"),
-        }
-    }
-
-    /// Sends one keep-alive; reopens a stream that went silent.
-    async fn keep_alive(&mut self) {
-        if self.lease.is_none() {
-            return;
-        }
-        if self.keeper.is_some() && self.last_ack.elapsed() > self.granted_ttl * 2 / 3 {
-            tracing::info!("keep-alive stream silent: reopening it");
-            self.keeper = None;
-        }
-        let failed = match &mut self.keeper {
-            Some((keeper, _)) => keeper.keep_alive().await.is_err(),
-            None => {
-                self.open_keeper().await;
-                if self.keeper.is_some() {
-                    // Back after an outage: compare with etcd in case anything changed.
-                    self.need_full = true;
-                }
-                false
-            }
-        };
-        if failed {
-            self.keeper = None;
-        }
-    }
-
-    fn on_keep_alive_answer(&mut self, msg: Option<Result<etcd_client::LeaseKeepAliveResponse, etcd_client::Error>>) {
-        match msg {
-            Some(Ok(r)) if r.ttl() > 0 => self.last_ack = Instant::now(),
-            Some(Ok(_)) => self.lease_lost(),
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "keep-alive stream broke");
-                self.keeper = None;
-            }
-            None => self.keeper = None,
-        }
-    }
-
     /// Runs until `shutdown` is cancelled or the desired channel closes, then revokes the lease.
     pub async fn run(mut self, mut desired: watch::Receiver<Desired>, shutdown: CancellationToken) {
-        let period = (self.granted_ttl / 3).max(Duration::from_millis(200));
-        let mut keep_alive = tokio::time::interval_at(Instant::now() + period, period);
-        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resync = tokio::time::interval_at(Instant::now() + self.settings.resync, self.settings.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = sidekick::retry::backoff(Duration::from_millis(50), Duration::from_secs(2)).build();
@@ -305,20 +321,15 @@ impl Registry {
                     }
                     self.need_sync = true;
                 }
-                msg = next_answer(&mut self.keeper) => {
-                    let had_lease = self.lease.is_some();
-                    self.on_keep_alive_answer(msg);
-                    if had_lease && self.lease.is_none() {
-                        retry_at = None;
+                event = next_event(&mut self.keeper) => {
+                    match event {
+                        // Back after an outage: compare with etcd in case anything changed,
+                        // and retry a pending sync at once.
+                        Some(lease::Event::Back) => self.need_full = true,
+                        // The task ends only after saying the lease is gone.
+                        Some(lease::Event::Gone) | None => self.lease_lost(),
                     }
-                }
-                _ = keep_alive.tick() => {
-                    let was_open = self.keeper.is_some();
-                    self.keep_alive().await;
-                    if !was_open && self.keeper.is_some() {
-                        // etcd answers again: retry a pending sync at once.
-                        retry_at = None;
-                    }
+                    retry_at = None;
                 }
                 _ = resync.tick() => self.need_full = true,
                 Some(k) = self.contest_rx.recv() => {
@@ -340,6 +351,9 @@ impl Registry {
                     backoff = sidekick::retry::backoff(Duration::from_millis(50), Duration::from_secs(2)).build();
                 }
                 Err(e) => {
+                    if member_away(&e) {
+                        self.next_member(&e).await;
+                    }
                     if failing {
                         tracing::debug!(error = %e, "etcd still failing");
                     } else {
@@ -726,12 +740,10 @@ fn delete_op(prefix: &str, service: &str, instance: &str, layout: Layout) -> Txn
     }
 }
 
-/// The next keep-alive answer, or never when no stream is open.
-async fn next_answer(
-    keeper: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-) -> Option<Result<etcd_client::LeaseKeepAliveResponse, etcd_client::Error>> {
+/// The next report of the keep-alive task, or never when there is none.
+async fn next_event(keeper: &mut Option<(lease::Task, mpsc::UnboundedReceiver<lease::Event>)>) -> Option<lease::Event> {
     match keeper {
-        Some((_, stream)) => stream.message().await.transpose(),
+        Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
     }
 }
@@ -757,13 +769,29 @@ mod tests {
             probe_key("/services", "db", "db_private_ip", Layout::Value),
             "/services/db/db_private_ip"
         );
-        assert!(lease_gone(&Error::Etcd {
+    }
+
+    #[test]
+    fn the_lease_is_gone_on_not_found_and_the_member_away_on_unavailable_or_timeout() {
+        let status = |s: tonic::Status| Error::Etcd {
             op: "x".into(),
-            source: etcd_client::Error::LeaseKeepAliveError("etcdserver: requested lease not found".into()),
-        }));
-        assert!(!lease_gone(&Error::Etcd {
+            source: etcd_client::Error::GRpcStatus(s),
+        };
+        assert!(lease_gone(&status(tonic::Status::not_found(
+            "etcdserver: requested lease not found"
+        ))));
+        // Decided by the code, not the text.
+        assert!(!lease_gone(&status(tonic::Status::unavailable("lease not found"))));
+        assert!(!member_away(&status(tonic::Status::not_found(
+            "etcdserver: requested lease not found"
+        ))));
+        assert!(member_away(&status(tonic::Status::unavailable(
+            "etcdserver: no leader"
+        ))));
+        assert!(member_away(&Error::EtcdTimeout {
             op: "x".into(),
-            source: etcd_client::Error::LeaseKeepAliveError("connection reset".into()),
+            timeout: Duration::from_secs(2),
         }));
+        assert!(!member_away(&Error::Contended { key: "k".into() }));
     }
 }
