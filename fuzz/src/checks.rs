@@ -28,17 +28,24 @@ pub fn dump_split(data: &[u8]) {
                 at = p.range.end;
             }
             assert_eq!(at, data.len(), "the pieces cover the whole input");
-            let joined: Vec<u8> = pieces.iter().flat_map(|p| data[p.range.clone()].iter().copied()).collect();
+            let joined: Vec<u8> = pieces
+                .iter()
+                .flat_map(|p| data[p.range.clone()].iter().copied())
+                .collect();
             assert_eq!(joined, data, "re-joined pieces give the input back");
             let mut number = 0;
             for (piece, stmt) in dbhelper::dump::statements(data, &pieces) {
                 number += 1;
-                assert_eq!(piece.statement_number(), Some(number), "statements are numbered in order");
+                assert_eq!(
+                    piece.statement_number(),
+                    Some(number),
+                    "statements are numbered in order"
+                );
                 assert_eq!(stmt, &data[piece.range.clone()]);
             }
             // The planner must refuse or plan, never panic, even with a tiny packet size.
-            let _ = dbhelper::plan::plan(data, &pieces, 64);
-            let _ = dbhelper::plan::plan(data, &pieces, 4 << 20);
+            let _ = dbhelper::plan::plan(data, &pieces, 64, false);
+            let _ = dbhelper::plan::plan(data, &pieces, 4 << 20, true);
         }
         Err(e) => {
             let msg = e.to_string();
@@ -86,7 +93,14 @@ pub fn container_record(data: &[u8]) {
             host_ip: None,
             host_port: 32768,
         }],
-        ips: vec![Ipv4Addr::new(172, 17, 0, 2)],
+        networks: vec![("bridge".into(), Ipv4Addr::new(172, 17, 0, 2))],
+        exposed: vec![announcer::record::PortSpec {
+            port: 80,
+            proto: "tcp".into(),
+        }],
+        network_mode: "bridge".into(),
+        stop_signal: 15,
+        started_at: String::new(),
     };
     for line in lines(data) {
         if let Some(rest) = line.strip_prefix("L ") {
@@ -120,25 +134,26 @@ pub fn container_record(data: &[u8]) {
         sidekick::schema::Layout::Json,
     ] {
         let rules = Rules {
-            mode: Mode::Host { layout },
+            mode: Mode::Host(announcer::record::HostRule { layout, internal: None }),
             check: announcer::health::Check::Tcp,
         };
         match announcer::record::record_for(&facts, &machine, &rules) {
-            Ok(Some(planned)) => {
-                let r = &planned.record;
-                for (what, name) in [("service", &r.service), ("instance", &r.instance)] {
-                    assert!(
-                        sidekick::schema::validate_name(what, name).is_ok(),
-                        "an unsafe {what} {name:?} made a record"
-                    );
-                }
-                let service_prefix = sidekick::schema::service_prefix("/services", &r.service);
-                for (key, _) in r.entries("/services", planned.layout) {
-                    assert!(key.starts_with(&service_prefix), "{key} is outside {service_prefix}");
-                    assert!(!key.contains("/../") && !key.contains('\0'), "{key:?}");
+            Ok(decision) => {
+                for planned in decision.planned() {
+                    let r = &planned.record;
+                    for (what, name) in [("service", &r.service), ("instance", &r.instance)] {
+                        assert!(
+                            sidekick::schema::validate_name(what, name).is_ok(),
+                            "an unsafe {what} {name:?} made a record"
+                        );
+                    }
+                    let service_prefix = sidekick::schema::service_prefix("/services", &r.service);
+                    for (key, _) in r.entries("/services", planned.layout) {
+                        assert!(key.starts_with(&service_prefix), "{key} is outside {service_prefix}");
+                        assert!(!key.contains("/../") && !key.contains('\0'), "{key:?}");
+                    }
                 }
             }
-            Ok(None) => {}
             Err(e) => assert!(!e.to_string().is_empty()),
         }
     }
@@ -169,10 +184,16 @@ pub fn etcd_records(data: &[u8]) {
     );
     for (instance, result) in &decoded {
         if let Ok(record) = result {
-            assert!(sidekick::schema::validate_name("instance", &record.instance).is_ok(), "{instance:?}");
+            assert!(
+                sidekick::schema::validate_name("instance", &record.instance).is_ok(),
+                "{instance:?}"
+            );
         }
     }
-    for field in [sidekick::schema::AddressField::Private, sidekick::schema::AddressField::Public] {
+    for field in [
+        sidekick::schema::AddressField::Private,
+        sidekick::schema::AddressField::Public,
+    ] {
         let source = lb_sync::records::Source::new("/services/web", field, None);
         let desired = lb_sync::records::Builder::default().build(&source, &kvs, true, 1);
         let _ = format!("{desired:?}");
@@ -226,7 +247,10 @@ pub fn flags(data: &[u8]) {
     match sidekick::etcd::normalize_endpoint(&text) {
         Ok(url) => {
             assert!(url.starts_with("http://") || url.starts_with("https://"), "{url}");
-            assert_eq!(sidekick::etcd::normalize_endpoint(&url).ok().as_deref(), Some(url.as_str()));
+            assert_eq!(
+                sidekick::etcd::normalize_endpoint(&url).ok().as_deref(),
+                Some(url.as_str())
+            );
         }
         Err(e) => assert!(e.to_string().contains("invalid etcd endpoint"), "{e}"),
     }
