@@ -364,7 +364,9 @@ async fn haproxy_restarted_under_lb_sync_gets_its_servers_again() {
     w.put([2]).await;
 
     w.ha.restart();
-    assert!(w.managed().is_empty(), "a restart drops runtime servers");
+    // No check that the restarted HAProxy starts empty: lb-sync may re-add the servers
+    // before the test could look (seen in a full run). The log line below says it found
+    // them lost, which only a restart that dropped them can produce.
     w.wait_up(&[1, 2], WITHIN).await;
     lb.wait_log("HAProxy lost the 2 server(s) lb-sync added", WITHIN).await;
     lb.wait_health("\"converged\"", WITHIN).await;
