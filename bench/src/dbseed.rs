@@ -112,14 +112,20 @@ pub fn generated_schema(rows: usize) -> String {
         ));
     }
     for f in 0..5 {
-        sql.push_str(&format!("CREATE FUNCTION f{f}(x INT) RETURNS INT DETERMINISTIC RETURN x + {f};\n"));
+        sql.push_str(&format!(
+            "CREATE FUNCTION f{f}(x INT) RETURNS INT DETERMINISTIC RETURN x + {f};\n"
+        ));
     }
     sql
 }
 
 /// The second dump: generated, dumped with `mariadb-dump`, loaded both ways.
 fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<()> {
-    let target: usize = if ctx.settings.mode == "quick" { 10 << 20 } else { 50 << 20 };
+    let target: usize = if ctx.settings.mode == "quick" {
+        10 << 20
+    } else {
+        50 << 20
+    };
     let rows = target / GEN_TABLES / 190;
     let started = Instant::now();
     let client = testbed::require_program("mariadb", "apt-get install -y mariadb-client");
@@ -129,7 +135,11 @@ fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<(
         .args(["-e", &generated_schema(rows)])
         .output()
         .context("generate the schema")?;
-    anyhow::ensure!(out.status.success(), "generating the schema: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "generating the schema: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dump = ctx.out.join("gen.sql");
     let mariadb_dump = testbed::require_program("mariadb-dump", "apt-get install -y mariadb-client");
     let out = Command::new(mariadb_dump)
@@ -138,7 +148,11 @@ fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<(
         .args(["--routines", "--triggers", "--events", "--databases", "bench_gen"])
         .output()
         .context("run mariadb-dump")?;
-    anyhow::ensure!(out.status.success(), "mariadb-dump: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "mariadb-dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::write(&dump, &out.stdout).with_context(|| format!("write {}", dump.display()))?;
     let bytes = out.stdout.len();
     eprintln!(
@@ -170,7 +184,11 @@ fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<(
                 .output()
                 .context("run the mariadb client")?;
             client_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            anyhow::ensure!(out.status.success(), "mariadb < gen.sql: {}", String::from_utf8_lossy(&out.stderr));
+            anyhow::ensure!(
+                out.status.success(),
+                "mariadb < gen.sql: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             Ok(())
         };
         if client_first(i) {

@@ -119,7 +119,11 @@ pub fn targets() -> Vec<(&'static str, &'static str, Goal)> {
         ("lb_sync", "scale_10_to_3_calls_over_min", Goal::Exactly(0.0)),
         ("dbhelper", "seed_speedup", Goal::AtLeast(5.0)),
         ("dbhelper", "gen_speedup", Goal::AtLeast(3.0)),
-        ("dbhelper", "gen_seed_peak_rss_bytes", Goal::AtMost(64.0 * 1024.0 * 1024.0)),
+        (
+            "dbhelper",
+            "gen_seed_peak_rss_bytes",
+            Goal::AtMost(64.0 * 1024.0 * 1024.0),
+        ),
     ]
 }
 

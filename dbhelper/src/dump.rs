@@ -472,12 +472,17 @@ mod tests {
                 "/*!50003 CREATE*/ /*!50003 TRIGGER t BEGIN x; END */;",
                 &["/*!50003 CREATE*/ /*!50003 TRIGGER t BEGIN x", "END */"],
             ),
-            ("SELECT 4 /*!40101 ,5; SELECT 6 */;", &["SELECT 4 /*!40101 ,5", "SELECT 6 */"]),
+            (
+                "SELECT 4 /*!40101 ,5; SELECT 6 */;",
+                &["SELECT 4 /*!40101 ,5", "SELECT 6 */"],
+            ),
             ("SELECT 7 /*M!100101 ,8 */;", &["SELECT 7 /*M!100101 ,8 */"]),
             ("select 15 /*+ a; */;", &["select 15 /*+ a; */"]),
             (
                 "DELIMITER ;;\n/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER t AFTER INSERT ON p FOR EACH ROW BEGIN INSERT INTO a VALUES ('x; y'); END */;;\nDELIMITER ;\n",
-                &["/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER t AFTER INSERT ON p FOR EACH ROW BEGIN INSERT INTO a VALUES ('x; y'); END */"],
+                &[
+                    "/*!50003 CREATE*/ /*!50017 DEFINER=`root`@`localhost`*/ /*!50003 TRIGGER t AFTER INSERT ON p FOR EACH ROW BEGIN INSERT INTO a VALUES ('x; y'); END */",
+                ],
             ),
             // The sandbox-mode first line of newer mariadb-dump, both spellings.
             (
@@ -492,8 +497,14 @@ mod tests {
             ("SELECT 3 --\x7f;\nSELECT 4;", &["SELECT 3 --\x7f", "SELECT 4"]),
             ("SELECT 3 --\x7f;x\n;", &["SELECT 3 --\x7f", "x"]),
             // DELIMITER in any letter case, with any delimiter.
-            ("DeLiMiTeR $$\nSELECT 10$$\ndelimiter ;\nSELECT 11;", &["SELECT 10", "SELECT 11"]),
-            ("DELIMITER //\nSELECT 1//\nDELIMITER END_OF_IT\nSELECT 2 END_OF_IT", &["SELECT 1", "SELECT 2"]),
+            (
+                "DeLiMiTeR $$\nSELECT 10$$\ndelimiter ;\nSELECT 11;",
+                &["SELECT 10", "SELECT 11"],
+            ),
+            (
+                "DELIMITER //\nSELECT 1//\nDELIMITER END_OF_IT\nSELECT 2 END_OF_IT",
+                &["SELECT 1", "SELECT 2"],
+            ),
             ("DELIMITER ;;\nSELECT ';;' ;;\nDELIMITER ;", &["SELECT ';;'"]),
             ("  delimiter ||\nSELECT 1 || SELECT 2||", &["SELECT 1", "SELECT 2"]),
             // Identifiers with backticks, spaces, quotes, newlines; a USE spanning lines.
@@ -508,7 +519,10 @@ mod tests {
                 &["INSERT INTO t VALUES\n(1,'\\0\u{7f}\\'\\\"\\\\\\n\\r\\Z;'),\n(2,0xDEADBEEF)"],
             ),
             ("SELECT `x\\`;SELECT 2;", &["SELECT `x\\`", "SELECT 2"]),
-            ("LOCK TABLES `t` WRITE;\nUNLOCK TABLES;", &["LOCK TABLES `t` WRITE", "UNLOCK TABLES"]),
+            (
+                "LOCK TABLES `t` WRITE;\nUNLOCK TABLES;",
+                &["LOCK TABLES `t` WRITE", "UNLOCK TABLES"],
+            ),
             ("/*M!100101 SET a=1 */;", &["/*M!100101 SET a=1 */"]),
             (
                 "SELECT /*+ MAX_EXECUTION_TIME(1) */ 1;",
@@ -558,7 +572,10 @@ mod tests {
         let got: Vec<&[u8]> = statements(input, &pieces).map(|(_, b)| b).collect();
         assert_eq!(
             got,
-            [&b"INSERT INTO b VALUES (1,'\xff\xfe\\'\x00;\x80'),(2,'\xe9;')"[..], b"SELECT 2"]
+            [
+                &b"INSERT INTO b VALUES (1,'\xff\xfe\\'\x00;\x80'),(2,'\xe9;')"[..],
+                b"SELECT 2"
+            ]
         );
         // A megabyte-long extended insert is one statement, byte for byte.
         let mut long = b"INSERT INTO t VALUES ".to_vec();

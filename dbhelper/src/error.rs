@@ -201,9 +201,7 @@ impl Error {
             | Error::ObjectRejected { .. }
             | Error::Database { .. }
             | Error::Verify { .. }
-            | Error::Interrupted { .. } => {
-                EXIT_FAILURE
-            }
+            | Error::Interrupted { .. } => EXIT_FAILURE,
         }
     }
 }

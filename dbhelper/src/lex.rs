@@ -88,10 +88,7 @@ pub fn block_at(s: &[u8], i: usize) -> Option<(Block, usize)> {
 #[must_use]
 pub fn block_end(s: &[u8], i: usize) -> Option<usize> {
     let from = i + 2;
-    s.get(from..)?
-        .windows(2)
-        .position(|w| w == b"*/")
-        .map(|p| from + p + 2)
+    s.get(from..)?.windows(2).position(|w| w == b"*/").map(|p| from + p + 2)
 }
 
 /// The index after the quote that closes the string or identifier opened at `i` (whose

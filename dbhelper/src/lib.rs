@@ -14,8 +14,8 @@
 pub mod args;
 pub mod db;
 pub mod dump;
-pub mod lex;
 mod error;
+pub mod lex;
 pub mod load;
 pub mod locate;
 pub mod plan;
@@ -150,7 +150,9 @@ async fn run_seed(
     );
     let targets = dump.targets(&seed.database);
     if targets.iter().filter(|t| !t.system).count() > 1 {
-        tracing::info!("the dump names several databases: each is loaded under its own name (--database applies to one-database dumps)");
+        tracing::info!(
+            "the dump names several databases: each is loaded under its own name (--database applies to one-database dumps)"
+        );
     }
     let (address, root, conn) = ready(&seed.db, etcd, env, cancel).await?;
     let mut admin = db::Admin::new(conn, address.clone()).await?;

@@ -328,7 +328,10 @@ async fn seed_locked(
         markers.push(marker);
     }
     let named = |markers: Vec<Option<Marker>>| -> Vec<(String, Marker)> {
-        user.iter().map(|t| t.live.clone()).zip(markers.into_iter().flatten()).collect()
+        user.iter()
+            .map(|t| t.live.clone())
+            .zip(markers.into_iter().flatten())
+            .collect()
     };
     match (state(&markers, &dump.sha256, present), opts.force) {
         (State::Loaded, false) => return Ok(Outcome::AlreadyLoaded(named(markers))),
@@ -569,7 +572,10 @@ async fn load_tables(
     let lanes = plan::lanes(&plan.tables, opts.jobs).filter(|lanes| {
         lanes
             .iter()
-            .filter(|lane| lane.iter().any(|st| matches!(plan::target_of(&st.action), plan::Target::Table(_))))
+            .filter(|lane| {
+                lane.iter()
+                    .any(|st| matches!(plan::target_of(&st.action), plan::Target::Table(_)))
+            })
             .count()
             > 1
     });
@@ -674,7 +680,16 @@ impl Lane<'_> {
                 Action::Sql(bytes) | Action::Object { sql: bytes, .. } => Cow::Borrowed(bytes.as_ref()),
             };
             if let Err(e) = conn.query_drop(sql.as_ref()).await {
-                return Err(rejected(conn, self.address, e, step, &statements, &self.dump.bytes, &self.unchanged).await);
+                return Err(rejected(
+                    conn,
+                    self.address,
+                    e,
+                    step,
+                    &statements,
+                    &self.dump.bytes,
+                    &self.unchanged,
+                )
+                .await);
             }
             if let Some(p) = shown.as_mut() {
                 p.update(step.done_bytes, *step.statements.end());
@@ -690,7 +705,10 @@ impl Lane<'_> {
 /// The accounts of the server, to keep the definers that exist.
 async fn accounts(admin: &mut Admin) -> Result<HashSet<(Vec<u8>, Vec<u8>)>, Error> {
     let rows: Vec<(Vec<u8>, Vec<u8>)> = admin
-        .rows("listing the accounts for the definers", "SELECT User, LOWER(Host) FROM mysql.user")
+        .rows(
+            "listing the accounts for the definers",
+            "SELECT User, LOWER(Host) FROM mysql.user",
+        )
         .await?;
     Ok(rows.into_iter().collect())
 }
@@ -1142,7 +1160,10 @@ mod tests {
         assert_eq!(lives(&[db(None, false)]), ["app"]);
         assert_eq!(lives(&[db(Some("world"), false)]), ["app"]);
         assert_eq!(lives(&[db(Some("a"), false), db(Some("b"), false)]), ["a", "b"]);
-        assert_eq!(lives(&[db(Some("a"), false), db(Some("mysql"), true)]), ["app", "mysql"]);
+        assert_eq!(
+            lives(&[db(Some("a"), false), db(Some("mysql"), true)]),
+            ["app", "mysql"]
+        );
     }
 
     #[test]

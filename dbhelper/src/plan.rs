@@ -318,7 +318,12 @@ impl<'a> Builder<'a> {
             line,
             reason: "which is not UTF-8",
         })?;
-        if let Some(i) = self.plan.databases.iter().position(|d| d.name.as_deref() == Some(&text)) {
+        if let Some(i) = self
+            .plan
+            .databases
+            .iter()
+            .position(|d| d.name.as_deref() == Some(&text))
+        {
             return Ok(i);
         }
         let system = SYSTEM_SCHEMAS.iter().any(|s| s.eq_ignore_ascii_case(&text));
@@ -560,7 +565,11 @@ impl<'a> Lexer<'a> {
                 let end = lex::quoted_end(self.s, self.pos).unwrap_or(self.s.len());
                 let inner = lex::unquote(self.s, self.pos, end);
                 self.pos = end;
-                Some(if b == b'`' { Token::Quoted(inner) } else { Token::Str(inner) })
+                Some(if b == b'`' {
+                    Token::Quoted(inner)
+                } else {
+                    Token::Str(inner)
+                })
             }
             _ if is_word_byte(b) => {
                 let start = self.pos;
@@ -814,7 +823,13 @@ pub fn target_of(action: &Action<'_>) -> Target {
     let first = first.to_ascii_lowercase();
     let named = match first.as_slice() {
         b"set" => return Target::Session,
-        b"unlock" => return if lx.keyword("tables") { Target::Unlock } else { Target::Unknown },
+        b"unlock" => {
+            return if lx.keyword("tables") {
+                Target::Unlock
+            } else {
+                Target::Unknown
+            };
+        }
         b"create" | b"drop" | b"alter" => {
             if !lx.keyword("table") {
                 return Target::Unknown;
@@ -1191,7 +1206,10 @@ mod tests {
             .collect();
         // `other` is the dump's first named database: the statements before its `USE` went
         // to it too (the connection starts there), so its `a` is the first `a`.
-        assert_eq!(numbers, [vec![1, 2, 3, 4, 5, 6, 11, 12, 13, 14], vec![1, 7, 8, 9, 10, 12, 14]]);
+        assert_eq!(
+            numbers,
+            [vec![1, 2, 3, 4, 5, 6, 11, 12, 13, 14], vec![1, 7, 8, 9, 10, 12, 14]]
+        );
         // One lane: everything in dump order.
         let one = super::lanes(&p.tables, 1).unwrap();
         assert_eq!(one[0].len(), p.tables.len());
@@ -1293,7 +1311,10 @@ mod tests {
         );
         assert_eq!(
             describe(p.tables),
-            vec![("<use 0>".to_owned(), 3..=3), ("CREATE TABLE t (a int)".to_owned(), 4..=4)]
+            vec![
+                ("<use 0>".to_owned(), 3..=3),
+                ("CREATE TABLE t (a int)".to_owned(), 4..=4)
+            ]
         );
     }
 
@@ -1370,7 +1391,10 @@ mod tests {
     fn system_schemas_and_unusable_names_are_refused() {
         let cases: &[(&str, &str)] = &[
             ("CREATE DATABASE mysql;\nUSE mysql;", "system schema \"mysql\" (line 1)"),
-            ("USE a\nCREATE TABLE t (x int);\nUSE `SYS`\n", "system schema \"SYS\" (line 3)"),
+            (
+                "USE a\nCREATE TABLE t (x int);\nUSE `SYS`\n",
+                "system schema \"SYS\" (line 3)",
+            ),
             ("USE `performance_schema`;", "--replay-system-schemas"),
             ("USE ``;", "which is empty"),
         ];

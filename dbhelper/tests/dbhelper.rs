@@ -11,8 +11,8 @@ mod equivalence;
 use std::time::{Duration, Instant};
 
 use support::{
-    OLD_WORLD_VIEW, Proxy, Reader, Running, Trip, WORLD_COUNTS, WORLD_VIEW, dbhelper, old_world, root_sql, run, seed_at,
-    sql, user_databases, world_counts, world_dump, write_file,
+    OLD_WORLD_VIEW, Proxy, Reader, Running, Trip, WORLD_COUNTS, WORLD_VIEW, dbhelper, old_world, root_sql, run,
+    seed_at, sql, user_databases, world_counts, world_dump, write_file,
 };
 use testbed::MariaDb;
 
@@ -162,7 +162,8 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
     let seen = reader.stop();
     assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
     assert!(
-        seen.keys().all(|view| view.is_none() || view.as_deref() == Some(WORLD_VIEW)),
+        seen.keys()
+            .all(|view| view.is_none() || view.as_deref() == Some(WORLD_VIEW)),
         "a reader saw a partial world: {seen:?}"
     );
     assert!(seen.contains_key(&None), "the reader looked before the load: {seen:?}");
@@ -216,7 +217,11 @@ fn connection_dropped_during_a_reload_keeps_the_old_data_live() {
         seen.contains_key(&Some(OLD_WORLD_VIEW.to_owned())) && seen.contains_key(&Some(WORLD_VIEW.to_owned())),
         "the reader saw the old world, then the new one: {seen:?}"
     );
-    assert_eq!(seen.len(), 2, "readers only ever saw a whole old or a whole new world: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "readers only ever saw a whole old or a whole new world: {seen:?}"
+    );
 }
 
 /// The seed's way: docker-link variables, including `DB_PORT=tcp://ADDR:PORT`, the root
@@ -442,7 +447,10 @@ fn rejected_statement_is_named_and_nothing_is_left_behind() {
         "{msg}"
     );
     assert_eq!(
-        root_sql(&db, "SELECT table_name, row_count, objects_done FROM world._dbhelper_seed"),
+        root_sql(
+            &db,
+            "SELECT table_name, row_count, objects_done FROM world._dbhelper_seed"
+        ),
         ["t\t1\t0"]
     );
 }
@@ -469,7 +477,15 @@ fn unusable_dumps_and_options_are_refused_before_touching_the_database() {
     let cases: [(&std::path::Path, u8, &[&str]); 6] = [
         (&open_quote, 3, &["quote.sql", "'-quoted string that starts at line 2"]),
         (&open_comment, 3, &["comment.sql", "/* comment that starts at line 3"]),
-        (&system, 3, &["system.sql", "system schema \"mysql\" (line 3)", "--replay-system-schemas"]),
+        (
+            &system,
+            3,
+            &[
+                "system.sql",
+                "system schema \"mysql\" (line 3)",
+                "--replay-system-schemas",
+            ],
+        ),
         (&empty, 3, &["empty.sql", "no SQL statement"]),
         (&missing, 3, &["missing.sql", "cannot read the dump"]),
         (dir.path(), 3, &["cannot read the dump"]),
@@ -551,22 +567,32 @@ fn objects_step_killed_half_way_is_completed_by_the_next_run() {
     let mut running = Running::spawn(&mut seed_at(&proxy.port.to_string(), dump.to_str().unwrap(), &[]));
     running.wait_for_stderr("swapped the loaded tables in", Duration::from_secs(60));
     let stalled = testbed::wait_for(Duration::from_secs(30), || proxy.tripped().then_some(()));
-    assert!(stalled.is_some(), "the objects step never stalled: {}", running.stderr());
+    assert!(
+        stalled.is_some(),
+        "the objects step never stalled: {}",
+        running.stderr()
+    );
     running.child.kill().unwrap();
     let killed = running.finish(Duration::from_secs(10));
     assert_eq!(killed.code, None, "killed by a signal");
     proxy.cut_all();
 
     // The tables are in, the objects step is recorded as not done, the last function missing.
-    assert_eq!(root_sql(&db, "SELECT a, b FROM world.t ORDER BY a"), ["1\tone", "2\ttwo"]);
+    assert_eq!(
+        root_sql(&db, "SELECT a, b FROM world.t ORDER BY a"),
+        ["1\tone", "2\ttwo"]
+    );
     assert_eq!(
         root_sql(&db, "SELECT DISTINCT objects_done FROM world._dbhelper_seed"),
         ["0"]
     );
     assert!(
-        root_sql(&db, "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='world'")
-            .iter()
-            .all(|r| r != "after_big")
+        root_sql(
+            &db,
+            "SELECT ROUTINE_NAME FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='world'"
+        )
+        .iter()
+        .all(|r| r != "after_big")
     );
     // A change to the data in between: the completing run must not reload the tables.
     root_sql(&db, "UPDATE world.t SET b='changed' WHERE a=1");
@@ -574,7 +600,8 @@ fn objects_step_killed_half_way_is_completed_by_the_next_run() {
     let out = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
     out.assert_ok();
     assert!(
-        out.stdout.contains("completed the views, triggers, routines and events"),
+        out.stdout
+            .contains("completed the views, triggers, routines and events"),
         "{}",
         out.stdout
     );
@@ -590,7 +617,10 @@ fn objects_step_killed_half_way_is_completed_by_the_next_run() {
         ),
         ["after_big", "big"]
     );
-    assert_eq!(root_sql(&db, "SELECT world.after_big(), COUNT(*) FROM world.v"), ["7\t2"]);
+    assert_eq!(
+        root_sql(&db, "SELECT world.after_big(), COUNT(*) FROM world.v"),
+        ["7\t2"]
+    );
     // The trigger works (created once, not twice).
     root_sql(&db, "INSERT INTO world.t VALUES (3,'three')");
     assert_eq!(root_sql(&db, "SELECT n FROM world.log"), ["3"]);
@@ -603,9 +633,16 @@ fn objects_step_killed_half_way_is_completed_by_the_next_run() {
 
     // A forced reload replaces tables that have triggers (dropped just before the swap:
     // a table with triggers cannot be renamed to another database) and creates them anew.
-    let forced = run(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &["--force"]));
+    let forced = run(&mut seed_at(
+        &db.port().to_string(),
+        dump.to_str().unwrap(),
+        &["--force"],
+    ));
     forced.assert_ok();
-    assert_eq!(root_sql(&db, "SELECT a, b FROM world.t ORDER BY a"), ["1\tone", "2\ttwo"]);
+    assert_eq!(
+        root_sql(&db, "SELECT a, b FROM world.t ORDER BY a"),
+        ["1\tone", "2\ttwo"]
+    );
     root_sql(&db, "INSERT INTO world.t VALUES (4,'four')");
     assert_eq!(root_sql(&db, "SELECT n FROM world.log"), ["4"]);
     assert_eq!(user_databases(&db), ["world"]);
@@ -624,17 +661,27 @@ fn sigterm_during_the_load_stops_at_a_statement_boundary_and_drops_the_staging_d
     let dump = write_file(dir.path(), "slow.sql", dump.as_bytes());
     let mut running = Running::spawn(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
     let started = testbed::wait_for(Duration::from_secs(60), || {
-        let n = sql(db.port(), "root", "secret", "SELECT COUNT(*) FROM world__dbhelper_new.t").ok()?;
+        let n = sql(
+            db.port(),
+            "root",
+            "secret",
+            "SELECT COUNT(*) FROM world__dbhelper_new.t",
+        )
+        .ok()?;
         (n.first()?.parse::<u64>().ok()? > 2).then_some(())
     });
     assert!(started.is_some(), "the load never got going: {}", running.stderr());
     testbed::signal(running.child.id(), libc::SIGTERM);
     let signalled = Instant::now();
     let out = running.finish(Duration::from_secs(30));
-    assert!(signalled.elapsed() < Duration::from_secs(5), "stopped within a statement or two");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "stopped within a statement or two"
+    );
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
-        out.error_line().contains("stopped by a signal during the load; nothing was changed in database \"world\""),
+        out.error_line()
+            .contains("stopped by a signal during the load; nothing was changed in database \"world\""),
         "{}",
         out.error_line()
     );
@@ -649,12 +696,27 @@ fn concurrent_runs_for_the_same_database_are_serialised() {
     let port = db.port().to_string();
     let mut first = Running::spawn(&mut seed_at(&port, &dump_arg(), &[]));
     let mut second = Running::spawn(&mut seed_at(&port, &dump_arg(), &[]));
-    let (a, b) = (first.finish(Duration::from_secs(120)), second.finish(Duration::from_secs(120)));
+    let (a, b) = (
+        first.finish(Duration::from_secs(120)),
+        second.finish(Duration::from_secs(120)),
+    );
     a.assert_ok();
     b.assert_ok();
-    let loaded = [&a, &b].iter().filter(|r| r.stdout.contains("world: seeded from")).count();
-    let skipped = [&a, &b].iter().filter(|r| r.stdout.contains("world: already seeded")).count();
-    assert_eq!((loaded, skipped), (1, 1), "one load, one skip:\n{}\n{}", a.stdout, b.stdout);
+    let loaded = [&a, &b]
+        .iter()
+        .filter(|r| r.stdout.contains("world: seeded from"))
+        .count();
+    let skipped = [&a, &b]
+        .iter()
+        .filter(|r| r.stdout.contains("world: already seeded"))
+        .count();
+    assert_eq!(
+        (loaded, skipped),
+        (1, 1),
+        "one load, one skip:\n{}\n{}",
+        a.stdout,
+        b.stdout
+    );
     assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
     assert_eq!(user_databases(&db), ["world"]);
 }

@@ -109,7 +109,10 @@ impl EtcdConfig {
             let mut client = Client::connect(&self.endpoints, Some(self.options.clone()))
                 .await
                 .map_err(|e| self.connect_error(&e, Phase::Login))?;
-            client.status().await.map_err(|e| self.connect_error(&e, Phase::Probe))?;
+            client
+                .status()
+                .await
+                .map_err(|e| self.connect_error(&e, Phase::Probe))?;
             Ok(client)
         };
         match tokio::time::timeout(self.timeout, attempt).await {
@@ -172,7 +175,10 @@ impl EtcdConfig {
     fn tls_hint(&self, err: &etcd_client::Error) -> Option<String> {
         let facts = TransportFacts::of(err);
         let https = self.endpoints.iter().all(|e| e.starts_with("https://"));
-        let cert = |p: &Option<PathBuf>| p.as_ref().map_or_else(String::new, |p| format!(" {:?}", p.display().to_string()));
+        let cert = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map_or_else(String::new, |p| format!(" {:?}", p.display().to_string()))
+        };
         match (&facts.tls, https) {
             (Some(rustls::Error::InvalidCertificate(_)), _) => Some(match &self.ca_cert {
                 Some(ca) => format!("the server's certificate does not verify against --etcd-cacert {:?}", ca.display().to_string()),
@@ -246,7 +252,10 @@ impl TransportFacts {
                 // `InvalidData`, no longer as a `rustls::Error`.
                 if matches!(
                     io.kind(),
-                    ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::InvalidData
+                    ErrorKind::BrokenPipe
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::UnexpectedEof
+                        | ErrorKind::InvalidData
                 ) {
                     facts.closed_early = true;
                 }

@@ -52,7 +52,9 @@ struct Login {
 
 impl std::fmt::Debug for Login {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Login").field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -104,7 +106,10 @@ impl Member {
             .args(["--initial-cluster-token", &token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--logger", "zap", "--log-level", "warn"])
-            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", self.metrics_port)]);
+            .args([
+                "--listen-metrics-urls",
+                &format!("http://127.0.0.1:{}", self.metrics_port),
+            ]);
         if let Some(tls) = &self.options.tls {
             cmd.arg("--cert-file")
                 .arg(&tls.server.cert)
@@ -375,7 +380,12 @@ impl EtcdCluster {
             if m.child.is_none() {
                 continue;
             }
-            let Ok(mut c) = etcd_client::Client::connect([m.client_url()], Some(connect_options(&self.options, self.login.as_ref()))).await else {
+            let Ok(mut c) = etcd_client::Client::connect(
+                [m.client_url()],
+                Some(connect_options(&self.options, self.login.as_ref())),
+            )
+            .await
+            else {
                 continue;
             };
             let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await else {
@@ -436,7 +446,9 @@ async fn connect(endpoints: &[String], options: &EtcdOptions, login: Option<&Log
 }
 
 async fn enable_auth(c: &mut etcd_client::Client, root_password: &str) {
-    c.user_add("root", root_password, None).await.expect("etcd: user add root");
+    c.user_add("root", root_password, None)
+        .await
+        .expect("etcd: user add root");
     c.role_add("root").await.expect("etcd: role add root");
     c.user_grant_role("root", "root").await.expect("etcd: grant root");
     c.auth_enable().await.expect("etcd: auth enable");

@@ -72,14 +72,7 @@ enum Leaf {
     Client,
 }
 
-fn leaf(
-    dir: &Path,
-    file: &str,
-    ca: &Ca,
-    cn: &str,
-    kind: Leaf,
-    validity: (i32, i32),
-) -> CertFiles {
+fn leaf(dir: &Path, file: &str, ca: &Ca, cn: &str, kind: Leaf, validity: (i32, i32)) -> CertFiles {
     let names = match kind {
         Leaf::Server => vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
         Leaf::Client => Vec::new(),
@@ -109,14 +102,24 @@ impl Pki {
     /// Generates everything (a few milliseconds).
     #[must_use]
     pub fn generate() -> Pki {
-        let dir = tempfile::Builder::new().prefix("testbed-pki").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("testbed-pki")
+            .tempdir()
+            .expect("temp dir");
         let ca = new_ca("testbed CA");
         let other = new_ca("some other CA");
         let d = dir.path();
         let server = leaf(d, "server", &ca, "etcd member", Leaf::Server, (2020, 2100));
         let client = leaf(d, "client", &ca, "testbed-client", Leaf::Client, (2020, 2100));
         let expired_client = leaf(d, "expired-client", &ca, "testbed-client", Leaf::Client, (2020, 2021));
-        let unknown_client = leaf(d, "unknown-client", &other, "testbed-client", Leaf::Client, (2020, 2100));
+        let unknown_client = leaf(
+            d,
+            "unknown-client",
+            &other,
+            "testbed-client",
+            Leaf::Client,
+            (2020, 2100),
+        );
         let ca_path = d.join("ca.pem");
         std::fs::write(&ca_path, &ca.pem).expect("write CA");
         let other_ca = d.join("other-ca.pem");

@@ -275,7 +275,7 @@ fn enables_or_starts(script: &str) -> Vec<String> {
                 continue;
             }
             let args = &words[i + 1..];
-            let bad = args.iter().any(|a| *a == "--now")
+            let bad = args.contains(&"--now")
                 || args
                     .iter()
                     .filter(|a| !a.starts_with('-') && !a.starts_with('>') && !a.contains("/dev/null"))

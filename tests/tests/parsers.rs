@@ -21,7 +21,11 @@ fn replay(target: &str, check: fn(&[u8])) {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
         let result = std::panic::catch_unwind(|| check(&data));
-        assert!(result.is_ok(), "{target}: the corpus file {} breaks a property", path.display());
+        assert!(
+            result.is_ok(),
+            "{target}: the corpus file {} breaks a property",
+            path.display()
+        );
         n += 1;
     }
     assert!(n > 0, "{target}: the corpus {} is empty", dir.display());

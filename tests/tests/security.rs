@@ -33,7 +33,9 @@ async fn etcd_with_short_tokens() -> Etcd {
 /// so the tests below really cross an expired token.
 async fn assert_tokens_expire(etcd: &Etcd, user: &str, password: &str, key: &str) {
     let opts = etcd_client::ConnectOptions::new().with_user(user, password);
-    let mut stale = etcd_client::Client::connect([etcd.endpoint()], Some(opts)).await.unwrap();
+    let mut stale = etcd_client::Client::connect([etcd.endpoint()], Some(opts))
+        .await
+        .unwrap();
     stale.get(key, None).await.unwrap();
     tokio::time::sleep(IDLE).await;
     let err = stale.get(key, None).await.expect_err("the token expired");
@@ -119,7 +121,10 @@ async fn sidekick_client_authenticates_again_on_every_call_path_after_its_token_
     assert!(resp.leader().is_some());
     let c = it.next().unwrap();
     let mut election: ElectionClient = c.election_client();
-    let leader = election.leader("/app/election").await.expect("election leader after the gap");
+    let leader = election
+        .leader("/app/election")
+        .await
+        .expect("election leader after the gap");
     assert_eq!(leader.kv().map(etcd_client::KeyValue::value), Some(&b"me"[..]));
 
     assert_tokens_expire(&etcd, "app", "apppw", "/app/a").await;
@@ -130,8 +135,12 @@ async fn sidekick_client_authenticates_again_on_every_call_path_after_its_token_
 #[tokio::test]
 async fn announcer_announces_a_container_started_after_idling_past_the_token_ttl() {
     let etcd = etcd_with_short_tokens().await;
-    etcd.add_user("announcer", "annpw", &[Permission::read_write("/services/").with_prefix()])
-        .await;
+    etcd.add_user(
+        "announcer",
+        "annpw",
+        &[Permission::read_write("/services/").with_prefix()],
+    )
+    .await;
     let d = docker::connect().await;
     let image = docker::busybox_image(&d).await;
     let name = unique("sec-ttl");
@@ -228,7 +237,8 @@ async fn lb_sync_sees_a_new_record_after_idling_past_the_token_ttl() {
 async fn dbhelper_reads_its_db_record_written_after_idling_past_the_token_ttl() {
     let etcd = etcd_with_short_tokens().await;
     let key = format!("/{}/services/db/db_private_ip", unique("t"));
-    etcd.add_user("dbhelper", "dbpw", &[Permission::read(key.as_str())]).await;
+    etcd.add_user("dbhelper", "dbpw", &[Permission::read(key.as_str())])
+        .await;
     let db = MariaDb::start();
     let pw = secret_file("dbpw");
     let port = db.port().to_string();
@@ -323,7 +333,15 @@ async fn dbhelper_works_with_client_certificates() {
     let port = db.port().to_string();
     let mut a = args(&["--etcd-endpoints", &etcd.endpoint()]);
     a.extend(pki.client_args("--etcd-client-key"));
-    a.extend(args(&["wait", "--etcd-key", &key, "--port", &port, "--wait-timeout", "30s"]));
+    a.extend(args(&[
+        "wait",
+        "--etcd-key",
+        &key,
+        "--port",
+        &port,
+        "--wait-timeout",
+        "30s",
+    ]));
     let mut run = Daemon::dbhelper(&a, &[("MYSQL_ROOT_PASSWORD", db.root_password())]);
     let status = run.wait(Duration::from_secs(40)).await;
     assert!(status.success(), "dbhelper over TLS failed; log:\n{}", run.log());
@@ -354,21 +372,48 @@ async fn tls_mistakes_fail_with_one_clear_line_and_no_retry_storm() {
         ]
     };
     let cases: Vec<(&str, Vec<String>, String)> = vec![
-        ("wrong CA", flags(&pki.other_ca, &pki.client), format!("--etcd-cacert {:?}", path(&pki.other_ca))),
-        ("expired client certificate", flags(&pki.ca, &pki.expired_client), format!("{:?}", path(&pki.expired_client.cert))),
-        ("client certificate of an unknown CA", flags(&pki.ca, &pki.unknown_client), format!("{:?}", path(&pki.unknown_client.cert))),
-        ("plain HTTP against TLS", args(&["--etcd-endpoints", &plain]), "use an https:// endpoint".to_owned()),
+        (
+            "wrong CA",
+            flags(&pki.other_ca, &pki.client),
+            format!("--etcd-cacert {:?}", path(&pki.other_ca)),
+        ),
+        (
+            "expired client certificate",
+            flags(&pki.ca, &pki.expired_client),
+            format!("{:?}", path(&pki.expired_client.cert)),
+        ),
+        (
+            "client certificate of an unknown CA",
+            flags(&pki.ca, &pki.unknown_client),
+            format!("{:?}", path(&pki.unknown_client.cert)),
+        ),
+        (
+            "plain HTTP against TLS",
+            args(&["--etcd-endpoints", &plain]),
+            "use an https:// endpoint".to_owned(),
+        ),
     ];
     for (what, etcd_args, needle) in cases {
         // The announcer: exits at once, one line.
         let mut a = support::announcer_args_without_endpoints("sec-tls-host");
         a.extend(etcd_args.clone());
-        a.extend(args(&["container", "no-such-container", "--service", "web", "--instance", "web01"]));
+        a.extend(args(&[
+            "container",
+            "no-such-container",
+            "--service",
+            "web",
+            "--instance",
+            "web01",
+        ]));
         let (status, stdout, stderr) = run_to_end(support::Binary::Announcer, &a, &[], Duration::from_secs(30));
         assert!(!status.success(), "{what}: the announcer must not start:\n{stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{what}: one line, got:\n{stderr}\nstdout:\n{stdout}");
-        assert!(lines[0].contains(&needle), "{what}: the line names {needle}: {}", lines[0]);
+        assert!(
+            lines[0].contains(&needle),
+            "{what}: the line names {needle}: {}",
+            lines[0]
+        );
 
         // lb-sync: nothing a retry could fix, so it stops at start with the same line.
         let sim = ClbSim::start(support::quick_sim());
@@ -376,22 +421,47 @@ async fn tls_mistakes_fail_with_one_clear_line_and_no_retry_storm() {
         l.extend(support::lb_sync_args("", "/services/web", &sim, &[]));
         let at = l.iter().rposition(|x| x == "--etcd-endpoints").unwrap();
         l.drain(at..at + 2);
-        let (status, _, stderr) = run_to_end(support::Binary::LbSync, &l, &[("RACKSPACE_API_KEY", "k")], Duration::from_secs(30));
+        let (status, _, stderr) = run_to_end(
+            support::Binary::LbSync,
+            &l,
+            &[("RACKSPACE_API_KEY", "k")],
+            Duration::from_secs(30),
+        );
         assert!(!status.success(), "{what}: lb-sync must not start:\n{stderr}");
         let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or_default();
-        assert!(last.contains(&needle), "{what}: lb-sync's line names {needle}: {stderr}");
-        assert!(stderr.lines().count() <= 6, "{what}: no retry storm in lb-sync's output:\n{stderr}");
+        assert!(
+            last.contains(&needle),
+            "{what}: lb-sync's line names {needle}: {stderr}"
+        );
+        assert!(
+            stderr.lines().count() <= 6,
+            "{what}: no retry storm in lb-sync's output:\n{stderr}"
+        );
 
         // dbhelper: waits up to its deadline, then one line naming the cause.
         let mut d: Vec<String> = etcd_args
             .iter()
-            .map(|f| if f == "--etcd-key" { "--etcd-client-key".to_owned() } else { f.clone() })
+            .map(|f| {
+                if f == "--etcd-key" {
+                    "--etcd-client-key".to_owned()
+                } else {
+                    f.clone()
+                }
+            })
             .collect();
         d.extend(args(&["wait", "--etcd-key", "/db", "--wait-timeout", "3s"]));
-        let (status, _, stderr) = run_to_end(support::Binary::Dbhelper, &d, &[("MYSQL_ROOT_PASSWORD", "x")], Duration::from_secs(30));
+        let (status, _, stderr) = run_to_end(
+            support::Binary::Dbhelper,
+            &d,
+            &[("MYSQL_ROOT_PASSWORD", "x")],
+            Duration::from_secs(30),
+        );
         assert!(!status.success(), "{what}: dbhelper must fail:\n{stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert!(lines.len() <= 3, "{what}: no retry storm in dbhelper's output:\n{stderr}");
+        assert!(
+            lines.len() <= 3,
+            "{what}: no retry storm in dbhelper's output:\n{stderr}"
+        );
         let last = lines.last().copied().unwrap_or_default();
         assert!(last.contains(&needle), "{what}: dbhelper's line names {needle}: {last}");
     }
@@ -408,8 +478,12 @@ async fn tls_mistakes_fail_with_one_clear_line_and_no_retry_storm() {
 async fn announcer_with_its_role_writes_its_prefix_and_nothing_outside_it() {
     let mut etcd = Etcd::start();
     etcd.enable_auth("rootpw").await;
-    etcd.add_user("announcer", "annpw", &[Permission::read_write("/services/web/").with_prefix()])
-        .await;
+    etcd.add_user(
+        "announcer",
+        "annpw",
+        &[Permission::read_write("/services/web/").with_prefix()],
+    )
+    .await;
     let d = docker::connect().await;
     let image = docker::busybox_image(&d).await;
     let pw = secret_file("annpw");
@@ -441,18 +515,30 @@ async fn announcer_with_its_role_writes_its_prefix_and_nothing_outside_it() {
         r.kvs().first().map(|_| ())
     })
     .await;
-    assert!(found.is_some(), "web01 announced within its role; log:\n{}", daemons[0].log());
+    assert!(
+        found.is_some(),
+        "web01 announced within its role; log:\n{}",
+        daemons[0].log()
+    );
     let refused = eventually(Duration::from_secs(20), || async {
         daemons[1].log().contains("permission denied").then_some(())
     })
     .await;
-    assert!(refused.is_some(), "the write outside the role is refused; log:\n{}", daemons[1].log());
+    assert!(
+        refused.is_some(),
+        "the write outside the role is refused; log:\n{}",
+        daemons[1].log()
+    );
     let outside = client
         .clone()
         .get("/services/db/", Some(etcd_client::GetOptions::new().with_prefix()))
         .await
         .unwrap();
-    assert!(outside.kvs().is_empty(), "nothing outside the role: {:?}", outside.kvs());
+    assert!(
+        outside.kvs().is_empty(),
+        "nothing outside the role: {:?}",
+        outside.kvs()
+    );
 }
 
 /// A wrong etcd password is one line naming the user, in each binary: the announcer and
@@ -476,7 +562,14 @@ async fn a_wrong_password_is_one_clear_line_in_every_binary() {
     let sim = ClbSim::start(support::quick_sim());
     let mut ann = support::announcer_args_without_endpoints("sec-pw-host");
     ann.extend(user.clone());
-    ann.extend(args(&["container", "no-such-container", "--service", "web", "--instance", "web01"]));
+    ann.extend(args(&[
+        "container",
+        "no-such-container",
+        "--service",
+        "web",
+        "--instance",
+        "web01",
+    ]));
     let mut lb = user.clone();
     lb.extend(support::lb_sync_args(&etcd.endpoint(), "/services/web", &sim, &[]));
     let mut db = user.clone();
@@ -500,7 +593,10 @@ async fn a_wrong_password_is_one_clear_line_in_every_binary() {
             "{bin:?}: one clear last line:\n{stderr}"
         );
         assert!(errors.len() <= 2, "{bin:?}: no retry storm:\n{stderr}");
-        assert!(!stderr.contains("wrong-password"), "{bin:?}: the password is not shown:\n{stderr}");
+        assert!(
+            !stderr.contains("wrong-password"),
+            "{bin:?}: the password is not shown:\n{stderr}"
+        );
     }
 }
 
@@ -540,8 +636,12 @@ async fn announcer_never_shows_its_secrets() {
     let mut etcd = Etcd::start_with(&tls_options(&pki));
     let password = long_secret("etcd-pw");
     etcd.enable_auth("rootpw").await;
-    etcd.add_user("announcer", &password, &[Permission::read_write("/services/").with_prefix()])
-        .await;
+    etcd.add_user(
+        "announcer",
+        &password,
+        &[Permission::read_write("/services/").with_prefix()],
+    )
+    .await;
     let key = key_material(&pki.client.key);
     let secrets = [password.as_str(), key.as_str()];
     let d = docker::connect().await;
@@ -551,7 +651,16 @@ async fn announcer_never_shows_its_secrets() {
     c.start().await;
     let mut a = support::announcer_args(&etcd.endpoint(), &unique("host"));
     a.extend(pki.client_args("--etcd-key"));
-    a.extend(args(&["--etcd-user", "announcer", "container", &name, "--service", "web", "--instance", "web09"]));
+    a.extend(args(&[
+        "--etcd-user",
+        "announcer",
+        "container",
+        &name,
+        "--service",
+        "web",
+        "--instance",
+        "web09",
+    ]));
     let env = [("ETCD_PASSWORD", password.as_str()), ("RUST_LOG", "trace")];
 
     let mut validate = a.clone();
@@ -587,7 +696,11 @@ async fn announcer_never_shows_its_secrets() {
         Duration::from_secs(30),
     );
     assert!(!status.success());
-    assert_hidden("the announcer's error", &format!("{out}{err}"), &[&wrong, &password, &key]);
+    assert_hidden(
+        "the announcer's error",
+        &format!("{out}{err}"),
+        &[&wrong, &password, &key],
+    );
 }
 
 /// lb-sync at trace level: the etcd password (file), the API key (file), through start,
@@ -600,8 +713,12 @@ async fn lb_sync_never_shows_its_secrets() {
     etcd.enable_auth("rootpw").await;
     let root = format!("/{}/services", unique("t"));
     let prefix = format!("{root}/web");
-    etcd.add_user("lbsync", &password, &[Permission::read(format!("{prefix}/")).with_prefix()])
-        .await;
+    etcd.add_user(
+        "lbsync",
+        &password,
+        &[Permission::read(format!("{prefix}/")).with_prefix()],
+    )
+    .await;
     let sim = ClbSim::start(testbed::clb_sim::SimConfig {
         api_key: api_key.clone(),
         ..support::quick_sim()
@@ -642,9 +759,18 @@ async fn lb_sync_never_shows_its_secrets() {
     // A key the API refuses: the error says so without showing either key.
     let wrong = long_secret("wrong-key");
     let wrong_file = secret_file(&wrong);
-    let (status, out, err) = run_to_end(support::Binary::LbSync, &flags(wrong_file.path()), &env, Duration::from_secs(60));
+    let (status, out, err) = run_to_end(
+        support::Binary::LbSync,
+        &flags(wrong_file.path()),
+        &env,
+        Duration::from_secs(60),
+    );
     assert!(!status.success(), "a refused API key stops lb-sync:\n{err}");
-    assert_hidden("lb-sync's error", &format!("{out}{err}"), &[&wrong, &password, &api_key]);
+    assert_hidden(
+        "lb-sync's error",
+        &format!("{out}{err}"),
+        &[&wrong, &password, &api_key],
+    );
 }
 
 /// dbhelper at trace level: the etcd password, the root password and the app password,
@@ -656,7 +782,8 @@ async fn dbhelper_never_shows_its_secrets() {
     let app_pw = long_secret("app-pw");
     etcd.enable_auth("rootpw").await;
     let key = format!("/{}/db", unique("t"));
-    etcd.add_user("dbhelper", &etcd_pw, &[Permission::read(key.as_str())]).await;
+    etcd.add_user("dbhelper", &etcd_pw, &[Permission::read(key.as_str())])
+        .await;
     etcd.client().await.put(key.as_str(), "127.0.0.1", None).await.unwrap();
     let root_pw = long_secret("root-pw");
     let db = MariaDb::start_with(&root_pw, "127.0.0.1");
@@ -722,5 +849,9 @@ async fn dbhelper_never_shows_its_secrets() {
     b[at] = "3s".into();
     let (status, out, err) = run_to_end(support::Binary::Dbhelper, &b, &env, Duration::from_secs(60));
     assert!(!status.success(), "a refused root password fails:\n{err}");
-    assert_hidden("dbhelper's error", &format!("{out}{err}"), &[&wrong, &etcd_pw, &root_pw, &app_pw]);
+    assert_hidden(
+        "dbhelper's error",
+        &format!("{out}{err}"),
+        &[&wrong, &etcd_pw, &root_pw, &app_pw],
+    );
 }

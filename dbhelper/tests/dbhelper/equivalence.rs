@@ -69,11 +69,14 @@ fn reset(db: &MariaDb) {
 }
 
 fn user_dbs(db: &MariaDb) -> Vec<String> {
-    root_sql(db, "SELECT HEX(SCHEMA_NAME) FROM information_schema.SCHEMATA ORDER BY 1")
-        .into_iter()
-        .map(|h| unhex(&h))
-        .filter(|n| !SKIP.contains(&n.as_str()))
-        .collect()
+    root_sql(
+        db,
+        "SELECT HEX(SCHEMA_NAME) FROM information_schema.SCHEMATA ORDER BY 1",
+    )
+    .into_iter()
+    .map(|h| unhex(&h))
+    .filter(|n| !SKIP.contains(&n.as_str()))
+    .collect()
 }
 
 fn unhex(h: &str) -> String {
@@ -197,10 +200,7 @@ fn without_definer(s: &str) -> String {
         out.push_str("DEFINER=?");
         let after = &rest[at + "DEFINER=".len()..];
         // `user`@`host`
-        let end = after
-            .match_indices('`')
-            .nth(3)
-            .map_or(after.len(), |(i, _)| i + 1);
+        let end = after.match_indices('`').nth(3).map_or(after.len(), |(i, _)| i + 1);
         rest = &after[end..];
     }
     out.push_str(rest);
@@ -221,7 +221,10 @@ fn assert_same(client: &MariaDb, helper: &MariaDb, what: &str) {
     for (key, w) in &want {
         let g = &got[key];
         if w.contains("`gone`@`%`") {
-            assert!(!g.contains("`gone`"), "{what}: {key}: the missing definer was kept: {g}");
+            assert!(
+                !g.contains("`gone`"),
+                "{what}: {key}: the missing definer was kept: {g}"
+            );
             assert_eq!(without_definer(w), without_definer(g), "{what}: {key}");
         } else {
             assert_eq!(w, g, "{what}: {key}");
@@ -232,7 +235,13 @@ fn assert_same(client: &MariaDb, helper: &MariaDb, what: &str) {
 /// Loads `dump` both ways, on clean servers, and compares. `database`: the database of a
 /// dump that names none (created empty beforehand for the client, `--database` for
 /// dbhelper).
-fn load_both_and_compare(client: &MariaDb, helper: &MariaDb, dump: &Path, database: Option<&str>, what: &str) -> String {
+fn load_both_and_compare(
+    client: &MariaDb,
+    helper: &MariaDb,
+    dump: &Path,
+    database: Option<&str>,
+    what: &str,
+) -> String {
     reset(client);
     reset(helper);
     if let Some(d) = database {
@@ -257,19 +266,35 @@ fn load_both_and_compare(client: &MariaDb, helper: &MariaDb, dump: &Path, databa
 fn equivalence_mariadb_dump_option_sets() {
     let client = MariaDb::start();
     let helper = MariaDb::start();
-    client_load(&client, None, &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbhelper/corpus.sql"));
+    client_load(
+        &client,
+        None,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbhelper/corpus.sql"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let all = ["--routines", "--triggers", "--events"];
     let dbs = ["--databases", "c1", "c 2"];
     let sets: Vec<(&str, Vec<&str>, Option<&str>)> = vec![
         ("one-database", [&all[..], &["c1"]].concat(), Some("c1")),
         ("databases", [&all[..], &dbs[..]].concat(), None),
-        ("skip-extended-insert", [&all[..], &["--skip-extended-insert"], &dbs[..]].concat(), None),
+        (
+            "skip-extended-insert",
+            [&all[..], &["--skip-extended-insert"], &dbs[..]].concat(),
+            None,
+        ),
         ("hex-blob", [&all[..], &["--hex-blob"], &dbs[..]].concat(), None),
         ("compact", [&all[..], &["--compact"], &dbs[..]].concat(), None),
-        ("single-transaction", [&all[..], &["--single-transaction"], &dbs[..]].concat(), None),
+        (
+            "single-transaction",
+            [&all[..], &["--single-transaction"], &dbs[..]].concat(),
+            None,
+        ),
         // Raw latin1 bytes in the string literals (and `?` for what latin1 cannot hold).
-        ("latin1", [&all[..], &["--default-character-set=latin1"], &dbs[..]].concat(), None),
+        (
+            "latin1",
+            [&all[..], &["--default-character-set=latin1"], &dbs[..]].concat(),
+            None,
+        ),
     ];
     // Every dump first, from the corpus as built.
     let mut dumps = Vec::new();

@@ -42,8 +42,8 @@ struct EtcdCli {
 
 /// The shared etcd configuration every binary builds, from `--etcd-*` flags.
 pub async fn etcd_config(cli: &[String]) -> sidekick::etcd::EtcdConfig {
-    let parsed = EtcdCli::try_parse_from(std::iter::once("test".to_owned()).chain(cli.iter().cloned()))
-        .expect("etcd flags");
+    let parsed =
+        EtcdCli::try_parse_from(std::iter::once("test".to_owned()).chain(cli.iter().cloned())).expect("etcd flags");
     parsed.etcd.resolve().await.expect("resolve etcd flags")
 }
 
@@ -183,7 +183,12 @@ impl Drop for Daemon {
 }
 
 /// Runs to the end (killed after `timeout`, which fails the test): (status, stdout, stderr).
-pub fn run_to_end(bin: Binary, args: &[String], env: &[(&str, &str)], timeout: Duration) -> (ExitStatus, String, String) {
+pub fn run_to_end(
+    bin: Binary,
+    args: &[String],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
     let mut cmd = command(bin, args, env);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let child = testbed::spawn(cmd).expect("spawn");
