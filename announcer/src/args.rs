@@ -281,14 +281,33 @@ impl ContainerArgs {
     /// The rule `container` mode follows: the one place it is built from the options.
     #[must_use]
     pub fn rule(&self) -> ContainerRule {
-        ContainerRule {
-            name: self.name.clone(),
-            service: self.service.clone(),
-            instance: self.instance.clone(),
-            layout: self.layout,
-            unit: self.unit.clone(),
-            port: self.port.clone(),
-        }
+        container_rule(
+            &self.name,
+            &self.service,
+            &self.instance,
+            self.layout,
+            &self.unit,
+            &self.port,
+        )
+    }
+}
+
+/// The one place a `container` rule is built from options (`container` and `explain`).
+fn container_rule(
+    name: &str,
+    service: &str,
+    instance: &str,
+    layout: Layout,
+    unit: &Option<String>,
+    port: &Option<PortSpec>,
+) -> ContainerRule {
+    ContainerRule {
+        name: name.to_owned(),
+        service: service.to_owned(),
+        instance: instance.to_owned(),
+        layout,
+        unit: unit.clone(),
+        port: port.clone(),
     }
 }
 
@@ -298,14 +317,14 @@ impl ExplainArgs {
     #[must_use]
     pub fn mode(&self) -> Mode {
         match (&self.service, &self.instance) {
-            (Some(service), Some(instance)) => Mode::Container(ContainerRule {
-                name: self.name.clone(),
-                service: service.clone(),
-                instance: instance.clone(),
-                layout: self.layout,
-                unit: self.unit.clone(),
-                port: self.port.clone(),
-            }),
+            (Some(service), Some(instance)) => Mode::Container(container_rule(
+                &self.name,
+                service,
+                instance,
+                self.layout,
+                &self.unit,
+                &self.port,
+            )),
             _ => Mode::Host(HostRule {
                 layout: self.layout,
                 internal: self.internal.rule(),
