@@ -8,7 +8,11 @@
 //! - `units/`: the plain-systemd units of `units/systemd/` with the binaries in `/usr/bin/`
 //!   where the package puts them, not `/opt/bin/`; nothing else changes.
 //!
-//! Which files land where is `[package.metadata.deb]` in `dist/Cargo.toml`.
+//!
+//! `dist deb [DIR]` (default `target/debian/`) then builds the package from those and the
+//! static binaries (`deb.rs`: which files land where, and why dpkg-deb rather than cargo-deb).
+
+mod deb;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -31,7 +35,15 @@ fn main() -> anyhow::Result<()> {
             println!("dist: staged man pages, completions and units in {}", out.display());
             Ok(())
         }
-        _ => bail!("usage: dist stage [DIR]"),
+        (Some("deb"), out, None) => {
+            let out = out.map_or_else(|| dist_dir().join("../target/debian"), PathBuf::from);
+            std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+            let version = format!("{}-1", env!("CARGO_PKG_VERSION"));
+            let deb = deb::build(&dist_dir().join(".."), &out, &version)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
+        _ => bail!("usage: dist stage [DIR] | dist deb [DIR]"),
     }
 }
 

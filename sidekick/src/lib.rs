@@ -4,6 +4,7 @@
 //!   discovery, TLS, user and password) and the connected client they produce.
 //! - [`schema`]: the etcd key layout of the seed system, written by the announcer and
 //!   read by lb-sync and dbhelper, so that writer and readers cannot disagree.
+//! - [`notify`]: systemd readiness, status and a watchdog fed by every loop's heartbeat.
 //! - [`logging`], [`shutdown`], [`retry`], [`tls`], [`duration`], [`validate`]: process plumbing.
 //!
 //! Nothing here talks to Docker, the load balancer or the database.
@@ -11,6 +12,7 @@
 pub mod duration;
 pub mod etcd;
 pub mod logging;
+pub mod notify;
 pub mod retry;
 pub mod schema;
 pub mod shutdown;

@@ -169,7 +169,7 @@ fn package_holds_binaries_units_settings_man_pages_and_completions_in_place() {
         assert_eq!(found, Some(*mode), "{path} in the package (contents: {files:#?})");
     }
     for (path, (mode, owner)) in &files {
-        // cargo-deb writes numeric ids; dpkg-deb shows names where the archive has them.
+        // dpkg-deb --root-owner-group writes root/root; numeric ids would do as well.
         assert!(owner == "0/0" || owner == "root/root", "{path} is owned by {owner}");
         if mode.starts_with('d') {
             continue;
