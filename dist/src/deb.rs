@@ -45,27 +45,83 @@ enum Dest {
 /// Every file of the package: (source glob with at most a `*` in the file name, destination,
 /// mode). Files under `etc/` are conffiles: dpkg keeps an operator's edits across upgrades.
 const ASSETS: &[(&str, Dest, u32)] = &[
-    ("target/x86_64-unknown-linux-musl/release/announcer", Dest::Dir("usr/bin"), 0o755),
-    ("target/x86_64-unknown-linux-musl/release/lb-sync", Dest::Dir("usr/bin"), 0o755),
-    ("target/x86_64-unknown-linux-musl/release/dbhelper", Dest::Dir("usr/bin"), 0o755),
+    (
+        "target/x86_64-unknown-linux-musl/release/announcer",
+        Dest::Dir("usr/bin"),
+        0o755,
+    ),
+    (
+        "target/x86_64-unknown-linux-musl/release/lb-sync",
+        Dest::Dir("usr/bin"),
+        0o755,
+    ),
+    (
+        "target/x86_64-unknown-linux-musl/release/dbhelper",
+        Dest::Dir("usr/bin"),
+        0o755,
+    ),
     ("dist/stage/units/*.service", Dest::Dir("lib/systemd/system"), 0o644),
     // Settings the units read; etcd.env may carry ETCD_PASSWORD.
     ("units/env/etcd.env.example", Dest::File("etc/sidekick/etcd.env"), 0o600),
-    ("units/env/lb-sync.env.example", Dest::File("etc/sidekick/lb-sync.env"), 0o644),
-    ("units/env/dbhelper.env.example", Dest::File("etc/sidekick/dbhelper.env"), 0o644),
+    (
+        "units/env/lb-sync.env.example",
+        Dest::File("etc/sidekick/lb-sync.env"),
+        0o644,
+    ),
+    (
+        "units/env/dbhelper.env.example",
+        Dest::File("etc/sidekick/dbhelper.env"),
+        0o644,
+    ),
     ("units/env/web.env.example", Dest::File("etc/sidekick/web.env"), 0o644),
     // Secrets are never shipped in /etc: the operator writes them (units/README.md).
-    ("units/env/db_root_pw.example", Dest::Dir("usr/share/doc/sidekick/examples"), 0o644),
-    ("units/env/app_pw.example", Dest::Dir("usr/share/doc/sidekick/examples"), 0o644),
-    ("units/env/rackspace_api_key.example", Dest::Dir("usr/share/doc/sidekick/examples"), 0o644),
+    (
+        "units/env/db_root_pw.example",
+        Dest::Dir("usr/share/doc/sidekick/examples"),
+        0o644,
+    ),
+    (
+        "units/env/app_pw.example",
+        Dest::Dir("usr/share/doc/sidekick/examples"),
+        0o644,
+    ),
+    (
+        "units/env/rackspace_api_key.example",
+        Dest::Dir("usr/share/doc/sidekick/examples"),
+        0o644,
+    ),
     ("dist/stage/man/*.1", Dest::Dir("usr/share/man/man1"), 0o644),
-    ("dist/stage/completions/bash/*", Dest::Dir("usr/share/bash-completion/completions"), 0o644),
-    ("dist/stage/completions/zsh/*", Dest::Dir("usr/share/zsh/vendor-completions"), 0o644),
-    ("dist/stage/completions/fish/*", Dest::Dir("usr/share/fish/vendor_completions.d"), 0o644),
+    (
+        "dist/stage/completions/bash/*",
+        Dest::Dir("usr/share/bash-completion/completions"),
+        0o644,
+    ),
+    (
+        "dist/stage/completions/zsh/*",
+        Dest::Dir("usr/share/zsh/vendor-completions"),
+        0o644,
+    ),
+    (
+        "dist/stage/completions/fish/*",
+        Dest::Dir("usr/share/fish/vendor_completions.d"),
+        0o644,
+    ),
     ("README.md", Dest::File("usr/share/doc/sidekick/README.md"), 0o644),
-    ("units/README.md", Dest::File("usr/share/doc/sidekick/README.units.md"), 0o644),
-    ("dist/debian/copyright", Dest::File("usr/share/doc/sidekick/copyright"), 0o644),
-    ("dist/debian/lintian-overrides", Dest::File("usr/share/lintian/overrides/sidekick"), 0o644),
+    (
+        "units/README.md",
+        Dest::File("usr/share/doc/sidekick/README.units.md"),
+        0o644,
+    ),
+    (
+        "dist/debian/copyright",
+        Dest::File("usr/share/doc/sidekick/copyright"),
+        0o644,
+    ),
+    (
+        "dist/debian/lintian-overrides",
+        Dest::File("usr/share/lintian/overrides/sidekick"),
+        0o644,
+    ),
 ];
 const MAINTAINER_SCRIPTS: [&str; 3] = ["postinst", "prerm", "postrm"];
 
@@ -141,7 +197,11 @@ fn expand(pattern: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .and_then(|n| n.to_str())
         .context("a pattern without a file name")?;
     let Some((prefix, suffix)) = name.split_once('*') else {
-        return Ok(if pattern.is_file() { vec![pattern.to_path_buf()] } else { Vec::new() });
+        return Ok(if pattern.is_file() {
+            vec![pattern.to_path_buf()]
+        } else {
+            Vec::new()
+        });
     };
     let dir = pattern.parent().context("a pattern without a directory")?;
     let mut found = Vec::new();

@@ -203,8 +203,8 @@ impl Heartbeat {
     }
 
     fn alive_for(&self, extra: Duration) {
-        let until = self.inner.now_ms()
-            + u64::try_from((extra + self.inner.period()).as_millis()).unwrap_or(u64::MAX / 2);
+        let until =
+            self.inner.now_ms() + u64::try_from((extra + self.inner.period()).as_millis()).unwrap_or(u64::MAX / 2);
         self.state.alive_until_ms.fetch_max(until, Ordering::Relaxed);
     }
 }
