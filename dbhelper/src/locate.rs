@@ -172,8 +172,17 @@ pub async fn from_etcd(
     loop {
         // Level-triggered: read the key; only if it is not usable, watch for the next change.
         let attempt = async {
-            let mut client = config.connect().await.map_err(|e| e.to_string())?;
-            let resp = client.get(key, None).await.map_err(|e| format!("get {key}: {e}"))?;
+            let mut client = match config.connect().await {
+                Ok(client) => client,
+                // A refused login does not heal by waiting: the password or user is wrong.
+                // Say so now rather than at the deadline, minutes later.
+                Err(e @ sidekick::Error::Auth { .. }) => return Err(Attempt::Refused(e)),
+                Err(e) => return Err(Attempt::Retry(e.to_string())),
+            };
+            let resp = client
+                .get(key, None)
+                .await
+                .map_err(|e| Attempt::Retry(format!("get {key}: {e}")))?;
             let revision = resp.header().map_or(0, |h| h.revision());
             if let Some(kv) = resp.kvs().first() {
                 match decode(kv.value()) {
@@ -181,7 +190,7 @@ pub async fn from_etcd(
                     Err(e) => tracing::warn!(key, "etcd key holds no usable address: {e}; waiting for a new value"),
                 }
             }
-            Ok::<_, String>(Err((client, revision)))
+            Ok::<_, Attempt>(Err((client, revision)))
         };
         let outcome = tokio::select! {
             r = attempt => r,
@@ -228,7 +237,8 @@ pub async fn from_etcd(
                     () = cancel.cancelled() => return Err(Error::Interrupted { during: "while waiting for the etcd key; nothing was changed".into() }),
                 }
             }
-            Err(e) => {
+            Err(Attempt::Refused(e)) => return Err(e.into()),
+            Err(Attempt::Retry(e)) => {
                 tracing::debug!(key, "etcd not usable yet: {e}");
                 last = Some(e);
                 backoff(&mut delays, deadline, cancel).await;
@@ -238,6 +248,15 @@ pub async fn from_etcd(
             return Err(timed_out(&last));
         }
     }
+}
+
+/// Why one read of the key did not give an address.
+#[derive(Debug)]
+enum Attempt {
+    /// etcd refused the login: waiting cannot help.
+    Refused(sidekick::Error),
+    /// etcd is not reachable or not answering yet: retry until the deadline.
+    Retry(String),
 }
 
 async fn backoff(delays: &mut impl Iterator<Item = Duration>, deadline: Instant, cancel: &CancellationToken) {

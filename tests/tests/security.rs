@@ -573,15 +573,28 @@ async fn a_wrong_password_is_one_clear_line_in_every_binary() {
     let mut lb = user.clone();
     lb.extend(support::lb_sync_args(&etcd.endpoint(), "/services/web", &sim, &[]));
     let mut db = user.clone();
-    db.extend(args(&["wait", "--etcd-key", "/services/db/x", "--wait-timeout", "2s"]));
+    // A long deadline: a refused login must end the wait at once, not at the deadline.
+    db.extend(args(&[
+        "wait",
+        "--etcd-key",
+        "/services/db/x",
+        "--wait-timeout",
+        "120s",
+    ]));
     let runs = [
         (support::Binary::Announcer, ann, vec![]),
         (support::Binary::LbSync, lb, vec![("RACKSPACE_API_KEY", "k")]),
         (support::Binary::Dbhelper, db, vec![("MYSQL_ROOT_PASSWORD", "x")]),
     ];
     for (bin, a, env) in runs {
+        let started = std::time::Instant::now();
         let (status, stdout, stderr) = run_to_end(bin, &a, &env, Duration::from_secs(30));
         assert!(!status.success(), "{bin:?} must fail:\n{stderr}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{bin:?}: a refused login is final, no waiting it out ({:?}):\n{stderr}",
+            started.elapsed()
+        );
         let errors: Vec<&str> = stderr
             .lines()
             .chain(stdout.lines())
