@@ -271,6 +271,9 @@ impl Clb {
             }),
         };
         let http = built.map_err(|e| Error::Options(format!("cannot build the HTTP client: {e}")))?;
+        health
+            .metrics
+            .expect_rate_limits(&[CallVerb::Get, CallVerb::Post, CallVerb::Put, CallVerb::Delete]);
         Ok(Clb {
             http,
             cfg,
@@ -487,14 +490,12 @@ impl Clb {
                                     };
                                     continue;
                                 }
-                                500..=599 => {
-                                    Error::Server {
-                                        verb: verb.name(),
-                                        url: url.clone(),
-                                        status,
-                                        body: api_message(&bytes),
-                                    }
-                                }
+                                500..=599 => Error::Server {
+                                    verb: verb.name(),
+                                    url: url.clone(),
+                                    status,
+                                    body: api_message(&bytes),
+                                },
                                 200..=299 => {
                                     return Ok(Answer {
                                         status,

@@ -272,14 +272,18 @@ impl HaProxy {
         let state_cmd = format!("show servers state {}", self.cfg.backend);
         let state = self.command(CallVerb::ShowServersState, &state_cmd).await?;
         let servers = parse_servers_state(&state).map_err(|kind| {
-            self.health.metrics.runtime_call(CallVerb::ShowServersState, kind.status());
+            self.health
+                .metrics
+                .runtime_call(CallVerb::ShowServersState, kind.status());
             Error::Runtime {
                 socket: self.cfg.socket.to_string(),
                 command: state_cmd.clone(),
                 kind,
             }
         })?;
-        self.health.metrics.runtime_call(CallVerb::ShowServersState, RuntimeStatus::Ok);
+        self.health
+            .metrics
+            .runtime_call(CallVerb::ShowServersState, RuntimeStatus::Ok);
         let stat_cmd = format!("show stat {} 4 -1", self.cfg.backend);
         let stat = self.command(CallVerb::ShowStat, &stat_cmd).await?;
         let sessions = parse_stat_sessions(&stat, &self.cfg.backend);
@@ -328,14 +332,19 @@ impl HaProxy {
                 Some("New server registered"),
             )
             .await?;
-            self.change(CallVerb::EnableHealth, &format!("enable health {b}/{name}"), None).await?;
+            self.change(CallVerb::EnableHealth, &format!("enable health {b}/{name}"), None)
+                .await?;
             let state = if n.condition == Condition::Draining {
                 "drain"
             } else {
                 "ready"
             };
-            self.change(CallVerb::SetServerState, &format!("set server {b}/{name} state {state}"), None)
-                .await?;
+            self.change(
+                CallVerb::SetServerState,
+                &format!("set server {b}/{name} state {state}"),
+                None,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -356,7 +365,7 @@ impl HaProxy {
             &format!("set server {}/{name} state {state}", self.cfg.backend),
             None,
         )
-            .await
+        .await
     }
 
     /// Deletes servers: maintenance, close what is left, delete.
@@ -367,13 +376,18 @@ impl HaProxy {
         let b = &self.cfg.backend;
         for n in nodes {
             let name = self.name_of(n);
-            self.change(CallVerb::SetServerState, &format!("set server {b}/{name} state maint"), None).await?;
+            self.change(
+                CallVerb::SetServerState,
+                &format!("set server {b}/{name} state maint"),
+                None,
+            )
+            .await?;
             self.change(
                 CallVerb::ShutdownSessions,
                 &format!("shutdown sessions server {b}/{name}"),
                 None,
             )
-                .await?;
+            .await?;
             // Closing is asynchronous: a delete right after may still see the connections.
             let mut tries = 0;
             loop {

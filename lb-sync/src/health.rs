@@ -7,8 +7,8 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State as AxState;
@@ -415,6 +415,20 @@ impl Metrics {
             "Managed nodes draining at the last read (deleted once their drain period ends)",
             draining.clone(),
         );
+        // Series that exist from the start read 0 rather than missing, so `rate()` and
+        // alerts on them work before the first event.
+        for reason in [
+            RefusalReason::incomplete_view,
+            RefusalReason::empty_desired,
+            RefusalReason::max_remove,
+            RefusalReason::min_nodes,
+        ] {
+            let _ = refusals.get_or_create(&RefusalLabels { reason });
+        }
+        for step in [StepKind::add, StepKind::enable, StepKind::drain, StepKind::delete] {
+            let _ = steps.get_or_create(&StepLabels { step });
+            let _ = nodes_changed.get_or_create(&StepLabels { step });
+        }
         Metrics {
             registry,
             calls,
@@ -467,11 +481,28 @@ impl Metrics {
         self.calls.get_or_create(&labels).inc();
     }
 
+    /// Creates the rate-limit series of `verbs` at 0 (the Rackspace client's, at start).
+    pub fn expect_rate_limits(&self, verbs: &[CallVerb]) {
+        for verb in verbs {
+            for cause in [
+                WaitCause::over_limit_413,
+                WaitCause::too_many_requests_429,
+                WaitCause::pacing,
+            ] {
+                let labels = WaitLabels { verb: *verb, cause };
+                let _ = self.rate_waits.get_or_create(&labels);
+                let _ = self.rate_wait_seconds.get_or_create(&labels);
+            }
+        }
+    }
+
     /// Counts a wait of `waited` before a request of `verb`.
     pub fn rate_limit_wait(&self, verb: CallVerb, cause: WaitCause, waited: Duration) {
         let labels = WaitLabels { verb, cause };
         self.rate_waits.get_or_create(&labels).inc();
-        self.rate_wait_seconds.get_or_create(&labels).inc_by(waited.as_secs_f64());
+        self.rate_wait_seconds
+            .get_or_create(&labels)
+            .inc_by(waited.as_secs_f64());
     }
 
     /// Counts an applied step that changed `nodes` nodes.
@@ -560,11 +591,9 @@ pub fn readiness(status: &Status) -> Readiness {
         )),
         _ if !status.planned => Readiness::NotReady("starting: no plan computed yet".into()),
         State::DryRun => Readiness::Ready("ready: dry run, plans are logged, not applied".into()),
-        State::Starting
-        | State::Applying
-        | State::Converged
-        | State::Waiting
-        | State::Error => Readiness::Ready("ready: the last plan was not refused".into()),
+        State::Starting | State::Applying | State::Converged | State::Waiting | State::Error => {
+            Readiness::Ready("ready: the last plan was not refused".into())
+        }
     }
 }
 
@@ -692,7 +721,8 @@ mod tests {
         h.metrics.runtime_call(CallVerb::AddServer, RuntimeStatus::Ok);
         h.metrics.runtime_call(CallVerb::DelServer, RuntimeStatus::InUse);
         h.metrics.step_applied(StepKind::add, 3);
-        h.metrics.rate_limit_wait(CallVerb::Put, WaitCause::over_limit_413, Duration::from_millis(1500));
+        h.metrics
+            .rate_limit_wait(CallVerb::Put, WaitCause::over_limit_413, Duration::from_millis(1500));
         h.metrics.converged_after(Duration::from_secs(3));
         h.refusal(RefusalReason::max_remove);
         h.update(|s| {
@@ -748,12 +778,28 @@ mod tests {
             (RuntimeStatus::Ok, "ok", CallOutcome::ok),
             (RuntimeStatus::Unreachable, "unreachable", CallOutcome::transport),
             (RuntimeStatus::Timeout, "timeout", CallOutcome::transport),
-            (RuntimeStatus::PermissionDenied, "permission_denied", CallOutcome::client_error),
-            (RuntimeStatus::UnknownBackend, "unknown_backend", CallOutcome::client_error),
-            (RuntimeStatus::UnknownServer, "unknown_server", CallOutcome::client_error),
+            (
+                RuntimeStatus::PermissionDenied,
+                "permission_denied",
+                CallOutcome::client_error,
+            ),
+            (
+                RuntimeStatus::UnknownBackend,
+                "unknown_backend",
+                CallOutcome::client_error,
+            ),
+            (
+                RuntimeStatus::UnknownServer,
+                "unknown_server",
+                CallOutcome::client_error,
+            ),
             (RuntimeStatus::InUse, "in_use", CallOutcome::client_error),
             (RuntimeStatus::Duplicate, "duplicate", CallOutcome::client_error),
-            (RuntimeStatus::StaticBackend, "static_backend", CallOutcome::client_error),
+            (
+                RuntimeStatus::StaticBackend,
+                "static_backend",
+                CallOutcome::client_error,
+            ),
             (RuntimeStatus::Refused, "refused", CallOutcome::client_error),
             (RuntimeStatus::Malformed, "malformed", CallOutcome::client_error),
         ];
@@ -773,18 +819,39 @@ mod tests {
         let ready = |l: &str| Readiness::Ready(l.to_owned());
         let not = |l: &str| Readiness::NotReady(l.to_owned());
         let cases = [
-            (status(State::Starting, false, &[]), not("starting: no plan computed yet")),
+            (
+                status(State::Starting, false, &[]),
+                not("starting: no plan computed yet"),
+            ),
             (status(State::Error, false, &[]), not("starting: no plan computed yet")),
-            (status(State::Applying, false, &[]), not("starting: no plan computed yet")),
-            (status(State::Applying, true, &[]), ready("ready: the last plan was not refused")),
-            (status(State::Converged, true, &[]), ready("ready: the last plan was not refused")),
-            (status(State::Waiting, true, &[]), ready("ready: the last plan was not refused")),
-            (status(State::Error, true, &[]), ready("ready: the last plan was not refused")),
+            (
+                status(State::Applying, false, &[]),
+                not("starting: no plan computed yet"),
+            ),
+            (
+                status(State::Applying, true, &[]),
+                ready("ready: the last plan was not refused"),
+            ),
+            (
+                status(State::Converged, true, &[]),
+                ready("ready: the last plan was not refused"),
+            ),
+            (
+                status(State::Waiting, true, &[]),
+                ready("ready: the last plan was not refused"),
+            ),
+            (
+                status(State::Error, true, &[]),
+                ready("ready: the last plan was not refused"),
+            ),
             (
                 status(State::Refused, true, &["would remove 3 of 4 nodes", "fewer than 2"]),
                 not("refused: would remove 3 of 4 nodes; fewer than 2"),
             ),
-            (status(State::Refused, true, &[]), not("refused: the last plan was refused")),
+            (
+                status(State::Refused, true, &[]),
+                not("refused: the last plan was refused"),
+            ),
             (
                 status(State::Standby, false, &[]),
                 ready("standby: not the leader, ready to take over"),

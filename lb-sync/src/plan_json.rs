@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use crate::PlanOnce;
-use crate::plan::{Endpoint, NewNode, Note, NodeRef, Plan, RefusalReason, Step, WaitFor};
+use crate::plan::{Endpoint, NewNode, NodeRef, Note, Plan, RefusalReason, Step, WaitFor};
 
 /// The schema's version; bumped only by a change a reader must know about.
 pub const VERSION: u32 = 1;

@@ -611,15 +611,21 @@ mod tests {
     fn the_converge_clock_runs_from_the_first_difference_to_the_first_match() {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
-        // (plans seen in order, the observations they give)
-        let cases: [(&[(Seen, u64)], &[Option<u64>]); 6] = [
+        // (plans seen in order with the second they were seen, the observations they give)
+        type Case<'a> = (&'a [(Seen, u64)], &'a [Option<u64>]);
+        let cases: [Case<'_>; 6] = [
             (&[(Seen::Matches, 0), (Seen::Matches, 5)], &[None, None]),
             (
                 &[(Seen::Differs, 1), (Seen::Differs, 3), (Seen::Matches, 7)],
                 &[None, None, Some(6)],
             ),
             (
-                &[(Seen::Differs, 1), (Seen::Matches, 2), (Seen::Differs, 10), (Seen::Matches, 13)],
+                &[
+                    (Seen::Differs, 1),
+                    (Seen::Matches, 2),
+                    (Seen::Differs, 10),
+                    (Seen::Matches, 13),
+                ],
                 &[None, Some(1), None, Some(3)],
             ),
             (
@@ -627,7 +633,12 @@ mod tests {
                 &[None, None, None],
             ),
             (
-                &[(Seen::Differs, 1), (Seen::NotApplying, 2), (Seen::Differs, 4), (Seen::Matches, 5)],
+                &[
+                    (Seen::Differs, 1),
+                    (Seen::NotApplying, 2),
+                    (Seen::Differs, 4),
+                    (Seen::Matches, 5),
+                ],
                 &[None, None, None, Some(1)],
             ),
             (&[(Seen::NotApplying, 0), (Seen::Matches, 1)], &[None, None]),

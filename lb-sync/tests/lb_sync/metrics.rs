@@ -122,7 +122,12 @@ async fn rackspace_metrics_move_as_plans_apply_and_a_refusal_turns_readyz_503() 
             m.get("lb_sync_nodes_changed_total{step=\"add\"}") == 4.0 && m.get(CONVERGED) >= 1.0
         })
         .await;
-    assert_eq!(m.get("lb_sync_steps_applied_total{step=\"add\"}"), 1.0, "one POST:\n{}", m.text);
+    assert_eq!(
+        m.get("lb_sync_steps_applied_total{step=\"add\"}"),
+        1.0,
+        "one POST:\n{}",
+        m.text
+    );
     assert_eq!(
         m.get("lb_sync_api_calls_total{verb=\"POST\",status=\"202\",outcome=\"ok\"}") as usize,
         w.sim.count_status("POST", 202),
@@ -130,7 +135,10 @@ async fn rackspace_metrics_move_as_plans_apply_and_a_refusal_turns_readyz_503() 
         m.text
     );
     assert!(m.get("lb_sync_api_calls_total{verb=\"GET\",status=\"200\",outcome=\"ok\"}") >= 2.0);
-    assert_eq!(m.get("lb_sync_api_calls_total{verb=\"AUTH\",status=\"200\",outcome=\"ok\"}"), 1.0);
+    assert_eq!(
+        m.get("lb_sync_api_calls_total{verb=\"AUTH\",status=\"200\",outcome=\"ok\"}"),
+        1.0
+    );
     assert_eq!(m.get("lb_sync_leader"), 1.0);
     assert!(m.get("lb_sync_plans_applied_total") >= 1.0);
     let first_converge = m.get("lb_sync_converge_seconds_sum");
@@ -210,7 +218,9 @@ async fn haproxy_metrics_move_as_plans_apply_and_a_refusal_turns_readyz_503() {
         .await;
     for verb in ["add_server", "enable_health", "set_server_state"] {
         assert_eq!(
-            m.get(&format!("lb_sync_api_calls_total{{verb=\"{verb}\",status=\"ok\",outcome=\"ok\"}}")),
+            m.get(&format!(
+                "lb_sync_api_calls_total{{verb=\"{verb}\",status=\"ok\",outcome=\"ok\"}}"
+            )),
             3.0,
             "{verb}:\n{}",
             m.text
@@ -242,7 +252,10 @@ async fn haproxy_metrics_move_as_plans_apply_and_a_refusal_turns_readyz_503() {
     // Every record gone: refused, nothing removed.
     w.delete([1, 2]).await;
     let line = lb.wait_ready(503, "refused:").await;
-    assert!(line.contains("no record is left but the load balancer has 2 node(s)"), "{line}");
+    assert!(
+        line.contains("no record is left but the load balancer has 2 node(s)"),
+        "{line}"
+    );
     lb.wait_metrics("the refusal counted", |m| {
         m.get("lb_sync_refusals_total{reason=\"empty_desired\"}") >= 1.0 && m.get("lb_sync_refused") == 1.0
     })
@@ -312,5 +325,9 @@ async fn plan_output_json_parses_and_matches_the_scenario() {
     let (_, text, _) = support::run_once(&text_args);
     assert!(text.contains("add     10.0.0.4:8080 ENABLED"), "{text}");
     assert!(text.contains("REFUSED the plan would take 2 of 3"), "{text}");
-    assert_eq!(w.sim.count("POST") + w.sim.count("PUT") + w.sim.count("DELETE"), 0, "plan changes nothing");
+    assert_eq!(
+        w.sim.count("POST") + w.sim.count("PUT") + w.sim.count("DELETE"),
+        0,
+        "plan changes nothing"
+    );
 }
