@@ -404,7 +404,11 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
         ready.starts_with("HTTP/1.0 200") && ready.contains("standby: not the leader"),
         "{ready}"
     );
-    assert!(follower.metrics().contains("lb_sync_leader 0"), "{}", follower.metrics());
+    assert!(
+        follower.metrics().contains("lb_sync_leader 0"),
+        "{}",
+        follower.metrics()
+    );
     assert!(leader.metrics().contains("lb_sync_leader 1"), "{}", leader.metrics());
 
     leader.stop(libc::SIGKILL).await;
@@ -413,7 +417,11 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
     follower.wait_health("\"leader\": true", WITHIN).await;
     follower.wait_log("this instance is the leader", WITHIN).await;
     assert_eq!(w.sim.count_status("POST", 202), 2);
-    assert!(follower.metrics().contains("lb_sync_leader 1"), "{}", follower.metrics());
+    assert!(
+        follower.metrics().contains("lb_sync_leader 1"),
+        "{}",
+        follower.metrics()
+    );
 }
 
 /// Bad records (missing port, port `abc`, address not an IP) are skipped with a warning

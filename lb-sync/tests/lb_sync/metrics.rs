@@ -274,6 +274,31 @@ async fn haproxy_metrics_move_as_plans_apply_and_a_refusal_turns_readyz_503() {
     eprintln!("/metrics of the HAProxy run:\n{}", lb.scrape().text);
 }
 
+/// Before its first plan lb-sync is alive but not ready: with etcd down at start it
+/// cannot plan, `/readyz` says `starting` (503) while `/healthz` says 200 `starting`; etcd
+/// back, the first plan makes it ready.
+#[tokio::test]
+async fn readyz_waits_for_the_first_plan() {
+    let mut w = World::start(quick_sim()).await;
+    w.put([1]).await;
+    w.etcd.kill();
+    let lb = Running::start("lb-sync-no-etcd", w.args());
+    let line = lb.wait_ready(503, "starting").await;
+    assert_eq!(line.trim(), "starting: no plan computed yet");
+    // Still so a few resyncs later, and alive meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        lb.get("/readyz"),
+        Some((503, "starting: no plan computed yet\n".to_owned()))
+    );
+    let (code, health) = lb.get("/healthz").unwrap_or_default();
+    assert!(code == 200 && health.contains("\"starting\""), "{code} {health}");
+    assert_eq!(lb.scrape().get("lb_sync_passes_total"), 0.0);
+    w.etcd.restart();
+    lb.wait_ready(200, "ready").await;
+    w.wait_enabled(&[1], WITHIN).await;
+}
+
 /// `plan --output json`, the README's scenario: nodes 1..3 on the LB, records 3 and 4:
 /// web04 is added, nodes 1 and 2 would drain but the drains are refused.
 #[tokio::test]
