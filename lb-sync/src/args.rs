@@ -24,7 +24,21 @@ pub enum Command {
     /// Keep the load balancer in step with the records until stopped.
     Run,
     /// Print the plan (adds, drains, deletes, refusals with reasons) once and exit.
-    Plan,
+    Plan {
+        /// `text` for people, `json` for programs (one object; its schema is in the README).
+        #[arg(long, env = "LB_SYNC_OUTPUT", value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+}
+
+/// How `lb-sync plan` prints the plan.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Lines for people (the default).
+    #[default]
+    Text,
+    /// One JSON object, stable for programs.
+    Json,
 }
 
 /// Command-line options; every flag has an environment twin.
@@ -419,6 +433,16 @@ mod tests {
     fn defaults_match_the_documentation() {
         let a = parse(&["run"]).unwrap();
         assert_eq!(a.command, Command::Run);
+        assert_eq!(
+            parse(&["plan"]).unwrap().command,
+            Command::Plan { output: Output::Text }
+        );
+        assert_eq!(
+            parse(&["plan", "--output", "json"]).unwrap().command,
+            Command::Plan { output: Output::Json }
+        );
+        let bad = parse(&["plan", "--output", "yaml"]).unwrap_err();
+        assert!(bad.contains("invalid value 'yaml' for '--output"), "{bad}");
         assert_eq!(a.region.as_deref(), Some("ORD"));
         assert_eq!(a.provider, ProviderKind::Rackspace);
         assert_eq!(a.prefix, "/services/web");

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::health::{CallOutcome, CallVerb, Health};
+use crate::health::{CallVerb, Health, WaitCause};
 use crate::plan::{Condition, Limits, NewNode, Node, NodeStatus};
 
 /// Extra wait after a `Retry-After` date, which has whole-second precision.
@@ -104,10 +104,10 @@ impl Verb {
     #[must_use]
     pub fn label(self) -> CallVerb {
         match self {
-            Verb::Get => CallVerb::GET,
-            Verb::Post => CallVerb::POST,
-            Verb::Put => CallVerb::PUT,
-            Verb::Delete => CallVerb::DELETE,
+            Verb::Get => CallVerb::Get,
+            Verb::Post => CallVerb::Post,
+            Verb::Put => CallVerb::Put,
+            Verb::Delete => CallVerb::Delete,
         }
     }
 
@@ -271,6 +271,9 @@ impl Clb {
             }),
         };
         let http = built.map_err(|e| Error::Options(format!("cannot build the HTTP client: {e}")))?;
+        health
+            .metrics
+            .expect_rate_limits(&[CallVerb::Get, CallVerb::Post, CallVerb::Put, CallVerb::Delete]);
         Ok(Clb {
             http,
             cfg,
@@ -309,13 +312,13 @@ impl Clb {
                     let status = resp.status().as_u16();
                     match resp.bytes().await {
                         Ok(bytes) if status == 200 || status == 203 => {
-                            self.health.metrics.call(CallVerb::AUTH, CallOutcome::ok);
+                            self.health.metrics.http_call(CallVerb::Auth, status, false);
                             let s = session_from(&bytes, &self.cfg.region, SystemTime::now())?;
                             tracing::info!(endpoint = %s.endpoint, region = %self.cfg.region, "authenticated");
                             return Ok(s);
                         }
                         Ok(bytes) if status < 500 => {
-                            self.health.metrics.call(CallVerb::AUTH, CallOutcome::client_error);
+                            self.health.metrics.http_call(CallVerb::Auth, status, false);
                             return Err(Error::AuthRejected {
                                 url,
                                 username: self.cfg.username.clone(),
@@ -324,7 +327,7 @@ impl Clb {
                             });
                         }
                         Ok(bytes) => {
-                            self.health.metrics.call(CallVerb::AUTH, CallOutcome::server_error);
+                            self.health.metrics.http_call(CallVerb::Auth, status, false);
                             Error::Server {
                                 verb: "POST",
                                 url: url.clone(),
@@ -332,11 +335,14 @@ impl Clb {
                                 body: api_message(&bytes),
                             }
                         }
-                        Err(e) => transport("POST", &url, &e),
+                        Err(e) => {
+                            self.health.metrics.http_no_answer(CallVerb::Auth);
+                            transport("POST", &url, &e)
+                        }
                     }
                 }
                 Err(e) => {
-                    self.health.metrics.call(CallVerb::AUTH, CallOutcome::transport);
+                    self.health.metrics.http_no_answer(CallVerb::Auth);
                     transport("POST", &url, &e)
                 }
             };
@@ -383,15 +389,27 @@ impl Clb {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Sleeps until no `Retry-After` is in force for `verb`.
-    async fn respect_retry_after(&self, verb: Verb) {
+    /// Sleeps until no `Retry-After` is in force for `verb`, and counts the wait under
+    /// `cause`: the rate-limit answer this call just got, or the client's own pacing (an
+    /// earlier call's `Retry-After` still in force).
+    async fn respect_retry_after(&self, verb: Verb, cause: WaitCause) {
+        let started = tokio::time::Instant::now();
+        let mut waited = false;
         loop {
             let until = self.lock_not_before()[verb.index()];
             let wait = until.and_then(|u| u.duration_since(SystemTime::now()).ok());
             match wait {
-                Some(w) if !w.is_zero() => tokio::time::sleep(w).await,
-                _ => return,
+                Some(w) if !w.is_zero() => {
+                    waited = true;
+                    tokio::time::sleep(w).await;
+                }
+                _ => break,
             }
+        }
+        if waited {
+            self.health
+                .metrics
+                .rate_limit_wait(verb.label(), cause, started.elapsed());
         }
     }
 
@@ -400,8 +418,11 @@ impl Clb {
         let mut delays = self.delays();
         let mut reauthenticated = false;
         let mut rate_waits = 0usize;
+        // Why the next wait for a `Retry-After`, if any, happens.
+        let mut cause = WaitCause::pacing;
         loop {
-            self.respect_retry_after(verb).await;
+            self.respect_retry_after(verb, cause).await;
+            cause = WaitCause::pacing;
             let session = self.session().await?;
             let url = format!("{}{path}", session.endpoint);
             let mut req = self
@@ -414,7 +435,7 @@ impl Clb {
             }
             let failure = match req.send().await {
                 Err(e) => {
-                    self.health.metrics.call(verb.label(), CallOutcome::transport);
+                    self.health.metrics.http_no_answer(verb.label());
                     transport(verb.name(), &url, &e)
                 }
                 Ok(resp) => {
@@ -426,14 +447,15 @@ impl Clb {
                         .map(str::to_owned);
                     match resp.bytes().await {
                         Err(e) => {
-                            self.health.metrics.call(verb.label(), CallOutcome::transport);
+                            self.health.metrics.http_no_answer(verb.label());
                             transport(verb.name(), &url, &e)
                         }
                         Ok(bytes) => {
                             let bytes = bytes.to_vec();
+                            let over_limit = status == 413 && is_over_limit(&bytes);
+                            self.health.metrics.http_call(verb.label(), status, over_limit);
                             match status {
                                 401 => {
-                                    self.health.metrics.call(verb.label(), CallOutcome::unauthorized);
                                     if reauthenticated {
                                         return Err(Error::Unauthorized { verb: verb.name(), url });
                                     }
@@ -442,8 +464,10 @@ impl Clb {
                                     self.forget_token(&session.token).await;
                                     continue;
                                 }
-                                413 if is_over_limit(&bytes) => {
-                                    self.health.metrics.call(verb.label(), CallOutcome::rate_limited);
+                                // 413 `overLimit` is the documented rate-limit answer; a 429
+                                // (what a proxy in front of the API, or a future API, sends)
+                                // is read the same way.
+                                413 | 429 if over_limit || status == 429 => {
                                     rate_waits += 1;
                                     if rate_waits > MAX_RATE_LIMIT_WAITS {
                                         return Err(Error::RateLimited {
@@ -455,23 +479,24 @@ impl Clb {
                                     let now = SystemTime::now();
                                     let wait = retry_after(retry_after_header.as_deref(), &bytes, now);
                                     tracing::info!(
-                                        "{} {url}: rate-limited (413), waiting {wait:?} as Retry-After says",
+                                        "{} {url}: rate-limited ({status}), waiting {wait:?} as Retry-After says",
                                         verb.name()
                                     );
                                     self.lock_not_before()[verb.index()] = Some(now + wait + RETRY_AFTER_MARGIN);
+                                    cause = if status == 429 {
+                                        WaitCause::too_many_requests_429
+                                    } else {
+                                        WaitCause::over_limit_413
+                                    };
                                     continue;
                                 }
-                                500..=599 => {
-                                    self.health.metrics.call(verb.label(), CallOutcome::server_error);
-                                    Error::Server {
-                                        verb: verb.name(),
-                                        url: url.clone(),
-                                        status,
-                                        body: api_message(&bytes),
-                                    }
-                                }
+                                500..=599 => Error::Server {
+                                    verb: verb.name(),
+                                    url: url.clone(),
+                                    status,
+                                    body: api_message(&bytes),
+                                },
                                 200..=299 => {
-                                    self.health.metrics.call(verb.label(), CallOutcome::ok);
                                     return Ok(Answer {
                                         status,
                                         body: bytes,
@@ -479,7 +504,6 @@ impl Clb {
                                     });
                                 }
                                 _ => {
-                                    self.health.metrics.call(verb.label(), CallOutcome::client_error);
                                     return Ok(Answer {
                                         status,
                                         body: bytes,

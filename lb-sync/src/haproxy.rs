@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Error;
-use crate::health::{CallOutcome, CallVerb, Health};
+use crate::health::{CallVerb, Health, RuntimeStatus};
 use crate::plan::{Condition, Endpoint, NewNode, Node, NodeRef, NodeStatus};
 
 /// Where the Runtime API listens.
@@ -104,6 +104,23 @@ impl RuntimeError {
             | RuntimeError::StaticBackend
             | RuntimeError::Refused(_)
             | RuntimeError::Malformed(_) => false,
+        }
+    }
+
+    /// The metric label of this failure.
+    #[must_use]
+    pub fn status(&self) -> RuntimeStatus {
+        match self {
+            RuntimeError::Unreachable(_) => RuntimeStatus::Unreachable,
+            RuntimeError::Timeout(_) => RuntimeStatus::Timeout,
+            RuntimeError::PermissionDenied => RuntimeStatus::PermissionDenied,
+            RuntimeError::UnknownBackend => RuntimeStatus::UnknownBackend,
+            RuntimeError::UnknownServer => RuntimeStatus::UnknownServer,
+            RuntimeError::InUse => RuntimeStatus::InUse,
+            RuntimeError::Duplicate => RuntimeStatus::Duplicate,
+            RuntimeError::StaticBackend => RuntimeStatus::StaticBackend,
+            RuntimeError::Refused(_) => RuntimeStatus::Refused,
+            RuntimeError::Malformed(_) => RuntimeStatus::Malformed,
         }
     }
 
@@ -194,11 +211,13 @@ impl HaProxy {
         server_name(&self.cfg.prefix, endpoint)
     }
 
-    /// Sends one command and returns the whole answer.
+    /// Sends one command (of kind `verb`, for the metrics) and returns the whole answer;
+    /// a command that got no answer is counted here, the others by the caller, which
+    /// reads the answer.
     ///
     /// # Errors
     /// [`Error::Runtime`] when the socket cannot be reached or does not answer in time.
-    pub async fn command(&self, command: &str) -> Result<String, Error> {
+    pub async fn command(&self, verb: CallVerb, command: &str) -> Result<String, Error> {
         let err = |kind| Error::Runtime {
             socket: self.cfg.socket.to_string(),
             command: command.to_owned(),
@@ -213,11 +232,11 @@ impl HaProxy {
         let answer = match tokio::time::timeout(self.cfg.timeout, exchange).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::transport);
+                self.health.metrics.runtime_call(verb, RuntimeStatus::Unreachable);
                 return Err(err(RuntimeError::Unreachable(e.to_string())));
             }
             Err(_) => {
-                self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::transport);
+                self.health.metrics.runtime_call(verb, RuntimeStatus::Timeout);
                 return Err(err(RuntimeError::Timeout(self.cfg.timeout)));
             }
         };
@@ -225,22 +244,23 @@ impl HaProxy {
     }
 
     /// Sends a command that answers nothing (or `expect`) on success.
-    async fn change(&self, command: &str, expect: Option<&str>) -> Result<(), Error> {
-        let answer = self.command(command).await?;
+    async fn change(&self, verb: CallVerb, command: &str, expect: Option<&str>) -> Result<(), Error> {
+        let answer = self.command(verb, command).await?;
         let text = answer.trim();
         let ok = match expect {
             Some(e) => text.contains(e),
             None => text.is_empty(),
         };
         if ok {
-            self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::ok);
+            self.health.metrics.runtime_call(verb, RuntimeStatus::Ok);
             return Ok(());
         }
-        self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::client_error);
+        let kind = RuntimeError::from_answer(text);
+        self.health.metrics.runtime_call(verb, kind.status());
         Err(Error::Runtime {
             socket: self.cfg.socket.to_string(),
             command: command.to_owned(),
-            kind: RuntimeError::from_answer(text),
+            kind,
         })
     }
 
@@ -250,20 +270,24 @@ impl HaProxy {
     /// [`Error::Runtime`]: unreachable socket, unknown backend, permission denied.
     pub async fn read(&self) -> Result<Vec<Node>, Error> {
         let state_cmd = format!("show servers state {}", self.cfg.backend);
-        let state = self.command(&state_cmd).await?;
+        let state = self.command(CallVerb::ShowServersState, &state_cmd).await?;
         let servers = parse_servers_state(&state).map_err(|kind| {
-            self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::client_error);
+            self.health
+                .metrics
+                .runtime_call(CallVerb::ShowServersState, kind.status());
             Error::Runtime {
                 socket: self.cfg.socket.to_string(),
                 command: state_cmd.clone(),
                 kind,
             }
         })?;
-        self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::ok);
+        self.health
+            .metrics
+            .runtime_call(CallVerb::ShowServersState, RuntimeStatus::Ok);
         let stat_cmd = format!("show stat {} 4 -1", self.cfg.backend);
-        let stat = self.command(&stat_cmd).await?;
+        let stat = self.command(CallVerb::ShowStat, &stat_cmd).await?;
         let sessions = parse_stat_sessions(&stat, &self.cfg.backend);
-        self.health.metrics.call(CallVerb::RUNTIME, CallOutcome::ok);
+        self.health.metrics.runtime_call(CallVerb::ShowStat, RuntimeStatus::Ok);
         let nodes: Vec<Node> = servers
             .iter()
             .map(|s| s.node(&self.cfg.prefix, sessions.get(&s.name).copied()))
@@ -303,18 +327,24 @@ impl HaProxy {
             let name = self.server_name(&n.endpoint);
             let opts = &self.cfg.check_options;
             self.change(
+                CallVerb::AddServer,
                 format!("add server {b}/{name} {} check {opts}", n.endpoint).trim_end(),
                 Some("New server registered"),
             )
             .await?;
-            self.change(&format!("enable health {b}/{name}"), None).await?;
+            self.change(CallVerb::EnableHealth, &format!("enable health {b}/{name}"), None)
+                .await?;
             let state = if n.condition == Condition::Draining {
                 "drain"
             } else {
                 "ready"
             };
-            self.change(&format!("set server {b}/{name} state {state}"), None)
-                .await?;
+            self.change(
+                CallVerb::SetServerState,
+                &format!("set server {b}/{name} state {state}"),
+                None,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -330,8 +360,12 @@ impl HaProxy {
             Condition::Enabled | Condition::Other(_) => "ready",
         };
         let name = self.name_of(node);
-        self.change(&format!("set server {}/{name} state {state}", self.cfg.backend), None)
-            .await
+        self.change(
+            CallVerb::SetServerState,
+            &format!("set server {}/{name} state {state}", self.cfg.backend),
+            None,
+        )
+        .await
     }
 
     /// Deletes servers: maintenance, close what is left, delete.
@@ -342,14 +376,27 @@ impl HaProxy {
         let b = &self.cfg.backend;
         for n in nodes {
             let name = self.name_of(n);
-            self.change(&format!("set server {b}/{name} state maint"), None).await?;
-            self.change(&format!("shutdown sessions server {b}/{name}"), None)
-                .await?;
+            self.change(
+                CallVerb::SetServerState,
+                &format!("set server {b}/{name} state maint"),
+                None,
+            )
+            .await?;
+            self.change(
+                CallVerb::ShutdownSessions,
+                &format!("shutdown sessions server {b}/{name}"),
+                None,
+            )
+            .await?;
             // Closing is asynchronous: a delete right after may still see the connections.
             let mut tries = 0;
             loop {
                 match self
-                    .change(&format!("del server {b}/{name}"), Some("Server deleted"))
+                    .change(
+                        CallVerb::DelServer,
+                        &format!("del server {b}/{name}"),
+                        Some("Server deleted"),
+                    )
                     .await
                 {
                     Err(Error::Runtime {

@@ -15,7 +15,8 @@
 //!   a load balancer) or [`haproxy`] (the only code that talks to HAProxy).
 //! - [`reconcile`]: the debounced, level-triggered loop.
 //! - [`election`]: leadership between instances (the only etcd writes: the election key).
-//! - [`health`]: `/healthz` and `/metrics`.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`plan_json`]: `lb-sync plan --output json`.
 
 pub mod args;
 pub mod clb;
@@ -24,6 +25,7 @@ mod error;
 pub mod haproxy;
 pub mod health;
 pub mod plan;
+pub mod plan_json;
 pub mod provider;
 pub mod reconcile;
 pub mod records;
@@ -34,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-pub use args::{API_KEY_ENV, Args, Command, ProviderKind};
+pub use args::{API_KEY_ENV, Args, Command, Output, ProviderKind};
 pub use error::Error;
 
 use crate::clb::{Clb, LbStatus};
@@ -59,9 +61,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let health = Arc::new(Health::new());
     let provider = provider(&args, health.clone())?;
     match args.command {
-        Command::Plan => {
+        Command::Plan { output } => {
             let mut client = etcd.connect().await?;
-            let text = plan_once(&args, &mut client, &provider).await?;
+            let text = plan_once(&args, &mut client, &provider, output).await?;
             print!("{text}");
             Ok(())
         }
@@ -87,7 +89,7 @@ fn validate(args: &Args) -> Result<String, Error> {
     let command = match args.command {
         Command::Run if args.dry_run => "run (dry run)",
         Command::Run => "run",
-        Command::Plan => "plan",
+        Command::Plan { .. } => "plan",
     };
     let how = match args.provider {
         ProviderKind::Rackspace => {
@@ -207,11 +209,16 @@ impl fmt::Display for PlanOnce<'_> {
     }
 }
 
-/// Reads the records and the load balancer once and renders the plan as text.
+/// Reads the records and the load balancer once and renders the plan as text or JSON.
 ///
 /// # Errors
 /// etcd and API errors.
-pub async fn plan_once(args: &Args, client: &mut etcd_client::Client, provider: &Provider) -> Result<String, Error> {
+pub async fn plan_once(
+    args: &Args,
+    client: &mut etcd_client::Client,
+    provider: &Provider,
+    output: Output,
+) -> Result<String, Error> {
     let source = args.source();
     let (kvs, revision) = records::load(client, &source).await?;
     let desired = Builder::default().build(&source, &kvs, true, revision);
@@ -252,5 +259,8 @@ pub async fn plan_once(args: &Args, client: &mut etcd_client::Client, provider: 
             drain: args.drain,
         },
     };
-    Ok(out.to_string())
+    Ok(match output {
+        Output::Text => out.to_string(),
+        Output::Json => plan_json::render(&out),
+    })
 }

@@ -297,8 +297,8 @@ pub enum Refusal {
     },
 }
 
-/// A refusal's short stable name (the metric label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue)]
+/// A refusal's short stable name (the metric label, and `reason` in `plan --output json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue, serde::Serialize)]
 #[allow(non_camel_case_types)] // the label values are the metric's documented snake_case
 pub enum RefusalReason {
     /// [`Refusal::Incomplete`].

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Error;
 use crate::clb::LoadBalancer;
 use crate::election::Leadership;
-use crate::health::{Health, State};
+use crate::health::{Health, State, StepKind};
 use crate::plan::{self, Actual, Condition, Desired, Endpoint, Limits, Note, Plan, Policy, Refusal, Step};
 use crate::provider::Provider;
 
@@ -56,6 +56,55 @@ pub enum Outcome {
     Failed(Arc<Error>),
 }
 
+/// What one plan showed, for the converge clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// The load balancer differs from the records (steps, waits or refusals).
+    Differs,
+    /// The load balancer matches the records.
+    Matches,
+    /// This instance does not apply plans (standby, dry run): whatever it saw is not its
+    /// work to converge, so a divergence it saw is forgotten.
+    NotApplying,
+}
+
+/// Times convergence: from the first plan that found a difference to the first that
+/// found none (`lb_sync_converge_seconds`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvergeClock {
+    /// When the current difference was first seen.
+    since: Option<Instant>,
+}
+
+impl ConvergeClock {
+    /// Takes in what a plan at `now` saw; gives the time to converge when it ends a
+    /// difference.
+    pub fn observe(&mut self, seen: Seen, now: Instant) -> Option<Duration> {
+        match seen {
+            Seen::Differs => {
+                self.since.get_or_insert(now);
+                None
+            }
+            Seen::Matches => self.since.take().map(|s| now.saturating_duration_since(s)),
+            Seen::NotApplying => {
+                self.since = None;
+                None
+            }
+        }
+    }
+}
+
+/// The metric label of a step and how many nodes it changes.
+#[must_use]
+pub fn step_kind(step: &Step) -> (StepKind, usize) {
+    match step {
+        Step::Add(n) => (StepKind::add, n.len()),
+        Step::Enable(_) => (StepKind::enable, 1),
+        Step::Drain(_) => (StepKind::drain, 1),
+        Step::Delete(n) => (StepKind::delete, n.len()),
+    }
+}
+
 /// The loop's state.
 #[derive(Debug)]
 pub struct Reconciler {
@@ -72,6 +121,8 @@ pub struct Reconciler {
     last_refusal: Vec<Refusal>,
     /// The plan notes last logged, to log each new one once.
     last_notes: Vec<Note>,
+    /// Time to converge.
+    converge: ConvergeClock,
 }
 
 impl Reconciler {
@@ -88,6 +139,7 @@ impl Reconciler {
             missing_since: BTreeMap::new(),
             last_refusal: Vec::new(),
             last_notes: Vec::new(),
+            converge: ConvergeClock::default(),
         }
     }
 
@@ -197,6 +249,7 @@ impl Reconciler {
     ) -> Outcome {
         if !leadership.may_apply() && !self.dry_run {
             tracing::debug!("not the leader: nothing to do");
+            self.converge.observe(Seen::NotApplying, Instant::now());
             return Outcome::Standby;
         }
         let mut steps = 0usize;
@@ -231,7 +284,25 @@ impl Reconciler {
                 s.complete = view.complete;
                 s.desired_nodes = view.nodes.len();
                 s.lb_nodes = lb.nodes.len();
+                s.planned = true;
             });
+            self.health.metrics.set_draining(
+                lb.nodes
+                    .iter()
+                    .filter(|n| !n.foreign && n.condition == Condition::Draining)
+                    .count(),
+            );
+            let seen = if self.dry_run {
+                Seen::NotApplying
+            } else if plan.is_converged() {
+                Seen::Matches
+            } else {
+                Seen::Differs
+            };
+            if let Some(took) = self.converge.observe(seen, now) {
+                tracing::debug!("converged after {took:?}");
+                self.health.metrics.converged_after(took);
+            }
             if !plan.refusals.is_empty() {
                 self.report_refusal(&plan);
             }
@@ -271,9 +342,19 @@ impl Reconciler {
                 s.state = State::Applying;
                 s.leader = true;
             });
+            let mut applied = 0usize;
             for step in &batch {
                 tracing::info!("{step}");
-                match self.apply(step).await {
+                let result = self.apply(step).await;
+                if result.is_ok() {
+                    let (kind, nodes) = step_kind(step);
+                    self.health.metrics.step_applied(kind, nodes);
+                    applied += 1;
+                    if applied == 1 {
+                        self.health.metrics.plan_applied();
+                    }
+                }
+                match result {
                     Ok(()) => {
                         if plan.forced {
                             tracing::warn!("applied under --force");
@@ -524,5 +605,73 @@ mod tests {
         debounce(&mut rx, timing, &cancel).await;
         assert!(near(t.elapsed(), Duration::from_secs(5)), "{:?}", t.elapsed());
         writer.abort();
+    }
+
+    #[test]
+    fn the_converge_clock_runs_from_the_first_difference_to_the_first_match() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // (plans seen in order with the second they were seen, the observations they give)
+        type Case<'a> = (&'a [(Seen, u64)], &'a [Option<u64>]);
+        let cases: [Case<'_>; 6] = [
+            (&[(Seen::Matches, 0), (Seen::Matches, 5)], &[None, None]),
+            (
+                &[(Seen::Differs, 1), (Seen::Differs, 3), (Seen::Matches, 7)],
+                &[None, None, Some(6)],
+            ),
+            (
+                &[
+                    (Seen::Differs, 1),
+                    (Seen::Matches, 2),
+                    (Seen::Differs, 10),
+                    (Seen::Matches, 13),
+                ],
+                &[None, Some(1), None, Some(3)],
+            ),
+            (
+                &[(Seen::Differs, 1), (Seen::NotApplying, 2), (Seen::Matches, 9)],
+                &[None, None, None],
+            ),
+            (
+                &[
+                    (Seen::Differs, 1),
+                    (Seen::NotApplying, 2),
+                    (Seen::Differs, 4),
+                    (Seen::Matches, 5),
+                ],
+                &[None, None, None, Some(1)],
+            ),
+            (&[(Seen::NotApplying, 0), (Seen::Matches, 1)], &[None, None]),
+        ];
+        for (seen, want) in cases {
+            let mut clock = ConvergeClock::default();
+            let got: Vec<Option<u64>> = seen
+                .iter()
+                .map(|(s, t)| clock.observe(*s, at(*t)).map(|d| d.as_secs()))
+                .collect();
+            assert_eq!(got, want, "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn steps_count_their_nodes() {
+        let ep = |n: u8| Endpoint::new([10, 0, 0, n].into(), 80);
+        let node = |n: u8| plan::NodeRef {
+            id: u64::from(n),
+            endpoint: ep(n),
+        };
+        let new = |n: u8| plan::NewNode {
+            endpoint: ep(n),
+            condition: Condition::Enabled,
+        };
+        let cases = [
+            (Step::Add(vec![new(1), new(2), new(3)]), (StepKind::add, 3)),
+            (Step::Enable(node(1)), (StepKind::enable, 1)),
+            (Step::Drain(node(1)), (StepKind::drain, 1)),
+            (Step::Delete(vec![node(1), node(2)]), (StepKind::delete, 2)),
+        ];
+        for (step, want) in cases {
+            assert_eq!(step_kind(&step), want, "{step}");
+        }
     }
 }

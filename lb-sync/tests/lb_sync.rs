@@ -12,6 +12,9 @@ mod support;
 #[path = "lb_sync/haproxy.rs"]
 mod haproxy;
 
+#[path = "lb_sync/metrics.rs"]
+mod metrics;
+
 use std::time::Duration;
 
 use support::{Announcer, LbSync, PORT, World, eventually, quick_sim, run_once};
@@ -282,7 +285,23 @@ async fn a_rate_limit_storm_converges_without_a_request_inside_retry_after() {
         "requests sent while Retry-After was in force: {inside:?}"
     );
     assert!(lb.log().contains("rate-limited (413)"));
-    assert!(lb.metrics().contains("outcome=\"rate_limited\""));
+    // Every 413 the simulator sent is counted under its verb and status, and each one
+    // made the client wait (the wait counted under its cause, the seconds too).
+    let m = metrics::Scrape::of(&lb.metrics());
+    for (verb, label) in [("POST", "POST"), ("PUT", "PUT"), ("DELETE", "DELETE")] {
+        let sent = w.sim.count_status(verb, 413);
+        let counted = m.get(&format!(
+            "lb_sync_api_calls_total{{verb=\"{label}\",status=\"413\",outcome=\"rate_limited\"}}"
+        ));
+        assert_eq!(counted as usize, sent, "{verb} 413s:\n{}", m.text);
+        let waits = m.get(&format!(
+            "lb_sync_rate_limit_waits_total{{verb=\"{label}\",cause=\"over_limit_413\"}}"
+        ));
+        assert_eq!(waits as usize, sent, "{verb} waits:\n{}", m.text);
+    }
+    let waited = m.sum("lb_sync_rate_limit_wait_seconds_total");
+    assert!(waited > 0.0, "time waited is counted:\n{}", m.text);
+    eprintln!("rate-limit storm: {limited} 413s, {waited:.1}s waited");
 }
 
 /// Tokens that expire during the run are renewed; a revoked token (401) is replaced
@@ -378,6 +397,19 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
         follower.log()
     );
     assert!(follower.healthz().contains("\"standby\""));
+    // A standby is ready (it has nothing to plan until it leads); the leader gauge tells
+    // the two apart.
+    let ready = testbed::http_get(follower.listen, "/readyz").unwrap_or_default();
+    assert!(
+        ready.starts_with("HTTP/1.0 200") && ready.contains("standby: not the leader"),
+        "{ready}"
+    );
+    assert!(
+        follower.metrics().contains("lb_sync_leader 0"),
+        "{}",
+        follower.metrics()
+    );
+    assert!(leader.metrics().contains("lb_sync_leader 1"), "{}", leader.metrics());
 
     leader.stop(libc::SIGKILL).await;
     w.put([3]).await;
@@ -385,6 +417,11 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
     follower.wait_health("\"leader\": true", WITHIN).await;
     follower.wait_log("this instance is the leader", WITHIN).await;
     assert_eq!(w.sim.count_status("POST", 202), 2);
+    assert!(
+        follower.metrics().contains("lb_sync_leader 1"),
+        "{}",
+        follower.metrics()
+    );
 }
 
 /// Bad records (missing port, port `abc`, address not an IP) are skipped with a warning

@@ -301,7 +301,7 @@ async fn haproxy_servers_are_added_drained_and_deleted_through_the_runtime_api()
     assert!(health.contains("\"lb_nodes\": 2"), "{health}");
     assert!(
         lb.metrics()
-            .contains("lb_sync_api_calls_total{verb=\"RUNTIME\",outcome=\"ok\"}"),
+            .contains("lb_sync_api_calls_total{verb=\"del_server\",status=\"ok\",outcome=\"ok\"} 1"),
         "{}",
         lb.metrics()
     );
