@@ -118,6 +118,13 @@ pub fn targets() -> Vec<(&'static str, &'static str, Goal)> {
         ("lb_sync", "scale_0_to_10_calls_over_min", Goal::Exactly(0.0)),
         ("lb_sync", "scale_10_to_3_calls_over_min", Goal::Exactly(0.0)),
         ("dbhelper", "seed_speedup", Goal::AtLeast(5.0)),
+        ("haproxy", "rolling_requests_failed", Goal::Exactly(0.0)),
+        // 100 ms plus lb-sync's debounce MIN (haproxy.rs runs it with 100 ms).
+        (
+            "haproxy",
+            "withdraw_to_drain_p99_ms",
+            Goal::Below(100.0 + crate::haproxy::DEBOUNCE_MIN_MS),
+        ),
         ("dbhelper", "gen_speedup", Goal::AtLeast(3.0)),
         (
             "dbhelper",
