@@ -216,7 +216,14 @@ pub async fn run(ctx: &Ctx, docker: &Docker, settings: Settings) -> anyhow::Resu
         cmd.args(["--etcd-endpoints", &etcd.endpoint(), "--prefix", "/services"])
             .args(["--public-ipv4", "127.0.0.1", "--private-ipv4", "127.0.0.1"])
             .args(["--hostname", "bench", "--ttl", "5s", "--check-interval", "500ms"])
-            .args(["container", &name, "--service", "web", "--instance", &format!("web{i:02}")])
+            .args([
+                "container",
+                &name,
+                "--service",
+                "web",
+                "--instance",
+                &format!("web{i:02}"),
+            ])
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -253,7 +260,10 @@ pub async fn run(ctx: &Ctx, docker: &Docker, settings: Settings) -> anyhow::Resu
     let mut restarted = Ok(());
     for (container, _, _) in &webs {
         container.restart(10).await;
-        if let Err(e) = scene.wait_up(&ports, &format!("after restarting {}", container.name)).await {
+        if let Err(e) = scene
+            .wait_up(&ports, &format!("after restarting {}", container.name))
+            .await
+        {
             restarted = Err(e);
             break;
         }
