@@ -1,7 +1,7 @@
 //! The figures of one run: what the table prints and what `summary.json` holds (pure).
 //!
 //! `summary.json` has one object per benchmark (`announce`, `withdraw`, `shell`,
-//! `footprint`, `lb_sync`, `dbhelper`) whose keys are the figure names of issue 7 and
+//! `footprint`, `lb_sync`, `dbhelper`, `haproxy`) whose keys are the figure names of issue 7 and
 //! whose values are plain numbers: milliseconds (`_ms`), bytes (`_bytes`), seconds
 //! (`_s_...`), counts, or ratios. Beside them, `meta` (machine, date, mode, settings,
 //! notes) and `targets` (each target, the value measured, met or not).
