@@ -7,6 +7,11 @@
 //! leave nothing behind; run again after a `--keep` run, it first removes what that one
 //! left running.
 //!
+//! The zero is not given: the demo counts every answer of its traffic and fails on one
+//! that is not 2xx. With the web containers started with `STOP_GRACE=0` (nginx quits at
+//! SIGTERM, before HAProxy has drained the server), it failed: "11 of 2060 requests
+//! through HAProxy failed while web-03 stopped" (HTTP 503).
+//!
 //! It runs the workspace's own binaries (`cargo build --workspace --bins`, as
 //! `scripts/test` does first) with `--no-build`; the images are built here (cached).
 
