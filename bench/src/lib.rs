@@ -7,6 +7,7 @@
 //!             ├─ shell.rs     the seed's monweb shell loop (bash + etcdctl + curl), for real
 //!             ├─ lbsync.rs    lb-sync against the CLB simulator (calls vs the API's minimum)
 //!             ├─ dbseed.rs    dbhelper seed vs `mariadb < dump`
+//!             ├─ haproxy.rs   lb-sync --provider haproxy: a rolling restart under load, withdrawal to drain
 //!             └─ summary.rs / plot.rs  → target/bench/{summary.json, summary.md, announce-latency.png}
 //! ```
 //!
@@ -24,6 +25,7 @@ use serde_json::json;
 pub mod announce;
 pub mod containers;
 pub mod dbseed;
+pub mod haproxy;
 pub mod lbsync;
 pub mod observe;
 pub mod plot;
@@ -100,8 +102,12 @@ pub struct Args {
     #[arg(long, env = "BENCH_REPLOT", value_name = "SAMPLES_JSON")]
     pub replot: Option<std::path::PathBuf>,
 
-    /// Benchmarks to run, comma-separated: announce, shell, lb_sync, dbhelper (default: all).
-    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', value_parser = ["announce", "shell", "lb_sync", "dbhelper"])]
+    /// Record withdrawals timed to HAProxy no longer routing (default 40; quick 20).
+    #[arg(long, env = "BENCH_WITHDRAWALS")]
+    pub withdrawals: Option<usize>,
+
+    /// Benchmarks to run, comma-separated: announce, shell, lb_sync, dbhelper, haproxy (default: all).
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', value_parser = ["announce", "shell", "lb_sync", "dbhelper", "haproxy"])]
     pub only: Vec<String>,
 }
 
@@ -122,6 +128,8 @@ pub struct Settings {
     pub churn: usize,
     /// Runs per loader.
     pub seed_runs: usize,
+    /// Withdrawals timed through HAProxy.
+    pub withdrawals: usize,
     /// Docker calls in flight.
     pub concurrency: usize,
     /// The announcer's log filter.
@@ -134,10 +142,10 @@ impl Settings {
     /// Resolves the defaults of the mode, then the explicit options.
     #[must_use]
     pub fn from_args(a: &Args) -> Settings {
-        let (mode, containers, records, idle, sample, churn, runs) = if a.quick {
-            ("quick", 30, 60, Duration::from_secs(15), 5, 20, 2)
+        let (mode, containers, records, idle, sample, churn, runs, withdrawals) = if a.quick {
+            ("quick", 30, 60, Duration::from_secs(15), 5, 20, 2, 20)
         } else {
-            ("full", 200, 500, Duration::from_secs(60), 10, 50, 5)
+            ("full", 200, 500, Duration::from_secs(60), 10, 50, 5, 40)
         };
         let containers = a.containers.unwrap_or(containers).max(1);
         Settings {
@@ -148,6 +156,7 @@ impl Settings {
             shell_sample: a.shell_sample.unwrap_or(sample).max(1),
             churn: a.churn.unwrap_or(churn),
             seed_runs: a.seed_runs.unwrap_or(runs).max(1),
+            withdrawals: a.withdrawals.unwrap_or(withdrawals).max(1),
             concurrency: a.concurrency.max(1),
             announcer_log_filter: a.announcer_log_filter.clone(),
             announcer_args: a.announcer_args.split_whitespace().map(String::from).collect(),
@@ -270,7 +279,7 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
     let mut announce_p50: Option<f64> = None;
     let mut announcer_cpu_per_container_min: Option<f64> = None;
     if selected("announce") {
-        eprintln!("bench: [1/4] announce, withdraw, footprint ...");
+        eprintln!("bench: [1/5] announce, withdraw, footprint ...");
         match announce::run(&ctx, &docker, &mut footprint).await {
             Ok(out) => {
                 announce_p50 = out.announce.get("announce_p50_ms");
@@ -284,7 +293,7 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
         }
     }
     if selected("shell") {
-        eprintln!("bench: [2/4] the seed's monweb shell loop ...");
+        eprintln!("bench: [2/5] the seed's monweb shell loop ...");
         match shell::run(&ctx, &docker).await {
             Ok(mut out) => {
                 if let (Some(shell), Some(ours)) = (out.section.get("shell_announce_p50_ms"), announce_p50) {
@@ -305,17 +314,28 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
     }
     summary.sections.push(footprint);
     if selected("lb_sync") {
-        eprintln!("bench: [3/4] lb-sync against the simulator ...");
+        eprintln!("bench: [3/5] lb-sync against the simulator ...");
         match lbsync::run(&ctx).await {
             Ok(s) => summary.sections.push(s),
             Err(e) => errors.push(format!("lb_sync: {e:#}")),
         }
     }
     if selected("dbhelper") {
-        eprintln!("bench: [4/4] dbhelper seed vs the mariadb client ...");
+        eprintln!("bench: [4/5] dbhelper seed vs the mariadb client ...");
         match dbseed::run(&ctx).await {
             Ok(s) => summary.sections.push(s),
             Err(e) => errors.push(format!("dbhelper: {e:#}")),
+        }
+    }
+
+    if selected("haproxy") {
+        eprintln!("bench: [5/5] lb-sync --provider haproxy: a rolling restart under load, withdrawal to drain ...");
+        let settings = haproxy::Settings {
+            withdrawals: ctx.settings.withdrawals,
+        };
+        match haproxy::run(&ctx, &docker, settings).await {
+            Ok(s) => summary.sections.push(s),
+            Err(e) => errors.push(format!("haproxy: {e:#}")),
         }
     }
 
@@ -415,6 +435,7 @@ async fn machine_meta(ctx: &Ctx) -> std::collections::BTreeMap<String, serde_jso
                 "shell_sample": s.shell_sample,
                 "churn": s.churn,
                 "seed_runs": s.seed_runs,
+                "withdrawals": s.withdrawals,
                 "concurrency": s.concurrency,
                 "announcer_args": s.announcer_args,
             }),
@@ -460,7 +481,10 @@ mod tests {
             (full.mode, full.containers, full.footprint_records, full.idle.as_secs()),
             ("full", 200, 500, 60)
         );
-        assert_eq!((full.shell_sample, full.churn, full.seed_runs), (10, 50, 5));
+        assert_eq!(
+            (full.shell_sample, full.churn, full.seed_runs, full.withdrawals),
+            (10, 50, 5, 40)
+        );
         let quick = Settings::from_args(&Args::try_parse_from(["bench", "--quick"]).unwrap());
         assert_eq!((quick.mode, quick.containers, quick.idle.as_secs()), ("quick", 30, 15));
         let custom = Settings::from_args(

@@ -1,7 +1,7 @@
 //! The figures of one run: what the table prints and what `summary.json` holds (pure).
 //!
 //! `summary.json` has one object per benchmark (`announce`, `withdraw`, `shell`,
-//! `footprint`, `lb_sync`, `dbhelper`) whose keys are the figure names of issue 7 and
+//! `footprint`, `lb_sync`, `dbhelper`, `haproxy`) whose keys are the figure names of issue 7 and
 //! whose values are plain numbers: milliseconds (`_ms`), bytes (`_bytes`), seconds
 //! (`_s_...`), counts, or ratios. Beside them, `meta` (machine, date, mode, settings,
 //! notes) and `targets` (each target, the value measured, met or not).
@@ -118,6 +118,13 @@ pub fn targets() -> Vec<(&'static str, &'static str, Goal)> {
         ("lb_sync", "scale_0_to_10_calls_over_min", Goal::Exactly(0.0)),
         ("lb_sync", "scale_10_to_3_calls_over_min", Goal::Exactly(0.0)),
         ("dbhelper", "seed_speedup", Goal::AtLeast(5.0)),
+        ("haproxy", "rolling_requests_failed", Goal::Exactly(0.0)),
+        // 100 ms plus lb-sync's debounce MIN (haproxy.rs runs it with 100 ms).
+        (
+            "haproxy",
+            "withdraw_to_drain_p99_ms",
+            Goal::Below(100.0 + crate::haproxy::DEBOUNCE_MIN_MS),
+        ),
         ("dbhelper", "gen_speedup", Goal::AtLeast(3.0)),
         (
             "dbhelper",

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Functions of scripts/demo (sourced). They use the globals scripts/demo sets: repo, state,
-# bin_dir, keep, host, public_ip, private_ip, etcd_local, etcd_bridge, web_count, db_port.
+# bin_dir, keep, host, public_ip, private_ip, etcd_local, etcd_bridge, web_count, db_port,
+# ha_port, ha_sock.
 
 label="sidekick-demo=1"   # on every container and volume the demo makes
 step_no=0
@@ -146,7 +147,7 @@ stop_procs() {
 teardown() {
   local failed=${1:-0} c
   if [ -d "$state/pids" ]; then
-    stop_procs lb-sync
+    stop_procs 'lb-sync*'
     stop_procs 'monweb@*' mondb
   fi
   local containers
@@ -161,7 +162,7 @@ teardown() {
     docker rm -f $containers >/dev/null 2>&1 || true
   fi
   if [ -d "$state/pids" ]; then
-    stop_procs clb-sim
+    stop_procs clb-sim haproxy
     # One member at a time: a leader stopped with its peers alive hands over at once; all
     # three stopped together spend seconds trying to.
     stop_procs etcd-m1
@@ -198,7 +199,7 @@ on_exit() {
     if ((keep)); then
       print_keep_info
     else
-      step "Tear down (lb-sync, announcers, containers, simulator, etcd, volume, $state)"
+      step "Tear down (both lb-syncs, announcers, containers, HAProxy, simulator, etcd, volume, $state)"
       teardown
       note "nothing is left running; the demo took $((SECONDS))s in all"
     fi
@@ -224,8 +225,9 @@ print_keep_info() {
   note "etcd:     ETCDCTL_API=3 etcdctl --endpoints=$etcd_local get --prefix /services"
   note "web:      curl http://$public_ip:18001/world.php   (web-01 .. web-$(printf %02d "$web_count"), one stopped)"
   note "db:       mariadb -h $private_ip -P $db_port -u root -p\"\$(cat $state/secrets/db_root_pw)\""
-  note "LB:       the simulator at http://127.0.0.1:$sim_port/v2.0 (user u, key k), load balancer 1 in ORD"
-  note "lb-sync:  curl http://127.0.0.1:$lb_port/healthz"
+  note "LB:       curl http://127.0.0.1:$ha_port/   (HAProxy; Runtime API: echo 'show stat' | socat stdio unix-connect:$ha_sock)"
+  note "CLB:      the simulator at http://127.0.0.1:$sim_port/v2.0 (user u, key k), load balancer 1 in ORD"
+  note "lb-sync:  curl http://127.0.0.1:$lb_port/healthz (Rackspace), curl http://127.0.0.1:$lbh_port/healthz (HAProxy)"
   note "logs:     $state/logs"
   note "stop:     scripts/demo --stop"
 }
@@ -310,9 +312,117 @@ lb_node_condition() {
     '[.nodes[]? | select(.address == $a and .port == $p) | .condition][0] // "gone"'
 }
 
+# ---- the real load balancer (HAProxy, through its Runtime API) ---------------------------
+
+# The configuration: a frontend on 127.0.0.1:$ha_port and an empty backend `web` that
+# lb-sync fills through the Runtime API (the stats socket, `level admin`, in $state).
+# `roundrobin` because `add server` needs a dynamic algorithm; `retries 0` and no
+# `option redispatch`, so a request that fails is counted below, not retried away; each
+# answer names the server that gave it in X-Lb-Server.
+write_haproxy_cfg() {
+  cat >"$1" <<EOF
+global
+    stats socket $ha_sock mode 600 level admin
+    stats timeout 10s
+    maxconn 2000
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 0
+
+frontend www
+    bind 127.0.0.1:$ha_port
+    default_backend web
+
+backend web
+    balance roundrobin
+    http-response set-header X-Lb-Server %s
+EOF
+}
+
+# ha_cmd COMMAND: one Runtime API command, its answer on stdout.
+ha_cmd() { printf '%s\n' "$1" | socat -T 5 - "UNIX-CONNECT:$ha_sock"; }
+
+# The servers of the backend, one a line: NAME ADDR:PORT STATUS (show stat's status: UP,
+# DRAIN, MAINT, DOWN, "no check").
+ha_servers() {
+  ha_cmd "show stat web 4 -1" | awk -F, '
+    NR == 1 { sub(/^# /, ""); for (i = 1; i <= NF; i++) col[$i] = i; next }
+    NF > 1 { print $col["svname"], $col["addr"], $col["status"] }'
+}
+
+# ha_converged N: exactly N servers, all UP.
+ha_converged() {
+  local out
+  out=$(ha_servers) || return 1
+  [ "$(grep -c . <<<"$out")" = "$1" ] && [ "$(grep -c ' UP$' <<<"$out")" = "$1" ]
+}
+
+# The status of lb-sync's server for ADDRESS:PORT, or "gone".
+ha_server_state() {
+  local out
+  out=$(ha_servers) || return 1
+  awk -v n="lb-sync-$1:$2" '$1 == n { s = $3; for (i = 4; i <= NF; i++) s = s " " $i; print s; found = 1 }
+    END { if (!found) print "gone" }' <<<"$out"
+}
+
+show_haproxy() {
+  local out
+  out=$(ha_servers) || die "HAProxy's Runtime API does not answer ($ha_sock)"
+  note "HAProxy, backend web: $(grep -c . <<<"$out") server(s); frontend http://127.0.0.1:$ha_port/"
+  { echo "SERVER ADDRESS STATUS"; cat <<<"$out"; } \
+    | awk '{ s = $3; for (i = 4; i <= NF; i++) s = s " " $i; printf "%-28s %-22s %s\n", $1, $2, s }' | indent
+}
+
+# The container behind lb-sync's server name (lb-sync-ADDR:180NN -> web-NN).
+server_container() {
+  local port=${1##*:}
+  if [[ "$port" =~ ^180[0-9][0-9]$ ]]; then printf 'web-%02d' $((10#${port:3})); else printf '%s' "${1:-none}"; fi
+}
+
+# 30 requests through HAProxy, each on a new connection (curl with `Connection: close`),
+# counted by the container that answered (the page's "Served by HOST"); dies unless all
+# 30 answered 200 and every running container took some.
+show_spread() {
+  local url="http://127.0.0.1:$ha_port/" args=() i out ok spread
+  for ((i = 0; i < 30; i++)); do args+=("$url"); done
+  note "for i in \$(seq 30); do curl -s $url | grep -o 'Served by [a-z0-9-]*'; done | sort | uniq -c"
+  out=$(curl -s -H 'Connection: close' --max-time 10 -w '\nHTTP %{http_code}\n' "${args[@]}" || true)
+  ok=$(grep -c '^HTTP 200$' <<<"$out" || true)
+  grep -o 'Served by [A-Za-z0-9-]*' <<<"$out" | awk '{ print $3 }' | sort | uniq -c \
+    | awk '{ printf "%s: %d requests\n", $2, $1 }' | indent
+  spread=$(grep -o 'Served by [A-Za-z0-9-]*' <<<"$out" | sort -u | grep -c . || true)
+  note "30 requests through HAProxy: $ok answered 200, $((30 - ok)) failed; spread over $spread containers"
+  ((ok == 30)) || die "$((30 - ok)) of 30 requests through HAProxy failed"
+  ((spread == web_count)) || die "the requests reached $spread containers, not all $web_count"
+}
+
+# traffic_start FILE: requests through HAProxy one after another, each on a new connection
+# (20 per curl process), one line per request in FILE: "CODE SERVER" (code 000: no answer).
+# Runs in the background until traffic_stop (or until a teardown removes $state).
+traffic_start() {
+  local url="http://127.0.0.1:$ha_port/" args=() i
+  for ((i = 0; i < 20; i++)); do args+=(-o /dev/null "$url"); done
+  : >"$1"
+  touch "$state/traffic.run"
+  (
+    while [ -e "$state/traffic.run" ]; do
+      curl -s -H 'Connection: close' --max-time 10 -w '%{http_code} %header{x-lb-server}\n' "${args[@]}" >>"$1" 2>/dev/null || true
+    done
+  ) </dev/null 8>&- &
+  traffic_pid=$!
+}
+traffic_stop() {
+  rm -f "$state/traffic.run"
+  wait "$traffic_pid" 2>/dev/null || true
+}
+
 # ---- what the walkthrough showed -------------------------------------------------------
 
-unit_line() { printf '   %-20s %-26s %-8s %-9s %s\n' "$@"; }
+unit_line() { printf '   %-24s %-26s %-8s %-9s %s\n' "$@"; }
 
 # Like `fleetctl list-units`: every unit, the machine it runs on, its state.
 list_units() {
@@ -329,6 +439,10 @@ list_units() {
     unit_line "monweb@$n.service" "$machine" "$(proc_state "monweb@$n")" "$(proc_sub "monweb@$n")" \
       "announcer (pid $(proc_pid "monweb@$n")) following web-$n"
   done
+  unit_line haproxy.service "$machine" "$(proc_state haproxy)" "$(proc_sub haproxy)" \
+    "haproxy (pid $(proc_pid haproxy)), http://127.0.0.1:$ha_port/, Runtime API $ha_sock"
+  unit_line lb-sync-haproxy.service "$machine" "$(proc_state lb-sync-haproxy)" "$(proc_sub lb-sync-haproxy)" \
+    "lb-sync --provider haproxy (pid $(proc_pid lb-sync-haproxy)) -> HAProxy's backend web"
   unit_line lb-sync.service "$machine" "$(proc_state lb-sync)" "$(proc_sub lb-sync)" \
     "lb-sync (pid $(proc_pid lb-sync)) -> load balancer 1 in ORD (the simulator)"
 }
@@ -382,38 +496,75 @@ show_pages() {
   note "every container answers: its own host name, the $want cities of world.City (as dbhelper counted), PASS"
 }
 
-# Stops web-K and prints, as they happen, its record leaving etcd and its node leaving
-# the load balancer (ENABLED -> DRAINING -> deleted).
+# Stops web-K under continuous traffic through HAProxy and prints, as they happen, the
+# container's stop, its record leaving etcd, its server leaving HAProxy (UP -> DRAIN ->
+# deleted) and its node leaving the simulated Cloud Load Balancer (ENABLED -> DRAINING ->
+# deleted); then how many requests were sent through HAProxy meanwhile and how many failed.
+# Dies if one failed: with the record withdrawn at the stop signal, HAProxy draining the
+# server and the image serving through its STOP_GRACE, none should.
 watch_removal() {
-  local n=$1 t0 rec node last_rec=present last_node port=$((18000 + 10#$1)) round=0
+  local n=$1 t0 rec node srv stopped=0 last_rec=present last_node last_srv port=$((18000 + 10#$1)) round=0
+  local traffic="$state/traffic.txt" sent failed
   last_node=$(lb_node_condition "$private_ip" "$port")
   node=$last_node
+  last_srv=$(ha_server_state "$private_ip" "$port")
+  srv=$last_srv
+  traffic_start "$traffic"
+  sleep 1   # a second of steady traffic before the stop
+  note "requests go through HAProxy one after another, each on a new connection, from 1 s before the stop to 1 s after the end"
   t0=$(date +%s%N)
-  docker stop -t 10 "web-$n" >/dev/null || die "docker stop web-$n failed"
-  note "+$(secs "$(ms_since "$t0")")  docker stop web-$n: exited"
+  docker stop -t 10 "web-$n" >"$state/logs/docker-stop.log" 2>&1 &
+  local stop_pid=$!
+  note "+0.0s  docker stop web-$n (SIGTERM; the image keeps serving for its STOP_GRACE, 2 s, then quits gracefully)"
   local deadline=$((SECONDS + 90))
   while :; do
+    if ((!stopped)) && ! kill -0 "$stop_pid" 2>/dev/null; then
+      wait "$stop_pid" || die "docker stop web-$n failed: $(cat "$state/logs/docker-stop.log")"
+      note "+$(secs "$(ms_since "$t0")")  docker stop web-$n: the container exited"
+      stopped=1
+    fi
     if etcd_has "/services/web/web$n/"; then rec=present; else rec=gone; fi
-    # The load balancer every other round (0.4 s): the API's rate limit is shared with lb-sync.
+    srv=$(ha_server_state "$private_ip" "$port" || echo "$last_srv")
+    # The simulator every other round (0.4 s): the API's rate limit is shared with lb-sync.
     if ((round++ % 2 == 0)); then node=$(lb_node_condition "$private_ip" "$port" || echo "$last_node"); fi
     if [ "$rec" != "$last_rec" ]; then
-      note "+$(secs "$(ms_since "$t0")")  etcd: /services/web/web$n/* $rec (the announcer withdrew the record when the container died)"
+      note "+$(secs "$(ms_since "$t0")")  etcd: /services/web/web$n/* $rec (the announcer withdrew the record at the stop signal)"
       last_rec=$rec
+    fi
+    if [ "$srv" != "$last_srv" ]; then
+      case "$srv" in
+        gone) note "+$(secs "$(ms_since "$t0")")  HAProxy: server lb-sync-$private_ip:$port drained and deleted (no new request goes to it)" ;;
+        *) note "+$(secs "$(ms_since "$t0")")  HAProxy: server lb-sync-$private_ip:$port $last_srv -> $srv" ;;
+      esac
+      last_srv=$srv
     fi
     if [ "$node" != "$last_node" ]; then
       case "$node" in
-        gone) note "+$(secs "$(ms_since "$t0")")  load balancer: node $private_ip:$port deleted (after the 3 s drain)" ;;
-        *) note "+$(secs "$(ms_since "$t0")")  load balancer: node $private_ip:$port $last_node -> $node" ;;
+        gone) note "+$(secs "$(ms_since "$t0")")  Cloud Load Balancer: node $private_ip:$port deleted (after the 3 s drain)" ;;
+        *) note "+$(secs "$(ms_since "$t0")")  Cloud Load Balancer: node $private_ip:$port $last_node -> $node" ;;
       esac
       last_node=$node
     fi
-    [ "$rec" = gone ] && [ "$node" = gone ] && break
+    ((stopped)) && [ "$rec" = gone ] && [ "$srv" = gone ] && [ "$node" = gone ] && break
     check_alive
-    ((SECONDS < deadline)) || die "timed out after 90s: record $rec, load balancer node $node"
+    ((SECONDS < deadline)) || die "timed out after 90s: container stopped $stopped, record $rec, HAProxy server $srv, load balancer node $node"
     sleep 0.2
   done
+  sleep 1
+  traffic_stop
+  sent=$(grep -c . "$traffic" || true)
+  failed=$(grep -vc '^2[0-9][0-9] ' "$traffic" || true)
+  awk '{ print $2 }' "$traffic" | sort | uniq -c | while read -r count server; do
+    printf '%s: %d requests (server %s)\n' "$(server_container "$server")" "$count" "${server:-none}"
+  done | indent
+  note "while web-$n stopped: $sent requests sent through HAProxy, $failed failed"
+  if ((failed)); then
+    grep -v '^2[0-9][0-9] ' "$traffic" | sort | uniq -c | head -n 5 | indent
+    die "$failed of $sent requests through HAProxy failed while web-$n stopped"
+  fi
   wait_until 30 "the load balancer to be ACTIVE with $((web_count - 1)) nodes" lb_converged "$((web_count - 1))"
-  note "web-$n's record and node are gone; the other $((web_count - 1)) stay in service"
+  wait_until 30 "HAProxy to hold $((web_count - 1)) servers UP" ha_converged "$((web_count - 1))"
+  note "web-$n's record, server and node are gone; the other $((web_count - 1)) stay in service"
 }
 
 # "static" or "dynamic" for a binary.
