@@ -494,6 +494,101 @@ mod tests {
         entries.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect()
     }
 
+    // The tests below were written to kill mutants that scripts/mutants found alive
+    // (TESTING.md): each names the behaviour that no other test pinned down.
+
+    #[test]
+    fn layouts_and_address_fields_print_the_names_their_parsers_and_readers_use() {
+        for (layout, name) in [
+            (Layout::Fields, "fields"),
+            (Layout::Value, "value"),
+            (Layout::Json, "json"),
+        ] {
+            assert_eq!(layout.to_string(), name);
+            assert_eq!(name.parse::<Layout>(), Ok(layout));
+        }
+        assert_eq!(AddressField::Public.to_string(), "public_ipv4_addr");
+        assert_eq!(AddressField::Private.to_string(), "private_ipv4_addr");
+    }
+
+    #[test]
+    fn a_record_picks_the_address_a_reader_asks_for() {
+        let rec = web01();
+        assert_eq!(
+            rec.address(AddressField::Public),
+            Some(Ipv4Addr::new(162, 242, 255, 73))
+        );
+        assert_eq!(
+            rec.address(AddressField::Private),
+            Some(Ipv4Addr::new(10, 208, 201, 226))
+        );
+        let no_public = Record {
+            public_ipv4: None,
+            ..web01()
+        };
+        assert_eq!(no_public.address(AddressField::Public), None);
+    }
+
+    #[test]
+    fn a_record_round_trips_through_serde_with_and_without_a_public_address() {
+        for rec in [
+            web01(),
+            Record {
+                public_ipv4: None,
+                ..web01()
+            },
+        ] {
+            let json = serde_json::to_string(&rec).unwrap();
+            let back: Record = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, rec, "{json}");
+        }
+        let bad = serde_json::to_string(&web01())
+            .unwrap()
+            .replace("162.242.255.73", "not-an-ip");
+        let err = serde_json::from_str::<Record>(&bad).unwrap_err().to_string();
+        assert!(err.contains("\"not-an-ip\" is not an IPv4 address"), "{err}");
+    }
+
+    #[test]
+    fn names_may_be_128_bytes_long_and_no_longer() {
+        assert!(validate_name("instance", &"a".repeat(127)).is_ok());
+        assert!(validate_name("instance", &"a".repeat(128)).is_ok());
+        let err = validate_name("instance", &"a".repeat(129)).unwrap_err().to_string();
+        assert!(err.contains("at most 128 bytes"), "{err}");
+    }
+
+    #[test]
+    fn empty_instances_and_unknown_fields_are_not_records() {
+        let mut entries = web01().entries("/services", Layout::Fields);
+        entries.push(("/services/web/".into(), "{}".into()));
+        entries.push(("/services/web//port".into(), "18002".into()));
+        entries.push(("/services/web/web02/bogus".into(), "x".into()));
+        let got = decode_service("/services/web/", "web", kv(&entries));
+        let instances: Vec<&str> = got.iter().map(|(i, _)| i.as_str()).collect();
+        assert_eq!(instances, vec!["web01"], "{got:?}");
+        assert_eq!(
+            got[0].1.as_ref().unwrap(),
+            &Record {
+                container_id: String::new(),
+                container_name: String::new(),
+                ..web01()
+            }
+        );
+    }
+
+    #[test]
+    fn a_json_record_may_carry_a_value_key_beside_its_port() {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&web01().entries("/services", Layout::Json)[0].1).unwrap();
+        doc["value"] = serde_json::json!("10.208.201.226");
+        let entries = vec![("/services/web/web01".to_owned(), doc.to_string())];
+        let got = decode_service("/services/web/", "web", kv(&entries));
+        assert_eq!(got[0].1.as_ref().unwrap(), &web01());
+        // Without a port it is the value layout's db record, not a web record.
+        let entries = vec![("/services/web/web01".to_owned(), encode_value(Ipv4Addr::LOCALHOST))];
+        assert!(decode_service("/services/web/", "web", kv(&entries))[0].1.is_err());
+    }
+
     #[test]
     fn fields_layout_is_the_seeds_five_keys() {
         let got = web01().entries("/services", Layout::Fields);
