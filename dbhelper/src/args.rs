@@ -142,16 +142,21 @@ pub struct SeedArgs {
     pub replay_system_schemas: bool,
 
     /// Connections that load tables in parallel (1 to 16); each table's statements stay
-    /// on one connection, in dump order. One by default: a full test run once saw a
-    /// parallel load of a two-database latin1 dump refused by the server ("Table 'pet' was
-    /// not locked with LOCK TABLES") where the sequential load, like the client, succeeds.
-    #[arg(long, env = "DB_LOAD_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    /// on one connection, in dump order. Default: the CPU count, at most 4.
+    #[arg(long, env = "DB_LOAD_JOBS", default_value_t = default_jobs(), value_parser = clap::value_parser!(u8).range(1..=16))]
     pub jobs: u8,
 
     /// Upper bound of one merged statement in bytes (suffixes K, M); the server's
     /// max_allowed_packet lowers it further.
     #[arg(long, env = "DB_BATCH_BYTES", default_value = "4M", value_parser = parse_bytes)]
     pub batch_bytes: usize,
+}
+
+/// `--jobs` by default: one connection per CPU, at most 4 (past that the server, not the
+/// number of connections, bounds a load; myloader's default is 4 too).
+fn default_jobs() -> u8 {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    u8::try_from(cpus.min(4)).unwrap_or(4)
 }
 
 /// A password: never printed, never logged.

@@ -8,6 +8,9 @@ mod support;
 #[path = "dbhelper/equivalence.rs"]
 mod equivalence;
 
+#[path = "dbhelper/parallel.rs"]
+mod parallel;
+
 use std::time::{Duration, Instant};
 
 use support::{
