@@ -903,7 +903,12 @@ mod tests {
             let step = rng.random_range(1..40);
             let whole = split(&input);
             let streamed = split_streamed(&input, step).map(joined_gaps);
-            assert_eq!(streamed, whole, "round {round}, step {step}: {:?}", String::from_utf8_lossy(&input));
+            assert_eq!(
+                streamed,
+                whole,
+                "round {round}, step {step}: {:?}",
+                String::from_utf8_lossy(&input)
+            );
         }
         let world = std::fs::read(testbed::world_dump()).unwrap();
         assert_eq!(split_streamed(&world, 4096).map(joined_gaps), split(&world));

@@ -614,7 +614,8 @@ async fn load_tables(
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| tokio::sync::mpsc::channel(QUEUE)).unzip();
     let reader = {
         let path = dump.path.clone();
-        let (sha256, replay, statements, stop) = (dump.sha256.clone(), dump.replay_system, dump.statements, stop.clone());
+        let (sha256, replay, statements, stop) =
+            (dump.sha256.clone(), dump.replay_system, dump.statements, stop.clone());
         let unchanged = describe_databases(&user);
         tokio::task::spawn_blocking(move || {
             let r = stream_tables(&path, limit, replay, &sha256, statements, senders, &stop, &unchanged);
@@ -642,12 +643,17 @@ async fn load_tables(
             r
         }
     });
-    let (read, mut results) = tokio::join!(reader, futures::future::join_all(runs));
+    let (read, lanes) = tokio::join!(reader, futures::future::join_all(runs));
     let read = read.unwrap_or_else(|e| {
         Err(Error::Interrupted {
-            during: format!("reading the dump ({e}); nothing was changed in {}", describe_databases(&user)),
+            during: format!(
+                "reading the dump ({e}); nothing was changed in {}",
+                describe_databases(&user)
+            ),
         })
     });
+    let trips: usize = lanes.iter().filter_map(|r| r.as_ref().ok()).sum();
+    let mut results: Vec<Result<(), Error>> = lanes.into_iter().map(|r| r.map(|_| ())).collect();
     results.push(read);
     // The first real error, not the "interrupted" of the lanes and reader it stopped.
     let first = results
@@ -662,7 +668,7 @@ async fn load_tables(
             during: format!("during the load; nothing was changed in {}", describe_databases(&user)),
         });
     }
-    tracing::info!(elapsed = ?started.elapsed(), "tables loaded into the staging databases");
+    tracing::info!(elapsed = ?started.elapsed(), round_trips = trips, "tables loaded into the staging databases");
     Ok(())
 }
 
@@ -693,13 +699,14 @@ fn stream_tables(
             1 => Route::Lane(0),
             _ => router.route(&step).unwrap_or(Route::Lane(0)),
         };
-        let sent = match route {
-            Route::Skip => Ok(()),
-            Route::Lane(i) => senders[i].blocking_send(step),
-            Route::Every => senders.iter().try_for_each(|s| s.blocking_send(step.clone())),
-        };
         // A closed queue: that connection failed (its error is the one reported).
-        sent.map_err(|_| interrupted())
+        match route {
+            Route::Skip => Ok(()),
+            Route::Lane(i) => senders[i].blocking_send(step).map_err(|_| interrupted()),
+            Route::Every => senders
+                .iter()
+                .try_for_each(|s| s.blocking_send(step.clone()).map_err(|_| interrupted())),
+        }
     };
     let summary = source.for_each_statement(|st| {
         if stop.is_cancelled() {
@@ -743,8 +750,10 @@ struct Lane<'r> {
 }
 
 impl Lane<'_> {
-    /// Runs the steps that arrive on `rx` on `conn`, until the reader closes it.
-    async fn run(&self, conn: &mut Conn, mut rx: tokio::sync::mpsc::Receiver<Step<'static>>) -> Result<(), Error> {
+    /// Runs the steps that arrive on `rx` on `conn`, until the reader closes it; returns
+    /// how many it ran (round trips).
+    async fn run(&self, conn: &mut Conn, mut rx: tokio::sync::mpsc::Receiver<Step<'static>>) -> Result<usize, Error> {
+        let mut trips = 0;
         while let Some(step) = rx.recv().await {
             if self.cancel.is_cancelled() {
                 return Err(Error::Interrupted {
@@ -763,8 +772,9 @@ impl Lane<'_> {
             if let Err(e) = conn.query_drop(sql.as_ref()).await {
                 return Err(rejected(conn, self.address, e, &step, &sql, &self.unchanged).await);
             }
+            trips += 1;
         }
-        Ok(())
+        Ok(trips)
     }
 }
 

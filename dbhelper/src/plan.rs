@@ -525,7 +525,7 @@ impl Merge {
         Merge {
             sql,
             head: head.len(),
-            rows: vec![head.len()..head.len() + rows.len()],
+            rows: std::iter::once(head.len()..head.len() + rows.len()).collect(),
             lines: vec![line],
             first: number,
             last: number,

@@ -66,6 +66,12 @@ impl Source {
         };
         let file = File::open(path).map_err(read_error)?;
         let meta = file.metadata().map_err(read_error)?;
+        if meta.is_dir() {
+            return Err(read_error(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "it is a directory",
+            )));
+        }
         if !meta.is_file() {
             return Err(Error::DumpUseless {
                 path: path.to_owned(),
@@ -169,7 +175,10 @@ mod tests {
         let pieces = dump::split(&whole).unwrap();
         let want: Vec<(Vec<u8>, usize, usize, usize)> = pieces
             .iter()
-            .filter_map(|p| p.statement_number().map(|n| (whole[p.range.clone()].to_vec(), n, p.line, p.range.end)))
+            .filter_map(|p| {
+                p.statement_number()
+                    .map(|n| (whole[p.range.clone()].to_vec(), n, p.line, p.range.end))
+            })
             .collect();
         for chunk in [1, 100, 4096, 1 << 20] {
             let mut source = Source::open(&path).unwrap();

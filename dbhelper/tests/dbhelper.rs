@@ -11,6 +11,9 @@ mod equivalence;
 #[path = "dbhelper/parallel.rs"]
 mod parallel;
 
+#[path = "dbhelper/streaming.rs"]
+mod streaming;
+
 use std::time::{Duration, Instant};
 
 use support::{
