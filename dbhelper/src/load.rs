@@ -612,19 +612,24 @@ async fn load_tables(
     }
     let stop = cancel.child_token();
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| tokio::sync::mpsc::channel(QUEUE)).unzip();
-    let reader = {
+    // One reader per connection, each streaming the whole dump and keeping its own tables:
+    // a dump holds its tables one after the other, so one reader feeding every connection
+    // through small queues would keep all but one of them waiting.
+    let readers = senders.into_iter().enumerate().map(|(lane, sender)| {
         let path = dump.path.clone();
         let (sha256, replay, statements, stop) =
             (dump.sha256.clone(), dump.replay_system, dump.statements, stop.clone());
         let unchanged = describe_databases(&user);
+        let feed = Feed { lane, lanes: n, sender };
         tokio::task::spawn_blocking(move || {
-            let r = stream_tables(&path, limit, replay, &sha256, statements, senders, &stop, &unchanged);
+            let r = stream_tables(&path, limit, replay, &sha256, statements, &feed, &stop, &unchanged);
             if r.is_err() {
                 stop.cancel();
             }
             r
         })
-    };
+    });
+    let reader = futures::future::join_all(readers);
     let lane = Lane {
         address: &address,
         staging: &staging,
@@ -644,17 +649,21 @@ async fn load_tables(
         }
     });
     let (read, lanes) = tokio::join!(reader, futures::future::join_all(runs));
-    let read = read.unwrap_or_else(|e| {
-        Err(Error::Interrupted {
-            during: format!(
-                "reading the dump ({e}); nothing was changed in {}",
-                describe_databases(&user)
-            ),
-        })
-    });
+    for c in conns {
+        let _ = c.disconnect().await;
+    }
     let trips: usize = lanes.iter().filter_map(|r| r.as_ref().ok()).sum();
     let mut results: Vec<Result<(), Error>> = lanes.into_iter().map(|r| r.map(|_| ())).collect();
-    results.push(read);
+    results.extend(read.into_iter().map(|r| {
+        r.unwrap_or_else(|e| {
+            Err(Error::Interrupted {
+                during: format!(
+                    "reading the dump ({e}); nothing was changed in {}",
+                    describe_databases(&user)
+                ),
+            })
+        })
+    }));
     // The first real error, not the "interrupted" of the lanes and reader it stopped.
     let first = results
         .iter()
@@ -672,10 +681,19 @@ async fn load_tables(
     Ok(())
 }
 
-/// The reader thread of the tables phase: streams the dump, plans it with the server's
-/// statement limit and sends each table step to its connection (every connection for
-/// session statements); with one connection, everything in dump order. Fails when the
-/// file is not the one the first pass read.
+/// What one reader of the tables phase feeds: connection `lane` of `lanes`.
+struct Feed {
+    lane: usize,
+    lanes: usize,
+    sender: tokio::sync::mpsc::Sender<Step<'static>>,
+}
+
+/// A reader thread of the tables phase: streams the dump, plans it with the server's
+/// statement limit and sends the steps of its connection's tables and the session
+/// statements to it; with one connection, everything in dump order. Every reader deals
+/// the tables alike ([`plan::Router`]), so each table goes to exactly one connection.
+/// The first connection's reader shows the progress. Fails when the file is not the one
+/// the first pass read.
 #[allow(clippy::too_many_arguments)]
 fn stream_tables(
     path: &Path,
@@ -683,30 +701,32 @@ fn stream_tables(
     replay: bool,
     sha256: &str,
     statements: usize,
-    senders: Vec<tokio::sync::mpsc::Sender<Step<'static>>>,
+    feed: &Feed,
     stop: &CancellationToken,
     unchanged: &str,
 ) -> Result<(), Error> {
     let source = Source::open(path)?;
-    let mut progress = Progress::new(source.size, statements);
+    let mut progress = (feed.lane == 0).then(|| Progress::new(source.size, statements));
     let mut planner = plan::Planner::new(limit, replay);
-    let mut router = plan::Router::new(senders.len());
+    let mut router = plan::Router::new(feed.lanes);
     let interrupted = || Error::Interrupted {
         during: format!("during the load; nothing was changed in {unchanged}"),
     };
     let mut send = |step: Step<'static>| -> Result<(), Error> {
-        let route = match senders.len() {
-            1 => Route::Lane(0),
-            _ => router.route(&step).unwrap_or(Route::Lane(0)),
+        let mine = match feed.lanes {
+            1 => true,
+            // The first pass checked that every step has a route.
+            _ => match router.route(&step) {
+                Some(Route::Every) => true,
+                Some(Route::Lane(i)) => i == feed.lane,
+                Some(Route::Skip) | None => false,
+            },
         };
-        // A closed queue: that connection failed (its error is the one reported).
-        match route {
-            Route::Skip => Ok(()),
-            Route::Lane(i) => senders[i].blocking_send(step).map_err(|_| interrupted()),
-            Route::Every => senders
-                .iter()
-                .try_for_each(|s| s.blocking_send(step.clone()).map_err(|_| interrupted())),
+        if !mine {
+            return Ok(());
         }
+        // A closed queue: that connection failed (its error is the one reported).
+        feed.sender.blocking_send(step).map_err(|_| interrupted())
     };
     let summary = source.for_each_statement(|st| {
         if stop.is_cancelled() {
@@ -722,13 +742,17 @@ fn stream_tables(
         for step in ready {
             send(step)?;
         }
-        progress.update(st.end, st.number);
+        if let Some(p) = progress.as_mut() {
+            p.update(st.end, st.number);
+        }
         Ok(())
     })?;
     for step in planner.finish().tables {
         send(step)?;
     }
-    progress.finish();
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
     if summary.sha256 != sha256 {
         return Err(Error::DumpUseless {
             path: path.to_owned(),
