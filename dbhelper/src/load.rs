@@ -1271,6 +1271,48 @@ mod tests {
         assert_eq!(with_definer(sql, None, &HashSet::new()), None);
     }
 
+    /// A load pass that reads other bytes than the first pass checked fails (before the
+    /// swap); the same bytes pass, every step in order on the one connection.
+    #[test]
+    fn a_dump_changed_between_the_passes_fails_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sql");
+        std::fs::write(
+            &path,
+            "CREATE TABLE t (a int);\nINSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\n",
+        )
+        .unwrap();
+        let checked = DumpFile::read(&path, false).unwrap();
+        let stop = CancellationToken::new();
+        let run = |sha: &str| {
+            let (sender, mut rx) = tokio::sync::mpsc::channel(16);
+            let feed = Feed {
+                lane: 0,
+                lanes: 1,
+                sender,
+            };
+            let r = stream_tables(&path, 1 << 20, false, sha, checked.statements, &feed, &stop, "db");
+            drop(feed);
+            let mut steps = Vec::new();
+            while let Ok(step) = rx.try_recv() {
+                steps.push(step.sql().to_vec());
+            }
+            (r, steps)
+        };
+        let (r, steps) = run(&checked.sha256);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            steps,
+            [
+                b"CREATE TABLE t (a int)".to_vec(),
+                b"INSERT INTO t VALUES (1),(2)".to_vec()
+            ]
+        );
+        let (r, _) = run(&"0".repeat(64));
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("it changed while being loaded"), "{err}");
+    }
+
     #[test]
     fn names_fit_the_server_limit() {
         let longest = "x".repeat(40);
