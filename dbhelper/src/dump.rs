@@ -460,7 +460,8 @@ impl<'a> Splitter<'a> {
             // The client ends a statement at its delimiter even inside a version comment,
             // but not inside an optimizer hint.
             let in_hint = matches!(code, Some((Block::Hint, _)));
-            if !in_hint && input[i..].starts_with(&self.delimiter) {
+            // The first byte alone first: this runs for every byte of every statement.
+            if !in_hint && self.delimiter.first() == Some(&input[i]) && input[i..].starts_with(&self.delimiter) {
                 self.push_statement(start..i, StatementEnd::Delimiter);
                 let end = i + self.delimiter.len();
                 self.push(PieceKind::Delimiter, i..end);
