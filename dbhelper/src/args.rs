@@ -142,10 +142,8 @@ pub struct SeedArgs {
     pub replay_system_schemas: bool,
 
     /// Connections that load tables in parallel (1 to 16); each table's statements stay
-    /// on one connection, in dump order. One by default: a full test run once saw a
-    /// parallel load of a two-database latin1 dump refused by the server ("Table 'pet' was
-    /// not locked with LOCK TABLES") where the sequential load, like the client, succeeds.
-    #[arg(long, env = "DB_LOAD_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    /// on one connection, in dump order.
+    #[arg(long, env = "DB_LOAD_JOBS", default_value_t = DEFAULT_JOBS, value_parser = clap::value_parser!(u8).range(1..=16))]
     pub jobs: u8,
 
     /// Upper bound of one merged statement in bytes (suffixes K, M); the server's
@@ -153,6 +151,11 @@ pub struct SeedArgs {
     #[arg(long, env = "DB_BATCH_BYTES", default_value = "4M", value_parser = parse_bytes)]
     pub batch_bytes: usize,
 }
+
+/// `--jobs` by default, as myloader's: the CPUs of the machine running dbhelper say
+/// nothing of the server's, and on the 2-core bench machine 4 connections loaded the
+/// generated dump faster than 2 (BENCHMARKS.md).
+const DEFAULT_JOBS: u8 = 4;
 
 /// A password: never printed, never logged.
 #[derive(Clone, PartialEq, Eq)]

@@ -134,7 +134,93 @@ pub enum SplitError {
 /// [`SplitError`] when the input ends inside a quote or comment, or a `DELIMITER` command
 /// has no usable argument.
 pub fn split(input: &[u8]) -> Result<Vec<Piece>, SplitError> {
-    Splitter::new(input).run()
+    let mut s = Splitter::new(input, &Carry::default());
+    s.run()?;
+    Ok(s.pieces)
+}
+
+/// Bytes past a delimiter that a window must hold before [`split_window`] cuts after it:
+/// the most any decision before the delimiter looks ahead (`/*M!999999\-` is 12).
+pub const LOOKAHEAD: usize = 16;
+
+/// What splitting carries from one window of a streamed dump to the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Carry {
+    /// The delimiter in force.
+    pub delimiter: Vec<u8>,
+    /// Statements cut so far.
+    pub statements: usize,
+    /// The 1-based line of the window's first byte.
+    pub line: usize,
+    /// Where the window starts in the dump.
+    pub offset: usize,
+    /// Whether the window's first byte starts a line.
+    pub line_start: bool,
+}
+
+impl Default for Carry {
+    fn default() -> Self {
+        Carry {
+            delimiter: b";".to_vec(),
+            statements: 0,
+            line: 1,
+            offset: 0,
+            line_start: true,
+        }
+    }
+}
+
+/// Splits the part of `window` (the dump from `carry.offset` on) that later bytes cannot
+/// change: with `eof`, all of it (as [`split`]); otherwise up to the end of the last
+/// delimiter that is followed by at least [`LOOKAHEAD`] bytes, where the splitter is between
+/// statements again. Returns the pieces (ranges relative to `window`, lines absolute) and
+/// how many bytes they cover (0: read more and call again with the longer window), and
+/// moves `carry` past them.
+///
+/// The pieces equal those [`split`] cuts from the whole dump: a cut is only made where
+/// `split` itself starts afresh (its state is the delimiter, the statement count, the line
+/// and whether a line starts), and nothing before a delimiter depends on bytes further
+/// than [`LOOKAHEAD`] past it.
+///
+/// # Errors
+/// As [`split`], only with `eof` (before it, an open quote may close in the next bytes).
+pub fn split_window(window: &[u8], eof: bool, carry: &mut Carry) -> Result<(Vec<Piece>, usize), SplitError> {
+    let mut s = Splitter::new(window, carry);
+    let ran = s.run();
+    if eof {
+        ran?;
+        let len = window.len();
+        advance(carry, window, &s.pieces, len);
+        return Ok((s.pieces, len));
+    }
+    let Some(cut) = s
+        .pieces
+        .iter()
+        .rposition(|p| p.kind == PieceKind::Delimiter && p.range.end + LOOKAHEAD <= window.len())
+    else {
+        return Ok((Vec::new(), 0));
+    };
+    let mut pieces = s.pieces;
+    pieces.truncate(cut + 1);
+    let len = pieces[cut].range.end;
+    advance(carry, window, &pieces, len);
+    Ok((pieces, len))
+}
+
+/// Moves `carry` past the first `len` bytes of `window`, which `pieces` cover.
+fn advance(carry: &mut Carry, window: &[u8], pieces: &[Piece], len: usize) {
+    for p in pieces {
+        match &p.kind {
+            PieceKind::DelimiterCommand { new } => carry.delimiter.clone_from(new),
+            PieceKind::Statement { number, .. } => carry.statements = *number,
+            _ => {}
+        }
+    }
+    carry.line += window[..len].iter().filter(|&&b| b == b'\n').count();
+    carry.offset += len;
+    if len > 0 {
+        carry.line_start = window[len - 1] == b'\n';
+    }
 }
 
 /// The statements of `pieces` with their bytes.
@@ -145,9 +231,10 @@ pub fn statements<'a>(input: &'a [u8], pieces: &'a [Piece]) -> impl Iterator<Ite
         .map(move |p| (p, &input[p.range.clone()]))
 }
 
-/// 1-based line of `offset` (used on error paths only; pieces count lines incrementally).
-fn line_of(input: &[u8], offset: usize) -> usize {
-    1 + input[..offset.min(input.len())].iter().filter(|&&b| b == b'\n').count()
+/// 1-based line of `offset` in `input`, whose first byte is on line `first` (used on error
+/// paths only; pieces count lines incrementally).
+fn line_of(input: &[u8], offset: usize, first: usize) -> usize {
+    first + input[..offset.min(input.len())].iter().filter(|&&b| b == b'\n').count()
 }
 
 /// `haystack` contains `needle` (byte comparison).
@@ -163,24 +250,32 @@ struct Splitter<'a> {
     /// Line counting: `line` is the line of byte `line_pos`.
     line_pos: usize,
     line: usize,
+    /// The line of the input's first byte, its offset in the dump, and whether it starts
+    /// a line (the input is a window of a streamed dump).
+    first_line: usize,
+    offset: usize,
+    line_start: bool,
 }
 
 impl<'a> Splitter<'a> {
-    fn new(input: &'a [u8]) -> Self {
+    fn new(input: &'a [u8], carry: &Carry) -> Self {
         Splitter {
             input,
             pieces: Vec::new(),
-            delimiter: b";".to_vec(),
-            statements: 0,
+            delimiter: carry.delimiter.clone(),
+            statements: carry.statements,
             line_pos: 0,
-            line: 1,
+            line: carry.line,
+            first_line: carry.line,
+            offset: carry.offset,
+            line_start: carry.line_start,
         }
     }
 
     /// Line of `pos`; positions are asked in increasing order.
     fn line_at(&mut self, pos: usize) -> usize {
         if pos < self.line_pos {
-            return line_of(self.input, pos);
+            return line_of(self.input, pos, self.first_line);
         }
         self.line += self.input[self.line_pos..pos].iter().filter(|&&b| b == b'\n').count();
         self.line_pos = pos;
@@ -220,8 +315,8 @@ impl<'a> Splitter<'a> {
     fn unterminated(&self, open: Open, offset: usize) -> SplitError {
         SplitError::Unterminated {
             open,
-            line: line_of(self.input, offset),
-            offset,
+            line: line_of(self.input, offset, self.first_line),
+            offset: self.offset + offset,
         }
     }
 
@@ -282,7 +377,7 @@ impl<'a> Splitter<'a> {
             return Ok(None);
         }
         let bad = |reason| SplitError::BadDelimiter {
-            line: line_of(self.input, i),
+            line: line_of(self.input, i, self.first_line),
             reason,
         };
         let eol = end_of_line(self.input, i);
@@ -315,7 +410,8 @@ impl<'a> Splitter<'a> {
         Ok(Some((stop, eol, new)))
     }
 
-    fn run(mut self) -> Result<Vec<Piece>, SplitError> {
+    /// Cuts the input into `self.pieces`; on an error, the pieces cut before it stay.
+    fn run(&mut self) -> Result<(), SplitError> {
         let input = self.input;
         let n = input.len();
         let mut i = 0;
@@ -328,7 +424,7 @@ impl<'a> Splitter<'a> {
         while i < n {
             let Some(start) = stmt_start else {
                 // Between statements: whitespace, comments and client commands.
-                let at_line_start = i == 0 || input[i - 1] == b'\n';
+                let at_line_start = if i == 0 { self.line_start } else { input[i - 1] == b'\n' };
                 if let Some((word, eol)) = at_line_start.then(|| self.use_line(i)).flatten() {
                     self.push(PieceKind::Gap, gap_start..word);
                     self.push_statement(word..eol, StatementEnd::Line);
@@ -364,7 +460,8 @@ impl<'a> Splitter<'a> {
             // The client ends a statement at its delimiter even inside a version comment,
             // but not inside an optimizer hint.
             let in_hint = matches!(code, Some((Block::Hint, _)));
-            if !in_hint && input[i..].starts_with(&self.delimiter) {
+            // The first byte alone first: this runs for every byte of every statement.
+            if !in_hint && self.delimiter.first() == Some(&input[i]) && input[i..].starts_with(&self.delimiter) {
                 self.push_statement(start..i, StatementEnd::Delimiter);
                 let end = i + self.delimiter.len();
                 self.push(PieceKind::Delimiter, i..end);
@@ -402,7 +499,7 @@ impl<'a> Splitter<'a> {
             }
             None => self.push(PieceKind::Gap, gap_start..n),
         }
-        Ok(self.pieces)
+        Ok(())
     }
 }
 
@@ -747,16 +844,75 @@ mod tests {
                             let bytes = &input[p.range.clone()];
                             assert!(!bytes.is_empty() && !is_space(bytes[bytes.len() - 1]), "trimmed");
                         }
-                        assert_eq!(p.line, line_of(&input, p.range.start), "round {round}: line");
+                        assert_eq!(p.line, line_of(&input, p.range.start, 1), "round {round}: line");
                     }
                 }
                 Err(SplitError::Unterminated { offset, line, .. }) => {
                     assert!(offset < input.len(), "round {round}: offset inside the input");
-                    assert_eq!(line, line_of(&input, offset));
+                    assert_eq!(line, line_of(&input, offset, 1));
                 }
                 Err(SplitError::BadDelimiter { .. }) => {}
             }
         }
+    }
+
+    /// Splits `input` as a stream does: windows that grow by `step` bytes until a cut is
+    /// possible, the rest carried over. Pieces are shifted back to dump offsets.
+    fn split_streamed(input: &[u8], step: usize) -> Result<Vec<Piece>, SplitError> {
+        let mut carry = Carry::default();
+        let mut out = Vec::new();
+        let mut end = 0;
+        loop {
+            end = (end + step).min(input.len());
+            let eof = end == input.len();
+            let start = carry.offset;
+            let (pieces, len) = split_window(&input[start..end], eof, &mut carry)?;
+            out.extend(pieces.into_iter().map(|p| Piece {
+                range: p.range.start + start..p.range.end + start,
+                ..p
+            }));
+            if eof {
+                assert_eq!(len, end - start);
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Gaps cut at window ends join the next window's first gap in a whole split.
+    fn joined_gaps(pieces: Vec<Piece>) -> Vec<Piece> {
+        let mut out: Vec<Piece> = Vec::new();
+        for p in pieces {
+            if let Some(last) = out.last_mut()
+                && last.kind == PieceKind::Gap
+                && p.kind == PieceKind::Gap
+                && last.range.end == p.range.start
+            {
+                last.range.end = p.range.end;
+                continue;
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn streamed_windows_cut_exactly_what_the_whole_split_cuts() {
+        let mut rng = StdRng::seed_from_u64(0x5eed_0002);
+        for round in 0..20_000 {
+            let len = rng.random_range(0..200);
+            let input = random_sql(&mut rng, len);
+            let step = rng.random_range(1..40);
+            let whole = split(&input);
+            let streamed = split_streamed(&input, step).map(joined_gaps);
+            assert_eq!(
+                streamed,
+                whole,
+                "round {round}, step {step}: {:?}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+        let world = std::fs::read(testbed::world_dump()).unwrap();
+        assert_eq!(split_streamed(&world, 4096).map(joined_gaps), split(&world));
     }
 
     /// Statements built from safe parts, joined with `;`, come back byte for byte.

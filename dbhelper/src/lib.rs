@@ -20,6 +20,7 @@ pub mod load;
 pub mod locate;
 pub mod plan;
 pub mod progress;
+pub mod source;
 pub mod user;
 pub mod verify;
 pub mod wait;
@@ -141,7 +142,7 @@ async fn run_seed(
     let named: Vec<&str> = dump.databases.iter().filter_map(|d| d.name.as_deref()).collect();
     tracing::info!(
         path = %dump.path.display(),
-        size = %progress::human_bytes(dump.bytes.len()),
+        size = %progress::human_bytes(dump.size),
         statements = dump.statements,
         objects = dump.objects,
         sha256 = %dump.sha256,

@@ -36,18 +36,17 @@ use std::time::Duration;
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::args::Credentials;
 use crate::db::{self, Admin, db_error, ident};
-use crate::dump::{self, Piece};
 use crate::error::{describe, server_code, snippet};
 use crate::locate::Address;
-use crate::plan::{self, Action, Database, Definer, ObjectKind, Verb};
+use crate::plan::{self, Action, Database, Definer, ObjectKind, Route, Step, Verb};
 use crate::progress::{Progress, human_bytes};
+use crate::source::Source;
 
 /// The marker table, in each seeded database.
 pub const MARKER_TABLE: &str = "_dbhelper_seed";
@@ -67,50 +66,67 @@ pub fn retired_name(db: &str) -> String {
     format!("{db}__dbhelper_old")
 }
 
-/// A dump read, hashed and split.
+/// A dump checked by a first streaming pass: what it holds, without holding it.
 #[derive(Debug)]
 pub struct DumpFile {
     /// The path given.
     pub path: PathBuf,
-    /// Its bytes, exactly as on disk.
-    pub bytes: Vec<u8>,
+    /// Its size in bytes.
+    pub size: usize,
     /// Lowercase hex sha256 of the bytes.
     pub sha256: String,
-    /// The pieces the splitter cut.
-    pub pieces: Vec<Piece>,
     /// How many statements it holds.
     pub statements: usize,
     /// The databases the dump names (one unnamed entry when none).
     pub databases: Vec<Database>,
     /// How many view, trigger, routine and event statements it holds.
     pub objects: usize,
+    /// The steps of the objects step (views, triggers, routines, events, the session
+    /// statements around them, replayed system-schema statements): kept from this pass, as
+    /// they are few and small and needed after the swap, also by a run that only completes
+    /// an interrupted objects step.
+    pub object_steps: Vec<plan::Step<'static>>,
+    /// How many tables the tables phase writes, when each of its statements belongs to one
+    /// table (it can be spread over several connections); `None` when one belongs to no
+    /// single table (it loads on one connection, in dump order).
+    pub spread_tables: Option<usize>,
     /// Whether the statements of system schemas are replayed (else refused).
     pub replay_system: bool,
 }
 
 impl DumpFile {
-    /// Reads and checks a dump before anything connects anywhere.
+    /// Reads and checks a dump before anything connects anywhere, as a stream.
     ///
     /// # Errors
     /// [`Error::DumpRead`], [`Error::DumpSplit`], [`Error::DumpPlan`] or
     /// [`Error::DumpUseless`], each naming the path.
     pub fn read(path: &Path, replay_system: bool) -> Result<DumpFile, Error> {
-        let bytes = std::fs::read(path).map_err(|source| Error::DumpRead {
+        let source = Source::open(path)?;
+        // Planned without merging (a limit of 0) only to check it and learn its shape; the
+        // loader plans again, in its own pass, with the server's packet limit.
+        let mut planner = plan::Planner::new(0, replay_system);
+        let mut router = Some(plan::Router::new(1));
+        let plan_error = |source| Error::DumpPlan {
             path: path.to_owned(),
             source,
+        };
+        let summary = source.for_each_statement(|st| {
+            planner
+                .statement(st.bytes, st.number, st.line, st.end)
+                .map_err(plan_error)?;
+            for step in planner.take_tables() {
+                if router.as_mut().is_some_and(|r| r.route(&step).is_none()) {
+                    router = None;
+                }
+            }
+            Ok(())
         })?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        let pieces = dump::split(&bytes).map_err(|source| Error::DumpSplit {
-            path: path.to_owned(),
-            source,
-        })?;
-        // Planned once here only to refuse a bad dump early, without merging (a limit of
-        // 0 merges nothing, so nothing is copied); the loader plans again with the
-        // server's packet limit.
-        let checked = plan::plan(&bytes, &pieces, 0, replay_system).map_err(|source| Error::DumpPlan {
-            path: path.to_owned(),
-            source,
-        })?;
+        let checked = planner.finish();
+        for step in &checked.tables {
+            if router.as_mut().is_some_and(|r| r.route(step).is_none()) {
+                router = None;
+            }
+        }
         if checked.statements == 0 {
             return Err(Error::DumpUseless {
                 path: path.to_owned(),
@@ -118,15 +134,15 @@ impl DumpFile {
             });
         }
         let objects = checked.object_count();
-        let (statements, databases) = (checked.statements, checked.databases);
         Ok(DumpFile {
             path: path.to_owned(),
-            bytes,
-            sha256,
-            pieces,
-            statements,
-            databases,
+            size: summary.bytes,
+            sha256: summary.sha256,
+            statements: checked.statements,
+            databases: checked.databases,
             objects,
+            object_steps: checked.objects,
+            spread_tables: router.map(|r| r.tables()),
             replay_system,
         })
     }
@@ -339,7 +355,7 @@ async fn seed_locked(
             tracing::warn!(
                 "the tables of this dump are in place but an earlier run stopped while creating its views, triggers, routines and events: creating them now"
             );
-            create_objects(admin, root, dump, opts, targets).await?;
+            create_objects(admin, root, dump, targets).await?;
             let markers = named(markers)
                 .into_iter()
                 .map(|(db, m)| {
@@ -411,7 +427,7 @@ async fn seed_locked(
     drop_staging(admin, &user).await;
     swapped?;
     if dump.objects > 0 || dump.databases.iter().any(|d| d.system) {
-        create_objects(admin, root, dump, opts, targets).await?;
+        create_objects(admin, root, dump, targets).await?;
         tracing::info!(
             window = ?window.elapsed(),
             objects = dump.objects,
@@ -542,9 +558,15 @@ fn first_user_target(targets: &[Target]) -> Option<&Target> {
     targets.iter().find(|t| !t.system)
 }
 
+/// Steps queued per connection: the reader stays at most this far ahead of each one,
+/// so memory holds a few statements in flight, not the dump.
+const QUEUE: usize = 1;
+
 /// Runs the tables phase on connections of their own, so the dump's session settings
 /// (`SET NAMES latin1`, `FOREIGN_KEY_CHECKS=0`, ...) stay there: one connection in dump
 /// order, or up to `--jobs` connections each loading whole tables (see [`plan::lanes`]).
+/// A reader thread streams the dump a second time, plans it and hands the steps to the
+/// connections through bounded queues.
 async fn load_tables(
     admin: &mut Admin,
     root: &Credentials,
@@ -563,108 +585,200 @@ async fn load_tables(
     };
     let mut conn = connect().await?;
     let limit = statement_limit(&mut conn, &address, opts.batch_bytes).await?;
-    let plan = plan::plan(&dump.bytes, &dump.pieces, limit, dump.replay_system).map_err(|source| Error::DumpPlan {
-        path: dump.path.clone(),
-        source,
-    })?;
     let user: Vec<&Target> = targets.iter().filter(|t| !t.system).collect();
-    // More than one lane only pays when several lanes hold table statements.
-    let lanes = plan::lanes(&plan.tables, opts.jobs).filter(|lanes| {
-        lanes
-            .iter()
-            .filter(|lane| {
-                lane.iter()
-                    .any(|st| matches!(plan::target_of(&st.action), plan::Target::Table(_)))
-            })
-            .count()
-            > 1
-    });
+    // More than one connection only pays when several of them get tables.
+    let n = dump.spread_tables.map_or(1, |tables| tables.min(opts.jobs)).max(1);
     tracing::info!(
         databases = %describe_databases(&user),
-        statements = plan.statements,
-        round_trips = plan.tables.len(),
-        connections = lanes.as_ref().map_or(1, Vec::len),
-        size = %human_bytes(dump.bytes.len()),
+        statements = dump.statements,
+        connections = n,
+        size = %human_bytes(dump.size),
         "loading the tables into the staging databases"
     );
     let started = Instant::now();
+    let mut conns = vec![conn];
+    while conns.len() < n {
+        conns.push(connect().await?);
+    }
+    if n > 1 {
+        // Tables load in an order of their own on each connection: a foreign key's rows
+        // may arrive before the rows it references (the swap makes them visible only all
+        // together, and mysqldump's data is consistent).
+        for c in &mut conns {
+            c.query_drop("SET SESSION FOREIGN_KEY_CHECKS = 0")
+                .await
+                .map_err(|e| db_error("preparing a load connection", &address, &e))?;
+        }
+    }
+    let stop = cancel.child_token();
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| tokio::sync::mpsc::channel(QUEUE)).unzip();
+    // One reader per connection, each streaming the whole dump and keeping its own tables:
+    // a dump holds its tables one after the other, so one reader feeding every connection
+    // through small queues would keep all but one of them waiting.
+    let readers = senders.into_iter().enumerate().map(|(lane, sender)| {
+        let path = dump.path.clone();
+        let (sha256, replay, statements, stop) =
+            (dump.sha256.clone(), dump.replay_system, dump.statements, stop.clone());
+        let unchanged = describe_databases(&user);
+        let feed = Feed { lane, lanes: n, sender };
+        tokio::task::spawn_blocking(move || {
+            let r = stream_tables(&path, limit, replay, &sha256, statements, &feed, &stop, &unchanged);
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        })
+    });
+    let reader = futures::future::join_all(readers);
     let lane = Lane {
         address: &address,
-        dump,
         staging: &staging,
         unchanged: describe_databases(&user),
-        cancel,
+        cancel: &stop,
     };
-    let result = match &lanes {
-        None => {
-            let steps: Vec<&plan::Step<'_>> = plan.tables.iter().collect();
-            lane.run(&mut conn, &steps, true).await
+    let runs = conns.iter_mut().zip(receivers).map(|(c, rx)| {
+        let lane = &lane;
+        let stop = &stop;
+        async move {
+            let r = lane.run(c, rx).await;
+            if r.is_err() {
+                // The other connections stop at their next statement, the reader at its next.
+                stop.cancel();
+            }
+            r
         }
-        Some(lanes) => {
-            let mut conns = vec![conn];
-            while conns.len() < lanes.len() {
-                conns.push(connect().await?);
-            }
-            // Tables load in an order of their own on each connection: a foreign key's
-            // rows may arrive before the rows it references (the swap makes them visible
-            // only all together, and mysqldump's data is consistent).
-            for c in &mut conns {
-                c.query_drop("SET SESSION FOREIGN_KEY_CHECKS = 0")
-                    .await
-                    .map_err(|e| db_error("preparing a load connection", &address, &e))?;
-            }
-            let stop = cancel.child_token();
-            let lane = Lane { cancel: &stop, ..lane };
-            let runs = conns.iter_mut().zip(lanes).enumerate().map(|(i, (c, steps))| {
-                let lane = &lane;
-                let stop = &stop;
-                async move {
-                    let r = lane.run(c, steps, i == 0).await;
-                    if r.is_err() {
-                        // The other connections stop at their next statement.
-                        stop.cancel();
-                    }
-                    r
-                }
-            });
-            let results = futures::future::join_all(runs).await;
-            // The first real error, not the "interrupted" of the lanes it stopped.
-            let first = results
-                .iter()
-                .position(|r| matches!(r, Err(e) if !matches!(e, Error::Interrupted { .. })))
-                .or_else(|| results.iter().position(Result::is_err));
-            let mut results = results;
-            match first {
-                Some(i) => results.swap_remove(i),
-                None => Ok(()),
-            }
-        }
+    });
+    let (read, lanes) = tokio::join!(reader, futures::future::join_all(runs));
+    for c in conns {
+        let _ = c.disconnect().await;
+    }
+    let trips: usize = lanes.iter().filter_map(|r| r.as_ref().ok()).sum();
+    let mut results: Vec<Result<(), Error>> = lanes.into_iter().map(|r| r.map(|_| ())).collect();
+    results.extend(read.into_iter().map(|r| {
+        r.unwrap_or_else(|e| {
+            Err(Error::Interrupted {
+                during: format!(
+                    "reading the dump ({e}); nothing was changed in {}",
+                    describe_databases(&user)
+                ),
+            })
+        })
+    }));
+    // The first real error, not the "interrupted" of the lanes and reader it stopped.
+    let first = results
+        .iter()
+        .position(|r| matches!(r, Err(e) if !matches!(e, Error::Interrupted { .. })))
+        .or_else(|| results.iter().position(Result::is_err));
+    if let Some(i) = first {
+        return results.swap_remove(i);
+    }
+    if cancel.is_cancelled() {
+        return Err(Error::Interrupted {
+            during: format!("during the load; nothing was changed in {}", describe_databases(&user)),
+        });
+    }
+    tracing::info!(elapsed = ?started.elapsed(), round_trips = trips, "tables loaded into the staging databases");
+    Ok(())
+}
+
+/// What one reader of the tables phase feeds: connection `lane` of `lanes`.
+struct Feed {
+    lane: usize,
+    lanes: usize,
+    sender: tokio::sync::mpsc::Sender<Step<'static>>,
+}
+
+/// A reader thread of the tables phase: streams the dump, plans it with the server's
+/// statement limit and sends the steps of its connection's tables and the session
+/// statements to it; with one connection, everything in dump order. Every reader deals
+/// the tables alike ([`plan::Router`]), so each table goes to exactly one connection.
+/// The first connection's reader shows the progress. Fails when the file is not the one
+/// the first pass read.
+#[allow(clippy::too_many_arguments)]
+fn stream_tables(
+    path: &Path,
+    limit: usize,
+    replay: bool,
+    sha256: &str,
+    statements: usize,
+    feed: &Feed,
+    stop: &CancellationToken,
+    unchanged: &str,
+) -> Result<(), Error> {
+    let source = Source::open(path)?;
+    let mut progress = (feed.lane == 0).then(|| Progress::new(source.size, statements));
+    let mut planner = plan::Planner::new(limit, replay);
+    let mut router = plan::Router::new(feed.lanes);
+    let interrupted = || Error::Interrupted {
+        during: format!("during the load; nothing was changed in {unchanged}"),
     };
-    result?;
-    tracing::info!(elapsed = ?started.elapsed(), "tables loaded into the staging databases");
+    let mut send = |step: Step<'static>| -> Result<(), Error> {
+        let mine = match feed.lanes {
+            1 => true,
+            // The first pass checked that every step has a route.
+            _ => match router.route(&step) {
+                Some(Route::Every) => true,
+                Some(Route::Lane(i)) => i == feed.lane,
+                Some(Route::Skip) | None => false,
+            },
+        };
+        if !mine {
+            return Ok(());
+        }
+        // A closed queue: that connection failed (its error is the one reported).
+        feed.sender.blocking_send(step).map_err(|_| interrupted())
+    };
+    let summary = source.for_each_statement(|st| {
+        if stop.is_cancelled() {
+            return Err(interrupted());
+        }
+        planner
+            .statement(st.bytes, st.number, st.line, st.end)
+            .map_err(|source| Error::DumpPlan {
+                path: path.to_owned(),
+                source,
+            })?;
+        let ready: Vec<Step<'static>> = planner.take_tables().collect();
+        for step in ready {
+            send(step)?;
+        }
+        if let Some(p) = progress.as_mut() {
+            p.update(st.end, st.number);
+        }
+        Ok(())
+    })?;
+    for step in planner.finish().tables {
+        send(step)?;
+    }
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
+    if summary.sha256 != sha256 {
+        return Err(Error::DumpUseless {
+            path: path.to_owned(),
+            reason: format!(
+                "it changed while being loaded (sha256 {sha256} when checked, {} when loaded); nothing was changed in {unchanged}",
+                summary.sha256
+            ),
+        });
+    }
     Ok(())
 }
 
 /// What every connection of the tables phase shares.
 struct Lane<'r> {
     address: &'r Address,
-    dump: &'r DumpFile,
     staging: &'r [String],
     unchanged: String,
     cancel: &'r CancellationToken,
 }
 
 impl Lane<'_> {
-    /// Runs `steps` on `conn`; the first lane also shows progress.
-    async fn run(&self, conn: &mut Conn, steps: &[&plan::Step<'_>], progress: bool) -> Result<(), Error> {
-        let statements: Vec<&Piece> = self
-            .dump
-            .pieces
-            .iter()
-            .filter(|p| p.statement_number().is_some())
-            .collect();
-        let mut shown = progress.then(|| Progress::new(self.dump.bytes.len(), self.dump.statements));
-        for step in steps {
+    /// Runs the steps that arrive on `rx` on `conn`, until the reader closes it; returns
+    /// how many it ran (round trips).
+    async fn run(&self, conn: &mut Conn, mut rx: tokio::sync::mpsc::Receiver<Step<'static>>) -> Result<usize, Error> {
+        let mut trips = 0;
+        while let Some(step) = rx.recv().await {
             if self.cancel.is_cancelled() {
                 return Err(Error::Interrupted {
                     during: format!("during the load; nothing was changed in {}", self.unchanged),
@@ -680,25 +794,11 @@ impl Lane<'_> {
                 Action::Sql(bytes) | Action::Object { sql: bytes, .. } => Cow::Borrowed(bytes.as_ref()),
             };
             if let Err(e) = conn.query_drop(sql.as_ref()).await {
-                return Err(rejected(
-                    conn,
-                    self.address,
-                    e,
-                    step,
-                    &statements,
-                    &self.dump.bytes,
-                    &self.unchanged,
-                )
-                .await);
+                return Err(rejected(conn, self.address, e, &step, &sql, &self.unchanged).await);
             }
-            if let Some(p) = shown.as_mut() {
-                p.update(step.done_bytes, *step.statements.end());
-            }
+            trips += 1;
         }
-        if let Some(mut p) = shown {
-            p.finish();
-        }
-        Ok(())
+        Ok(trips)
     }
 }
 
@@ -739,7 +839,6 @@ async fn create_objects(
     admin: &mut Admin,
     root: &Credentials,
     dump: &DumpFile,
-    opts: &SeedOptions<'_>,
     targets: &[Target],
 ) -> Result<(), Error> {
     let address = admin.address.clone();
@@ -750,14 +849,8 @@ async fn create_objects(
     let mut conn = db::connect(db::opts(&address, root, default.as_deref()), db::CONNECT_TIMEOUT)
         .await
         .map_err(|e| db_error("opening the connection for views, triggers and routines", &address, &e))?;
-    let limit = statement_limit(&mut conn, &address, opts.batch_bytes).await?;
-    let plan = plan::plan(&dump.bytes, &dump.pieces, limit, dump.replay_system).map_err(|source| Error::DumpPlan {
-        path: dump.path.clone(),
-        source,
-    })?;
-    let statements: Vec<&Piece> = dump.pieces.iter().filter(|p| p.statement_number().is_some()).collect();
     let done = describe_databases(&user);
-    for step in &plan.objects {
+    for step in &dump.object_steps {
         let sql: Cow<'_, [u8]> = match &step.action {
             Action::Use(i) => Cow::Owned(format!("USE {}", ident(&live[*i])).into_bytes()),
             Action::AlterDatabase(i, options) => {
@@ -794,7 +887,7 @@ async fn create_objects(
             }
         };
         if let Err(e) = conn.query_drop(sql.as_ref()).await {
-            let err = rejected(&mut conn, &address, e, step, &statements, &dump.bytes, &done).await;
+            let err = rejected(&mut conn, &address, e, step, &sql, &done).await;
             return Err(after_swap(err));
         }
     }
@@ -847,21 +940,18 @@ async fn drop_object(conn: &mut Conn, kind: ObjectKind, name: &[u8]) {
     }
 }
 
-/// Turns a failed step into an error naming the statement. When the step merged several
-/// statements, they are replayed one by one to find the one the server refuses.
+/// Turns a failed step (`sent` is what was sent) into an error naming the statement.
+/// When the step merged several statements, they are replayed one by one to find the one
+/// the server refuses.
 async fn rejected(
     conn: &mut Conn,
     address: &Address,
     err: mysql_async::Error,
-    step: &plan::Step<'_>,
-    statements: &[&Piece],
-    input: &[u8],
+    step: &Step<'_>,
+    sent: &[u8],
     database: &str,
 ) -> Error {
-    let piece = |n: usize| statements.get(n.wrapping_sub(1)).copied();
-    let bytes_of = |n: usize| piece(n).map_or(&[][..], |p| &input[p.range.clone()]);
     let (first, last) = (*step.statements.start(), *step.statements.end());
-    let mut found: Option<(usize, mysql_async::Error)> = None;
     if err.is_fatal() {
         // The connection broke: no replay possible.
         let number = if first == last {
@@ -876,34 +966,31 @@ async fn rejected(
             reason: format!("{}; nothing was changed in {database}", describe(&err)),
         };
     }
-    if first != last {
-        for n in first..=last {
-            if let Err(e) = conn.query_drop(bytes_of(n)).await {
-                found = Some((n, e));
+    let mut found: Option<(usize, usize, mysql_async::Error, Cow<'_, [u8]>)> = None;
+    if let Some(merged) = &step.merged {
+        for (k, &line) in merged.lines.iter().enumerate() {
+            let one = step.statement(k);
+            if let Err(e) = conn.query_drop(one.as_ref()).await {
+                found = Some((first + k, line, e, one));
                 break;
             }
         }
     }
-    let (number, reason, line, bytes) = match found {
-        Some((n, e)) => (
-            n.to_string(),
-            describe(&e),
-            piece(n).map_or(step.line, |p| p.line),
-            bytes_of(n),
-        ),
-        None if first == last => (first.to_string(), describe(&err), step.line, bytes_of(first)),
+    let (number, line, reason, bytes) = match found {
+        Some((n, line, e, one)) => (n.to_string(), line, describe(&e), one),
+        None if first == last => (first.to_string(), step.line, describe(&err), Cow::Borrowed(sent)),
         None => (
             format!("{first}-{last} (merged)"),
-            describe(&err),
             step.line,
-            bytes_of(first),
+            describe(&err),
+            step.statement(0),
         ),
     };
     Error::Rejected {
         number,
         line,
         reason,
-        snippet: snippet(bytes, SNIPPET_BYTES),
+        snippet: snippet(&bytes, SNIPPET_BYTES),
         database: database.to_owned(),
     }
 }
@@ -989,7 +1076,7 @@ async fn write_marker(
             format!(
                 "({}, {n}, {sha}, {}, {}, @t, {by}, {done})",
                 admin.literal(name),
-                dump.bytes.len(),
+                dump.size,
                 dump.statements
             )
         })
@@ -1182,6 +1269,48 @@ mod tests {
         accounts.insert((b"gone".to_vec(), b"%".to_vec()));
         assert_eq!(with_definer(sql, Some(&definer), &accounts), None);
         assert_eq!(with_definer(sql, None, &HashSet::new()), None);
+    }
+
+    /// A load pass that reads other bytes than the first pass checked fails (before the
+    /// swap); the same bytes pass, every step in order on the one connection.
+    #[test]
+    fn a_dump_changed_between_the_passes_fails_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sql");
+        std::fs::write(
+            &path,
+            "CREATE TABLE t (a int);\nINSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\n",
+        )
+        .unwrap();
+        let checked = DumpFile::read(&path, false).unwrap();
+        let stop = CancellationToken::new();
+        let run = |sha: &str| {
+            let (sender, mut rx) = tokio::sync::mpsc::channel(16);
+            let feed = Feed {
+                lane: 0,
+                lanes: 1,
+                sender,
+            };
+            let r = stream_tables(&path, 1 << 20, false, sha, checked.statements, &feed, &stop, "db");
+            drop(feed);
+            let mut steps = Vec::new();
+            while let Ok(step) = rx.try_recv() {
+                steps.push(step.sql().to_vec());
+            }
+            (r, steps)
+        };
+        let (r, steps) = run(&checked.sha256);
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(
+            steps,
+            [
+                b"CREATE TABLE t (a int)".to_vec(),
+                b"INSERT INTO t VALUES (1),(2)".to_vec()
+            ]
+        );
+        let (r, _) = run(&"0".repeat(64));
+        let err = r.unwrap_err().to_string();
+        assert!(err.contains("it changed while being loaded"), "{err}");
     }
 
     #[test]

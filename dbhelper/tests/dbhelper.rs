@@ -8,6 +8,12 @@ mod support;
 #[path = "dbhelper/equivalence.rs"]
 mod equivalence;
 
+#[path = "dbhelper/parallel.rs"]
+mod parallel;
+
+#[path = "dbhelper/streaming.rs"]
+mod streaming;
+
 use std::time::{Duration, Instant};
 
 use support::{

@@ -1,0 +1,102 @@
+//! The parallel load (`--jobs`) against a dump whose tables are wrapped in `LOCK TABLES`,
+//! with foreign keys between tables that land on different connections.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use testbed::{Daemon, MariaDb};
+
+use super::support::{root_sql, seed_at, write_file};
+
+/// A mysqldump-shaped dump: a parent table with many inserts under `LOCK TABLES … WRITE`,
+/// then three child tables with foreign keys to it, each under its own lock. Loaded over
+/// four connections, the children are created while the parent's lane still inserts: a
+/// lane that replayed the dump's `LOCK TABLES` then failed with "Table 'b_child_1' was not
+/// locked with LOCK TABLES" (the server wants a new child locked with its parent).
+fn locked_dump(parent_inserts: usize) -> Vec<u8> {
+    let mut d = String::from(
+        "/*!40101 SET NAMES utf8mb4 */;\n\
+         /*!40014 SET @OLD_FOREIGN_KEY_CHECKS=@@FOREIGN_KEY_CHECKS, FOREIGN_KEY_CHECKS=0 */;\n\
+         DROP TABLE IF EXISTS `a_parent`;\n\
+         CREATE TABLE `a_parent` (`id` INT NOT NULL PRIMARY KEY, `pad` VARCHAR(200)) ENGINE=InnoDB;\n\
+         LOCK TABLES `a_parent` WRITE;\n\
+         /*!40000 ALTER TABLE `a_parent` DISABLE KEYS */;\n",
+    );
+    let pad = "x".repeat(150);
+    for i in 0..parent_inserts {
+        d.push_str("INSERT INTO `a_parent` VALUES ");
+        for j in 0..8 {
+            let id = i * 8 + j + 1;
+            let sep = if j == 0 { "" } else { "," };
+            let _ = write!(d, "{sep}({id},'{pad}')");
+        }
+        d.push_str(";\n");
+    }
+    d.push_str("/*!40000 ALTER TABLE `a_parent` ENABLE KEYS */;\nUNLOCK TABLES;\n");
+    for c in 1..=3 {
+        let _ = write!(
+            d,
+            "DROP TABLE IF EXISTS `b_child_{c}`;\n\
+             CREATE TABLE `b_child_{c}` (`id` INT NOT NULL PRIMARY KEY, `parent_id` INT, KEY (`parent_id`), \
+               CONSTRAINT `fk_{c}` FOREIGN KEY (`parent_id`) REFERENCES `a_parent` (`id`)) ENGINE=InnoDB;\n\
+             LOCK TABLES `b_child_{c}` WRITE;\n\
+             INSERT INTO `b_child_{c}` VALUES (1,1),(2,2),({c}0,{c}0);\n\
+             UNLOCK TABLES;\n"
+        );
+    }
+    d.push_str("/*!40014 SET FOREIGN_KEY_CHECKS=@OLD_FOREIGN_KEY_CHECKS */;\n");
+    d.into_bytes()
+}
+
+/// Loaded with `--jobs 4` several times (the failure was a race), the dump's tables all
+/// arrive, with their rows and foreign keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_load_of_a_dump_with_lock_tables_and_foreign_keys() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let inserts = 300;
+    let dump = write_file(dir.path(), "locked.sql", &locked_dump(inserts));
+    let port = db.port().to_string();
+    for round in 1..=4 {
+        // Small batches: one round trip per insert, so the parent's lane is still busy
+        // when the other lanes create the children.
+        let mut cmd = seed_at(
+            &port,
+            dump.to_str().unwrap(),
+            &["--database", "locked", "--jobs", "4", "--batch-bytes", "2K", "--force"],
+        );
+        cmd.stdin(std::process::Stdio::null());
+        let mut run = Daemon::start(&format!("dbhelper-jobs4-{round}"), cmd);
+        let status = run.wait(Duration::from_secs(120)).await;
+        if !status.success() {
+            run.fail(format!("round {round}: dbhelper --jobs 4 exited with {status}"));
+        }
+        let log = run.log();
+        assert!(
+            log.contains("connections=4"),
+            "round {round}: not a parallel load:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("locked.a_parent: {} rows", inserts * 8)),
+            "round {round}:\n{log}"
+        );
+        for c in 1..=3 {
+            assert!(
+                log.contains(&format!("locked.b_child_{c}: 3 rows")),
+                "round {round}:\n{log}"
+            );
+        }
+    }
+    assert_eq!(
+        root_sql(
+            &db,
+            "SELECT TABLE_NAME, REFERENCED_TABLE_NAME, UNIQUE_CONSTRAINT_SCHEMA FROM information_schema.REFERENTIAL_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA='locked' ORDER BY TABLE_NAME"
+        ),
+        [
+            "b_child_1\ta_parent\tlocked",
+            "b_child_2\ta_parent\tlocked",
+            "b_child_3\ta_parent\tlocked"
+        ]
+    );
+}
