@@ -101,17 +101,31 @@ impl Start {
         self.spawn(cmd, None)
     }
 
+    /// [`Start::start`] for a harness that reports errors instead of failing a test (the
+    /// bench): a program that cannot be started, or a log that cannot be opened, is an
+    /// error.
+    ///
+    /// # Errors
+    /// When the log file cannot be opened or the program cannot be started.
+    pub fn try_start(self, cmd: Command) -> std::io::Result<Daemon> {
+        self.try_spawn(cmd, None)
+    }
+
     /// Starts `cmd` inside the network namespace open as `netns` (a file of `/run/netns`).
     /// The child enters the namespace between fork and exec.
-    pub(crate) fn spawn(self, mut cmd: Command, netns: Option<BorrowedFd<'_>>) -> Daemon {
+    pub(crate) fn spawn(self, cmd: Command, netns: Option<BorrowedFd<'_>>) -> Daemon {
+        let name = self.name.clone();
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        self.try_spawn(cmd, netns)
+            .unwrap_or_else(|e| panic!("testbed: daemon {name}: cannot start {program}: {e}"))
+    }
+
+    fn try_spawn(self, mut cmd: Command, netns: Option<BorrowedFd<'_>>) -> std::io::Result<Daemon> {
         let name = self.name;
         let (dir, log) = match self.log {
             Some(log) => (None, log),
             None => {
-                let dir = tempfile::Builder::new()
-                    .prefix("testbed-daemon")
-                    .tempdir()
-                    .expect("temp dir");
+                let dir = tempfile::Builder::new().prefix("testbed-daemon").tempdir()?;
                 let log = dir.path().join(format!("{}.log", name.replace('/', "-")));
                 (Some(dir), log)
             }
@@ -121,13 +135,13 @@ impl Start {
                 .create(true)
                 .append(true)
                 .open(path)
-                .unwrap_or_else(|e| panic!("testbed: daemon {name}: file {}: {e}", path.display()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
         };
-        let file = open(&log);
+        let file = open(&log)?;
         let stdout = self.stdout_apart.then(|| log.with_extension("stdout"));
         let out = match &stdout {
-            Some(path) => open(path),
-            None => file.try_clone().expect("clone log fd"),
+            Some(path) => open(path)?,
+            None => file.try_clone()?,
         };
         cmd.stdout(Stdio::from(out)).stderr(Stdio::from(file));
         if let Some(fd) = netns {
@@ -156,9 +170,8 @@ impl Start {
                 });
             }
         }
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        let child = crate::spawn(cmd).unwrap_or_else(|e| panic!("testbed: daemon {name}: cannot start {program}: {e}"));
-        Daemon {
+        let child = crate::spawn(cmd)?;
+        Ok(Daemon {
             name,
             pid: child.id(),
             child: Some(child),
@@ -168,7 +181,7 @@ impl Start {
             stdout,
             quoted: AtomicBool::new(false),
             _dir: dir,
-        }
+        })
     }
 }
 
@@ -325,6 +338,22 @@ impl Daemon {
     pub async fn stop(&mut self, sig: i32, within: Duration) -> ExitStatus {
         self.signal(sig);
         self.wait(within).await
+    }
+
+    /// SIGTERM, up to `grace` for the exit, then SIGKILL: a graceful stop that never fails,
+    /// for a harness that reports how it ended instead of failing a test (the bench).
+    /// Blocks the thread.
+    pub fn terminate_blocking(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        self.exit
     }
 
     /// SIGKILL (to its group too, when it has one) and reap, now (a crash). The exit
