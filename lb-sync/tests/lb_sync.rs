@@ -376,8 +376,7 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
         }
     })
     .await
-    .ok()
-    .expect("one leader and one standby");
+    .unwrap_or_else(|e| panic!("{e}:\n{}\n{}", a.excerpt(), b.excerpt()));
     let (mut leader, follower) = if roles == 0 { (a, b) } else { (b, a) };
     w.put([1, 2]).await;
     w.wait_enabled(&[1, 2], WITHIN).await;
