@@ -432,4 +432,30 @@ mod tests {
             .expect("a String panic");
         assert!(msg.contains("boom") && msg.contains("hello from sh"), "{msg}");
     }
+
+    #[test]
+    fn keeps_stdout_apart_signals_its_group_and_remembers_how_it_ended() {
+        let mut cmd = Command::new("/bin/sh");
+        // The child sleep is in the daemon's group: a signal to the group reaches it too.
+        cmd.args(["-c", "echo result; echo said >&2; sleep 30 & wait"]);
+        let mut d = Start::new("sh-group").stdout_apart().own_group().start(cmd);
+        d.wait_log_blocking("said", Duration::from_secs(10));
+        let stdout = eventually_blocking("stdout is written", Duration::from_secs(10), || {
+            d.stdout().contains("result").then_some(())
+        });
+        assert!(stdout.is_ok(), "{}", d.excerpt());
+        assert!(!d.log().contains("result"), "stdout stays out of the log: {}", d.log());
+        let pgid = i32::try_from(d.pid()).unwrap();
+        let status = d.terminate_blocking(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| !s.success()), "{status:?}");
+        // SAFETY: kill with signal 0 only asks whether the group still has a member.
+        let group_left = eventually_blocking("the group is gone", Duration::from_secs(10), || {
+            (unsafe { libc::kill(-pgid, 0) } != 0).then_some(())
+        });
+        assert!(group_left.is_ok(), "the sleep of the group outlived the stop");
+        assert_eq!(d.try_exit(), status, "the exit status stays readable");
+        assert_eq!(d.wait_blocking(Duration::from_secs(1)), status.unwrap());
+        let missing = Start::new("missing").try_start(Command::new("/nonexistent/program"));
+        assert!(missing.is_err());
+    }
 }
