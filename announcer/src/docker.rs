@@ -598,7 +598,7 @@ pub async fn follow(
                 }
             }
         }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        let delay = backoff.next().unwrap_or(Duration::from_secs(1));
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}

@@ -308,7 +308,7 @@ impl Registry {
     pub async fn run(mut self, mut desired: watch::Receiver<Desired>, shutdown: CancellationToken) {
         let mut resync = tokio::time::interval_at(Instant::now() + self.settings.resync, self.settings.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut backoff = sidekick::retry::backoff(Duration::from_millis(50), Duration::from_secs(2)).build();
+        let mut backoff = sidekick::retry::etcd_outage().build();
         let mut retry_at: Option<Instant> = None;
         let mut failing = false;
         loop {
@@ -348,7 +348,7 @@ impl Registry {
                         tracing::info!(records = self.written.len(), "etcd is back: records in place");
                     }
                     failing = false;
-                    backoff = sidekick::retry::backoff(Duration::from_millis(50), Duration::from_secs(2)).build();
+                    backoff = sidekick::retry::etcd_outage().build();
                 }
                 Err(e) => {
                     if member_away(&e) {
@@ -360,7 +360,7 @@ impl Registry {
                         tracing::warn!(error = %e, "etcd write failed; retrying with backoff");
                     }
                     failing = true;
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(2));
+                    let delay = backoff.next().unwrap_or(Duration::from_millis(500));
                     retry_at = Some(Instant::now() + delay);
                 }
             }

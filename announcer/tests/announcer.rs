@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::{GetOptions, PutOptions, WatchOptions};
 use support::{
-    Announcer, PATIENCE, PRIVATE, PUBLIC, dump, global_args, global_args_at, has_any, has_record, run_to_end,
-    wait_until,
+    PATIENCE, PRIVATE, PUBLIC, announcer, dump, global_args, global_args_at, has_any, has_record, records_until,
+    run_to_end,
 };
 use testbed::docker::{self, Spec};
 use testbed::{Etcd, EtcdCluster, SocketProxy, unique};
@@ -52,10 +52,10 @@ async fn announces_on_start_five_keys_on_one_lease_at_one_revision_and_writes_no
     let host = unique("host");
     // Created but not started: the announcer waits for it.
     let c = Spec::web(&image).name(&name).create(&d).await;
-    let a = Announcer::start(&container_args(&etcd.endpoint(), &host, &name, "web", "web01", &[]));
+    let a = announcer(&container_args(&etcd.endpoint(), &host, &name, "web", "web01", &[]));
     // Docker listed (the created container in it) and the registry's first pass done.
-    wait_until_log(&a, "docker listed").await;
-    wait_until_log(&a, "announcer started").await;
+    a.wait_log("docker listed", PATIENCE).await;
+    a.wait_log("announcer started", PATIENCE).await;
     assert!(
         dump(&mut client, "/services/").await.is_empty(),
         "nothing before the container runs"
@@ -127,7 +127,7 @@ async fn withdraws_on_stop_die_and_pause_and_reannounces_on_start_restart_and_un
     let host = unique("host");
     let c = Spec::web(&image).name(&name).run(&d).await;
     // --check none: only Docker's events can withdraw, and they do it at once.
-    let _a = Announcer::start(&container_args(
+    let _a = announcer(&container_args(
         &etcd.endpoint(),
         &host,
         &name,
@@ -138,50 +138,32 @@ async fn withdraws_on_stop_die_and_pause_and_reannounces_on_start_restart_and_un
     let present = |k: &std::collections::BTreeMap<String, support::Kv>| has_record(k, "web", "w1");
     let absent = |k: &std::collections::BTreeMap<String, support::Kv>| k.is_empty();
     let tight = Duration::from_secs(2);
-    wait_until(&mut client, "/services/", PATIENCE, "announced", present).await;
+    records_until(&mut client, "/services/", PATIENCE, "announced", present).await;
 
     c.stop(1).await;
-    wait_until(&mut client, "/services/", tight, "withdrawn after stop", absent).await;
+    records_until(&mut client, "/services/", tight, "withdrawn after stop", absent).await;
     c.start().await;
-    wait_until(&mut client, "/services/", PATIENCE, "announced after start", present).await;
+    records_until(&mut client, "/services/", PATIENCE, "announced after start", present).await;
 
     c.kill("SIGKILL").await;
-    wait_until(&mut client, "/services/", tight, "withdrawn after die", absent).await;
+    records_until(&mut client, "/services/", tight, "withdrawn after die", absent).await;
     c.start().await;
-    wait_until(&mut client, "/services/", PATIENCE, "announced after start", present).await;
+    records_until(&mut client, "/services/", PATIENCE, "announced after start", present).await;
 
     c.pause().await;
-    wait_until(&mut client, "/services/", tight, "withdrawn after pause", absent).await;
+    records_until(&mut client, "/services/", tight, "withdrawn after pause", absent).await;
     c.unpause().await;
-    wait_until(&mut client, "/services/", PATIENCE, "announced after unpause", present).await;
+    records_until(&mut client, "/services/", PATIENCE, "announced after unpause", present).await;
 
     // docker restart: the record goes with the old process and comes back with the new.
     let rev_before = dump(&mut client, "/services/").await["/services/web/w1/port"].mod_revision;
     c.restart(1).await;
-    wait_until(&mut client, "/services/", PATIENCE, "re-announced after restart", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "re-announced after restart", |k| {
         k.get("/services/web/w1/port")
             .is_some_and(|v| v.mod_revision > rev_before)
             && has_record(k, "web", "w1")
     })
     .await;
-}
-
-/// How many times the announcer's log says `needle` (a positive signal that a pass ran).
-fn count(a: &Announcer, needle: &str) -> usize {
-    a.log().matches(needle).count()
-}
-
-/// Waits until the log says `needle` more than `before` times.
-async fn wait_for_more(a: &Announcer, needle: &str, before: usize) {
-    let deadline = Instant::now() + PATIENCE;
-    while count(a, needle) <= before {
-        assert!(
-            Instant::now() < deadline,
-            "log never said {needle:?} again:\n{}",
-            a.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -211,20 +193,24 @@ async fn a_stop_signal_withdraws_at_once_while_the_container_finishes_and_a_surv
     let mut labelled = global_args(&etcd.endpoint(), &unique("host"));
     labelled.extend(fast.iter().map(|s| (*s).to_owned()));
     labelled.push("host".to_owned());
-    let announcers = [Announcer::start(&named), Announcer::start(&labelled)];
+    let announcers = [announcer(&named), announcer(&labelled)];
     let both =
         |k: &std::collections::BTreeMap<String, support::Kv>| has_record(k, "web", "s1") && has_record(k, "hweb", "h1");
     let none =
         |k: &std::collections::BTreeMap<String, support::Kv>| !has_any(k, "web", "s1") && !has_any(k, "hweb", "h1");
-    wait_until(&mut client, "/services/", PATIENCE, "announced by both", both).await;
+    records_until(&mut client, "/services/", PATIENCE, "announced by both", both).await;
 
     // Signals a process lives through change nothing, even after a resync.
     for signal in ["SIGHUP", "SIGUSR1"] {
-        let before: Vec<usize> = announcers.iter().map(|a| count(a, "docker resynced")).collect();
+        let before: Vec<usize> = announcers.iter().map(|a| a.log_count("docker resynced")).collect();
         c.kill(signal).await;
         for (a, n) in announcers.iter().zip(before) {
-            wait_until_log(a, &format!("signal={}\n", if signal == "SIGHUP" { 1 } else { 10 })).await;
-            wait_for_more(a, "docker resynced", n).await;
+            a.wait_log(
+                &format!("signal={}\n", if signal == "SIGHUP" { 1 } else { 10 }),
+                PATIENCE,
+            )
+            .await;
+            a.wait_log_more("docker resynced", n, PATIENCE).await;
         }
         let kvs = dump(&mut client, "/services/").await;
         assert!(both(&kvs), "still announced after {signal}: {kvs:?}");
@@ -233,7 +219,7 @@ async fn a_stop_signal_withdraws_at_once_while_the_container_finishes_and_a_surv
     // docker stop: SIGTERM now, the process exits 8 s later.
     let signalled = Instant::now();
     let watch = async {
-        wait_until(
+        records_until(
             &mut client,
             "/services/",
             PATIENCE,
@@ -248,9 +234,9 @@ async fn a_stop_signal_withdraws_at_once_while_the_container_finishes_and_a_surv
             "withdrawn while the container still runs"
         );
         // Resyncs that still find it running do not bring the record back.
-        let before: Vec<usize> = announcers.iter().map(|a| count(a, "docker resynced")).collect();
+        let before: Vec<usize> = announcers.iter().map(|a| a.log_count("docker resynced")).collect();
         for (a, n) in announcers.iter().zip(before) {
-            wait_for_more(a, "docker resynced", n + 1).await;
+            a.wait_log_more("docker resynced", n + 1, PATIENCE).await;
         }
         let kvs = dump(&mut client, "/services/").await;
         assert!(none(&kvs), "not re-announced by a resync: {kvs:?}");
@@ -268,7 +254,7 @@ async fn a_stop_signal_withdraws_at_once_while_the_container_finishes_and_a_surv
     );
     // Started again: announced again.
     c.start().await;
-    wait_until(&mut client, "/services/", PATIENCE, "announced after start", both).await;
+    records_until(&mut client, "/services/", PATIENCE, "announced after start", both).await;
 }
 
 /// `announcer container NAME --service web --instance w1` as host `host` with `private`.
@@ -294,14 +280,14 @@ async fn one_owner_per_record_across_hosts_the_second_takes_over_when_the_first_
     let ep = etcd.endpoint();
     let fast = ["--resync-interval", "1s"];
     let first_args = unit_args(&ep, &h1, "10.9.8.1", &n1, &fast);
-    let mut first = Announcer::start(&first_args);
+    let mut first = announcer(&first_args);
     let host_is = |h: &str| {
         let h = h.to_owned();
         move |k: &std::collections::BTreeMap<String, support::Kv>| {
             has_record(k, "web", "w1") && k["/services/web/w1/host"].value == h
         }
     };
-    let held = wait_until(
+    let held = records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -311,19 +297,19 @@ async fn one_owner_per_record_across_hosts_the_second_takes_over_when_the_first_
     .await;
 
     // The second host, same instance: it does not overwrite, it says who holds the record.
-    let second = Announcer::start(&unit_args(&ep, &h2, "10.9.8.2", &n2, &fast));
-    wait_until_log(&second, HELD).await;
-    wait_for_more(&second, "docker resynced", 1).await;
+    let second = announcer(&unit_args(&ep, &h2, "10.9.8.2", &n2, &fast));
+    second.wait_log(HELD, PATIENCE).await;
+    second.wait_log_more("docker resynced", 1, PATIENCE).await;
     let kvs = dump(&mut client, "/services/").await;
     assert_eq!(kvs, held, "the first host's record is untouched");
     let log = second.log();
     assert!(log.contains(&h1) && log.contains("another instance"), "{log}");
-    assert_eq!(count(&second, HELD), 1, "logged once:\n{log}");
+    assert_eq!(second.log_count(HELD), 1, "logged once:\n{log}");
 
     // The first stops: its record goes with its lease, the second's replaces it at once.
     let mut events = client.watch("/services/web/w1/host", None).await.unwrap();
     assert!(events.message().await.unwrap().unwrap().created());
-    let _ = first.signal_and_wait(libc::SIGTERM, PATIENCE).await;
+    let _ = first.stop(libc::SIGTERM, PATIENCE).await;
     let mut deleted = None;
     let took_over = tokio::time::timeout(PATIENCE, async {
         loop {
@@ -343,7 +329,7 @@ async fn one_owner_per_record_across_hosts_the_second_takes_over_when_the_first_
     .expect("the second host takes the record over");
     eprintln!("MEASURED first record gone -> second host's record written: {took_over:?}");
     assert!(took_over < Duration::from_secs(1), "took over after {took_over:?}");
-    let kvs = wait_until(
+    let kvs = records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -355,8 +341,8 @@ async fn one_owner_per_record_across_hosts_the_second_takes_over_when_the_first_
 
     // A third run (the first host again): it yields, and nothing flaps for a minute.
     drop(events);
-    let third = Announcer::start(&first_args);
-    wait_until_log(&third, HELD).await;
+    let third = announcer(&first_args);
+    third.wait_log(HELD, PATIENCE).await;
     let revision = |r: &etcd_client::GetResponse| r.header().unwrap().revision();
     let before = revision(&client.get("/", None).await.unwrap());
     let minute = Instant::now() + Duration::from_secs(60);
@@ -368,12 +354,12 @@ async fn one_owner_per_record_across_hosts_the_second_takes_over_when_the_first_
     let after = revision(&client.get("/", None).await.unwrap());
     assert_eq!(before, after, "nothing was written for a minute");
     assert!(
-        count(&third, "docker resynced") >= 30,
+        third.log_count("docker resynced") >= 30,
         "the third resynced all along:\n{}",
         third.log()
     );
-    assert_eq!(count(&third, HELD), 1, "logged once:\n{}", third.log());
-    assert_eq!(count(&second, HELD), 1, "{}", second.log());
+    assert_eq!(third.log_count(HELD), 1, "logged once:\n{}", third.log());
+    assert_eq!(second.log_count(HELD), 1, "{}", second.log());
 }
 
 #[tokio::test]
@@ -389,16 +375,16 @@ async fn a_restarted_unit_takes_its_own_record_over_at_once_and_another_unit_on_
     let ep = etcd.endpoint();
     // A long TTL: only a takeover can explain a new lease soon after the crash.
     let own = unit_args(&ep, &host, PRIVATE, &n1, &["--ttl", "30s"]);
-    let mut a = Announcer::start(&own);
-    let before = wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+    let mut a = announcer(&own);
+    let before = records_until(&mut client, "/services/", PATIENCE, "announced", |k| {
         has_record(k, "web", "w1")
     })
     .await;
     let old_lease = before["/services/web/w1/port"].lease;
-    let _ = a.signal_and_wait(libc::SIGKILL, PATIENCE).await;
+    let _ = a.stop(libc::SIGKILL, PATIENCE).await;
     let restarted = Instant::now();
-    let b = Announcer::start(&own);
-    let after = wait_until(&mut client, "/services/", PATIENCE, "taken over on a new lease", |k| {
+    let b = announcer(&own);
+    let after = records_until(&mut client, "/services/", PATIENCE, "taken over on a new lease", |k| {
         has_record(k, "web", "w1") && k.values().all(|v| v.lease != old_lease)
     })
     .await;
@@ -407,13 +393,13 @@ async fn a_restarted_unit_takes_its_own_record_over_at_once_and_another_unit_on_
         restarted.elapsed() < Duration::from_secs(15),
         "well before the old lease's 30 s"
     );
-    wait_until_log(&b, "took_over=true").await;
+    b.wait_log("took_over=true", PATIENCE).await;
 
     // Another unit on this host with the same instance: a conflict, and its resyncs
     // delete nothing of the live record.
-    let other = Announcer::start(&unit_args(&ep, &host, PRIVATE, &n2, &["--resync-interval", "500ms"]));
-    wait_until_log(&other, "is held by").await;
-    wait_for_more(&other, "docker resynced", 2).await;
+    let other = announcer(&unit_args(&ep, &host, PRIVATE, &n2, &["--resync-interval", "500ms"]));
+    other.wait_log("is held by", PATIENCE).await;
+    other.wait_log_more("docker resynced", 2, PATIENCE).await;
     assert_eq!(dump(&mut client, "/services/").await, after, "the live record stays");
 }
 
@@ -426,7 +412,7 @@ async fn container_mode_follows_the_name_across_rm_and_re_create() {
     let name = unique("ann-recreate");
     let host = unique("host");
     let old = Spec::web(&image).name(&name).run(&d).await;
-    let _a = Announcer::start(&container_args(
+    let _a = announcer(&container_args(
         &etcd.endpoint(),
         &host,
         &name,
@@ -436,13 +422,13 @@ async fn container_mode_follows_the_name_across_rm_and_re_create() {
     ));
     let port =
         |k: &std::collections::BTreeMap<String, support::Kv>| k.get("/services/web/r1/port").map(|v| v.value.clone());
-    let first = wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+    let first = records_until(&mut client, "/services/", PATIENCE, "announced", |k| {
         has_record(k, "web", "r1")
     })
     .await;
     assert_eq!(port(&first), Some(old.host_port("80/tcp").await.to_string()));
     old.remove().await;
-    wait_until(&mut client, "/services/", PATIENCE, "withdrawn after rm", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "withdrawn after rm", |k| {
         k.is_empty()
     })
     .await;
@@ -450,7 +436,7 @@ async fn container_mode_follows_the_name_across_rm_and_re_create() {
     let new = Spec::web(&image).name(&name).run(&d).await;
     let want = new.host_port("80/tcp").await.to_string();
     assert_ne!(new.id, old.id);
-    wait_until(
+    records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -469,7 +455,7 @@ async fn sigterm_revokes_the_lease_so_records_vanish_at_once() {
     let name = unique("ann-term");
     let host = unique("host");
     let _c = Spec::web(&image).name(&name).run(&d).await;
-    let mut a = Announcer::start(&container_args(
+    let mut a = announcer(&container_args(
         &etcd.endpoint(),
         &host,
         &name,
@@ -477,11 +463,11 @@ async fn sigterm_revokes_the_lease_so_records_vanish_at_once() {
         "t1",
         &["--ttl", "30s"],
     ));
-    wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "announced", |k| {
         has_record(k, "web", "t1")
     })
     .await;
-    let status = a.signal_and_wait(libc::SIGTERM, PATIENCE).await;
+    let status = a.stop(libc::SIGTERM, PATIENCE).await;
     assert!(status.success(), "graceful stop exits 0: {status:?}\n{}", a.log());
     // With a 30 s TTL, only the revoke can explain the records being gone now.
     assert!(dump(&mut client, "/services/").await.is_empty(), "records gone at exit");
@@ -496,7 +482,7 @@ async fn sigkill_leaves_records_until_the_ttl_runs_out() {
     let name = unique("ann-kill");
     let host = unique("host");
     let _c = Spec::web(&image).name(&name).run(&d).await;
-    let mut a = Announcer::start(&container_args(
+    let mut a = announcer(&container_args(
         &etcd.endpoint(),
         &host,
         &name,
@@ -504,16 +490,16 @@ async fn sigkill_leaves_records_until_the_ttl_runs_out() {
         "k1",
         &["--ttl", "3s"],
     ));
-    wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "announced", |k| {
         has_record(k, "web", "k1")
     })
     .await;
-    let _ = a.signal_and_wait(libc::SIGKILL, PATIENCE).await;
+    let _ = a.stop(libc::SIGKILL, PATIENCE).await;
     assert!(
         has_record(&dump(&mut client, "/services/").await, "web", "k1"),
         "a killed announcer cannot revoke: the record stays while the lease lives"
     );
-    wait_until(&mut client, "/services/", PATIENCE, "expired with the lease", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "expired with the lease", |k| {
         k.is_empty()
     })
     .await;
@@ -539,11 +525,11 @@ async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_di
     let (a_name, b_name) = (unique("ann-cl-a"), unique("ann-cl-b"));
     let _ca = labelled(&image, &a_name, "web").run(&d).await;
     let cb = labelled(&image, &b_name, "web").create(&d).await;
-    let _a = Announcer::start(&args(
+    let _a = announcer(&args(
         global_args(&cluster.endpoints_arg(), &host),
         &["host", "--ttl", "3s"],
     ));
-    wait_until(&mut client, "/services/", PATIENCE, "a announced", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "a announced", |k| {
         has_record(k, "web", &inst(&host, &a_name))
     })
     .await;
@@ -560,7 +546,7 @@ async fn keeps_records_alive_and_writes_new_ones_when_an_etcd_member_of_three_di
         "record of a kept alive with a member dead"
     );
     cb.start().await;
-    wait_until(
+    records_until(
         &mut survivor,
         "/services/",
         PATIENCE,
@@ -580,10 +566,10 @@ async fn records_come_back_after_etcd_stops_and_restarts_and_reflect_what_change
     let _ca = labelled(&image, &a_name, "web").run(&d).await;
     let cb = labelled(&image, &b_name, "web").run(&d).await;
     let cc = labelled(&image, &c_name, "web").create(&d).await;
-    let mut a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
+    let mut a = announcer(&args(global_args(&etcd.endpoint(), &host), &["host"]));
     {
         let mut client = etcd.client().await;
-        wait_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
+        records_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
             has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
         })
         .await;
@@ -593,10 +579,10 @@ async fn records_come_back_after_etcd_stops_and_restarts_and_reflect_what_change
     cb.stop(1).await;
     cc.start().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(a.running(), "the announcer keeps running while etcd is away");
+    assert!(a.is_running(), "the announcer keeps running while etcd is away");
     etcd.restart();
     let mut client = etcd.client().await;
-    wait_until(&mut client, "/services/", PATIENCE, "a and c back, b gone", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "a and c back, b gone", |k| {
         has_record(k, "web", &inst(&host, &a_name))
             && has_record(k, "web", &inst(&host, &c_name))
             && !has_any(k, "web", &inst(&host, &b_name))
@@ -614,15 +600,15 @@ async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_
     let (a_name, b_name) = (unique("ann-exp-a"), unique("ann-exp-b"));
     let _ca = labelled(&image, &a_name, "web").run(&d).await;
     let _cb = labelled(&image, &b_name, "web").run(&d).await;
-    let mut a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
-    let before = wait_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+    let mut a = announcer(&args(global_args(&etcd.endpoint(), &host), &["host"]));
+    let before = records_until(&mut client, "/services/", PATIENCE, "announced", |k| {
         has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
     })
     .await;
     let old_lease = before.values().next().unwrap().lease;
     // Freeze the announcer: from etcd's side it is unreachable, and its lease expires.
-    testbed::signal(a.pid(), libc::SIGSTOP);
-    wait_until(
+    a.signal(libc::SIGSTOP);
+    records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -630,8 +616,8 @@ async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_
         |k| k.is_empty(),
     )
     .await;
-    testbed::signal(a.pid(), libc::SIGCONT);
-    let after = wait_until(
+    a.signal(libc::SIGCONT);
+    let after = records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -643,7 +629,7 @@ async fn a_lease_that_expired_while_etcd_was_unreachable_is_regranted_and_every_
         after.values().all(|v| v.lease != old_lease && v.lease != 0),
         "{after:?}"
     );
-    assert!(a.running());
+    assert!(a.is_running());
     assert!(a.log().contains("lease expired"), "{}", a.log());
 }
 
@@ -659,11 +645,11 @@ async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_t
     let _ca = labelled(&image, &a_name, "web").run(&d).await;
     let cb = labelled(&image, &b_name, "web").run(&d).await;
     let cc = labelled(&image, &c_name, "web").create(&d).await;
-    let mut a = Announcer::start(&args(
+    let mut a = announcer(&args(
         global_args(&etcd.endpoint(), &host),
         &["--docker-host", &proxy.docker_host(), "host"],
     ));
-    wait_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "a and b announced", |k| {
         has_record(k, "web", &inst(&host, &a_name)) && has_record(k, "web", &inst(&host, &b_name))
     })
     .await;
@@ -679,10 +665,10 @@ async fn docker_event_stream_cut_keeps_records_and_resyncs_what_changed_during_t
         has_record(&during, "web", &inst(&host, &a_name)),
         "a stays during the cut: {during:?}"
     );
-    assert!(a.running());
+    assert!(a.is_running());
 
     proxy.restore();
-    wait_until(
+    records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -733,8 +719,8 @@ async fn stale_records_of_this_host_are_deleted_at_start_and_others_are_left_alo
         .await
         .unwrap();
     let _c = labelled(&image, &live, "web").run(&d).await;
-    let _a = Announcer::start(&args(global_args(&etcd.endpoint(), &host), &["host"]));
-    let kvs = wait_until(&mut client, "/services/", PATIENCE, "live announced, stale gone", |k| {
+    let _a = announcer(&args(global_args(&etcd.endpoint(), &host), &["host"]));
+    let kvs = records_until(&mut client, "/services/", PATIENCE, "live announced, stale gone", |k| {
         has_record(k, "web", &inst(&host, &live)) && !has_any(k, "web", "stale1") && !has_any(k, "api", "stalejson")
     })
     .await;
@@ -768,7 +754,7 @@ async fn value_layout_writes_the_seeds_db_record_and_container_mode_cleans_its_o
         .await
         .unwrap();
     let c = Spec::web(&image).name(&name).create(&d).await;
-    let _a = Announcer::start(&container_args(
+    let _a = announcer(&container_args(
         &etcd.endpoint(),
         &host,
         &name,
@@ -776,7 +762,7 @@ async fn value_layout_writes_the_seeds_db_record_and_container_mode_cleans_its_o
         "db_private_ip",
         &["--layout", "value"],
     ));
-    wait_until(&mut client, "/services/", PATIENCE, "stale db key deleted", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "stale db key deleted", |k| {
         !k.contains_key("/services/db/db_private_ip")
     })
     .await;
@@ -785,7 +771,7 @@ async fn value_layout_writes_the_seeds_db_record_and_container_mode_cleans_its_o
         "only its own instance is managed"
     );
     c.start().await;
-    let kvs = wait_until(
+    let kvs = records_until(
         &mut client,
         "/services/db/db_private_ip",
         PATIENCE,
@@ -816,24 +802,24 @@ async fn http_health_gate_announces_only_while_the_check_answers_2xx() {
             .iter()
             .map(|s| (*s).to_owned()),
     );
-    let a = Announcer::start(&argv);
+    let a = announcer(&argv);
     // The health page answers 500: several checks happen, nothing is announced.
-    wait_until_log(&a, "check does not pass yet").await;
-    wait_for_more(&a, "probe failed", 5).await;
+    a.wait_log("check does not pass yet", PATIENCE).await;
+    a.wait_log_more("probe failed", 5, PATIENCE).await;
     assert!(dump(&mut client, "/services/").await.is_empty(), "500 is not announced");
 
     c.exec(&["touch", "/tmp/healthy"]).await;
-    wait_until(&mut client, "/services/", PATIENCE, "announced once healthy", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "announced once healthy", |k| {
         has_record(k, "web", "h1")
     })
     .await;
     c.exec(&["rm", "/tmp/healthy"]).await;
-    wait_until(&mut client, "/services/", PATIENCE, "withdrawn when failing", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "withdrawn when failing", |k| {
         k.is_empty()
     })
     .await;
     c.exec(&["touch", "/tmp/healthy"]).await;
-    wait_until(&mut client, "/services/", PATIENCE, "re-announced on recovery", |k| {
+    records_until(&mut client, "/services/", PATIENCE, "re-announced on recovery", |k| {
         has_record(k, "web", "h1")
     })
     .await;
@@ -857,7 +843,7 @@ async fn docker_check_follows_the_containers_own_healthcheck() {
         ..Spec::web(&image).name(&name)
     };
     let c = spec.run(&d).await;
-    let a = Announcer::start(&args(
+    let a = announcer(&args(
         global_args(&etcd.endpoint(), &host),
         &[
             "--check",
@@ -873,14 +859,14 @@ async fn docker_check_follows_the_containers_own_healthcheck() {
         ],
     ));
     // Docker calls it unhealthy (no /tmp/healthy yet): nothing is announced.
-    wait_until_log(&a, "action=\"health_status\"").await;
-    wait_for_more(&a, "docker resynced", 0).await;
+    a.wait_log("action=\"health_status\"", PATIENCE).await;
+    a.wait_log_more("docker resynced", 0, PATIENCE).await;
     assert!(
         dump(&mut client, "/services/").await.is_empty(),
         "not healthy, not announced"
     );
     c.exec(&["touch", "/tmp/healthy"]).await;
-    wait_until(
+    records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -889,7 +875,7 @@ async fn docker_check_follows_the_containers_own_healthcheck() {
     )
     .await;
     c.exec(&["rm", "/tmp/healthy"]).await;
-    wait_until(
+    records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -897,14 +883,6 @@ async fn docker_check_follows_the_containers_own_healthcheck() {
         |k| k.is_empty(),
     )
     .await;
-}
-
-async fn wait_until_log(a: &Announcer, needle: &str) {
-    let deadline = Instant::now() + PATIENCE;
-    while !a.log().contains(needle) {
-        assert!(Instant::now() < deadline, "log never said {needle:?}:\n{}", a.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -942,11 +920,11 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
         .run(&d)
         .await;
     let _cn = Spec::web(&image).name(&none).run(&d).await;
-    let a = Announcer::start(&args(
+    let a = announcer(&args(
         global_args(&etcd.endpoint(), &host),
         &["--resync-interval", "500ms", "host"],
     ));
-    let kvs = wait_until(
+    let kvs = records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -970,10 +948,10 @@ async fn host_mode_follows_labels_and_registrator_env_and_skips_a_bad_container(
         kvs[&format!("/services/www/{}/port", inst(&host, &p))].value,
         cp.host_port("80/tcp").await.to_string()
     );
-    wait_until_log(&a, "announce.port=\"abc\"").await;
+    a.wait_log("announce.port=\"abc\"", PATIENCE).await;
     // Give the skipped ones every chance (a resync after the first pass), then check
     // they never appeared.
-    wait_for_more(&a, "docker resynced", 0).await;
+    a.wait_log_more("docker resynced", 0, PATIENCE).await;
     let kvs = dump(&mut client, "/services/").await;
     for name in [&bad, &ign, &none] {
         assert!(
@@ -1055,9 +1033,9 @@ async fn registrator_conventions_ports_ignore_ids_tags_host_network_and_internal
         .await;
     let mut argv = global_args(&etcd.endpoint(), &host);
     argv.extend(["--check", "none", "host"].map(str::to_owned));
-    let a = Announcer::start(&argv);
+    let a = announcer(&argv);
     let id = |name: &str, port: u16| format!("{host}:{name}:{port}");
-    let kvs = wait_until(
+    let kvs = records_until(
         &mut client,
         "/services/",
         PATIENCE,
@@ -1096,15 +1074,15 @@ async fn registrator_conventions_ports_ignore_ids_tags_host_network_and_internal
         value(&format!("/services/internal/{}/private_ipv4_addr", id(&int, 80))),
         PRIVATE
     );
-    wait_until_log(&a, "SERVICE_9000_NAME=\"admin\" ignored").await;
+    a.wait_log("SERVICE_9000_NAME=\"admin\" ignored", PATIENCE).await;
 
     // --internal: the container's own address on its network and the exposed port.
     let host2 = unique("host");
     let mut argv = global_args(&etcd.endpoint(), &host2);
     argv.extend(["--check", "none", "host", "--internal"].map(str::to_owned));
-    let _b = Announcer::start(&argv);
+    let _b = announcer(&argv);
     let want = format!("/services/internal/{host2}:{int}:80/");
-    let kvs = wait_until(&mut client, "/services/", PATIENCE, "the internal record", |k| {
+    let kvs = records_until(&mut client, "/services/", PATIENCE, "the internal record", |k| {
         k.contains_key(&format!("{want}port"))
     })
     .await;
@@ -1125,7 +1103,7 @@ async fn registrator_conventions_ports_ignore_ids_tags_host_network_and_internal
 
     // Both records of a container go together.
     c_two.stop(1).await;
-    wait_until(
+    records_until(
         &mut client,
         "/services/",
         PATIENCE,

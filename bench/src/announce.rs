@@ -13,7 +13,7 @@
 //!    `docker stop` sends first, which the announcer already acts on).
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -21,12 +21,13 @@ use anyhow::Context as _;
 use bollard::Docker;
 use etcd_client::{PutOptions, Txn, TxnOp};
 use sidekick::schema::{Layout, Record, field};
+use testbed::{Daemon, Start};
 use tokio::sync::mpsc;
 
 use crate::Ctx;
 use crate::containers::{self, RUN_LABEL};
 use crate::observe::{self, DockerRecorder, EtcdRecorder, ms_between, nanos};
-use crate::process::{self, Child};
+use crate::process;
 use crate::stats::{self, Dist};
 use crate::summary::Section;
 
@@ -50,53 +51,38 @@ pub struct Outcome {
     pub bare_ms: Vec<f64>,
 }
 
-/// The announcer process, its log in the output directory.
-struct Announcer {
-    child: Child,
-    log: std::path::PathBuf,
+/// Starts the announcer as a [`Daemon`], its log in the output directory.
+fn start_announcer(ctx: &Ctx, endpoint: &str) -> anyhow::Result<Daemon> {
+    let log = ctx.log("announcer.log");
+    let mut cmd = Command::new(&ctx.announcer);
+    cmd.args(["--etcd-endpoints", endpoint])
+        .args(["--public-ipv4", "127.0.0.1", "--private-ipv4", "127.0.0.1"])
+        .args(["--hostname", &format!("bench-{}", ctx.run_id)])
+        .args(["--ttl", &format!("{}s", TTL.as_secs())])
+        .args(["--log-filter", &ctx.settings.announcer_log_filter])
+        .args(&ctx.settings.announcer_args)
+        .arg("host")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    Start::new("announcer")
+        .log_to(&log)
+        .try_start(cmd)
+        .context("start the announcer")
 }
 
-impl Announcer {
-    fn start(ctx: &Ctx, endpoint: &str) -> anyhow::Result<Announcer> {
-        let log = ctx.log("announcer.log");
-        let file = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let mut cmd = Command::new(&ctx.announcer);
-        cmd.args(["--etcd-endpoints", endpoint])
-            .args(["--public-ipv4", "127.0.0.1", "--private-ipv4", "127.0.0.1"])
-            .args(["--hostname", &format!("bench-{}", ctx.run_id)])
-            .args(["--ttl", &format!("{}s", TTL.as_secs())])
-            .args(["--log-filter", &ctx.settings.announcer_log_filter])
-            .args(&ctx.settings.announcer_args)
-            .arg("host")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file));
-        let child = process::spawn("announcer", cmd, false).context("start the announcer")?;
-        Ok(Announcer { child, log })
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::time::Instant::now() < deadline {
-            if let Some(status) = self.child.exited() {
-                anyhow::bail!("the announcer exited ({status}) at start:\n{}", self.log_text());
-            }
-            if self.log_text().contains("docker listed") {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+/// Waits until the announcer has listed Docker (it is then ready to follow events).
+async fn wait_ready(announcer: &mut Daemon) -> anyhow::Result<()> {
+    let ready = testbed::eventually("the announcer lists Docker", Duration::from_secs(30), async || {
+        if let Some(status) = announcer.try_exit() {
+            return Some(Err(status));
         }
-        anyhow::bail!("the announcer did not list Docker within 30 s:\n{}", self.log_text())
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.pid()
+        announcer.log().contains("docker listed").then_some(Ok(()))
+    })
+    .await;
+    match ready {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(status)) => anyhow::bail!("the announcer exited ({status}) at start\n{}", announcer.excerpt()),
+        Err(e) => anyhow::bail!("{e}\n{}", announcer.excerpt()),
     }
 }
 
@@ -252,8 +238,8 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
         })
     };
 
-    let mut announcer = Announcer::start(ctx, &endpoint)?;
-    announcer.wait_ready().await?;
+    let mut announcer = start_announcer(ctx, &endpoint)?;
+    wait_ready(&mut announcer).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let pid = announcer.pid();
     let rss_empty = process::rss_bytes(pid).unwrap_or_default() as f64;
@@ -283,12 +269,18 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
         iv.values().filter(|v| v.iter().any(|i| i.gone_ns.is_none())).count() >= n
     };
     let patience = Duration::from_secs(30) + Duration::from_millis(100) * u32::try_from(s.containers).unwrap_or(1000);
-    let announced_all = result.is_ok() && containers::until(patience, || all_visible(s.containers, &watcher)).await;
+    let announced_all = result.is_ok()
+        && testbed::eventually("every record is announced", patience, async || {
+            all_visible(s.containers, &watcher).then_some(())
+        })
+        .await
+        .is_ok();
     // The bare transactions of the last starts are in flight: let them land.
-    let bare_all = containers::until(Duration::from_secs(10), || {
-        observe::record_intervals(&watcher.events(), &bare_dir, &field::ALL).len() >= s.containers
+    let bare_all = testbed::eventually("every bare transaction lands", Duration::from_secs(10), async || {
+        (observe::record_intervals(&watcher.events(), &bare_dir, &field::ALL).len() >= s.containers).then_some(())
     })
-    .await;
+    .await
+    .is_ok();
     bare_enabled.store(false, std::sync::atomic::Ordering::SeqCst);
     let cpu_after_burst = process::cpu_ticks(pid).unwrap_or_default();
     if let Err(e) = result {
@@ -392,7 +384,11 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
         }
     }
     let patience = Duration::from_secs(30) + Duration::from_millis(100) * u32::try_from(records).unwrap_or(1000);
-    let have_all = containers::until(patience, || all_visible(records, &watcher)).await;
+    let have_all = testbed::eventually("every record is announced", patience, async || {
+        all_visible(records, &watcher).then_some(())
+    })
+    .await
+    .is_ok();
     let announced = observe::record_intervals(&watcher.events(), &service_dir, &field::ALL)
         .values()
         .filter(|v| v.iter().any(|i| i.gone_ns.is_none()))
@@ -488,12 +484,14 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
         )),
     };
     let names: Vec<(String, String)> = (0..all.len()).map(|i| (name_of(i), instance(i))).collect();
-    let gone_all = containers::until(Duration::from_secs(30), || {
+    let gone_all = testbed::eventually("every record is withdrawn", Duration::from_secs(30), async || {
         observe::record_intervals(&watcher.events(), &service_dir, &field::ALL)
             .values()
             .all(|v| v.iter().all(|i| i.gone_ns.is_some()))
+            .then_some(())
     })
-    .await;
+    .await
+    .is_ok();
     let docker_events = events.events();
     let dies = observe::first_event(&docker_events, "die", stop_from - 1_000_000_000);
     let kills = observe::first_event(&docker_events, "kill", stop_from - 1_000_000_000);
@@ -548,7 +546,7 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     }
 
     // --- shutdown ---------------------------------------------------------------------------
-    let exit = tokio::task::block_in_place(|| announcer.child.stop(Duration::from_secs(10)));
+    let exit = tokio::task::block_in_place(|| announcer.terminate_blocking(Duration::from_secs(10)));
     if !exit.is_some_and(|s| s.success()) {
         announce.note(format!("the announcer's graceful stop ended with {exit:?}"));
     }

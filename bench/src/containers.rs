@@ -134,18 +134,3 @@ pub async fn remove_leftovers(docker: &Docker) -> usize {
         .await;
     n
 }
-
-/// Polls `check` every 100 ms (the harness shares two cores with what it measures) until
-/// it is true or `timeout` passes; returns whether it held.
-pub async fn until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}

@@ -17,16 +17,16 @@
 //! removed node and `ceil(removes / 10)` DELETEs ([`min_calls`]).
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use etcd_client::{DeleteOptions, Txn, TxnOp};
 use sidekick::schema::{Layout, Record};
 use testbed::clb_sim::{ClbSim, SimConfig};
+use testbed::{Daemon, Start};
 
 use crate::Ctx;
-use crate::process::{self, Child};
 use crate::summary::Section;
 
 /// The port of every record (and node).
@@ -110,18 +110,13 @@ async fn withdraw(client: &mut etcd_client::Client, n: u8) -> anyhow::Result<()>
 
 struct Scene {
     sim: ClbSim,
-    lb: Child,
+    lb: Daemon,
     listen: u16,
-    log: std::path::PathBuf,
 }
 
 impl Scene {
     fn healthz(&self) -> String {
         testbed::http_get(self.listen, "/healthz").unwrap_or_default()
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The load balancer's nodes as (last octet, condition).
@@ -157,21 +152,19 @@ impl Scene {
     }
 
     async fn wait_health(&mut self, needle: &str, within: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(status) = self.lb.exited() {
-                anyhow::bail!("lb-sync exited ({status}):\n{}", self.log_text());
+        let what = format!("lb-sync reports {needle}");
+        let found = testbed::eventually(&what, within, async || {
+            if let Some(status) = self.lb.try_exit() {
+                return Some(Err(status));
             }
-            if self.healthz().contains(needle) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.healthz().contains(needle).then_some(Ok(()))
+        })
+        .await;
+        match found {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(status)) => anyhow::bail!("lb-sync exited ({status})\n{}", self.lb.excerpt()),
+            Err(e) => anyhow::bail!("{e}; /healthz: {}\n{}", self.healthz(), self.lb.excerpt()),
         }
-        anyhow::bail!(
-            "lb-sync never reported {needle} within {within:?}; /healthz: {}\nlog:\n{}",
-            self.healthz(),
-            self.log_text()
-        )
     }
 }
 
@@ -194,7 +187,7 @@ async fn scenario(
             anyhow::bail!(
                 "{name}: the load balancer never held {want:?}; it holds {:?}\nlog:\n{}",
                 scene.nodes(),
-                scene.log_text()
+                scene.lb.excerpt()
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -242,7 +235,6 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
     });
     let listen = testbed::free_port();
     let log = ctx.log("lb-sync.log");
-    let file = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
     let mut cmd = Command::new(&ctx.lb_sync);
     cmd.args(["--etcd-endpoints", &etcd.endpoint()])
         .args([
@@ -258,12 +250,12 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         .args(["--listen", &format!("127.0.0.1:{listen}")])
         .arg("run")
         .env_clear()
-        .env("RACKSPACE_API_KEY", "k")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file));
-    let lb = process::spawn("lb-sync", cmd, false).context("start lb-sync")?;
-    let mut scene = Scene { sim, lb, listen, log };
+        .env("RACKSPACE_API_KEY", "k");
+    let lb = Start::new("lb-sync")
+        .log_to(&log)
+        .try_start(cmd)
+        .context("start lb-sync")?;
+    let mut scene = Scene { sim, lb, listen };
     scene.wait_health("\"converged\"", Duration::from_secs(30)).await?;
     scene.sim.clear_calls();
 
@@ -310,7 +302,7 @@ pub async fn run(ctx: &Ctx) -> anyhow::Result<Section> {
         "{name}: {churn} random appear/withdraw changes of 12 records, 0-{CHURN_GAP_MS} ms apart, beside 3 that \
          stay; its minimum counts only the net change, so nodes added and removed on the way show as calls over it"
     ));
-    let _ = scene.lb.stop(Duration::from_secs(10));
+    let _ = scene.lb.terminate_blocking(Duration::from_secs(10));
     Ok(section)
 }
 

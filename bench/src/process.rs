@@ -1,105 +1,13 @@
-//! Child processes that die with the harness, and what `/proc` says about a process.
+//! What `/proc` says about a process: CPU times from `/proc/PID/stat` in clock ticks,
+//! memory from `/proc/PID/status`.
 //!
-//! Children are started with [`testbed::spawn`] (`PR_SET_PDEATHSIG`), so a harness killed
-//! by Ctrl-C or a timeout leaves no announcer, lb-sync or shell loop behind. A shell loop
-//! is started under `setsid`, so it leads its own process group and the `curl`,
-//! `etcdctl` and `sleep` it runs are killed with it. CPU times come from `/proc/PID/stat`
-//! in clock ticks; memory from `/proc/PID/status`.
+//! The processes themselves are [`testbed::Daemon`]s, as in the tests: started with
+//! `PR_SET_PDEATHSIG`, so a harness killed by Ctrl-C or a timeout leaves no announcer,
+//! lb-sync or shell loop behind; a shell loop leads a process group of its own
+//! ([`testbed::Start::own_group`]), so the `curl`, `etcdctl` and `sleep` it runs are killed
+//! with it.
 
 use std::path::Path;
-use std::process::Command;
-
-/// A child process; killed (with its process group, when it leads one) on drop.
-#[derive(Debug)]
-pub struct Child {
-    child: std::process::Child,
-    group: bool,
-    /// What it is, for messages.
-    pub what: String,
-}
-
-/// Spawns `cmd`; with `group`, under `setsid`: the child leads a new process group and
-/// session (so a shell loop and what it runs can be killed together).
-///
-/// # Errors
-/// When the program cannot be started.
-pub fn spawn(what: &str, cmd: Command, group: bool) -> std::io::Result<Child> {
-    let cmd = if group {
-        // setsid execs the program in place (the child is not a group leader), so the pid
-        // is the program's and the process group is the pid.
-        let mut wrapped = Command::new(testbed::require_program("setsid", "apt-get install -y util-linux"));
-        wrapped.arg(cmd.get_program()).args(cmd.get_args());
-        if let Some(dir) = cmd.get_current_dir() {
-            wrapped.current_dir(dir);
-        }
-        for (k, v) in cmd.get_envs() {
-            match v {
-                Some(v) => wrapped.env(k, v),
-                None => wrapped.env_remove(k),
-            };
-        }
-        wrapped
-    } else {
-        cmd
-    };
-    let child = testbed::spawn(cmd)?;
-    Ok(Child {
-        child,
-        group,
-        what: what.to_owned(),
-    })
-}
-
-impl Child {
-    /// The process id.
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends `sig` (`libc::SIGTERM`, ...) to the process, or to its whole group.
-    pub fn signal(&self, sig: i32) {
-        if self.group {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg("--")
-                .arg(format!("-{}", self.pid()))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-        } else {
-            testbed::signal(self.pid(), sig);
-        }
-    }
-
-    /// Whether it has exited (reaping it if so).
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// SIGTERM, then waits up to `grace` for the exit, then SIGKILL.
-    pub fn stop(&mut self, grace: std::time::Duration) -> Option<std::process::ExitStatus> {
-        self.signal(libc::SIGTERM);
-        let deadline = std::time::Instant::now() + grace;
-        while std::time::Instant::now() < deadline {
-            if let Some(s) = self.exited() {
-                return Some(s);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        self.signal(libc::SIGKILL);
-        self.child.wait().ok()
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            self.signal(libc::SIGKILL);
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// Clock ticks per second of `/proc/PID/stat` (`USER_HZ`, which Linux fixes at 100 for
 /// what it shows user space, whatever the kernel's own tick rate).

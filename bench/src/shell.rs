@@ -14,17 +14,18 @@
 //! (`cutime`/`cstime`: bash waits for each `curl`, `etcdctl`, `sleep`), over whole periods
 //! once every record is visible.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use bollard::Docker;
 use sidekick::schema::field;
+use testbed::{Daemon, Start};
 
 use crate::Ctx;
 use crate::containers::{self, RUN_LABEL};
 use crate::observe::{self, DockerRecorder, EtcdRecorder, ms_between, nanos};
-use crate::process::{self, Child};
+use crate::process;
 use crate::stats::Dist;
 use crate::summary::Section;
 
@@ -68,9 +69,10 @@ pub fn start_offset(i: usize, k: usize, u: f64, lead: Duration) -> Duration {
     lead + PERIOD.mul_f64((i as f64 + u.clamp(0.0, 1.0)) / k.max(1) as f64)
 }
 
-fn spawn_loop(endpoint: &str, n: &str, port: u16, log: &std::path::Path) -> anyhow::Result<Child> {
+/// Starts one monweb loop under `bash` in a process group of its own, so the `curl`,
+/// `etcdctl` and `sleep` it runs are signalled and killed with it.
+fn spawn_loop(endpoint: &str, n: &str, port: u16, log: &std::path::Path) -> anyhow::Result<Daemon> {
     let bash = testbed::require_program("bash", "apt-get install -y bash");
-    let file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     let mut cmd = Command::new(bash);
     cmd.args(["-c", MONWEB])
         .env_clear()
@@ -81,11 +83,12 @@ fn spawn_loop(endpoint: &str, n: &str, port: u16, log: &std::path::Path) -> anyh
         .env("COREOS_PUBLIC_IPV4", "127.0.0.1")
         .env("COREOS_PRIVATE_IPV4", "127.0.0.1")
         .env("ETCDCTL_API", "3")
-        .env("ETCDCTL_ENDPOINTS", endpoint)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file));
-    process::spawn(&format!("monweb@{n}"), cmd, true).context("start a monweb loop")
+        .env("ETCDCTL_ENDPOINTS", endpoint);
+    Start::new(&format!("monweb@{n}"))
+        .log_to(log)
+        .own_group()
+        .try_start(cmd)
+        .context("start a monweb loop")
 }
 
 /// Runs benchmark 3.
@@ -139,11 +142,16 @@ pub async fn run(ctx: &Ctx, docker: &Docker) -> anyhow::Result<Outcome> {
         let iv = observe::record_intervals(&w.events(), dir, &field::ALL);
         wanted.iter().all(|n| iv.contains_key(n))
     };
-    let all_seen = started.is_ok() && containers::until(PERIOD * 3, || visible(&watcher)).await;
+    let all_seen = started.is_ok()
+        && testbed::eventually("every loop announces its container", PERIOD * 3, async || {
+            visible(&watcher).then_some(())
+        })
+        .await
+        .is_ok();
 
     // CPU over whole periods of steady state (every container up and announced).
     let window = PERIOD * if ctx.settings.mode == "quick" { 1 } else { 2 };
-    let cpu = |loops: &[Child]| -> u64 {
+    let cpu = |loops: &[Daemon]| -> u64 {
         loops
             .iter()
             .filter_map(|l| process::cpu_ticks(l.pid()))

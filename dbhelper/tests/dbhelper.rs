@@ -17,8 +17,8 @@ mod streaming;
 use std::time::{Duration, Instant};
 
 use support::{
-    OLD_WORLD_VIEW, Proxy, Reader, Running, Trip, WORLD_COUNTS, WORLD_VIEW, dbhelper, old_world, root_sql, run,
-    seed_at, sql, user_databases, world_counts, world_dump, write_file,
+    OLD_WORLD_VIEW, Proxy, Reader, Trip, WORLD_COUNTS, WORLD_VIEW, dbhelper, old_world, root_sql, run, seed_at, sql,
+    user_databases, world_counts, world_dump, write_file,
 };
 use testbed::MariaDb;
 
@@ -133,9 +133,9 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
     proxy.trip_after(100 * 1024, Trip::Stall);
     let reader = Reader::start(db.port(), "world");
     let pport = proxy.port.to_string();
-    let mut running = Running::spawn(&mut seed_at(&pport, &dump_arg(), &["--batch-bytes", "16K"]));
+    let mut running = support::spawn(&mut seed_at(&pport, &dump_arg(), &["--batch-bytes", "16K"]));
     // Wait until the staging database holds some, not all, of the cities.
-    let partial = testbed::wait_for(Duration::from_secs(30), || {
+    let partial = testbed::eventually_blocking("the proxy trips mid-load", Duration::from_secs(30), || {
         let n = sql(
             db.port(),
             "root",
@@ -145,14 +145,15 @@ fn load_killed_half_way_is_invisible_and_the_next_run_repairs_it() {
         .ok()?;
         let n: u64 = n.first()?.parse().ok()?;
         (proxy.tripped() && n > 0 && n < 4079).then_some(n)
-    });
+    })
+    .ok();
     assert!(
         partial.is_some(),
         "the load never stalled half-way; stderr:\n{}",
-        running.stderr()
+        running.log()
     );
-    running.child.kill().unwrap();
-    let killed = running.finish(Duration::from_secs(10));
+    running.kill();
+    let killed = support::finish(&mut running, Duration::from_secs(10));
     assert_eq!(killed.code, None, "killed by a signal");
     proxy.cut_all();
     assert_eq!(
@@ -288,10 +289,10 @@ fn finds_the_database_through_an_etcd_key_that_appears_later() {
         "60s",
     ]);
     cmd.env("MYSQL_ROOT_PASSWORD", "secret");
-    let mut running = Running::spawn(&mut cmd);
-    running.wait_for_stderr("waiting for etcd key", Duration::from_secs(20));
+    let mut running = support::spawn(&mut cmd);
+    running.wait_log_blocking("waiting for etcd key", Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(running.child.try_wait().unwrap().is_none(), "still waiting for the key");
+    assert!(running.is_running(), "still waiting for the key");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -308,7 +309,7 @@ fn finds_the_database_through_an_etcd_key_that_appears_later() {
             .await
             .unwrap();
     });
-    let out = running.finish(Duration::from_secs(60));
+    let out = support::finish(&mut running, Duration::from_secs(60));
     out.assert_ok();
     assert!(out.stderr.contains(&format!("etcd key {key}")), "{}", out.stderr);
     assert!(out.stdout.contains("world.City: 4079 rows"), "{}", out.stdout);
@@ -335,10 +336,10 @@ fn wait_succeeds_once_a_late_database_accepts_logins() {
         "60s",
     ]);
     cmd.env("MYSQL_ROOT_PASSWORD", "secret");
-    let mut running = Running::spawn(&mut cmd);
-    running.wait_for_stderr("waiting for the database", Duration::from_secs(20));
+    let mut running = support::spawn(&mut cmd);
+    running.wait_log_blocking("waiting for the database", Duration::from_secs(20));
     let _proxy = Proxy::start_on(std::net::TcpListener::bind(("127.0.0.1", port)).unwrap(), db.port());
-    let out = running.finish(Duration::from_secs(60));
+    let out = support::finish(&mut running, Duration::from_secs(60));
     out.assert_ok();
     assert_eq!(out.stdout.trim(), format!("database at 127.0.0.1:{port} is ready"));
 }
@@ -527,7 +528,7 @@ fn sigterm_while_waiting_stops_promptly() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let mut running = Running::spawn(&mut dbhelper(&[
+    let mut running = support::spawn(&mut dbhelper(&[
         "wait",
         "--host",
         "127.0.0.1",
@@ -536,9 +537,9 @@ fn sigterm_while_waiting_stops_promptly() {
         "--wait-timeout",
         "120s",
     ]));
-    running.wait_for_stderr("waiting for the database", Duration::from_secs(20));
-    testbed::signal(running.child.id(), libc::SIGTERM);
-    let out = running.finish(Duration::from_secs(10));
+    running.wait_log_blocking("waiting for the database", Duration::from_secs(20));
+    running.signal(libc::SIGTERM);
+    let out = support::finish(&mut running, Duration::from_secs(10));
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(
         out.error_line().contains("stopped by a signal while waiting"),
@@ -570,16 +571,15 @@ fn objects_step_killed_half_way_is_completed_by_the_next_run() {
     let dump = write_file(dir.path(), "objects.sql", dump.as_bytes());
     let proxy = Proxy::start(db.port());
     proxy.trip_after(100 * 1024, Trip::Stall);
-    let mut running = Running::spawn(&mut seed_at(&proxy.port.to_string(), dump.to_str().unwrap(), &[]));
-    running.wait_for_stderr("swapped the loaded tables in", Duration::from_secs(60));
-    let stalled = testbed::wait_for(Duration::from_secs(30), || proxy.tripped().then_some(()));
-    assert!(
-        stalled.is_some(),
-        "the objects step never stalled: {}",
-        running.stderr()
-    );
-    running.child.kill().unwrap();
-    let killed = running.finish(Duration::from_secs(10));
+    let mut running = support::spawn(&mut seed_at(&proxy.port.to_string(), dump.to_str().unwrap(), &[]));
+    running.wait_log_blocking("swapped the loaded tables in", Duration::from_secs(60));
+    let stalled = testbed::eventually_blocking("the proxy stalls the load", Duration::from_secs(30), || {
+        proxy.tripped().then_some(())
+    })
+    .ok();
+    assert!(stalled.is_some(), "the objects step never stalled: {}", running.log());
+    running.kill();
+    let killed = support::finish(&mut running, Duration::from_secs(10));
     assert_eq!(killed.code, None, "killed by a signal");
     proxy.cut_all();
 
@@ -665,8 +665,8 @@ fn sigterm_during_the_load_stops_at_a_statement_boundary_and_drops_the_staging_d
         dump.push_str(&format!("DO SLEEP(0.1);\nINSERT INTO t VALUES ({n});\n"));
     }
     let dump = write_file(dir.path(), "slow.sql", dump.as_bytes());
-    let mut running = Running::spawn(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
-    let started = testbed::wait_for(Duration::from_secs(60), || {
+    let mut running = support::spawn(&mut seed_at(&db.port().to_string(), dump.to_str().unwrap(), &[]));
+    let started = testbed::eventually_blocking("the load gets going", Duration::from_secs(60), || {
         let n = sql(
             db.port(),
             "root",
@@ -675,11 +675,12 @@ fn sigterm_during_the_load_stops_at_a_statement_boundary_and_drops_the_staging_d
         )
         .ok()?;
         (n.first()?.parse::<u64>().ok()? > 2).then_some(())
-    });
-    assert!(started.is_some(), "the load never got going: {}", running.stderr());
-    testbed::signal(running.child.id(), libc::SIGTERM);
+    })
+    .ok();
+    assert!(started.is_some(), "the load never got going: {}", running.log());
+    running.signal(libc::SIGTERM);
     let signalled = Instant::now();
-    let out = running.finish(Duration::from_secs(30));
+    let out = support::finish(&mut running, Duration::from_secs(30));
     assert!(
         signalled.elapsed() < Duration::from_secs(5),
         "stopped within a statement or two"
@@ -700,11 +701,11 @@ fn sigterm_during_the_load_stops_at_a_statement_boundary_and_drops_the_staging_d
 fn concurrent_runs_for_the_same_database_are_serialised() {
     let db = MariaDb::start();
     let port = db.port().to_string();
-    let mut first = Running::spawn(&mut seed_at(&port, &dump_arg(), &[]));
-    let mut second = Running::spawn(&mut seed_at(&port, &dump_arg(), &[]));
+    let mut first = support::spawn(&mut seed_at(&port, &dump_arg(), &[]));
+    let mut second = support::spawn(&mut seed_at(&port, &dump_arg(), &[]));
     let (a, b) = (
-        first.finish(Duration::from_secs(120)),
-        second.finish(Duration::from_secs(120)),
+        support::finish(&mut first, Duration::from_secs(120)),
+        support::finish(&mut second, Duration::from_secs(120)),
     );
     a.assert_ok();
     b.assert_ok();

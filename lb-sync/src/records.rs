@@ -327,14 +327,16 @@ fn mark_incomplete(tx: &watch::Sender<Desired>) {
     });
 }
 
+/// Retries of the read and the watch: the shared etcd outage policy, so the records are
+/// read again within a second of etcd's return.
 fn backoff() -> impl Iterator<Item = Duration> {
     use backon::BackoffBuilder;
-    sidekick::retry::backoff(Duration::from_millis(200), Duration::from_secs(5)).build()
+    sidekick::retry::etcd_outage().build()
 }
 
 /// Sleeps the next backoff delay; true when cancelled meanwhile.
 async fn sleep_or_cancel(delays: &mut impl Iterator<Item = Duration>, cancel: &CancellationToken) -> bool {
-    let d = delays.next().unwrap_or(Duration::from_secs(5));
+    let d = delays.next().unwrap_or(Duration::from_millis(500));
     tokio::select! {
         () = cancel.cancelled() => true,
         () = tokio::time::sleep(d) => false,

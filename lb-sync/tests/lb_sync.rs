@@ -17,8 +17,9 @@ mod metrics;
 
 use std::time::Duration;
 
-use support::{Announcer, LbSync, PORT, World, eventually, quick_sim, run_once};
+use support::{LbSync, PORT, STOP, World, announcer, quick_sim, run_once};
 use testbed::clb_sim::{RateLimit, RateLimits, SimConfig};
+use testbed::eventually;
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -111,7 +112,7 @@ async fn scale_1_to_10_to_3_follows_with_the_fewest_calls() {
 
     // 10 -> 3 takes 70% out of service: above the default cap, so --max-remove is raised
     // for this step (a restart with the new option, as an operator would do it).
-    a.stop(libc::SIGTERM).await;
+    a.stop(libc::SIGTERM, STOP).await;
     w.delete(4..=10).await;
     let _b = w.lb_sync(&["--max-remove", "80"]);
     w.wait_enabled(&[1, 2, 3], WITHIN).await;
@@ -162,10 +163,11 @@ async fn a_deleted_record_drains_its_node_then_deletes_it() {
     let _lb = w.lb_sync(&["--drain", "2s"]);
     w.wait_enabled(&[1, 2], WITHIN).await;
     w.delete([2]).await;
-    let draining = eventually(WITHIN, || {
+    let draining = eventually("node 2 is DRAINING", WITHIN, async || {
         (w.nodes() == vec![(1, "ENABLED".to_owned()), (2, "DRAINING".to_owned())]).then_some(())
     })
-    .await;
+    .await
+    .ok();
     assert!(draining.is_some(), "node 2 never DRAINING: {:?}", w.nodes());
     w.wait_enabled(&[1], WITHIN).await;
     assert_eq!(w.sim.count_status("DELETE", 202), 1);
@@ -198,7 +200,7 @@ async fn bulk_deletes_follow_the_accounts_batch_limit() {
     w.put(1..=7).await;
     let mut a = w.lb_sync(&[]);
     w.wait_enabled(&[1, 2, 3, 4, 5, 6, 7], WITHIN).await;
-    a.stop(libc::SIGTERM).await;
+    a.stop(libc::SIGTERM, STOP).await;
     w.delete(4..=7).await;
     let _b = w.lb_sync(&["--max-remove", "60"]);
     w.wait_enabled(&[1, 2, 3], WITHIN).await;
@@ -222,7 +224,11 @@ async fn an_answer_slower_than_the_api_timeout_is_retried() {
     w.put([1]).await;
     w.sim.set_delay(Duration::from_millis(1500));
     let lb = w.lb_sync(&["--api-timeout", "300ms"]);
-    let timed_out = eventually(WITHIN, || lb.metrics().contains("outcome=\"transport\"").then_some(())).await;
+    let timed_out = eventually("a timeout is counted", WITHIN, async || {
+        lb.metrics().contains("outcome=\"transport\"").then_some(())
+    })
+    .await
+    .ok();
     assert!(
         timed_out.is_some(),
         "no timeout counted:\n{}\n{}",
@@ -317,7 +323,11 @@ async fn token_expiry_and_revocation_mid_run_are_survived() {
     let lb = w.lb_sync(&["--resync", "1s"]);
     w.wait_enabled(&[1], WITHIN).await;
     // Live past the first token's lifetime: resyncs keep calling, the token is renewed.
-    let renewed = eventually(WITHIN, || (w.sim.auth_calls() >= 2).then_some(())).await;
+    let renewed = eventually("the token is renewed", WITHIN, async || {
+        (w.sim.auth_calls() >= 2).then_some(())
+    })
+    .await
+    .ok();
     assert!(renewed.is_some(), "token never renewed");
     w.sim.revoke_tokens();
     w.put([2]).await;
@@ -373,7 +383,7 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
     let election = ["--election-key", key.as_str(), "--election-ttl", "2s"];
     let a = w.lb_sync(&election);
     let b = w.lb_sync(&election);
-    let roles = eventually(WITHIN, || {
+    let roles = eventually("one leader and one standby", WITHIN, async || {
         let (ha, hb) = (a.healthz(), b.healthz());
         let la = ha.contains("\"leader\": true");
         let lb = hb.contains("\"leader\": true");
@@ -385,7 +395,7 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
         }
     })
     .await
-    .expect("one leader and one standby");
+    .unwrap_or_else(|e| panic!("{e}:\n{}\n{}", a.excerpt(), b.excerpt()));
     let (mut leader, follower) = if roles == 0 { (a, b) } else { (b, a) };
     w.put([1, 2]).await;
     w.wait_enabled(&[1, 2], WITHIN).await;
@@ -411,7 +421,7 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
     );
     assert!(leader.metrics().contains("lb_sync_leader 1"), "{}", leader.metrics());
 
-    leader.stop(libc::SIGKILL).await;
+    leader.stop(libc::SIGKILL, STOP).await;
     w.put([3]).await;
     w.wait_enabled(&[1, 2, 3], Duration::from_secs(30)).await;
     follower.wait_health("\"leader\": true", WITHIN).await;
@@ -595,7 +605,7 @@ async fn end_to_end_with_the_real_announcer_and_docker_containers() {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        announcers.push(Announcer::start(&args));
+        announcers.push(announcer(&args));
         containers.push(c);
     }
     let mut ports = Vec::new();
@@ -618,7 +628,11 @@ async fn end_to_end_with_the_real_announcer_and_docker_containers() {
         expect.sort();
         got == expect
     };
-    let both = eventually(Duration::from_secs(30), || on_lb(&ports).then_some(())).await;
+    let both = eventually("both containers reach the LB", Duration::from_secs(30), async || {
+        on_lb(&ports).then_some(())
+    })
+    .await
+    .ok();
     assert!(
         both.is_some(),
         "both containers never reached the LB: {:?}\nannouncer: {}\nlb-sync: {}",
@@ -627,7 +641,13 @@ async fn end_to_end_with_the_real_announcer_and_docker_containers() {
         lb.log()
     );
     containers[1].stop(1).await;
-    let one = eventually(Duration::from_secs(30), || on_lb(&ports[..1]).then_some(())).await;
+    let one = eventually(
+        "the stopped container's node leaves",
+        Duration::from_secs(30),
+        async || on_lb(&ports[..1]).then_some(()),
+    )
+    .await
+    .ok();
     assert!(
         one.is_some(),
         "the stopped container's node is still there: {:?}",
@@ -684,7 +704,11 @@ async fn add_draining_enables_a_new_node_once_it_is_online() {
     w.sim.set_new_node_status("OFFLINE");
     w.put([1]).await;
     let lb = w.lb_sync(&["--add-draining"]);
-    let draining = eventually(WITHIN, || (w.nodes() == vec![(1, "DRAINING".to_owned())]).then_some(())).await;
+    let draining = eventually("node 1 is DRAINING", WITHIN, async || {
+        (w.nodes() == vec![(1, "DRAINING".to_owned())]).then_some(())
+    })
+    .await
+    .ok();
     assert!(draining.is_some(), "{:?}", w.nodes());
     lb.wait_health("\"waiting\"", WITHIN).await;
     tokio::time::sleep(Duration::from_secs(2)).await;

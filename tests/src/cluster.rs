@@ -44,7 +44,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Start};
 
 /// The directory of the slot locks.
 const LOCK_DIR: &str = "/run/testbed-cluster";
@@ -121,7 +121,9 @@ impl Host {
     #[must_use]
     pub fn start(&self, name: &str, cmd: Command) -> Daemon {
         let log = self.log_dir.join(format!("{}-{name}.log", self.name()));
-        Daemon::spawn(&format!("{}/{name}", self.name()), cmd, &log, Some(self.ns.as_fd()))
+        Start::new(&format!("{}/{name}", self.name()))
+            .log_to(&log)
+            .spawn(cmd, Some(self.ns.as_fd()))
     }
 
     /// Runs `f` on a thread of its own that entered this host's network namespace, so the
@@ -299,15 +301,11 @@ impl Cluster {
             .map(|&i| SocketAddr::from((self.hosts[i].addr, ETCD_CLIENT_PORT)))
             .collect();
         // Synchronous on purpose: `start` runs inside or outside a runtime.
-        let healthy = crate::wait_for(within, || {
+        let healthy = crate::eventually_blocking("every etcd member reports health", within, || {
             addrs
                 .iter()
                 .all(|a| http_get_at(*a, "/health").is_some_and(|r| r.contains("\"health\":\"true\"")))
                 .then_some(())
-        });
-        let healthy = healthy.ok_or_else(|| crate::NotYet {
-            what: "every etcd member reports health".to_owned(),
-            within,
         });
         if let Err(e) = healthy {
             self.fail(e);
@@ -623,7 +621,7 @@ fn kill_all_in(netns: &str) {
             })
             .unwrap_or_default()
     };
-    let _ = crate::wait_for(Duration::from_secs(10), || {
+    let _ = crate::eventually_blocking("the leftover processes are gone", Duration::from_secs(10), || {
         let left = pids();
         for &pid in &left {
             crate::signal(pid, libc::SIGKILL);

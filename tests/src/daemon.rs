@@ -5,8 +5,13 @@
 //! signalled, waited for and killed, and is killed and reaped when its handle drops, also
 //! when the test panics. It is spawned through [`crate::spawn`], so it dies with the test
 //! process even when no destructor runs (`PR_SET_PDEATHSIG`). Every failure it reports
-//! carries an excerpt of its log ([`Daemon::excerpt`]), so a red test says what the process
-//! said.
+//! carries an excerpt of its log ([`Daemon::excerpt`]), and a daemon dropped while the test
+//! panics prints that excerpt too, so a red test says what the process said whatever failed.
+//!
+//! [`Start`] covers the variations tests need: the log at a given path (kept across a
+//! restart), stdout in a file of its own (a program whose stdout is its result, such as
+//! `dbhelper wait`), a process group of its own (a shell loop and everything it runs are
+//! signalled together). Sync tests use the `_blocking` twins of the waits.
 
 #![allow(unsafe_code)]
 
@@ -15,9 +20,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::eventually::eventually;
+use crate::eventually::{eventually, eventually_blocking};
 
 /// How many log lines a failure message quotes.
 const EXCERPT_LINES: usize = 40;
@@ -29,51 +35,115 @@ pub struct Daemon {
     name: String,
     /// The process while it runs; `None` once reaped.
     child: Option<Child>,
+    /// How it ended, once reaped (also after [`Daemon::kill`]).
+    exit: Option<ExitStatus>,
     /// The pid, kept after the reap for messages.
     pid: u32,
-    /// stdout and stderr, appended.
+    /// Whether it leads a process group of its own (signals go to the group).
+    group: bool,
+    /// stderr, and stdout unless [`Start::stdout_apart`] was asked.
     log: PathBuf,
+    /// stdout, when kept apart from the log.
+    stdout: Option<PathBuf>,
+    /// Whether a failure message already quoted its log (then the drop does not print it
+    /// again).
+    quoted: AtomicBool,
     /// The directory of the log when the daemon made its own.
     _dir: Option<tempfile::TempDir>,
 }
 
-impl Daemon {
-    /// Starts `cmd` (stdin closed, stdout and stderr to a fresh log file in a directory of
-    /// its own).
-    ///
-    /// # Panics
-    /// When the program cannot be started: a test failure naming it.
-    #[must_use]
-    pub fn start(name: &str, cmd: Command) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("testbed-daemon")
-            .tempdir()
-            .expect("temp dir");
-        let log = dir.path().join(format!("{name}.log"));
-        let mut d = Daemon::spawn(name, cmd, &log, None);
-        d._dir = Some(dir);
-        d
+/// How to start a [`Daemon`]: `Start::new(name).stdout_apart().start(cmd)`.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Start {
+    name: String,
+    log: Option<PathBuf>,
+    stdout_apart: bool,
+    own_group: bool,
+}
+
+impl Start {
+    /// A daemon called `name` (for messages and the log file's name).
+    pub fn new(name: &str) -> Start {
+        Start {
+            name: name.to_owned(),
+            log: None,
+            stdout_apart: false,
+            own_group: false,
+        }
     }
 
-    /// Starts `cmd` with its log at `log` (appended, so a restart keeps the history).
-    ///
-    /// # Panics
-    /// When the program cannot be started or the log file cannot be opened.
-    #[must_use]
-    pub fn start_logging_to(name: &str, cmd: Command, log: &Path) -> Daemon {
-        Daemon::spawn(name, cmd, log, None)
+    /// Log to `path` (appended, so a restart keeps the history) instead of a fresh file.
+    pub fn log_to(mut self, path: &Path) -> Start {
+        self.log = Some(path.to_owned());
+        self
     }
 
-    /// Starts `cmd` inside the network namespace open at `netns` (a file of `/run/netns`),
-    /// logging to `log`. The child enters the namespace between fork and exec.
-    pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path, netns: Option<BorrowedFd<'_>>) -> Daemon {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap_or_else(|e| panic!("testbed: daemon {name}: log file {}: {e}", log.display()));
-        cmd.stdout(Stdio::from(file.try_clone().expect("clone log fd")))
-            .stderr(Stdio::from(file));
+    /// Keep stdout in a file of its own ([`Daemon::stdout`]); the log gets stderr only.
+    pub fn stdout_apart(mut self) -> Start {
+        self.stdout_apart = true;
+        self
+    }
+
+    /// Start it as the leader of a new session and process group (`setsid`), so
+    /// [`Daemon::signal`] and the kill on drop reach whatever it runs too.
+    pub fn own_group(mut self) -> Start {
+        self.own_group = true;
+        self
+    }
+
+    /// Starts `cmd` (stdin closed).
+    ///
+    /// # Panics
+    /// When the program cannot be started or the log cannot be opened: a test failure
+    /// naming it.
+    pub fn start(self, cmd: Command) -> Daemon {
+        self.spawn(cmd, None)
+    }
+
+    /// [`Start::start`] for a harness that reports errors instead of failing a test (the
+    /// bench): a program that cannot be started, or a log that cannot be opened, is an
+    /// error.
+    ///
+    /// # Errors
+    /// When the log file cannot be opened or the program cannot be started.
+    pub fn try_start(self, cmd: Command) -> std::io::Result<Daemon> {
+        self.try_spawn(cmd, None)
+    }
+
+    /// Starts `cmd` inside the network namespace open as `netns` (a file of `/run/netns`).
+    /// The child enters the namespace between fork and exec.
+    pub(crate) fn spawn(self, cmd: Command, netns: Option<BorrowedFd<'_>>) -> Daemon {
+        let name = self.name.clone();
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        self.try_spawn(cmd, netns)
+            .unwrap_or_else(|e| panic!("testbed: daemon {name}: cannot start {program}: {e}"))
+    }
+
+    fn try_spawn(self, mut cmd: Command, netns: Option<BorrowedFd<'_>>) -> std::io::Result<Daemon> {
+        let name = self.name;
+        let (dir, log) = match self.log {
+            Some(log) => (None, log),
+            None => {
+                let dir = tempfile::Builder::new().prefix("testbed-daemon").tempdir()?;
+                let log = dir.path().join(format!("{}.log", name.replace('/', "-")));
+                (Some(dir), log)
+            }
+        };
+        let open = |path: &Path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+        };
+        let file = open(&log)?;
+        let stdout = self.stdout_apart.then(|| log.with_extension("stdout"));
+        let out = match &stdout {
+            Some(path) => open(path)?,
+            None => file.try_clone()?,
+        };
+        cmd.stdout(Stdio::from(out)).stderr(Stdio::from(file));
         if let Some(fd) = netns {
             let raw = fd.as_raw_fd();
             // SAFETY: setns is async-signal-safe and only reads the descriptor, which stays
@@ -88,15 +158,51 @@ impl Daemon {
                 });
             }
         }
-        let program = cmd.get_program().to_string_lossy().into_owned();
-        let child = crate::spawn(cmd).unwrap_or_else(|e| panic!("testbed: daemon {name}: cannot start {program}: {e}"));
-        Daemon {
-            name: name.to_owned(),
+        if self.own_group {
+            // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() == -1 {
+                        Err(std::io::Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                });
+            }
+        }
+        let child = crate::spawn(cmd)?;
+        Ok(Daemon {
+            name,
             pid: child.id(),
             child: Some(child),
-            log: log.to_owned(),
-            _dir: None,
-        }
+            exit: None,
+            group: self.own_group,
+            log,
+            stdout,
+            quoted: AtomicBool::new(false),
+            _dir: dir,
+        })
+    }
+}
+
+impl Daemon {
+    /// Starts `cmd` (stdin closed, stdout and stderr to a fresh log file in a directory of
+    /// its own). [`Start`] has the variations.
+    ///
+    /// # Panics
+    /// When the program cannot be started: a test failure naming it.
+    #[must_use]
+    pub fn start(name: &str, cmd: Command) -> Daemon {
+        Start::new(name).start(cmd)
+    }
+
+    /// Starts `cmd` with its log at `log` (appended, so a restart keeps the history).
+    ///
+    /// # Panics
+    /// When the program cannot be started or the log file cannot be opened.
+    #[must_use]
+    pub fn start_logging_to(name: &str, cmd: Command, log: &Path) -> Daemon {
+        Start::new(name).log_to(log).start(cmd)
     }
 
     /// The name given at start.
@@ -123,9 +229,26 @@ impl Daemon {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// Everything it wrote to stdout so far, when started with [`Start::stdout_apart`]
+    /// (empty otherwise: stdout is then in the log).
+    #[must_use]
+    pub fn stdout(&self) -> String {
+        self.stdout
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// How many times its log says `needle` (a positive sign that a pass ran again).
+    #[must_use]
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
     /// The last lines of its log under a header naming it, for failure messages.
     #[must_use]
     pub fn excerpt(&self) -> String {
+        self.quoted.store(true, Ordering::Relaxed);
         let text = self.log();
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(EXCERPT_LINES);
@@ -147,40 +270,44 @@ impl Daemon {
 
     /// Whether the process still runs (reaps it if it exited).
     pub fn is_running(&mut self) -> bool {
-        self.try_exit().is_none() && self.child.is_some()
+        self.try_exit().is_none()
     }
 
-    /// Its exit status once it exited, without waiting.
+    /// Its exit status once it exited, without waiting (also after [`Daemon::kill`]).
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                self.child = None;
-                Some(status)
-            }
-            _ => None,
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            self.child = None;
+            self.exit = Some(status);
         }
+        self.exit
     }
 
-    /// Sends `sig` (`libc::SIGTERM`, `libc::SIGSTOP`, ...) if it still runs.
+    /// Sends `sig` (`libc::SIGTERM`, `libc::SIGSTOP`, ...) if it still runs; to its whole
+    /// process group when started with [`Start::own_group`].
     pub fn signal(&self, sig: i32) {
         if self.child.is_some() {
-            crate::signal(self.pid, sig);
+            if self.group {
+                let pgid = i32::try_from(self.pid).expect("pid fits i32");
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe {
+                    libc::kill(-pgid, sig);
+                }
+            } else {
+                crate::signal(self.pid, sig);
+            }
         }
     }
 
-    /// Waits up to `within` for the process to exit.
+    /// Waits up to `within` for the process to exit (at once if it already did).
     ///
     /// # Panics
     /// When it is still running then, with its log excerpt.
     pub async fn wait(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
-            let Some(child) = self.child.as_mut() else {
-                self.fail(format!("daemon {}: waited for an exit already reaped", self.name));
-            };
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
+            if let Some(status) = self.try_exit() {
                 return status;
             }
             if Instant::now() >= deadline {
@@ -190,17 +317,54 @@ impl Daemon {
         }
     }
 
+    /// [`Daemon::wait`] for sync tests: blocks the thread.
+    ///
+    /// # Panics
+    /// When it is still running after `within`, with its log excerpt.
+    pub fn wait_blocking(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_exit() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.fail(format!("daemon {} did not exit within {within:?}", self.name));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `sig` and waits up to `within` for the exit.
     pub async fn stop(&mut self, sig: i32, within: Duration) -> ExitStatus {
         self.signal(sig);
         self.wait(within).await
     }
 
-    /// SIGKILL and reap, now (a crash).
+    /// SIGTERM, up to `grace` for the exit, then SIGKILL: a graceful stop that never fails,
+    /// for a harness that reports how it ended instead of failing a test (the bench).
+    /// Blocks the thread.
+    pub fn terminate_blocking(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_exit() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        self.exit
+    }
+
+    /// SIGKILL (to its group too, when it has one) and reap, now (a crash). The exit
+    /// status stays readable ([`Daemon::try_exit`], [`Daemon::wait`]).
     pub fn kill(&mut self) {
+        if self.child.is_some() && self.group {
+            self.signal(libc::SIGKILL);
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
-            let _ = c.wait();
+            self.exit = c.wait().ok();
         }
     }
 
@@ -211,11 +375,32 @@ impl Daemon {
             self.fail(e);
         }
     }
+
+    /// [`Daemon::wait_log`] for sync tests: blocks the thread.
+    pub fn wait_log_blocking(&self, needle: &str, within: Duration) {
+        let what = format!("daemon {} logs {needle:?}", self.name);
+        if let Err(e) = eventually_blocking(&what, within, || self.log().contains(needle).then_some(())) {
+            self.fail(e);
+        }
+    }
+
+    /// Waits until its log says `needle` more than `before` times (a pass ran again);
+    /// fails with the excerpt otherwise.
+    pub async fn wait_log_more(&self, needle: &str, before: usize, within: Duration) {
+        let what = format!("daemon {} logs {needle:?} more than {before} times", self.name);
+        if let Err(e) = eventually(&what, within, async || (self.log_count(needle) > before).then_some(())).await {
+            self.fail(e);
+        }
+    }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+        // Whatever assertion failed, the test's output ends with what the process said.
+        if std::thread::panicking() && !self.quoted.load(Ordering::Relaxed) {
+            eprintln!("{}", self.excerpt());
+        }
     }
 }
 
@@ -246,5 +431,31 @@ mod tests {
             .and_then(|p| p.downcast::<String>().ok())
             .expect("a String panic");
         assert!(msg.contains("boom") && msg.contains("hello from sh"), "{msg}");
+    }
+
+    #[test]
+    fn keeps_stdout_apart_signals_its_group_and_remembers_how_it_ended() {
+        let mut cmd = Command::new("/bin/sh");
+        // The child sleep is in the daemon's group: a signal to the group reaches it too.
+        cmd.args(["-c", "echo result; echo said >&2; sleep 30 & wait"]);
+        let mut d = Start::new("sh-group").stdout_apart().own_group().start(cmd);
+        d.wait_log_blocking("said", Duration::from_secs(10));
+        let stdout = eventually_blocking("stdout is written", Duration::from_secs(10), || {
+            d.stdout().contains("result").then_some(())
+        });
+        assert!(stdout.is_ok(), "{}", d.excerpt());
+        assert!(!d.log().contains("result"), "stdout stays out of the log: {}", d.log());
+        let pgid = i32::try_from(d.pid()).unwrap();
+        let status = d.terminate_blocking(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| !s.success()), "{status:?}");
+        // SAFETY: kill with signal 0 only asks whether the group still has a member.
+        let group_left = eventually_blocking("the group is gone", Duration::from_secs(10), || {
+            (unsafe { libc::kill(-pgid, 0) } != 0).then_some(())
+        });
+        assert!(group_left.is_ok(), "the sleep of the group outlived the stop");
+        assert_eq!(d.try_exit(), status, "the exit status stays readable");
+        assert_eq!(d.wait_blocking(Duration::from_secs(1)), status.unwrap());
+        let missing = Start::new("missing").try_start(Command::new("/nonexistent/program"));
+        assert!(missing.is_err());
     }
 }

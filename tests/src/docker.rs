@@ -564,7 +564,10 @@ impl Container {
     pub async fn wait_http(&self, port: u16, path: &str) {
         let path = path.to_owned();
         let ok = tokio::task::spawn_blocking(move || {
-            crate::wait_for(Duration::from_secs(10), || crate::process::http_get(port, &path))
+            crate::eventually_blocking("the container answers HTTP", Duration::from_secs(10), || {
+                crate::process::http_get(port, &path)
+            })
+            .ok()
         })
         .await
         .expect("join");

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::eventually::eventually_blocking;
 use crate::pki::{CertFiles, Pki};
-use crate::process::{self, free_port, http_get, require_program, wait_for};
+use crate::process::{self, free_port, http_get, require_program};
 
 const INSTALL: &str = "sudo apt-get install -y etcd-server etcd-client";
 
@@ -169,12 +170,13 @@ fn start_members(n: usize, dir: &tempfile::TempDir, options: &EtcdOptions) -> Ve
         for m in &mut members {
             m.spawn(&initial, "new");
         }
-        let ok = wait_for(Duration::from_secs(20), || {
+        let ok = eventually_blocking("every etcd member is healthy", Duration::from_secs(20), || {
             if members.iter_mut().any(Member::exited) {
                 return Some(false);
             }
             members.iter().all(Member::healthy).then_some(true)
-        });
+        })
+        .ok();
         if ok == Some(true) {
             return members;
         }
@@ -261,7 +263,10 @@ impl Etcd {
         self.member.kill();
         let initial = format!("{}={}", self.member.name, self.member.peer_url());
         self.member.spawn(&initial, "existing");
-        let ok = wait_for(Duration::from_secs(20), || self.member.healthy().then_some(()));
+        let ok = eventually_blocking("etcd is healthy", Duration::from_secs(20), || {
+            self.member.healthy().then_some(())
+        })
+        .ok();
         assert!(
             ok.is_some(),
             "testbed: restarted etcd not healthy:\n{}",
@@ -366,7 +371,10 @@ impl EtcdCluster {
         let m = &mut self.members[i];
         m.kill();
         m.spawn(&initial, "existing");
-        let ok = wait_for(Duration::from_secs(30), || m.healthy().then_some(()));
+        let ok = eventually_blocking("the member is healthy", Duration::from_secs(30), || {
+            m.healthy().then_some(())
+        })
+        .ok();
         assert!(
             ok.is_some(),
             "testbed: restarted member {i} not healthy:\n{}",

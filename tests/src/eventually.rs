@@ -1,4 +1,5 @@
-//! One polling helper for every test: [`eventually`].
+//! One polling helper for every test: [`eventually`], and its twin for sync code (the
+//! servers' start-up in this crate, the sync dbhelper tests): [`eventually_blocking`].
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -55,6 +56,27 @@ pub async fn eventually<T>(
     }
 }
 
+/// [`eventually`] for sync code: asks the sync `check` every 50 ms, sleeping the thread.
+///
+/// # Errors
+/// [`NotYet`] when `check` never gave `Some` within `within`.
+pub fn eventually_blocking<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T, NotYet> {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = Instant::now() >= deadline;
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if last {
+            return Err(NotYet {
+                what: what.to_owned(),
+                within,
+            });
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +100,17 @@ mod tests {
             .unwrap_err();
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert_eq!(err.to_string(), "the impossible did not happen within 200ms");
+    }
+
+    #[test]
+    fn the_blocking_twin_says_the_same() {
+        let mut n = 0;
+        let got = eventually_blocking("n reaches 2", Duration::from_secs(5), || {
+            n += 1;
+            (n >= 2).then_some(n)
+        });
+        assert_eq!(got, Ok(2));
+        let err = eventually_blocking("never", Duration::from_millis(100), || None::<()>).unwrap_err();
+        assert_eq!(err.to_string(), "never did not happen within 100ms");
     }
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{self, free_port, require_program, wait_for};
+use crate::eventually::eventually_blocking;
+use crate::process::{self, free_port, require_program};
 
 const INSTALL: &str = "sudo apt-get install -y haproxy (scripts/setup does it)";
 
@@ -80,14 +81,15 @@ impl HaProxy {
             .stdout(Stdio::from(log.try_clone().expect("clone log fd")))
             .stderr(Stdio::from(log));
         self.child = Some(process::spawn(cmd).expect("spawn haproxy"));
-        let up = wait_for(Duration::from_secs(10), || {
+        let up = eventually_blocking("haproxy answers `show info`", Duration::from_secs(10), || {
             if self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))) {
                 return Some(false);
             }
             self.try_command("show info")
                 .is_some_and(|i| i.contains("Name: HAProxy"))
                 .then_some(true)
-        });
+        })
+        .ok();
         if up == Some(true) {
             return Ok(());
         }

@@ -36,12 +36,12 @@ mod process;
 mod proxy;
 
 pub use cluster::{Cluster, Cut, Host};
-pub use daemon::{Daemon, fail_with_logs};
+pub use daemon::{Daemon, Start, fail_with_logs};
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions, EtcdTls};
-pub use eventually::{NotYet, eventually};
+pub use eventually::{NotYet, eventually, eventually_blocking};
 pub use haproxy::HaProxy;
 pub use mariadb::MariaDb;
-pub use process::{bin, free_port, http_get, require_program, signal, spawn, wait_for};
+pub use process::{bin, free_port, http_get, require_program, signal, spawn};
 pub use proxy::SocketProxy;
 
 /// The repository's root (the parent of the `tests` crate).

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::process::{self, free_port, require_program, wait_for};
+use crate::eventually::eventually_blocking;
+use crate::process::{self, free_port, require_program};
 
 const INSTALL: &str = "sudo apt-get install -y mariadb-server mariadb-client";
 
@@ -136,12 +137,13 @@ impl MariaDb {
         }
         self.child = Some(process::spawn(cmd).expect("spawn mariadbd"));
         let port = self.port;
-        let ready = wait_for(Duration::from_secs(30), || {
+        let ready = eventually_blocking("mariadbd accepts connections", Duration::from_secs(30), || {
             if self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))) {
                 return Some(false);
             }
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| true)
-        });
+        })
+        .ok();
         if ready == Some(true) {
             return true;
         }

@@ -18,6 +18,13 @@ use testbed::{Cut, eventually};
 
 /// The announcers' lease TTL in the campaign: short, so expiry scenarios are quick.
 const TTL: Duration = Duration::from_secs(3);
+/// How soon after etcd's first answer, once quorum is back, the records must match the
+/// containers: the issue's 1 s, plus room for a loaded 2-core machine.
+const SETTLE_BOUND: Duration = Duration::from_secs(3);
+/// How soon after etcd's first answer the load balancer must follow: lb-sync re-reads etcd
+/// within 1 s of its return, then the debounce, a `--drain 1s` and the simulator's
+/// PENDING_UPDATE; the rest is room for a loaded machine.
+const FOLLOW_BOUND: Duration = Duration::from_secs(10);
 
 /// Waits until etcd holds `n` records and the load balancer `n` ENABLED nodes.
 async fn converge(bed: &Bed, client: &mut etcd_client::Client, n: usize, within: Duration) {
@@ -458,14 +465,14 @@ async fn without_fencing_a_stale_instance_applies_beside_the_leader_and_the_chec
     bed.remove_webs().await;
 }
 
-/// etcd loses quorum (2 of 3 members down) while a container stops and another starts. The
-/// issue asks for a minute; 12 s (four TTLs) shows the same thing: no lease can expire
-/// without a leader. Quorum back: live records are all there at the first answer, the
+/// etcd loses quorum (2 of 3 members down) for a minute, as the issue asks (twenty TTLs: no
+/// lease can expire without a leader), while a container stops and another starts. Quorum
+/// back: live records are all there at the first answer, the
 /// stopped container's record is withdrawn and the new one's appears (measured from the
 /// first answer), and the load balancer follows; lb-sync changed nothing meanwhile.
 #[tokio::test]
 async fn etcd_quorum_lost_while_containers_stop_and_start() {
-    const OUTAGE: Duration = Duration::from_secs(12);
+    const OUTAGE: Duration = Duration::from_secs(60);
     let mut bed = Bed::start(3, TTL).await;
     bed.add_webs(&[0], 3).await;
     let (new_name, new_announcer) = bed.announce_future_container(0, "h0w09");
@@ -547,21 +554,26 @@ async fn etcd_quorum_lost_while_containers_stop_and_start() {
         "live record {which:?} went missing for {gap:?} after quorum came back"
     );
     assert_eq!(changes_during, 0, "lb-sync changed the LB while etcd had no quorum");
-    // The issue hopes for 1 s; up to 4.3 s was measured under load (announcer backoff).
+    // The issue asks for 1 s. The announcer retries etcd at most 1 s apart through an
+    // outage (sidekick::retry::etcd_outage); the rest of the bound is room for a loaded
+    // machine (before that policy, up to 4.3 s was measured with a 2 s cap).
     assert!(
-        settled <= Duration::from_secs(10),
+        settled <= SETTLE_BOUND,
         "records took {settled:?} to match the containers"
+    );
+    assert!(
+        followed <= FOLLOW_BOUND,
+        "the LB took {followed:?} to follow the records"
     );
     drop(new_container);
     bed.remove_webs().await;
 }
 
-/// The Docker engine's socket is unreachable for one host's announcers for 15 s (the issue
-/// asks for 30 s; 15 s is five TTLs and keeps the campaign short) while one of its
-/// containers stops and another starts. Once it is back, etcd matches what Docker runs.
+/// The Docker engine's socket is unreachable for one host's announcers for 30 s, as the issue
+/// asks (ten TTLs), while one of its containers stops and another starts. Once it is back, etcd matches what Docker runs.
 #[tokio::test]
 async fn the_docker_socket_unreachable_while_containers_start_and_stop() {
-    const OUTAGE: Duration = Duration::from_secs(15);
+    const OUTAGE: Duration = Duration::from_secs(30);
     let mut bed = Bed::start(3, TTL).await;
     bed.proxy_docker(1);
     bed.add_webs(&[0, 1], 3).await;

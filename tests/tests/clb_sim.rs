@@ -86,16 +86,14 @@ impl Api {
     }
 
     async fn wait_active(&self, lb: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let what = format!("load balancer {lb} becomes ACTIVE");
+        let active = testbed::eventually(&what, Duration::from_secs(10), async || {
             let (s, d) = self.status("GET", &format!("/loadbalancers/{lb}"), None).await;
             assert_eq!(s, 200);
-            if d["loadBalancer"]["status"] == "ACTIVE" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "load balancer {lb} never became ACTIVE");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (d["loadBalancer"]["status"] == "ACTIVE").then_some(())
+        })
+        .await;
+        active.unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

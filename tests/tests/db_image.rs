@@ -103,41 +103,44 @@ impl DbContainer {
     /// connection, or fails with the container's logs.
     async fn wait_for_root(&self, password: &str) -> mysql_async::Conn {
         let port = self.port().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match connect(port, password).await {
-                Ok(conn) => return conn,
+        let mut last = String::new();
+        // A container that exited ends the wait at once (`Err`): it will not start later.
+        let got = testbed::eventually(
+            "root logs in over TCP",
+            Duration::from_secs(60),
+            async || match connect(port, password).await {
+                Ok(conn) => Some(Ok(conn)),
                 Err(e) => {
-                    let state = self.state().await;
-                    if state.running != Some(true) || tokio::time::Instant::now() > deadline {
-                        panic!(
-                            "root cannot log in to {} ({e}); state {:?}, logs:\n{}",
-                            self.name,
-                            state.status,
-                            self.logs().await
-                        );
-                    }
+                    last = e.to_string();
+                    (self.state().await.running != Some(true)).then_some(Err(()))
                 }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            },
+        )
+        .await;
+        match got {
+            Ok(Ok(conn)) => conn,
+            outcome => panic!(
+                "root cannot log in to {} ({last}; {}); state {:?}, logs:\n{}",
+                self.name,
+                outcome
+                    .err()
+                    .map_or_else(|| "the container stopped".to_owned(), |e| e.to_string()),
+                self.state().await.status,
+                self.logs().await
+            ),
         }
     }
 
     /// Waits (up to 30 s) until the container has exited; returns its exit code.
     async fn wait_exit(&self) -> i64 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let exited = testbed::eventually("the container exits", Duration::from_secs(30), async || {
             let s = self.state().await;
-            if s.running == Some(false) {
-                return s.exit_code.unwrap_or(-1);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} did not exit; logs:\n{}",
-                self.name,
-                self.logs().await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            (s.running == Some(false)).then(|| s.exit_code.unwrap_or(-1))
+        })
+        .await;
+        match exited {
+            Ok(code) => code,
+            Err(e) => panic!("{}: {e}; logs:\n{}", self.name, self.logs().await),
         }
     }
 }

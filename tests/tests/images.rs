@@ -123,15 +123,14 @@ async fn announcer_image_announces_through_the_mounted_socket_and_revokes_on_doc
 
     let mut c = etcd.client().await;
     let key = "/services/web/img01/port";
-    let seen = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
+    let seen = testbed::eventually(
+        "the image's announcer writes its record",
+        Duration::from_secs(20),
+        async || {
             let r = c.get(key, None).await.unwrap();
-            if let Some(kv) = r.kvs().first() {
-                return kv.value_str().unwrap().to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+            r.kvs().first().map(|kv| kv.value_str().unwrap().to_owned())
+        },
+    )
     .await;
     let logs = || String::from_utf8_lossy(&docker_cli(&["logs", &name.0]).stderr).into_owned();
     assert_eq!(

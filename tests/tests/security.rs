@@ -13,9 +13,10 @@ mod support;
 use std::time::Duration;
 
 use etcd_client::{ElectionClient, EventType, Permission};
-use support::{Daemon, IDLE, TOKEN_TTL, args, eventually, run_to_end, secret_file};
+use support::{IDLE, STOP, TOKEN_TTL, args, run_to_end, secret_file};
 use testbed::clb_sim::ClbSim;
 use testbed::docker::{self, Spec};
+use testbed::eventually;
 use testbed::pki::Pki;
 use testbed::{Etcd, EtcdCluster, EtcdOptions, MariaDb, unique};
 
@@ -160,16 +161,17 @@ async fn announcer_announces_a_container_started_after_idling_past_the_token_ttl
         "--instance",
         "web01",
     ]));
-    let ann = Daemon::announcer(&a, &[]);
+    let ann = support::announcer(&a, &[]);
     // Idle: the container is not running, so nothing is written while the token dies.
     tokio::time::sleep(IDLE).await;
     c.start().await;
     let client = etcd.client().await;
-    let port = eventually(Duration::from_secs(20), || async {
+    let port = eventually("web01 is announced", Duration::from_secs(20), async || {
         let r = client.clone().get("/services/web/web01/port", None).await.ok()?;
         r.kvs().first().map(|kv| kv.value_str().unwrap_or_default().to_owned())
     })
-    .await;
+    .await
+    .ok();
     assert!(port.is_some(), "never announced; log:\n{}", ann.log());
     assert!(
         !ann.log().contains("invalid auth token"),
@@ -200,7 +202,7 @@ async fn lb_sync_sees_a_new_record_after_idling_past_the_token_ttl() {
     let client = etcd.client().await;
     support::put_record(&client, &root, 1).await;
     let pw = secret_file("lbpw");
-    let lb = Daemon::lb_sync(
+    let lb = support::lb_sync(
         &support::lb_sync_args(
             &etcd.endpoint(),
             &prefix,
@@ -242,7 +244,7 @@ async fn dbhelper_reads_its_db_record_written_after_idling_past_the_token_ttl() 
     let db = MariaDb::start();
     let pw = secret_file("dbpw");
     let port = db.port().to_string();
-    let mut run = Daemon::dbhelper(
+    let mut run = support::dbhelper(
         &args(&[
             "--etcd-endpoints",
             &etcd.endpoint(),
@@ -261,7 +263,7 @@ async fn dbhelper_reads_its_db_record_written_after_idling_past_the_token_ttl() 
         &[("MYSQL_ROOT_PASSWORD", db.root_password())],
     );
     tokio::time::sleep(IDLE).await;
-    assert!(run.running(), "still waiting for the key; log:\n{}", run.log());
+    assert!(run.is_running(), "still waiting for the key; log:\n{}", run.log());
     etcd.client().await.put(key.as_str(), "127.0.0.1", None).await.unwrap();
     let status = run.wait(Duration::from_secs(30)).await;
     assert!(status.success(), "dbhelper wait failed; log:\n{}", run.log());
@@ -292,13 +294,14 @@ async fn announcer_works_with_client_certificates_on_a_tls_cluster() {
     let mut a = support::announcer_args(&cluster.endpoints_arg(), &host);
     a.extend(pki.client_args("--etcd-key"));
     a.extend(args(&["container", &name, "--service", "web", "--instance", "web07"]));
-    let ann = Daemon::announcer(&a, &[]);
+    let ann = support::announcer(&a, &[]);
     let client = cluster.client().await;
-    let found = eventually(Duration::from_secs(20), || async {
+    let found = eventually("web07 is announced over TLS", Duration::from_secs(20), async || {
         let r = client.clone().get("/services/web/web07/port", None).await.ok()?;
         r.kvs().first().map(|_| ())
     })
-    .await;
+    .await
+    .ok();
     assert!(found.is_some(), "never announced over TLS; log:\n{}", ann.log());
 }
 
@@ -315,7 +318,7 @@ async fn lb_sync_works_with_client_certificates() {
     let mut extra: Vec<String> = pki.client_args("--etcd-key");
     extra.extend(args(&["--election-key", "/lb-sync-tls-leader"]));
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let lb = Daemon::lb_sync(
+    let lb = support::lb_sync(
         &support::lb_sync_args(&etcd.endpoint(), &prefix, &sim, &extra),
         &[("RACKSPACE_API_KEY", "k")],
     );
@@ -342,7 +345,7 @@ async fn dbhelper_works_with_client_certificates() {
         "--wait-timeout",
         "30s",
     ]));
-    let mut run = Daemon::dbhelper(&a, &[("MYSQL_ROOT_PASSWORD", db.root_password())]);
+    let mut run = support::dbhelper(&a, &[("MYSQL_ROOT_PASSWORD", db.root_password())]);
     let status = run.wait(Duration::from_secs(40)).await;
     assert!(status.success(), "dbhelper over TLS failed; log:\n{}", run.log());
 }
@@ -507,23 +510,31 @@ async fn announcer_with_its_role_writes_its_prefix_and_nothing_outside_it() {
             "--instance",
             instance,
         ]));
-        daemons.push(Daemon::announcer(&a, &[]));
+        daemons.push(support::announcer(&a, &[]));
     }
     let client = etcd.client().await;
-    let found = eventually(Duration::from_secs(20), || async {
-        let r = client.clone().get("/services/web/web01/port", None).await.ok()?;
-        r.kvs().first().map(|_| ())
-    })
-    .await;
+    let found = eventually(
+        "web01 is announced within its role",
+        Duration::from_secs(20),
+        async || {
+            let r = client.clone().get("/services/web/web01/port", None).await.ok()?;
+            r.kvs().first().map(|_| ())
+        },
+    )
+    .await
+    .ok();
     assert!(
         found.is_some(),
         "web01 announced within its role; log:\n{}",
         daemons[0].log()
     );
-    let refused = eventually(Duration::from_secs(20), || async {
-        daemons[1].log().contains("permission denied").then_some(())
-    })
-    .await;
+    let refused = eventually(
+        "the write outside the role is refused",
+        Duration::from_secs(20),
+        async || daemons[1].log().contains("permission denied").then_some(()),
+    )
+    .await
+    .ok();
     assert!(
         refused.is_some(),
         "the write outside the role is refused; log:\n{}",
@@ -682,13 +693,14 @@ async fn announcer_never_shows_its_secrets() {
     assert!(status.success(), "--validate:\n{out}{err}");
     assert_hidden("--validate", &format!("{out}{err}"), &secrets);
 
-    let mut ann = Daemon::announcer(&a, &env);
+    let mut ann = support::announcer(&a, &env);
     let client = etcd.client().await;
-    let found = eventually(Duration::from_secs(20), || async {
+    let found = eventually("web09 is announced", Duration::from_secs(20), async || {
         let r = client.clone().get("/services/web/web09/port", None).await.ok()?;
         r.kvs().first().map(|_| ())
     })
-    .await;
+    .await
+    .ok();
     assert!(found.is_some(), "announced; log:\n{}", ann.log());
     assert_hidden("/proc/PID/cmdline", &cmdline(ann.pid()), &secrets);
     // Errors: etcd goes away for a while, then comes back.
@@ -696,7 +708,7 @@ async fn announcer_never_shows_its_secrets() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     etcd.restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    ann.stop().await;
+    ann.stop(libc::SIGTERM, STOP).await;
     let log = ann.log();
     assert!(log.contains("TRACE"), "ran at trace level:\n{log}");
     assert_hidden("the announcer's output", &log, &secrets);
@@ -761,10 +773,10 @@ async fn lb_sync_never_shows_its_secrets() {
     assert!(status.success(), "--validate:\n{out}{err}");
     assert_hidden("--validate", &format!("{out}{err}"), &secrets);
 
-    let mut lb = Daemon::lb_sync(&a, &env);
+    let mut lb = support::lb_sync(&a, &env);
     support::wait_nodes(&sim, &[4], &lb).await;
     assert_hidden("/proc/PID/cmdline", &cmdline(lb.pid()), &secrets);
-    lb.stop().await;
+    lb.stop(libc::SIGTERM, STOP).await;
     let log = lb.log();
     assert!(log.contains("TRACE"), "ran at trace level:\n{log}");
     assert_hidden("lb-sync's output", &log, &secrets);
@@ -841,7 +853,7 @@ async fn dbhelper_never_shows_its_secrets() {
     assert!(status.success(), "--validate:\n{out}{err}");
     assert_hidden("--validate", &format!("{out}{err}"), &secrets);
 
-    let mut run = Daemon::dbhelper(&a, &env);
+    let mut run = support::dbhelper(&a, &env);
     let cmd = cmdline(run.pid());
     let status = run.wait(Duration::from_secs(60)).await;
     let log = run.log();

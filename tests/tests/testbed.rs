@@ -25,13 +25,8 @@ async fn etcd_single_member_put_get_and_lease_expiry() {
         .unwrap();
     assert_eq!(c.get("/testbed/leased", None).await.unwrap().count(), 1);
     // Without keep-alives the lease lapses after its TTL and takes the key with it.
-    let gone = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            if c.get("/testbed/leased", None).await.unwrap().count() == 0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let gone = testbed::eventually("the leased key lapses", Duration::from_secs(5), async || {
+        (c.get("/testbed/leased", None).await.unwrap().count() == 0).then_some(())
     })
     .await;
     assert!(gone.is_ok(), "leased key still there after the TTL");
@@ -53,13 +48,8 @@ async fn etcd_cluster_of_three_keeps_serving_with_a_member_killed() {
     let mut s = etcd_client::Client::connect([cluster.endpoint(survivor)], None)
         .await
         .unwrap();
-    let wrote = tokio::time::timeout(Duration::from_secs(15), async {
-        loop {
-            if s.put("/testbed/k", "after", None).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let wrote = testbed::eventually("the survivors accept a write", Duration::from_secs(15), async || {
+        s.put("/testbed/k", "after", None).await.ok().map(|_| ())
     })
     .await;
     assert!(wrote.is_ok(), "the two surviving members did not accept a write");
@@ -71,15 +61,9 @@ async fn etcd_cluster_of_three_keeps_serving_with_a_member_killed() {
     let mut back = etcd_client::Client::connect([cluster.endpoint(leader)], None)
         .await
         .unwrap();
-    let caught_up = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(r) = back.get("/testbed/k", None).await
-                && r.kvs().first().map(|kv| kv.value()) == Some(b"after".as_slice())
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    let caught_up = testbed::eventually("the restarted member catches up", Duration::from_secs(10), async || {
+        let r = back.get("/testbed/k", None).await.ok()?;
+        (r.kvs().first().map(|kv| kv.value()) == Some(b"after".as_slice())).then_some(())
     })
     .await;
     assert!(caught_up.is_ok(), "restarted member did not catch up");

@@ -157,9 +157,10 @@ fn page(port: u16, path: &str) -> Page {
 
 /// Waits until the server on `port` answers `GET /home.php` with 200.
 fn wait_until_serving(port: u16, what: &str) {
-    let up = testbed::wait_for(Duration::from_secs(20), || {
+    let up = testbed::eventually_blocking("the server answers GET /home.php", Duration::from_secs(20), || {
         get(port, "/home.php").ok().filter(|p| p.status == 200)
-    });
+    })
+    .ok();
     assert!(
         up.is_some(),
         "{what} does not answer HTTP: {:?}",
@@ -220,10 +221,11 @@ fn assert_pages_work(port: u16, hostname: &str) {
 /// Asserts that health.php answers FAIL with 503 (soon: the test polls, the pages time out
 /// within seconds).
 fn assert_health_fails(port: u16, why: &str) {
-    let failed = testbed::wait_for(Duration::from_secs(15), || {
+    let failed = testbed::eventually_blocking("health.php says FAIL", Duration::from_secs(15), || {
         let p = page(port, "/health.php");
         (p.status == 503 && p.body.trim() == "FAIL").then_some(p)
-    });
+    })
+    .ok();
     assert!(
         failed.is_some(),
         "health.php did not say FAIL with 503 when {why}: last answer {:?}",
@@ -232,10 +234,11 @@ fn assert_health_fails(port: u16, why: &str) {
 }
 
 fn assert_health_passes(port: u16, why: &str) {
-    let passed = testbed::wait_for(Duration::from_secs(15), || {
+    let passed = testbed::eventually_blocking("health.php says PASS", Duration::from_secs(15), || {
         let p = page(port, "/health.php");
         (p.status == 200 && p.body.trim() == "PASS").then_some(p)
-    });
+    })
+    .ok();
     assert!(
         passed.is_some(),
         "health.php did not say PASS when {why}: last answer {:?}",
@@ -281,12 +284,13 @@ impl PhpServer {
             // Its own "started" line, not just an open port: the port may have been taken
             // by another test's server since free_port() saw it free.
             let started = format!("Development Server (http://127.0.0.1:{port}) started");
-            let up = testbed::wait_for(Duration::from_secs(10), || {
+            let up = testbed::eventually_blocking("php -S says it started", Duration::from_secs(10), || {
                 if matches!(child.try_wait(), Ok(Some(_))) {
                     return Some(false);
                 }
                 std::fs::read_to_string(&log).ok()?.contains(&started).then_some(true)
-            });
+            })
+            .ok();
             if up == Some(true) {
                 return PhpServer {
                     child,
@@ -539,11 +543,11 @@ fn image_rebuild_is_idempotent_and_the_container_refuses_a_bad_port() {
     ));
 
     let web = rt.block_on(run_web(&docker, "bad-port", vec!["PORT=80x".to_owned()]));
-    let stopped = testbed::wait_for(Duration::from_secs(20), || {
+    let stopped = testbed::eventually_blocking("the container exits on a bad PORT", Duration::from_secs(20), || {
         let s = rt.block_on(web.state());
         (s.running == Some(false)).then_some(s)
     })
-    .expect("the container should exit on a bad PORT");
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stopped.exit_code, Some(2));
     let logs = rt.block_on(web.logs());
     assert!(logs.contains("PORT must be a port number, not '80x'"), "{logs}");

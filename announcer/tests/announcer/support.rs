@@ -1,24 +1,17 @@
 //! Running the real `announcer` binary against testbed servers, and reading etcd back.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
+use testbed::Daemon;
 
 /// The private address every test announces (distinct from the public one, so a test
 /// can tell them apart).
 pub const PRIVATE: &str = "10.9.8.7";
 /// The public address every test announces.
 pub const PUBLIC: &str = "127.0.0.1";
-
-/// A running announcer; killed when dropped.
-pub struct Announcer {
-    child: Option<Child>,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
 
 /// The options every test passes before the subcommand: a unique hostname, both
 /// addresses, short TTL and check interval.
@@ -60,74 +53,10 @@ fn command(args: &[String]) -> Command {
     cmd
 }
 
-impl Announcer {
-    /// Starts `announcer ARGS...` with its log in a temp file.
-    pub fn start(args: &[String]) -> Announcer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("announcer.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = command(args);
-        cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
-            .stderr(Stdio::from(file));
-        // It dies with the test process, even when the test is killed.
-        let child = testbed::spawn(cmd).expect("spawn announcer");
-        Announcer {
-            child: Some(child),
-            log,
-            _dir: dir,
-        }
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("running")
-    }
-
-    /// Everything it logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Sends `sig` and waits (up to `timeout`) for the exit.
-    pub async fn signal_and_wait(&mut self, sig: i32, timeout: Duration) -> ExitStatus {
-        testbed::signal(self.pid(), sig);
-        self.wait(timeout).await
-    }
-
-    /// Waits for the process to exit.
-    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self.child.as_mut().expect("running");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "announcer did not exit within {timeout:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Whether it is still running.
-    pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-}
-
-impl Drop for Announcer {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- announcer log:\n{}", self.log());
-        }
-    }
+/// Starts `announcer ARGS...` as a [`Daemon`]: its log in a temp file, killed on drop, the
+/// log quoted when the test fails.
+pub fn announcer(args: &[String]) -> Daemon {
+    Daemon::start("announcer", command(args))
 }
 
 /// Runs `announcer ARGS...` to completion: (status, stdout, stderr).
@@ -173,33 +102,33 @@ pub async fn dump(client: &mut Client, prefix: &str) -> BTreeMap<String, Kv> {
         .collect()
 }
 
-/// Polls etcd every 20 ms until `check` holds for the keys under `prefix`, or panics
-/// after `timeout` showing what etcd holds.
-pub async fn wait_until<F>(
+/// Waits (with [`testbed::eventually`]) until the keys under `prefix` satisfy `check`, and
+/// gives them; fails after `within` showing what etcd holds.
+pub async fn records_until<F>(
     client: &mut Client,
     prefix: &str,
-    timeout: Duration,
+    within: Duration,
     what: &str,
     check: F,
 ) -> BTreeMap<String, Kv>
 where
     F: Fn(&BTreeMap<String, Kv>) -> bool,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(resp) = tokio::time::timeout(Duration::from_secs(2), dump(client, prefix)).await
-            && check(&resp)
-        {
-            return resp;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}\netcd holds: {:#?}",
+    let found = testbed::eventually(what, within, async || {
+        let kvs = tokio::time::timeout(Duration::from_secs(2), dump(client, prefix))
+            .await
+            .ok()?;
+        check(&kvs).then_some(kvs)
+    })
+    .await;
+    match found {
+        Ok(kvs) => kvs,
+        Err(e) => panic!(
+            "{e}\netcd holds: {:#?}",
             tokio::time::timeout(Duration::from_secs(2), dump(client, prefix))
                 .await
                 .ok()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        ),
     }
 }
 

@@ -2,14 +2,16 @@
 //! TCP proxy that can stall or cut a connection mid-load.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use testbed::{Daemon, Start};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dbhelper");
 
@@ -72,96 +74,26 @@ impl Run {
 
 /// Runs to completion (with a generous timeout against hangs).
 pub fn run(cmd: &mut Command) -> Run {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn dbhelper");
-    let mut running = Running::new(child);
-    running.finish(Duration::from_secs(120))
+    let mut running = spawn(cmd);
+    finish(&mut running, Duration::from_secs(120))
 }
 
-/// A dbhelper running in the background, its output collected as it comes.
-pub struct Running {
-    pub child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<thread::JoinHandle<()>>,
+/// Starts dbhelper in the background as a [`Daemon`]: stdout (its result) in a file of its
+/// own, stderr (the log) in [`Daemon::log`], killed on drop.
+pub fn spawn(cmd: &mut Command) -> Daemon {
+    // The builder chains of the tests hand a `&mut Command`; the daemon owns it.
+    let cmd = std::mem::replace(cmd, Command::new(BIN));
+    Start::new("dbhelper").stdout_apart().start(cmd)
 }
 
-impl Running {
-    pub fn spawn(cmd: &mut Command) -> Running {
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn dbhelper");
-        Running::new(child)
-    }
-
-    fn new(mut child: Child) -> Running {
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        type Pipe = (Box<dyn Read + Send>, Arc<Mutex<String>>);
-        let pipes: [Pipe; 2] = [
-            (Box::new(child.stdout.take().expect("stdout")), stdout.clone()),
-            (Box::new(child.stderr.take().expect("stderr")), stderr.clone()),
-        ];
-        for (pipe, sink) in pipes {
-            readers.push(thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    let mut s = sink.lock().unwrap();
-                    s.push_str(&line);
-                    s.push('\n');
-                }
-            }));
-        }
-        Running {
-            child,
-            stdout,
-            stderr,
-            readers,
-        }
-    }
-
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits until standard error contains `needle`.
-    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
-        let found = testbed::wait_for(timeout, || self.stderr().contains(needle).then_some(()));
-        assert!(
-            found.is_some(),
-            "dbhelper never logged {needle:?}; stderr:\n{}",
-            self.stderr()
-        );
-    }
-
-    /// Waits for the exit (killing it after `timeout`) and returns what it printed.
-    pub fn finish(&mut self, timeout: Duration) -> Run {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("dbhelper did not exit within {timeout:?}; stderr:\n{}", self.stderr());
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-        Run {
-            code: status.code(),
-            stdout: self.stdout.lock().unwrap().clone(),
-            stderr: self.stderr(),
-        }
+/// Waits for the exit (the test fails after `within`, quoting the log) and returns what it
+/// printed.
+pub fn finish(running: &mut Daemon, within: Duration) -> Run {
+    let status = running.wait_blocking(within);
+    Run {
+        code: status.code(),
+        stdout: running.stdout(),
+        stderr: running.log(),
     }
 }
 

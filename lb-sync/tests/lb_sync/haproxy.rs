@@ -12,7 +12,8 @@ use sidekick::schema::{Layout, Record};
 use testbed::clb_sim::ClbSim;
 use testbed::{Etcd, HaProxy};
 
-use super::support::{LbSync, eventually, quick_sim, run_once};
+use super::support::{LbSync, quick_sim, run_once};
+use testbed::eventually;
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -225,11 +226,12 @@ impl HaWorld {
 
     /// Waits until lb-sync's servers are exactly `want`, each in service (UP).
     pub async fn wait_up(&self, want: &[u8], within: Duration) {
-        let ok = eventually(within, || {
+        let ok = eventually("HAProxy holds the servers UP", within, async || {
             let m = self.managed();
             (m.len() == want.len() && m.iter().zip(want).all(|((n, s), w)| n == w && s.starts_with("UP"))).then_some(())
         })
-        .await;
+        .await
+        .ok();
         assert!(
             ok.is_some(),
             "HAProxy never held {want:?} UP; it holds {:?}\n{}",
@@ -322,13 +324,14 @@ async fn a_draining_server_is_deleted_when_its_last_session_ends() {
     w.put([2]).await;
     w.delete([1]).await;
     let t = Instant::now();
-    let draining = eventually(WITHIN, || {
+    let draining = eventually("server 1 is DRAIN", WITHIN, async || {
         w.managed()
             .iter()
             .any(|(n, s)| *n == 1 && s.starts_with("DRAIN"))
             .then_some(())
     })
-    .await;
+    .await
+    .ok();
     assert!(
         draining.is_some(),
         "server 1 never DRAIN: {:?}\n{}",
@@ -397,7 +400,11 @@ async fn a_foreign_server_in_the_backend_is_left_alone() {
     drop(lb);
     w.delete([1]).await;
     let _forced = w.lb_sync(&["--force"]);
-    let ok = eventually(WITHIN, || w.managed().is_empty().then_some(())).await;
+    let ok = eventually("lb-sync's servers are gone", WITHIN, async || {
+        w.managed().is_empty().then_some(())
+    })
+    .await
+    .ok();
     assert!(ok.is_some(), "{:?}", w.ha.servers());
     let servers = w.ha.servers();
     assert_eq!(servers.len(), 1, "{servers:?}");
@@ -641,7 +648,7 @@ async fn a_rolling_restart_and_scaling_through_haproxy_lose_no_request() {
 
     use testbed::docker::{self, Spec};
 
-    use super::support::Announcer;
+    use testbed::Daemon;
 
     const IMAGE: &str = "sidekick/web:latest";
     tokio::task::spawn_blocking(|| docker::build_with_script("images/web/build.sh", IMAGE))
@@ -659,7 +666,7 @@ async fn a_rolling_restart_and_scaling_through_haproxy_lose_no_request() {
         container: testbed::docker::Container,
         port: u16,
         host: String,
-        _announcer: Announcer,
+        _announcer: Daemon,
     }
     let start_web = |i: u8| {
         let (d, etcd_ep, root, bin) = (d.clone(), etcd.endpoint(), root.clone(), announcer_bin.clone());
@@ -706,7 +713,7 @@ async fn a_rolling_restart_and_scaling_through_haproxy_lose_no_request() {
                 container,
                 port,
                 host,
-                _announcer: Announcer::start_bin(&bin, &args),
+                _announcer: super::support::announcer_bin(&bin, &args),
             }
         }
     };
@@ -786,7 +793,11 @@ async fn a_rolling_restart_and_scaling_through_haproxy_lose_no_request() {
         async move {
             let mut want = want;
             want.sort_unstable();
-            let ok = eventually(Duration::from_secs(60), || (servers(ha) == want).then_some(())).await;
+            let ok = eventually("HAProxy holds the servers", Duration::from_secs(60), async || {
+                (servers(ha) == want).then_some(())
+            })
+            .await
+            .ok();
             assert!(
                 ok.is_some(),
                 "{what}: HAProxy never held {want:?} UP; it holds {:?}\nlb-sync:\n{}",

@@ -4,14 +4,14 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::ops::{Deref, DerefMut};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use etcd_client::{DeleteOptions, Txn, TxnOp};
 use sidekick::schema::{Layout, Record};
-use testbed::Etcd;
 use testbed::clb_sim::{ClbSim, Node, RateLimits, SimConfig};
+use testbed::{Daemon, Etcd};
 
 /// The port every test record's web server publishes.
 pub const PORT: u16 = 8080;
@@ -193,12 +193,10 @@ impl World {
     /// Waits until the load balancer holds exactly `want` (last octets), all ENABLED.
     pub async fn wait_enabled(&self, want: &[u8], within: Duration) {
         let expect: Vec<(u8, String)> = want.iter().map(|n| (*n, "ENABLED".to_owned())).collect();
-        let ok = eventually(within, || (self.nodes() == expect).then_some(())).await;
-        assert!(
-            ok.is_some(),
-            "load balancer never held {want:?} ENABLED; it holds {:?}",
-            self.nodes()
-        );
+        let what = format!("the load balancer holds {want:?} ENABLED");
+        if let Err(e) = testbed::eventually(&what, within, async || (self.nodes() == expect).then_some(())).await {
+            panic!("{e}; it holds {:?}", self.nodes());
+        }
     }
 
     /// Calls per verb: (GET, POST, PUT, DELETE).
@@ -212,52 +210,47 @@ impl World {
     }
 }
 
-/// A running `lb-sync` process; killed on drop.
+/// How long a stopped process may take to exit.
+pub const STOP: Duration = Duration::from_secs(15);
+
+/// A running `lb-sync`: a [`Daemon`] (log, signal, wait, kill on drop; everything it does
+/// is reachable through `Deref`) and the port of its `--listen`.
 pub struct LbSync {
-    child: Option<Child>,
-    log: PathBuf,
+    daemon: Daemon,
     pub listen: u16,
-    _dir: tempfile::TempDir,
+}
+
+impl Deref for LbSync {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl DerefMut for LbSync {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
 }
 
 /// The command with a clean environment: only the API key (start it with `testbed::spawn`
 /// so it dies with the test).
 pub fn command(args: &[String]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-sync"));
-    cmd.args(args)
-        .env_clear()
-        .env("RACKSPACE_API_KEY", "k")
-        .stdin(Stdio::null());
+    cmd.args(args).env_clear().env("RACKSPACE_API_KEY", "k");
     cmd
 }
 
 impl LbSync {
     /// Starts `lb-sync ARGS` (a `--listen` on a free port is inserted first).
     pub fn start(args: &[String]) -> LbSync {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("lb-sync.log");
-        let file = std::fs::File::create(&log).expect("log file");
         let listen = testbed::free_port();
         let mut all = vec!["--listen".to_owned(), format!("127.0.0.1:{listen}")];
         all.extend_from_slice(args);
-        let mut cmd = command(&all);
-        cmd.stdout(Stdio::null()).stderr(Stdio::from(file));
-        let child = testbed::spawn(cmd).expect("spawn lb-sync");
         LbSync {
-            child: Some(child),
-            log,
+            daemon: Daemon::start("lb-sync", command(&all)),
             listen,
-            _dir: dir,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("running")
-    }
-
-    /// Everything it logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The body of GET /healthz (empty when it does not answer).
@@ -270,64 +263,15 @@ impl LbSync {
         testbed::http_get(self.listen, "/metrics").unwrap_or_default()
     }
 
-    /// Waits until /healthz contains `needle`.
+    /// Waits until /healthz contains `needle`, and gives it.
     pub async fn wait_health(&self, needle: &str, within: Duration) -> String {
-        let found = eventually(within, || {
+        let what = format!("/healthz says {needle:?}");
+        let found = testbed::eventually(&what, within, async || {
             let h = self.healthz();
             h.contains(needle).then_some(h)
         })
         .await;
-        found.unwrap_or_else(|| {
-            panic!(
-                "/healthz never contained {needle:?}; it says:\n{}\nlog:\n{}",
-                self.healthz(),
-                self.log()
-            )
-        })
-    }
-
-    /// Waits until the log contains `needle`.
-    pub async fn wait_log(&self, needle: &str, within: Duration) {
-        let found = eventually(within, || self.log().contains(needle).then_some(())).await;
-        assert!(found.is_some(), "the log never contained {needle:?}:\n{}", self.log());
-    }
-
-    /// Sends `sig` and waits for the exit.
-    pub async fn stop(&mut self, sig: i32) -> ExitStatus {
-        testbed::signal(self.pid(), sig);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let child = self.child.as_mut().expect("running");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "lb-sync did not exit:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for LbSync {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Polls `check` every 50 ms until it gives `Some` or `within` passes.
-pub async fn eventually<T>(within: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        found.unwrap_or_else(|e| self.fail(format!("{e}; it says:\n{}", self.healthz())))
     }
 }
 
@@ -345,44 +289,14 @@ pub fn run_once(args: &[String]) -> (ExitStatus, String, String) {
     )
 }
 
-/// The real announcer binary (built by `cargo build --workspace --bins`), killed on drop.
-pub struct Announcer {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// The real announcer binary (built by `cargo build --workspace --bins`) as a [`Daemon`].
+pub fn announcer(args: &[String]) -> Daemon {
+    announcer_bin(&testbed::bin("announcer"), args)
 }
 
-impl Announcer {
-    pub fn start(args: &[String]) -> Announcer {
-        Announcer::start_bin(&testbed::bin("announcer"), args)
-    }
-
-    /// Starts another announcer binary (an older build, to compare behaviours).
-    pub fn start_bin(bin: &std::path::Path, args: &[String]) -> Announcer {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("announcer.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file));
-        Announcer {
-            child: testbed::spawn(cmd).expect("spawn announcer"),
-            log,
-            _dir: dir,
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Announcer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Another announcer binary (an older build, to compare behaviours) as a [`Daemon`].
+pub fn announcer_bin(bin: &std::path::Path, args: &[String]) -> Daemon {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).env_clear();
+    Daemon::start("announcer", cmd)
 }

@@ -3,14 +3,14 @@
 
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use clap::Parser;
 use etcd_client::{Txn, TxnOp};
 use sidekick::schema::{Layout, Record};
+use testbed::Daemon;
 use testbed::clb_sim::{ClbSim, RateLimits, SimConfig};
 
 /// `--auth-token-ttl` of the etcd servers whose tokens must expire (seconds).
@@ -47,24 +47,6 @@ pub async fn etcd_config(cli: &[String]) -> sidekick::etcd::EtcdConfig {
     parsed.etcd.resolve().await.expect("resolve etcd flags")
 }
 
-/// Polls the async `check` every 100 ms until it gives `Some` or `within` passes.
-pub async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The three binaries.
 #[derive(Clone, Copy, Debug)]
 pub enum Binary {
@@ -97,89 +79,25 @@ pub fn command(bin: Binary, args: &[String], env: &[(&str, &str)]) -> Command {
     cmd
 }
 
-/// A running binary with its output in a file; killed on drop (its log printed when the
-/// test fails).
-pub struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// How long a stopped daemon may take to exit.
+pub const STOP: Duration = Duration::from_secs(20);
+
+/// Starts `bin` with [`command`]'s clean environment as a [`Daemon`] (stdout and stderr in
+/// its log, killed on drop, the log printed when the test fails).
+pub fn start(bin: Binary, args: &[String], env: &[(&str, &str)]) -> Daemon {
+    Daemon::start(&format!("{bin:?}"), command(bin, args, env))
 }
 
-impl Daemon {
-    pub fn start(bin: Binary, args: &[String], env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("out.log");
-        let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = command(bin, args, env);
-        cmd.stdout(Stdio::from(file.try_clone().expect("clone")))
-            .stderr(Stdio::from(file));
-        let child = testbed::spawn(cmd).expect("spawn");
-        Daemon {
-            child: Some(child),
-            log,
-            _dir: dir,
-        }
-    }
-
-    pub fn announcer(args: &[String], env: &[(&str, &str)]) -> Daemon {
-        Daemon::start(Binary::Announcer, args, env)
-    }
-
-    pub fn lb_sync(args: &[String], env: &[(&str, &str)]) -> Daemon {
-        Daemon::start(Binary::LbSync, args, env)
-    }
-
-    pub fn dbhelper(args: &[String], env: &[(&str, &str)]) -> Daemon {
-        Daemon::start(Binary::Dbhelper, args, env)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(Child::id).expect("running")
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Waits for the exit (the test fails after `timeout`).
-    pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = self.child.as_mut().expect("running");
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not exit within {timeout:?}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for the exit.
-    pub async fn stop(&mut self) -> ExitStatus {
-        testbed::signal(self.pid(), libc::SIGTERM);
-        self.wait(Duration::from_secs(20)).await
-    }
+pub fn announcer(args: &[String], env: &[(&str, &str)]) -> Daemon {
+    start(Binary::Announcer, args, env)
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- log:\n{}", self.log());
-        }
-    }
+pub fn lb_sync(args: &[String], env: &[(&str, &str)]) -> Daemon {
+    start(Binary::LbSync, args, env)
+}
+
+pub fn dbhelper(args: &[String], env: &[(&str, &str)]) -> Daemon {
+    start(Binary::Dbhelper, args, env)
 }
 
 /// Runs to the end (killed after `timeout`, which fails the test): (status, stdout, stderr).
@@ -312,11 +230,12 @@ pub fn nodes(sim: &ClbSim) -> Vec<u8> {
 
 /// Waits until load balancer 1 holds exactly the nodes `want` (last octets).
 pub async fn wait_nodes(sim: &ClbSim, want: &[u8], lb: &Daemon) {
-    let ok = eventually(Duration::from_secs(30), || async { (nodes(sim) == want).then_some(()) }).await;
-    assert!(
-        ok.is_some(),
-        "the load balancer never held {want:?}; it holds {:?}; log:\n{}",
-        nodes(sim),
-        lb.log()
-    );
+    let what = format!("the load balancer holds {want:?}");
+    if let Err(e) = testbed::eventually(&what, Duration::from_secs(30), async || {
+        (nodes(sim) == want).then_some(())
+    })
+    .await
+    {
+        lb.fail(format!("{e}; it holds {:?}", nodes(sim)));
+    }
 }
