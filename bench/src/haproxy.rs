@@ -19,7 +19,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,11 +28,10 @@ use anyhow::Context as _;
 use bollard::Docker;
 use etcd_client::{DeleteOptions, Txn, TxnOp};
 use sidekick::schema::{Layout, Record};
-use testbed::HaProxy;
+use testbed::{Daemon, HaProxy, Start};
 use testbed::docker::{Container, Spec};
 
 use crate::containers::RUN_LABEL;
-use crate::process::{self, Child};
 use crate::stats::Dist;
 use crate::summary::Section;
 use crate::{Ctx, stats};
@@ -130,7 +129,7 @@ fn up_ports(ha: &HaProxy) -> Vec<u16> {
 
 struct Scene {
     ha: HaProxy,
-    lb: Child,
+    lb: Daemon,
     lb_log: std::path::PathBuf,
 }
 
@@ -144,7 +143,7 @@ impl Scene {
             if up_ports(&self.ha) == want {
                 return Ok(());
             }
-            if let Some(status) = self.lb.exited() {
+            if let Some(status) = self.lb.try_exit() {
                 anyhow::bail!("lb-sync exited ({status}):\n{}", self.lb_log_tail());
             }
             if Instant::now() > deadline {
@@ -177,7 +176,6 @@ pub async fn run(ctx: &Ctx, docker: &Docker, settings: Settings) -> anyhow::Resu
     let mut client = etcd.client().await;
     let ha = HaProxy::start();
     let lb_log = ctx.log("lb-sync-haproxy.log");
-    let file = std::fs::File::create(&lb_log).with_context(|| format!("create {}", lb_log.display()))?;
     let mut cmd = Command::new(&ctx.lb_sync);
     cmd.args(["--provider", "haproxy", "--haproxy-socket"])
         .arg(ha.socket())
@@ -186,16 +184,16 @@ pub async fn run(ctx: &Ctx, docker: &Docker, settings: Settings) -> anyhow::Resu
         .args(["--etcd-endpoints", &etcd.endpoint(), "--prefix", "/services/web"])
         .args(["--drain", "10s", "--debounce", DEBOUNCE, "--resync", "5s"])
         .arg("run")
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file));
-    let lb = process::spawn("lb-sync --provider haproxy", cmd, false).context("start lb-sync")?;
+        .env_clear();
+    let lb = Start::new("lb-sync-haproxy")
+        .log_to(&lb_log)
+        .try_start(cmd)
+        .context("start lb-sync")?;
     let mut scene = Scene { ha, lb, lb_log };
     let mut section = Section::new("haproxy");
 
     // Three web containers, each with its announcer.
-    let mut webs: Vec<(Container, u16, Child)> = Vec::new();
+    let mut webs: Vec<(Container, u16, Daemon)> = Vec::new();
     for i in 1..=WEBS {
         let name = format!("bench-{}-web{i:02}", ctx.run_id);
         let port = testbed::free_port();
@@ -211,7 +209,6 @@ pub async fn run(ctx: &Ctx, docker: &Docker, settings: Settings) -> anyhow::Resu
         .run(docker)
         .await;
         let log = ctx.log(&format!("announcer-haproxy-web{i:02}.log"));
-        let file = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(&ctx.announcer);
         cmd.args(["--etcd-endpoints", &etcd.endpoint(), "--prefix", "/services"])
             .args(["--public-ipv4", "127.0.0.1", "--private-ipv4", "127.0.0.1"])
@@ -224,11 +221,11 @@ pub async fn run(ctx: &Ctx, docker: &Docker, settings: Settings) -> anyhow::Resu
                 "--instance",
                 &format!("web{i:02}"),
             ])
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file));
-        let announcer = process::spawn("announcer", cmd, false).context("start an announcer")?;
+            .env_clear();
+        let announcer = Start::new(&format!("announcer-web{i:02}"))
+            .log_to(&log)
+            .try_start(cmd)
+            .context("start an announcer")?;
         webs.push((container, port, announcer));
     }
     let ports: Vec<u16> = webs.iter().map(|(_, p, _)| *p).collect();
@@ -438,7 +435,7 @@ pub async fn run(ctx: &Ctx, docker: &Docker, settings: Settings) -> anyhow::Resu
          the largest; per sample: haproxy-withdrawals.csv",
     );
 
-    let _ = scene.lb.stop(Duration::from_secs(10));
+    let _ = scene.lb.terminate_blocking(Duration::from_secs(10));
     drop(webs);
     Ok(section)
 }
