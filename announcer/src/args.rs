@@ -96,6 +96,10 @@ pub struct Args {
     )]
     pub docker_host: String,
 
+    /// Serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9101 (default: off).
+    #[arg(long, env = "ANNOUNCE_METRICS_ADDR", value_name = "ADDR:PORT", global = true)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -24,6 +24,8 @@ mod error;
 pub mod health;
 mod lease;
 pub mod machine;
+pub mod metrics;
+pub mod ops;
 pub mod owner;
 pub mod reconcile;
 pub mod record;
@@ -95,6 +97,11 @@ async fn announce(args: &Args, mode: Mode, scope: Scope) -> Result<(), Error> {
         }
         Mode::Host { .. } => None,
     };
+    let ops = ops::Ops::new(sidekick::notify::Notifier::from_env());
+    if let Some(addr) = args.metrics_addr {
+        ops::serve(addr, ops.clone(), shutdown.clone()).await?;
+    }
+    let watchdog = tokio::spawn(ops.notifier().clone().watchdog(shutdown.child_token()));
     let etcd = args.etcd.resolve().await?;
     let settings = registry::Settings {
         prefix: args.prefix.clone(),
@@ -109,7 +116,7 @@ async fn announce(args: &Args, mode: Mode, scope: Scope) -> Result<(), Error> {
             only,
         },
     };
-    let registry = Box::pin(registry::Registry::connect(&etcd, settings)).await?;
+    let registry = Box::pin(registry::Registry::connect(&etcd, settings, ops.clone())).await?;
     tracing::info!(
         host = %machine.hostname,
         private = %machine.private_ipv4,
@@ -132,15 +139,25 @@ async fn announce(args: &Args, mode: Mode, scope: Scope) -> Result<(), Error> {
         docker_tx,
         args.resync_interval,
         stop_docker.clone(),
+        ops.clone(),
     ));
     let registry_task = tokio::spawn(registry.run(desired_rx, shutdown.clone()));
-    let reconciler = reconcile::Reconciler::new(machine, rules, args.check_interval, args.check_timeout, desired_tx);
+    let reconciler = reconcile::Reconciler::new(
+        machine,
+        rules,
+        args.check_interval,
+        args.check_timeout,
+        desired_tx,
+        ops.clone(),
+    );
     // The reconciler ends on shutdown or on a fatal error; dropping it closes the desired
     // channel, which makes the registry revoke its lease and return.
     let result = reconciler.run(docker_rx, shutdown.clone()).await;
+    ops.stopping();
     stop_docker.cancel();
     let _ = registry_task.await;
     let _ = docker_task.await;
+    watchdog.abort();
     result.map_err(Error::from)
 }
 

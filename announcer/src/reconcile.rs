@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::docker::{self, ContainerFacts, Health, Update};
 use crate::health::{self, Check, Prober};
 use crate::machine::Machine;
+use crate::ops::Ops;
 use crate::record::{Decision, Mode, Note, Planned, RecordError, Rules, record_for};
 
 /// One record to keep in etcd, and its layout.
@@ -110,6 +111,8 @@ pub struct Reconciler {
     health_tx: mpsc::UnboundedSender<HealthReport>,
     health_rx: mpsc::UnboundedReceiver<HealthReport>,
     desired_tx: watch::Sender<Desired>,
+    /// Probe counters and the loop's heartbeat.
+    ops: Ops,
 }
 
 impl Reconciler {
@@ -121,6 +124,7 @@ impl Reconciler {
         check_interval: Duration,
         check_timeout: Duration,
         desired_tx: watch::Sender<Desired>,
+        ops: Ops,
     ) -> Reconciler {
         let (health_tx, health_rx) = mpsc::unbounded_channel();
         Reconciler {
@@ -138,6 +142,7 @@ impl Reconciler {
             health_tx,
             health_rx,
             desired_tx,
+            ops,
         }
     }
 
@@ -151,9 +156,13 @@ impl Reconciler {
         mut updates: mpsc::Receiver<Update>,
         shutdown: CancellationToken,
     ) -> Result<(), RecordError> {
+        let beat = self.ops.heartbeat("reconcile");
+        let mut alive = beat.interval();
         loop {
+            beat.beat();
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                _ = alive.tick() => continue,
                 update = updates.recv() => match update {
                     Some(u) => self.apply(u)?,
                     None => return Ok(()),
@@ -242,6 +251,7 @@ impl Reconciler {
                 p.target.clone(),
                 self.check_interval,
                 self.check_timeout,
+                self.ops.metrics().probe_counters(&p.check).unwrap_or_default(),
                 move |ok, detail| {
                     let _ = tx.send(HealthReport {
                         id: id.clone(),
@@ -422,7 +432,8 @@ mod tests {
             check: Check::None,
         };
         let (tx, rx) = watch::channel(Desired::default());
-        let r = Reconciler::new(machine, rules, Duration::from_secs(1), Duration::from_secs(1), tx);
+        let ops = Ops::new(sidekick::notify::Notifier::with_watchdog(None));
+        let r = Reconciler::new(machine, rules, Duration::from_secs(1), Duration::from_secs(1), tx, ops);
         (r, rx)
     }
 
