@@ -8,67 +8,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
-use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use testbed::docker::{self, Spec};
-use testbed::{Daemon, Etcd, eventually, free_port, http_get, unique};
+use testbed::{Daemon, Etcd, NotifySocket, eventually, free_port, http_get, unique};
 
 /// Wide deadline for what has no deadline of its own (a loaded 2-core machine).
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// A `NOTIFY_SOCKET` bound by the test: what the announcer sends systemd arrives here.
-struct NotifySocket {
-    sock: UnixDatagram,
-    path: PathBuf,
-    _dir: tempfile::TempDir,
-    /// Every datagram received so far, in order.
-    got: Vec<String>,
-}
-
-impl NotifySocket {
-    fn bind() -> NotifySocket {
-        let dir = tempfile::Builder::new().prefix("notify").tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_nonblocking(true).unwrap();
-        NotifySocket {
-            sock,
-            path,
-            _dir: dir,
-            got: Vec::new(),
-        }
-    }
-
-    /// Reads every datagram waiting; returns how many `WATCHDOG=1` pings were among them.
-    fn drain(&mut self) -> usize {
-        let mut buf = [0u8; 4096];
-        let mut pings = 0;
-        while let Ok(len) = self.sock.recv(&mut buf) {
-            let msg = String::from_utf8_lossy(&buf[..len]).into_owned();
-            if msg == "WATCHDOG=1\n" {
-                pings += 1;
-            }
-            self.got.push(msg);
-        }
-        pings
-    }
-
-    /// The first datagram received so far containing `needle`.
-    fn find(&mut self, needle: &str) -> Option<String> {
-        self.drain();
-        self.got.iter().find(|m| m.contains(needle)).cloned()
-    }
-
-    /// Pings received during `d` from now.
-    async fn pings_during(&mut self, d: Duration) -> usize {
-        self.drain();
-        tokio::time::sleep(d).await;
-        self.drain()
-    }
-}
 
 fn announcer(etcd: &str, host: &str, notify: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_announcer"));
@@ -147,7 +96,7 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
         announcer(
             &etcd.endpoint(),
             &host,
-            &notify.path,
+            notify.path(),
             &["--metrics-addr", &addr, "--resync-interval", "2s", "host"],
         ),
     );
@@ -238,7 +187,7 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
     // SIGTERM: STOPPING=1.
     let status = a.stop(libc::SIGTERM, PATIENCE).await;
     assert!(status.success(), "{status}\n{}", a.excerpt());
-    assert!(notify.find("STOPPING=1").is_some(), "{:?}", notify.got);
+    assert!(notify.find("STOPPING=1").is_some(), "{:?}", notify.received());
 }
 
 /// A Docker socket that accepts connections and never answers: the Docker loop waits on
@@ -276,7 +225,7 @@ async fn watchdog_pings_stop_while_a_loop_is_stuck() {
         announcer(
             &etcd.endpoint(),
             &unique("host"),
-            &notify.path,
+            notify.path(),
             &["--docker-host", &docker_host, "host"],
         ),
     );

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sidekick::notify::{Heartbeat, Notifier};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +73,13 @@ pub struct Reconciler {
     last_refusal: Vec<Refusal>,
     /// The plan notes last logged, to log each new one once.
     last_notes: Vec<Note>,
+    /// systemd: readiness after the first plan, the status line, the watchdog.
+    notifier: Notifier,
+    /// The loop's heartbeat while it runs.
+    beat: Option<Heartbeat>,
+    /// How long one read or step of a pass may take by its own timeouts (waiting for
+    /// ACTIVE included): the loop counts as alive that long within a pass.
+    busy_limit: Duration,
 }
 
 impl Reconciler {
@@ -88,6 +96,24 @@ impl Reconciler {
             missing_since: BTreeMap::new(),
             last_refusal: Vec::new(),
             last_notes: Vec::new(),
+            notifier: Notifier::with_watchdog(None),
+            beat: None,
+            busy_limit: Duration::from_secs(60),
+        }
+    }
+
+    /// Reports to systemd through `notifier`; `busy_limit`: the longest one read or step of
+    /// a pass may take by its own timeouts.
+    #[must_use]
+    pub fn with_notifier(mut self, notifier: Notifier, busy_limit: Duration) -> Reconciler {
+        self.notifier = notifier;
+        self.busy_limit = busy_limit;
+        self
+    }
+
+    fn busy(&self, limit: Duration) {
+        if let Some(b) = &self.beat {
+            b.busy(limit);
         }
     }
 
@@ -99,15 +125,35 @@ impl Reconciler {
         timing: Timing,
         cancel: CancellationToken,
     ) {
+        let beat = self.notifier.heartbeat("reconcile");
+        let mut alive = beat.interval();
+        self.beat = Some(beat);
         // The first pass waits for the first view from etcd (complete or not).
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            r = desired.changed() => if r.is_err() { return },
+        loop {
+            self.busy(Duration::ZERO);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                r = desired.changed() => if r.is_err() { return } else { break },
+                _ = alive.tick() => {}
+            }
         }
         let mut wake: Option<Instant> = None;
         let mut was_leader;
+        let mut ready = false;
+        let mut status = String::new();
         loop {
             let outcome = self.pass(&desired, &leadership, &cancel).await;
+            let line = status_line(&outcome, &self.health.status());
+            // READY=1 after the first plan computed or refused (a standby instance is
+            // ready too: it is doing its job); a pass that failed before planning is not.
+            if !ready && !matches!(outcome, Outcome::Failed(_)) {
+                self.notifier.ready(&line);
+                tracing::info!(status = %line, "first plan done: ready");
+                ready = true;
+            } else if line != status {
+                self.notifier.status(&line);
+            }
+            status = line;
             // What this pass saw, not what the watch last said: `may_apply` also turns
             // false by the clock alone (a keep-alive answer late), without any change on
             // the watch. A pass that stood by must run again at the next renewal, or the
@@ -126,12 +172,15 @@ impl Reconciler {
             .or(wake.filter(|w| *w > Instant::now()));
             let deadline = wake.map_or(next_resync, |w| w.min(next_resync));
             loop {
+                self.busy(Duration::ZERO);
                 tokio::select! {
                     () = cancel.cancelled() => return,
+                    _ = alive.tick() => {}
                     r = desired.changed() => {
                         if r.is_err() {
                             return;
                         }
+                        self.busy(timing.debounce_max);
                         debounce(&mut desired, timing, &cancel).await;
                         break;
                     }
@@ -204,6 +253,7 @@ impl Reconciler {
             if cancel.is_cancelled() {
                 return Outcome::Failed(Arc::new(Error::Cancelled));
             }
+            self.busy(self.busy_limit);
             let lb = match self.provider.read(cancel).await {
                 Ok(lb) => lb,
                 Err(Error::Cancelled) => return Outcome::Failed(Arc::new(Error::Cancelled)),
@@ -272,6 +322,7 @@ impl Reconciler {
                 s.leader = true;
             });
             for step in &batch {
+                self.busy(self.busy_limit);
                 tracing::info!("{step}");
                 match self.apply(step).await {
                     Ok(()) => {
@@ -366,6 +417,25 @@ impl Reconciler {
             self.drain_started.insert(n.id, Instant::now());
         }
         Ok(())
+    }
+}
+
+/// The `STATUS=` line after a pass (pure).
+fn status_line(outcome: &Outcome, s: &crate::health::Status) -> String {
+    let counts = format!("{} node(s) wanted, {} on the load balancer", s.desired_nodes, s.lb_nodes);
+    match outcome {
+        Outcome::Converged => format!("converged: {counts}"),
+        Outcome::Waiting(d) => format!(
+            "waiting {} for drains or checks: {counts}",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        ),
+        Outcome::Refused(r) => format!(
+            "refused: {}",
+            r.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        ),
+        Outcome::Standby => "standby: another instance leads".to_owned(),
+        Outcome::DryRun => format!("dry run: {counts}"),
+        Outcome::Failed(e) => format!("pass failed: {e}"),
     }
 }
 
