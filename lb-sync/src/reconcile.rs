@@ -323,7 +323,8 @@ impl Reconciler {
             });
             for step in &batch {
                 self.busy(self.busy_limit);
-                tracing::info!("{step}");
+                // The change itself is logged once done, one line per node (`log_change`).
+                tracing::debug!("{step}");
                 match self.apply(step).await {
                     Ok(()) => {
                         if plan.forced {
@@ -407,6 +408,7 @@ impl Reconciler {
 
     async fn apply(&mut self, step: &Step) -> Result<(), Error> {
         let added = self.provider.apply(step).await?;
+        self.log_change(step, &added);
         // A node added draining (--add-draining) waits for ONLINE, not for a drain clock.
         for n in added {
             if n.condition == Condition::Draining {
@@ -417,6 +419,48 @@ impl Reconciler {
             self.drain_started.insert(n.id, Instant::now());
         }
         Ok(())
+    }
+}
+
+impl Reconciler {
+    /// The log contract (README, "Operating it"): one info line per node changed, with
+    /// `address`, `port`, and the node's `id` (the API's; on HAProxy its server id, once
+    /// known) and, on HAProxy, its `server` name.
+    fn log_change(&self, step: &Step, added: &[crate::plan::Node]) {
+        let haproxy = match &self.provider {
+            Provider::HaProxy(h) => Some(h),
+            Provider::Rackspace(_) => None,
+        };
+        let one = |what: &str, id: Option<u64>, ep: &Endpoint| match haproxy {
+            Some(h) => {
+                let server = h.server_name(ep);
+                match id {
+                    Some(id) => tracing::info!(address = %ep.address, port = ep.port, id, server, "{what}"),
+                    None => tracing::info!(address = %ep.address, port = ep.port, server, "{what}"),
+                }
+            }
+            None => tracing::info!(address = %ep.address, port = ep.port, id = id.unwrap_or_default(), "{what}"),
+        };
+        match step {
+            // Rackspace answers with the new nodes' ids; HAProxy's come with the next read.
+            Step::Add(new) if added.is_empty() => {
+                for n in new {
+                    one("node added", None, &n.endpoint);
+                }
+            }
+            Step::Add(_) => {
+                for n in added {
+                    tracing::info!(address = %n.address, port = n.port, id = n.id, "node added");
+                }
+            }
+            Step::Enable(n) => one("node enabled", Some(n.id), &n.endpoint),
+            Step::Drain(n) => one("node drained", Some(n.id), &n.endpoint),
+            Step::Delete(nodes) => {
+                for n in nodes {
+                    one("node removed", Some(n.id), &n.endpoint);
+                }
+            }
+        }
     }
 }
 

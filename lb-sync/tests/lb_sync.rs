@@ -528,7 +528,7 @@ async fn ready_after_the_first_plan_then_watchdog_pings_and_stopping() {
     w.put([1, 2]).await;
     let mut notify = testbed::NotifySocket::bind();
     let mut args = w.args();
-    args.push("run".into());
+    args.extend(["--log-format".into(), "json".into(), "run".into()]);
     let mut cmd = support::command(&args);
     cmd.env("NOTIFY_SOCKET", notify.path()).env("WATCHDOG_USEC", "2000000");
     let mut lb = testbed::Daemon::start("lb-sync-notify", cmd);
@@ -539,6 +539,19 @@ async fn ready_after_the_first_plan_then_watchdog_pings_and_stopping() {
         "{ready:?}"
     );
     assert_eq!(w.sim.nodes(1).len(), 2, "ready once the plan is applied");
+    // The log contract: one JSON "node added" line per node, with address, port and id.
+    let added: Vec<serde_json::Value> = lb
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "node added")
+        .collect();
+    assert_eq!(added.len(), 2, "{}", lb.excerpt());
+    for line in &added {
+        assert!(line["address"].as_str().is_some_and(|a| a.starts_with("10.0.0.")), "{line}");
+        assert_eq!(line["port"], PORT, "{line}");
+        assert!(line["id"].as_u64().is_some_and(|id| id > 0), "{line}");
+    }
     let pings = notify.pings_during(Duration::from_secs(3)).await;
     assert!(pings >= 2, "watchdog pings every second: {pings}");
     let status = lb.stop(libc::SIGTERM, WITHIN).await;
