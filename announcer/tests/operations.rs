@@ -158,6 +158,44 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
         assert_eq!(line["level"], "INFO", "{line}");
     }
 
+    // Another host holds the record a new container would get: held back, /readyz 503
+    // naming it, a conflict counted; the other owner goes away: written, ready again.
+    let mut client = etcd.client().await;
+    let held = format!("/services/{service}/held/");
+    for (f, v) in [("host", "other-host"), ("unit", "web-9"), ("port", "1")] {
+        client.put(format!("{held}{f}"), v, None).await.unwrap();
+    }
+    let _c2 = Spec::web(&image)
+        .name(&unique("ann-ops-held"))
+        .label("announce.service", &service)
+        .label("announce.instance", "held")
+        .run(&d)
+        .await;
+    let not_ready = eventually("/readyz turns 503", PATIENCE, async || {
+        get(port, "/readyz").filter(|(code, _)| *code == 503)
+    })
+    .await;
+    let (_, reason) = not_ready.unwrap_or_else(|e| a.fail(e));
+    assert!(
+        reason.starts_with("1 record(s) held back: ") && reason.contains("other-host"),
+        "{reason:?}"
+    );
+    assert_eq!(metric(port, "announcer_record_conflicts_total"), 1.0);
+    assert_eq!(metric(port, "announcer_records_held_back"), 1.0);
+    assert!(metric(port, "announcer_operations_total{op=\"announce\",result=\"conflict\"}") >= 1.0);
+    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200), "held back is not unhealthy");
+    client
+        .delete(held.as_str(), Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let ready_again = eventually("/readyz turns 200 again", PATIENCE, async || {
+        get(port, "/readyz").filter(|(code, _)| *code == 200)
+    })
+    .await;
+    ready_again.unwrap_or_else(|e| a.fail(e));
+    assert_eq!(metric(port, &records), 1.0, "the held record is written now");
+    assert_eq!(metric(port, "announcer_records_held_back"), 0.0);
+
     // etcd stops: /healthz says so within 5 s; the watchdog keeps pinging (a backoff is
     // alive); readiness stands (what was announced stays announced).
     etcd.kill();
