@@ -585,7 +585,6 @@ pub async fn follow(
 ) {
     let mut since: Option<i64> = None;
     let mut backoff = sidekick::retry::reconnect().build();
-    let mut failures = 0u32;
     // Alive while it waits for events or out a backoff; not while a Docker request hangs
     // (bollard gives up after REQUEST_TIMEOUT_SECS).
     let beat = ops.heartbeat("docker events");
@@ -593,15 +592,17 @@ pub async fn follow(
         ops: &ops,
         beat: &beat,
         sessions: 0,
+        failures: 0,
     };
     loop {
         if shutdown.is_cancelled() || tx.is_closed() {
             return;
         }
-        match session(&host, &scope, &tx, resync, &shutdown, &mut since, &mut failures, &mut link).await {
+        match session(&host, &scope, &tx, resync, &shutdown, &mut since, &mut link).await {
             Ok(()) => return,
             Err(e) => {
-                failures += 1;
+                link.failures += 1;
+                let failures = link.failures;
                 ops.docker_down(&e.to_string());
                 // The first failure of an outage is a warning; repeats are quieter.
                 if failures == 1 {
@@ -625,6 +626,8 @@ struct Link<'a> {
     beat: &'a Heartbeat,
     /// Sessions whose event stream opened so far (the second one is a reconnect).
     sessions: u32,
+    /// Failures in a row (0: the last session listed Docker).
+    failures: u32,
 }
 
 /// One connection to Docker: snapshot, then events until the stream breaks (`Err`) or
@@ -636,7 +639,6 @@ async fn session(
     resync: Duration,
     shutdown: &CancellationToken,
     since: &mut Option<i64>,
-    failures: &mut u32,
     link: &mut Link<'_>,
 ) -> Result<(), Error> {
     let docker = connect(host).await?;
@@ -647,12 +649,12 @@ async fn session(
     // A new connection starts from a clean slate: everything is inspected once.
     let mut cache = Cache::new();
     let facts = snapshot(&docker, scope, &mut cache).await?;
-    if *failures > 0 {
+    if link.failures > 0 {
         tracing::info!(containers = facts.len(), "docker is back: resynced");
     } else {
         tracing::info!(containers = facts.len(), "docker listed");
     }
-    *failures = 0;
+    link.failures = 0;
     let mut current_id: Option<String> = match scope {
         Scope::Named(_) => facts.first().map(|f| f.id.clone()),
         Scope::All => None,

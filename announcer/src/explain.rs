@@ -111,7 +111,10 @@ impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Holder::Free { key } => write!(f, "etcd: {key} is free: it would be written"),
-            Holder::Ours { key } => write!(f, "etcd: {key} holds this host's record of this unit: it would be taken over"),
+            Holder::Ours { key } => write!(
+                f,
+                "etcd: {key} holds this host's record of this unit: it would be taken over"
+            ),
             Holder::Conflict { detail, .. } => write!(f, "etcd: conflict: {detail}"),
             Holder::Unchecked { reason } => f.write_str(reason),
         }
@@ -147,11 +150,7 @@ impl fmt::Display for Explanation {
             for line in &r.why {
                 writeln!(f, "  {line}")?;
             }
-            writeln!(
-                f,
-                "would write ({} layout, on a lease of {:?}):",
-                r.layout, r.ttl
-            )?;
+            writeln!(f, "would write ({} layout, on a lease of {:?}):", r.layout, r.ttl)?;
             for kv in &r.keys {
                 writeln!(f, "  {} = {}", kv.key, kv.value)?;
             }

@@ -112,7 +112,11 @@ pub struct ProbeCounters {
 impl ProbeCounters {
     /// Counts one probe.
     pub fn count(&self, ok: bool) {
-        if ok { self.pass.inc() } else { self.fail.inc() };
+        if ok {
+            self.pass.inc()
+        } else {
+            self.fail.inc()
+        };
     }
 }
 
@@ -188,7 +192,11 @@ impl Metrics {
         let etcd_up = Gauge::default();
         registry.register("etcd_up", "1 while the last etcd round trip succeeded", etcd_up.clone());
         let docker_up = Gauge::default();
-        registry.register("docker_up", "1 while the Docker event stream is open", docker_up.clone());
+        registry.register(
+            "docker_up",
+            "1 while the Docker event stream is open",
+            docker_up.clone(),
+        );
         let ready = Gauge::default();
         registry.register(
             "ready",

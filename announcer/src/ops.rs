@@ -268,7 +268,11 @@ impl Ops {
 
     /// A lease was granted (`regrant`: after an expiry).
     pub fn lease_granted(&self, id: i64, regrant: bool) {
-        let kind = if regrant { LeaseGrant::regrant } else { LeaseGrant::grant };
+        let kind = if regrant {
+            LeaseGrant::regrant
+        } else {
+            LeaseGrant::grant
+        };
         self.inner.metrics.lease_granted(kind);
         self.update(|s| {
             s.lease = Lease::Held(id);

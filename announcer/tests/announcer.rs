@@ -1175,7 +1175,11 @@ async fn explain_prints_the_record_and_why_without_writing() {
     assert_eq!(x["mode"], "host", "{x}");
     assert_eq!(x["not_announced"], serde_json::Value::Null, "{x}");
     let rec = &x["records"][0];
-    assert_eq!((&rec["service"], &rec["instance"]), (&"web".into(), &"e1".into()), "{x}");
+    assert_eq!(
+        (&rec["service"], &rec["instance"]),
+        (&"web".into(), &"e1".into()),
+        "{x}"
+    );
     assert_eq!(rec["check"], "tcp", "{x}");
     assert_eq!(rec["check_passes"], true, "{x}");
     assert_eq!(rec["etcd"]["holder"], "free", "{x}");
@@ -1188,7 +1192,11 @@ async fn explain_prints_the_record_and_why_without_writing() {
         .unwrap_or_else(|| panic!("no port key: {x}"));
     assert_eq!(port_key["value"], port.to_string(), "{x}");
     assert!(
-        rec["why"].as_array().unwrap().iter().any(|l| l == "instance \"e1\" from label announce.instance"),
+        rec["why"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "instance \"e1\" from label announce.instance"),
         "{x}"
     );
     // Container mode explanation with another layout.

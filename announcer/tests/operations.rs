@@ -54,7 +54,10 @@ fn announcer(etcd: &str, host: &str, notify: &Path, extra: &[&str]) -> Command {
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let resp = http_get(port, path)?;
     let code = resp.split_whitespace().nth(1)?.parse().ok()?;
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((code, body))
 }
 
@@ -183,7 +186,11 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
     assert_eq!(metric(port, "announcer_record_conflicts_total"), 1.0);
     assert_eq!(metric(port, "announcer_records_held_back"), 1.0);
     assert!(metric(port, "announcer_operations_total{op=\"announce\",result=\"conflict\"}") >= 1.0);
-    assert_eq!(get(port, "/healthz").map(|r| r.0), Some(200), "held back is not unhealthy");
+    assert_eq!(
+        get(port, "/healthz").map(|r| r.0),
+        Some(200),
+        "held back is not unhealthy"
+    );
     client
         .delete(held.as_str(), Some(etcd_client::DeleteOptions::new().with_prefix()))
         .await
@@ -205,11 +212,17 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
     })
     .await;
     let (_, reason) = down.unwrap_or_else(|e| a.fail(e));
-    eprintln!("MEASURED etcd killed -> /healthz 503: {:?} ({reason:?})", stopped.elapsed());
+    eprintln!(
+        "MEASURED etcd killed -> /healthz 503: {:?} ({reason:?})",
+        stopped.elapsed()
+    );
     assert!(reason.starts_with("etcd unreachable: "), "{reason:?}");
     assert_eq!(reason.lines().count(), 1, "one line: {reason:?}");
     let pings = notify.pings_during(Duration::from_secs(4)).await;
-    assert!(pings >= 3, "watchdog pings every second during the etcd outage: {pings}");
+    assert!(
+        pings >= 3,
+        "watchdog pings every second during the etcd outage: {pings}"
+    );
     assert_eq!(get(port, "/readyz").map(|r| r.0), Some(200));
 
     etcd.restart();
@@ -275,9 +288,14 @@ async fn watchdog_pings_stop_while_a_loop_is_stuck() {
     let pings = notify.pings_during(Duration::from_secs(4)).await;
     assert_eq!(pings, 0, "no ping while the docker loop is stuck\n{}", a.excerpt());
     assert!(notify.find("READY=1").is_none(), "never ready: Docker was never listed");
-    let stalled = json_lines(&a, "a loop has not come round for 2s: watchdog pings stop, systemd will restart this unit");
+    let stalled = json_lines(
+        &a,
+        "a loop has not come round for 2s: watchdog pings stop, systemd will restart this unit",
+    );
     assert!(
-        stalled.iter().any(|l| l["stalled"].as_str().is_some_and(|s| s.contains("docker events"))),
+        stalled
+            .iter()
+            .any(|l| l["stalled"].as_str().is_some_and(|s| s.contains("docker events"))),
         "the log names the stuck loop\n{}",
         a.excerpt()
     );

@@ -466,7 +466,10 @@ impl Reconciler {
 
 /// The `STATUS=` line after a pass (pure).
 fn status_line(outcome: &Outcome, s: &crate::health::Status) -> String {
-    let counts = format!("{} node(s) wanted, {} on the load balancer", s.desired_nodes, s.lb_nodes);
+    let counts = format!(
+        "{} node(s) wanted, {} on the load balancer",
+        s.desired_nodes, s.lb_nodes
+    );
     match outcome {
         Outcome::Converged => format!("converged: {counts}"),
         Outcome::Waiting(d) => format!(

@@ -26,9 +26,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use sidekick::notify::Heartbeat;
 use sidekick::schema::{AddressField, decode_service, field, normalize_prefix};
 use tokio::sync::watch;
-use sidekick::notify::Heartbeat;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -347,7 +347,11 @@ fn backoff() -> impl Iterator<Item = Duration> {
 }
 
 /// Sleeps the next backoff delay; true when cancelled meanwhile.
-async fn sleep_or_cancel(delays: &mut impl Iterator<Item = Duration>, cancel: &CancellationToken, beat: &Heartbeat) -> bool {
+async fn sleep_or_cancel(
+    delays: &mut impl Iterator<Item = Duration>,
+    cancel: &CancellationToken,
+    beat: &Heartbeat,
+) -> bool {
     let d = delays.next().unwrap_or(Duration::from_secs(5));
     tokio::select! {
         () = cancel.cancelled() => true,

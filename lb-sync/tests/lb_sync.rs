@@ -548,7 +548,10 @@ async fn ready_after_the_first_plan_then_watchdog_pings_and_stopping() {
         .collect();
     assert_eq!(added.len(), 2, "{}", lb.excerpt());
     for line in &added {
-        assert!(line["address"].as_str().is_some_and(|a| a.starts_with("10.0.0.")), "{line}");
+        assert!(
+            line["address"].as_str().is_some_and(|a| a.starts_with("10.0.0.")),
+            "{line}"
+        );
         assert_eq!(line["port"], PORT, "{line}");
         assert!(line["id"].as_u64().is_some_and(|id| id > 0), "{line}");
     }
