@@ -46,6 +46,10 @@ pub struct Desired {
     /// `false` until Docker has been listed once: until then nothing is known, and the
     /// registry must not delete records as stale.
     pub complete: bool,
+    /// `complete`, and every check has given its first verdict: the records it can write
+    /// are all in `records` (for readiness; a record waiting for its first probe is
+    /// not known to be writable yet).
+    pub settled: bool,
     /// The records.
     pub records: BTreeMap<(String, String), Announcement>,
 }
@@ -363,8 +367,15 @@ impl Reconciler {
             tracing::warn!(service = %c.0, instance = %c.1, "several containers claim this instance; announcing the first by name");
         }
         self.conflicts = conflicts;
+        let probed = self.entries.values().all(|e| {
+            e.plans
+                .iter()
+                .zip(&e.probe_ok)
+                .all(|(p, ok)| !p.check.probes() || ok.is_some())
+        });
         Desired {
             complete: self.complete,
+            settled: self.complete && probed,
             records: records.into_iter().map(|(k, (_, a))| (k, a)).collect(),
         }
     }

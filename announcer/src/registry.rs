@@ -378,7 +378,7 @@ impl Registry {
                     }
                     failing = false;
                     backoff = sidekick::retry::backoff(Duration::from_millis(50), Duration::from_secs(2)).build();
-                    self.report_sync(snapshot.complete);
+                    self.report_sync(snapshot.settled);
                 }
                 Err(e) => {
                     if etcd_failure(&e) {
@@ -401,8 +401,9 @@ impl Registry {
         self.revoke().await;
     }
 
-    /// Tells [`Ops`] what a successful sync left in etcd.
-    fn report_sync(&self, complete: bool) {
+    /// Tells [`Ops`] what a successful sync left in etcd; `settled`: of a settled desired
+    /// set (the first one makes the announcer ready).
+    fn report_sync(&self, settled: bool) {
         let mut by_service: BTreeMap<String, i64> = BTreeMap::new();
         for (service, _) in self.written.keys() {
             *by_service.entry(service.clone()).or_default() += 1;
@@ -412,7 +413,7 @@ impl Registry {
             .iter()
             .map(|((s, i), (c, _))| format!("{s}/{i}: {c}"))
             .collect();
-        self.ops.synced(&by_service, held_back, complete);
+        self.ops.synced(&by_service, held_back, settled);
     }
 
     async fn revoke(&mut self) {

@@ -93,6 +93,14 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
     let name = unique("ann-ops");
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    // Running before the announcer starts: its record is part of the first full sync.
+    let c0 = Spec::web(&image)
+        .name(&unique("ann-ops-early"))
+        .label("announce.service", &format!("{service}early"))
+        .run(&d)
+        .await;
+    // Answering already (a check that fails at first would rightly leave it out).
+    c0.wait_http(c0.host_port("80/tcp").await, "/").await;
     let mut notify = NotifySocket::bind();
     let mut a = Daemon::start(
         "announcer-ops",
@@ -108,7 +116,7 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
     let ready = eventually("READY=1 on NOTIFY_SOCKET", PATIENCE, async || notify.find("READY=1")).await;
     let ready = ready.unwrap_or_else(|e| a.fail(e));
     assert!(
-        ready.contains("STATUS=announcing 0 record(s) on lease") && ready.contains("etcd ok; docker ok"),
+        ready.contains("STATUS=announcing 1 record(s) on lease") && ready.contains("etcd ok; docker ok"),
         "{ready:?}"
     );
     assert_eq!(get(port, "/healthz"), Some((200, "ok\n".into())));
