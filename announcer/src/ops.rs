@@ -299,7 +299,8 @@ impl Ops {
     }
 
     /// A sync of etcd ended: what is written, by service, and what is held back; `full`:
-    /// Docker had been listed, so this was a full sync.
+    /// Docker had been listed and every check had given its first verdict, so this was a
+    /// full sync (the first one sends `READY=1`).
     pub fn synced(&self, by_service: &BTreeMap<String, i64>, held_back: Vec<String>, full: bool) {
         self.inner.metrics.records(by_service);
         let records = usize::try_from(by_service.values().sum::<i64>()).unwrap_or(0);
