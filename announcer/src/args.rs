@@ -96,6 +96,10 @@ pub struct Args {
     )]
     pub docker_host: String,
 
+    /// Serve /metrics, /healthz and /readyz on this address, e.g. 127.0.0.1:9101 (default: off).
+    #[arg(long, env = "ANNOUNCE_METRICS_ADDR", value_name = "ADDR:PORT", global = true)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -223,6 +227,19 @@ pub struct ExplainArgs {
     /// Internal addressing (host mode).
     #[command(flatten)]
     pub internal: InternalArgs,
+
+    /// What to print: text for a person, or one JSON object for a script.
+    #[arg(long, env = "ANNOUNCE_OUTPUT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// `explain --output`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Lines for a person.
+    Text,
+    /// One JSON object (fields: see `explain::Explanation`).
+    Json,
 }
 
 fn parse_name(what: &'static str, s: &str) -> Result<String, String> {

@@ -33,7 +33,10 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use sidekick::notify::Heartbeat;
+
 use crate::Error;
+use crate::ops::Ops;
 use crate::record::PortSpec;
 
 /// Seconds a Docker request may take (the event stream itself is long-lived).
@@ -578,18 +581,29 @@ pub async fn follow(
     tx: mpsc::Sender<Update>,
     resync: Duration,
     shutdown: CancellationToken,
+    ops: Ops,
 ) {
     let mut since: Option<i64> = None;
     let mut backoff = sidekick::retry::reconnect().build();
-    let mut failures = 0u32;
+    // Alive while it waits for events or out a backoff; not while a Docker request hangs
+    // (bollard gives up after REQUEST_TIMEOUT_SECS).
+    let beat = ops.heartbeat("docker events");
+    let mut link = Link {
+        ops: &ops,
+        beat: &beat,
+        sessions: 0,
+        failures: 0,
+    };
     loop {
         if shutdown.is_cancelled() || tx.is_closed() {
             return;
         }
-        match session(&host, &scope, &tx, resync, &shutdown, &mut since, &mut failures).await {
+        match session(&host, &scope, &tx, resync, &shutdown, &mut since, &mut link).await {
             Ok(()) => return,
             Err(e) => {
-                failures += 1;
+                link.failures += 1;
+                let failures = link.failures;
+                ops.docker_down(&e.to_string());
                 // The first failure of an outage is a warning; repeats are quieter.
                 if failures == 1 {
                     tracing::warn!(error = %e, "docker unavailable; retrying with backoff (records stay while their lease lives)");
@@ -601,9 +615,19 @@ pub async fn follow(
         let delay = backoff.next().unwrap_or(Duration::from_secs(1));
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+            () = beat.sleep(delay) => {}
         }
     }
+}
+
+/// What a session reports to the outside: the stream's state and the loop's heartbeat.
+struct Link<'a> {
+    ops: &'a Ops,
+    beat: &'a Heartbeat,
+    /// Sessions whose event stream opened so far (the second one is a reconnect).
+    sessions: u32,
+    /// Failures in a row (0: the last session listed Docker).
+    failures: u32,
 }
 
 /// One connection to Docker: snapshot, then events until the stream breaks (`Err`) or
@@ -615,7 +639,7 @@ async fn session(
     resync: Duration,
     shutdown: &CancellationToken,
     since: &mut Option<i64>,
-    failures: &mut u32,
+    link: &mut Link<'_>,
 ) -> Result<(), Error> {
     let docker = connect(host).await?;
     let listed_at = SystemTime::now()
@@ -625,12 +649,12 @@ async fn session(
     // A new connection starts from a clean slate: everything is inspected once.
     let mut cache = Cache::new();
     let facts = snapshot(&docker, scope, &mut cache).await?;
-    if *failures > 0 {
+    if link.failures > 0 {
         tracing::info!(containers = facts.len(), "docker is back: resynced");
     } else {
         tracing::info!(containers = facts.len(), "docker listed");
     }
-    *failures = 0;
+    link.failures = 0;
     let mut current_id: Option<String> = match scope {
         Scope::Named(_) => facts.first().map(|f| f.id.clone()),
         Scope::All => None,
@@ -649,6 +673,9 @@ async fn session(
         filters: Some(filters),
     };
     let mut events = docker.events(Some(opts));
+    link.ops.docker_up(link.sessions > 0);
+    link.sessions += 1;
+    let mut alive = link.beat.interval();
     let mut resync_timer = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     resync_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // `host` mode's inspections, in flight beside the event loop (at most
@@ -659,8 +686,10 @@ async fn session(
     let mut newest: HashMap<String, u64> = HashMap::new();
     let mut tickets = 0u64;
     loop {
+        link.beat.beat();
         let msg = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
+            _ = alive.tick() => continue,
             _ = resync_timer.tick() => {
                 let facts = snapshot(&docker, scope, &mut cache).await?;
                 tracing::debug!(containers = facts.len(), "docker resynced");
@@ -718,6 +747,9 @@ async fn session(
         }
         let actor = msg.actor.unwrap_or_default();
         let id = actor.id.unwrap_or_default();
+        if let Some(t) = msg.time_nano.and_then(|t| u64::try_from(t).ok()) {
+            link.ops.event(&id, UNIX_EPOCH + Duration::from_nanos(t));
+        }
         let name = actor.attributes.as_ref().and_then(|a| a.get("name")).cloned();
         // `kill` events carry the signal number (`"15"`).
         let signal = (action == "kill")

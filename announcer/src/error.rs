@@ -55,6 +55,14 @@ pub enum Error {
     #[error("etcd write of {key}: the keys kept changing under us; retrying")]
     Contended { key: String },
 
+    /// `--metrics-addr` cannot be bound.
+    #[error("cannot listen on --metrics-addr {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Process plumbing (signal handlers).
     #[error("{0}")]
     Io(#[from] std::io::Error),

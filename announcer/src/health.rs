@@ -233,7 +233,16 @@ impl Drop for Prober {
 /// Starts probing: fast retries ([`retry_delay`]: every 10 ms for a quarter second, then
 /// doubling up to `interval`) while failing, one probe per `interval` while passing. `report(ok, detail)` is called on the first result and on
 /// every change.
-pub fn spawn<F>(check: Check, target: Target, interval: Duration, timeout: Duration, mut report: F) -> Prober
+///
+/// Every probe is counted in `counters`.
+pub fn spawn<F>(
+    check: Check,
+    target: Target,
+    interval: Duration,
+    timeout: Duration,
+    counters: crate::metrics::ProbeCounters,
+    mut report: F,
+) -> Prober
 where
     F: FnMut(bool, String) + Send + 'static,
 {
@@ -246,6 +255,7 @@ where
             // between checks (hundreds of them on a busy host) stays small.
             let result = Box::pin(probe(&check, &target, timeout, &mut via_host)).await;
             let ok = result.is_ok();
+            counters.count(ok);
             if let Err(reason) = &result {
                 tracing::debug!(%target, reason = %reason, "probe failed");
             }

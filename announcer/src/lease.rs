@@ -84,6 +84,9 @@ pub(crate) enum Event {
     Back,
     /// etcd says the lease does not exist (it expired or was revoked): the task ended.
     Gone,
+    /// The first failure of an outage (the stream went silent, broke, or could not be
+    /// opened): etcd, as far as this member goes, is unreachable.
+    Failing(&'static str),
 }
 
 /// How long after the last answer a keep-alive stream may stay quiet: one period (the
@@ -140,6 +143,7 @@ pub(crate) async fn keep(
             Stop::Failed(why) => {
                 let next = next_member(at, members.len());
                 if failures == 0 {
+                    let _ = events.send(Event::Failing(why));
                     tracing::info!(
                         member = members.url(at),
                         next = members.url(next),

@@ -14,6 +14,8 @@
 //! - [`lease`]: the lease keep-alive, one etcd member at a time.
 //! - [`owner`]: who owns a record, and which stale records may be deleted (pure).
 //! - [`machine`]: hostname and addresses of this host.
+//! - [`explain`]: `announcer explain`, as text or JSON.
+//! - [`ops`], [`metrics`]: `/healthz`, `/readyz`, `/metrics` and systemd's notifications.
 
 use sidekick::schema;
 use tokio::sync::{mpsc, watch};
@@ -21,19 +23,21 @@ use tokio::sync::{mpsc, watch};
 mod args;
 pub mod docker;
 mod error;
+pub mod explain;
 pub mod health;
 mod lease;
 pub mod machine;
+pub mod metrics;
+pub mod ops;
 pub mod owner;
 pub mod reconcile;
 pub mod record;
 pub mod registry;
 
-pub use args::{Args, Command, ContainerArgs, ExplainArgs, HostArgs, InternalArgs};
+pub use args::{Args, Command, ContainerArgs, ExplainArgs, HostArgs, InternalArgs, Output};
 pub use error::Error;
 
 use crate::docker::Scope;
-use crate::health::Check;
 use crate::record::{Mode, Rules};
 
 /// Runs the command.
@@ -48,7 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     match &args.command {
-        Command::Explain(e) => explain(&args, e).await?,
+        Command::Explain(e) => explain::run(&args, e).await?,
         Command::Container(c) => {
             Box::pin(announce(&args, Mode::Container(c.rule()), Scope::Named(c.name.clone()))).await?;
         }
@@ -95,6 +99,11 @@ async fn announce(args: &Args, mode: Mode, scope: Scope) -> Result<(), Error> {
         }
         Mode::Host { .. } => None,
     };
+    let ops = ops::Ops::new(sidekick::notify::Notifier::from_env());
+    if let Some(addr) = args.metrics_addr {
+        ops::serve(addr, ops.clone(), shutdown.clone()).await?;
+    }
+    let watchdog = tokio::spawn(ops.notifier().clone().watchdog(shutdown.child_token()));
     let etcd = args.etcd.resolve().await?;
     let settings = registry::Settings {
         prefix: args.prefix.clone(),
@@ -109,7 +118,7 @@ async fn announce(args: &Args, mode: Mode, scope: Scope) -> Result<(), Error> {
             only,
         },
     };
-    let registry = Box::pin(registry::Registry::connect(&etcd, settings)).await?;
+    let registry = Box::pin(registry::Registry::connect(&etcd, settings, ops.clone())).await?;
     tracing::info!(
         host = %machine.hostname,
         private = %machine.private_ipv4,
@@ -132,104 +141,24 @@ async fn announce(args: &Args, mode: Mode, scope: Scope) -> Result<(), Error> {
         docker_tx,
         args.resync_interval,
         stop_docker.clone(),
+        ops.clone(),
     ));
     let registry_task = tokio::spawn(registry.run(desired_rx, shutdown.clone()));
-    let reconciler = reconcile::Reconciler::new(machine, rules, args.check_interval, args.check_timeout, desired_tx);
+    let reconciler = reconcile::Reconciler::new(
+        machine,
+        rules,
+        args.check_interval,
+        args.check_timeout,
+        desired_tx,
+        ops.clone(),
+    );
     // The reconciler ends on shutdown or on a fatal error; dropping it closes the desired
     // channel, which makes the registry revoke its lease and return.
     let result = reconciler.run(docker_rx, shutdown.clone()).await;
+    ops.stopping();
     stop_docker.cancel();
     let _ = registry_task.await;
     let _ = docker_task.await;
+    watchdog.abort();
     result.map_err(Error::from)
-}
-
-/// `explain`: the decision for one container, printed.
-async fn explain(args: &Args, e: &ExplainArgs) -> Result<(), Error> {
-    let machine = args.machine()?;
-    let docker = docker::connect(&args.docker_host).await?;
-    // Only to show who holds the record's keys: explain works without etcd.
-    let mut etcd = match args.etcd.resolve().await {
-        Ok(config) => config.connect().await.ok(),
-        Err(_) => None,
-    };
-    let facts = docker::inspect(&docker, &e.name)
-        .await?
-        .ok_or_else(|| Error::NoContainer(e.name.clone()))?;
-    let mode = e.mode();
-    let how = match &mode {
-        Mode::Container(_) => "container mode",
-        Mode::Host(_) => "host mode (labels)",
-    };
-    let rules = Rules {
-        mode,
-        check: args.check.clone(),
-    };
-    let health = facts
-        .health
-        .map(|h| format!(", Docker health {h:?}").to_lowercase())
-        .unwrap_or_default();
-    println!(
-        "container {} ({}): {}{health}; explained as {how}",
-        facts.name,
-        docker::short(&facts.id),
-        facts.state.name()
-    );
-    if !facts.is_up() {
-        println!("not announced: the container is {}", facts.state.name());
-        return Ok(());
-    }
-    let (planned, notes) = match record::record_for(&facts, &machine, &rules)? {
-        record::Decision::Skip(skip) => {
-            println!("not announced: {skip}");
-            return Ok(());
-        }
-        record::Decision::Announce { planned, notes } => (planned, notes),
-    };
-    for note in &notes {
-        println!("note: {note}");
-    }
-    for plan in &planned {
-        println!("record {}/{}:", plan.record.service, plan.record.instance);
-        for line in &plan.why {
-            println!("  {line}");
-        }
-        println!("would write ({} layout, on a lease of {:?}):", plan.layout, args.ttl);
-        for (key, value) in plan.record.entries_with_meta(&args.prefix, plan.layout, &plan.meta) {
-            println!("  {key} = {value}");
-        }
-        let verdict = match &plan.check {
-            Check::Docker => match facts.health {
-                Some(docker::Health::Healthy) => Ok(()),
-                other => Err(format!("Docker health is {other:?}")),
-            },
-            check => health::probe(check, &plan.target, args.check_timeout, &mut false).await,
-        };
-        match verdict {
-            Ok(()) => println!("check {} passes now: it would be announced", plan.check),
-            Err(reason) => println!("check {} fails now ({reason}): it would wait", plan.check),
-        }
-        println!("{}", owner_line(&mut etcd, &args.prefix, plan).await);
-    }
-    Ok(())
-}
-
-/// Who holds the record's keys in etcd now (one owner per record), for `explain`.
-async fn owner_line(etcd: &mut Option<etcd_client::Client>, prefix: &str, plan: &record::Planned) -> String {
-    let Some(client) = etcd else {
-        return "etcd not reachable: who holds the record was not checked".to_owned();
-    };
-    let ann = reconcile::Announcement {
-        record: plan.record.clone(),
-        layout: plan.layout,
-        meta: plan.meta.clone(),
-    };
-    match registry::holder_of(client, prefix, &ann).await {
-        Ok((key, owner::Holder::Free)) => format!("etcd: {key} is free: it would be written"),
-        Ok((key, owner::Holder::Ours | owner::Holder::OwnEarlier)) => {
-            format!("etcd: {key} holds this host's record of this unit: it would be taken over")
-        }
-        Ok((_, owner::Holder::Other(conflict))) => format!("etcd: conflict: {conflict}"),
-        Err(e) => format!("etcd: who holds the record was not checked: {e}"),
-    }
 }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::docker::{self, ContainerFacts, Health, Update};
 use crate::health::{self, Check, Prober};
 use crate::machine::Machine;
+use crate::ops::Ops;
 use crate::record::{Decision, Mode, Note, Planned, RecordError, Rules, record_for};
 
 /// One record to keep in etcd, and its layout.
@@ -45,6 +46,10 @@ pub struct Desired {
     /// `false` until Docker has been listed once: until then nothing is known, and the
     /// registry must not delete records as stale.
     pub complete: bool,
+    /// `complete`, and every check has given its first verdict: the records it can write
+    /// are all in `records` (for readiness; a record waiting for its first probe is
+    /// not known to be writable yet).
+    pub settled: bool,
     /// The records.
     pub records: BTreeMap<(String, String), Announcement>,
 }
@@ -110,6 +115,8 @@ pub struct Reconciler {
     health_tx: mpsc::UnboundedSender<HealthReport>,
     health_rx: mpsc::UnboundedReceiver<HealthReport>,
     desired_tx: watch::Sender<Desired>,
+    /// Probe counters and the loop's heartbeat.
+    ops: Ops,
 }
 
 impl Reconciler {
@@ -121,6 +128,7 @@ impl Reconciler {
         check_interval: Duration,
         check_timeout: Duration,
         desired_tx: watch::Sender<Desired>,
+        ops: Ops,
     ) -> Reconciler {
         let (health_tx, health_rx) = mpsc::unbounded_channel();
         Reconciler {
@@ -138,6 +146,7 @@ impl Reconciler {
             health_tx,
             health_rx,
             desired_tx,
+            ops,
         }
     }
 
@@ -151,9 +160,13 @@ impl Reconciler {
         mut updates: mpsc::Receiver<Update>,
         shutdown: CancellationToken,
     ) -> Result<(), RecordError> {
+        let beat = self.ops.heartbeat("reconcile");
+        let mut alive = beat.interval();
         loop {
+            beat.beat();
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                _ = alive.tick() => continue,
                 update = updates.recv() => match update {
                     Some(u) => self.apply(u)?,
                     None => return Ok(()),
@@ -242,6 +255,7 @@ impl Reconciler {
                 p.target.clone(),
                 self.check_interval,
                 self.check_timeout,
+                self.ops.metrics().probe_counters(&p.check).unwrap_or_default(),
                 move |ok, detail| {
                     let _ = tx.send(HealthReport {
                         id: id.clone(),
@@ -353,8 +367,15 @@ impl Reconciler {
             tracing::warn!(service = %c.0, instance = %c.1, "several containers claim this instance; announcing the first by name");
         }
         self.conflicts = conflicts;
+        let probed = self.entries.values().all(|e| {
+            e.plans
+                .iter()
+                .zip(&e.probe_ok)
+                .all(|(p, ok)| !p.check.probes() || ok.is_some())
+        });
         Desired {
             complete: self.complete,
+            settled: self.complete && probed,
             records: records.into_iter().map(|(k, (_, a))| (k, a)).collect(),
         }
     }
@@ -422,7 +443,8 @@ mod tests {
             check: Check::None,
         };
         let (tx, rx) = watch::channel(Desired::default());
-        let r = Reconciler::new(machine, rules, Duration::from_secs(1), Duration::from_secs(1), tx);
+        let ops = Ops::new(sidekick::notify::Notifier::with_watchdog(None));
+        let r = Reconciler::new(machine, rules, Duration::from_secs(1), Duration::from_secs(1), tx, ops);
         (r, rx)
     }
 

@@ -52,6 +52,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::lease::{self, Members};
+use crate::metrics::{Op, OpResult};
+use crate::ops::Ops;
 use crate::owner::{self, Conflict, Holder, Me, StoredKey};
 use crate::reconcile::{Announcement, Desired};
 
@@ -143,6 +145,10 @@ pub struct Registry {
     contest_tx: mpsc::UnboundedSender<Key>,
     contest_rx: mpsc::UnboundedReceiver<Key>,
     report: watch::Sender<Report>,
+    /// Health, metrics and systemd status.
+    ops: Ops,
+    /// A lease was granted before (the next grant is a regrant).
+    granted_before: bool,
 }
 
 impl std::fmt::Debug for Registry {
@@ -164,6 +170,11 @@ const PARALLEL_WRITES: usize = 16;
 /// answers a request naming an unknown lease with gRPC status `NotFound`.
 fn lease_gone(e: &Error) -> bool {
     matches!(e, Error::Etcd { source: etcd_client::Error::GRpcStatus(s), .. } if s.code() == tonic::Code::NotFound)
+}
+
+/// Whether an error says etcd did not answer or refused (not a contention of ours).
+fn etcd_failure(e: &Error) -> bool {
+    matches!(e, Error::Etcd { .. } | Error::EtcdTimeout { .. })
 }
 
 /// Whether an error says the member did not serve the request (no answer in time, no
@@ -191,7 +202,7 @@ impl Registry {
     ///
     /// # Errors
     /// When etcd is unreachable or refuses the lease: the announcer does not start.
-    pub async fn connect(config: &EtcdConfig, settings: Settings) -> Result<Registry, Error> {
+    pub async fn connect(config: &EtcdConfig, settings: Settings, ops: Ops) -> Result<Registry, Error> {
         // The balanced client only checks that the cluster answers (the start-up error names
         // every endpoint); the registry then talks to one member at a time.
         drop(config.connect().await?);
@@ -213,6 +224,8 @@ impl Registry {
             contest_tx,
             contest_rx,
             report: watch::Sender::new(Report::default()),
+            ops,
+            granted_before: false,
         };
         // Own member first; one that does not answer gives its turn to the next.
         let mut tries = r.members.len();
@@ -261,6 +274,8 @@ impl Registry {
         let id = resp.id();
         self.granted_ttl = Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(1).max(1));
         tracing::info!(lease = format!("{id:x}"), ttl = ?self.granted_ttl, "lease granted");
+        self.ops.lease_granted(id, self.granted_before);
+        self.granted_before = true;
         self.lease = Some(id);
         self.written.clear();
         let period = self.keep_alive_period();
@@ -297,6 +312,7 @@ impl Registry {
                 lease = format!("{id:x}"),
                 "lease expired: granting a new one and rewriting every record"
             );
+            self.ops.lease_lost();
         }
         self.keeper = None;
         self.written.clear();
@@ -311,7 +327,12 @@ impl Registry {
         let mut backoff = sidekick::retry::etcd_outage().build();
         let mut retry_at: Option<Instant> = None;
         let mut failing = false;
+        // The loop comes round at least every tick: a wait for a backoff is alive, a sync
+        // stuck past every etcd timeout is not.
+        let beat = self.ops.heartbeat("etcd registry");
+        let mut alive = beat.interval();
         loop {
+            beat.beat();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -325,7 +346,14 @@ impl Registry {
                     match event {
                         // Back after an outage: compare with etcd in case anything changed,
                         // and retry a pending sync at once.
-                        Some(lease::Event::Back) => self.need_full = true,
+                        Some(lease::Event::Back) => {
+                            self.ops.etcd_up();
+                            self.need_full = true;
+                        }
+                        Some(lease::Event::Failing(why)) => {
+                            self.ops.etcd_down(&format!("lease keep-alive {why}"));
+                            continue;
+                        }
                         // The task ends only after saying the lease is gone.
                         Some(lease::Event::Gone) | None => self.lease_lost(),
                     }
@@ -337,6 +365,7 @@ impl Registry {
                     self.need_sync = true;
                 }
                 () = sleep_until(retry_at) => retry_at = None,
+                _ = alive.tick() => continue,
             }
             if !(self.need_sync || self.need_full) || retry_at.is_some() {
                 continue;
@@ -349,8 +378,12 @@ impl Registry {
                     }
                     failing = false;
                     backoff = sidekick::retry::etcd_outage().build();
+                    self.report_sync(snapshot.settled);
                 }
                 Err(e) => {
+                    if etcd_failure(&e) {
+                        self.ops.etcd_down(&e.to_string());
+                    }
                     if member_away(&e) {
                         self.next_member(&e).await;
                     }
@@ -366,6 +399,21 @@ impl Registry {
             }
         }
         self.revoke().await;
+    }
+
+    /// Tells [`Ops`] what a successful sync left in etcd; `settled`: of a settled desired
+    /// set (the first one makes the announcer ready).
+    fn report_sync(&self, settled: bool) {
+        let mut by_service: BTreeMap<String, i64> = BTreeMap::new();
+        for (service, _) in self.written.keys() {
+            *by_service.entry(service.clone()).or_default() += 1;
+        }
+        let held_back = self
+            .contested
+            .iter()
+            .map(|((s, i), (c, _))| format!("{s}/{i}: {c}"))
+            .collect();
+        self.ops.synced(&by_service, held_back, settled);
     }
 
     async fn revoke(&mut self) {
@@ -420,6 +468,15 @@ impl Registry {
             .await;
         let mut failed = None;
         for (k, ann, result) in results {
+            let (op_result, seen) = match &result {
+                Ok(Outcome::Written) => (OpResult::ok, true),
+                Ok(Outcome::Held { .. }) => (OpResult::conflict, true),
+                Err(_) => (OpResult::error, false),
+            };
+            self.ops.metrics().op(Op::announce, op_result);
+            if seen {
+                self.ops.visible(&ann.record.container_id);
+            }
             match result {
                 Ok(Outcome::Written) => {
                     self.contested.remove(&k);
@@ -463,7 +520,8 @@ impl Registry {
             return;
         }
         if self.contested.get(&k).map(|(c, _)| c) != Some(&conflict) {
-            tracing::error!(service = %k.0, instance = %k.1, "{conflict}");
+            tracing::error!(service = %k.0, instance = %k.1, key = %conflict.key, "{conflict}");
+            self.ops.metrics().conflict();
         }
         let mut client = self.client.clone();
         let tx = self.contest_tx.clone();
@@ -528,8 +586,11 @@ impl Registry {
             let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             if resp.succeeded() {
                 tracing::info!(
+                    key = %key,
                     service = %k.0,
                     instance = %k.1,
+                    lease = %format!("{lease:x}"),
+                    container = %crate::docker::short(&ann.record.container_id),
                     port = ann.record.port,
                     layout = %ann.layout,
                     revision,
@@ -562,13 +623,25 @@ impl Registry {
         let txn = Txn::new()
             .when([Compare::lease(probe, CompareOp::Equal, lease)])
             .and_then([delete_op(&self.settings.prefix, &k.0, &k.1, layout)]);
+        let key = schema::instance_key(&self.settings.prefix, &k.0, &k.1, layout);
+        let container = w.ann.record.container_id.clone();
         let mut client = self.client.clone();
-        let resp = self.timed("withdraw record", client.txn(txn)).await?;
+        let resp = match self.timed("withdraw record", client.txn(txn)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.ops.metrics().op(Op::withdraw, OpResult::error);
+                return Err(e);
+            }
+        };
+        let lease = format!("{lease:x}");
         if resp.succeeded() {
-            tracing::info!(service = %k.0, instance = %k.1, "withdrawn");
+            self.ops.metrics().op(Op::withdraw, OpResult::ok);
+            tracing::info!(key = %key, service = %k.0, instance = %k.1, lease = %lease, container = %crate::docker::short(&container), "withdrawn");
         } else {
-            tracing::info!(service = %k.0, instance = %k.1, "not withdrawn: the record is no longer ours");
+            self.ops.metrics().op(Op::withdraw, OpResult::not_ours);
+            tracing::info!(key = %key, service = %k.0, instance = %k.1, lease = %lease, "not withdrawn: the record is no longer ours");
         }
+        self.ops.visible(&container);
         self.written.remove(k);
         Ok(())
     }

@@ -1142,6 +1142,41 @@ async fn explain_prints_the_record_and_why_without_writing() {
     ] {
         assert!(out.contains(&fragment), "{fragment:?} missing from:\n{out}");
     }
+    // The same answer for a script: one JSON object.
+    let (status, out, err) = run_to_end(&args(
+        global_args(&etcd.endpoint(), &host),
+        &["explain", &name, "--output", "json"],
+    ));
+    assert!(status.success(), "{status:?}\n{out}\n{err}");
+    let x: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(x["container"], name.as_str(), "{x}");
+    assert_eq!(x["mode"], "host", "{x}");
+    assert_eq!(x["not_announced"], serde_json::Value::Null, "{x}");
+    let rec = &x["records"][0];
+    assert_eq!(
+        (&rec["service"], &rec["instance"]),
+        (&"web".into(), &"e1".into()),
+        "{x}"
+    );
+    assert_eq!(rec["check"], "tcp", "{x}");
+    assert_eq!(rec["check_passes"], true, "{x}");
+    assert_eq!(rec["etcd"]["holder"], "free", "{x}");
+    assert_eq!(rec["etcd"]["key"], "/services/web/e1/", "{x}");
+    let port_key = rec["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|kv| kv["key"] == "/services/web/e1/port")
+        .unwrap_or_else(|| panic!("no port key: {x}"));
+    assert_eq!(port_key["value"], port.to_string(), "{x}");
+    assert!(
+        rec["why"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "instance \"e1\" from label announce.instance"),
+        "{x}"
+    );
     // Container mode explanation with another layout.
     let (status, out, _) = run_to_end(&args(
         global_args(&etcd.endpoint(), &host),

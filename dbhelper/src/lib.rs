@@ -188,7 +188,19 @@ async fn run_seed(
                 started.elapsed()
             ),
         };
-        tracing::info!("{s}");
+        if matches!(outcome, Outcome::Loaded(_)) {
+            // The log contract (README, "Operating it"): one line per load, fixed fields.
+            tracing::info!(
+                database = %db,
+                tables = m.tables.len(),
+                rows = m.tables.iter().map(|(_, n)| n).sum::<u64>(),
+                seconds = started.elapsed().as_secs_f64(),
+                sha256 = %m.sha256,
+                "dump loaded"
+            );
+        } else {
+            tracing::info!("{s}");
+        }
         summary.push(s);
     }
     for (db, _) in outcome.markers() {

@@ -31,8 +31,20 @@ fn dump_arg() -> String {
 fn seeds_the_world_dump_with_counts_latin1_text_and_a_working_app_user() {
     let db = MariaDb::start();
     let port = db.port().to_string();
-    let out = run(&mut seed_at(&port, &dump_arg(), &[]));
+    let out = run(&mut seed_at(&port, &dump_arg(), &["--log-format", "json"]));
     out.assert_ok();
+    // The log contract: one JSON "dump loaded" line with the documented fields.
+    let loaded: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "dump loaded")
+        .collect();
+    assert_eq!(loaded.len(), 1, "{}", out.stderr);
+    assert_eq!(loaded[0]["database"], "world", "{}", loaded[0]);
+    assert_eq!(loaded[0]["tables"], 3, "{}", loaded[0]);
+    assert_eq!(loaded[0]["rows"], 4079 + 239 + 984, "{}", loaded[0]);
+    assert!(loaded[0]["seconds"].as_f64().is_some_and(|s| s > 0.0), "{}", loaded[0]);
     for line in [
         "world.City: 4079 rows",
         "world.Country: 239 rows",

@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ResignOptions};
+use sidekick::notify::Heartbeat;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -70,10 +71,11 @@ pub fn start(
     key: String,
     ttl: Duration,
     cancel: CancellationToken,
+    beat: Heartbeat,
 ) -> (Leadership, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
     let margin = ttl / 3;
-    let task = tokio::spawn(campaign_forever(client, key, ttl, tx, cancel));
+    let task = tokio::spawn(campaign_forever(client, key, ttl, tx, cancel, beat));
     (Leadership { rx, margin }, task)
 }
 
@@ -83,6 +85,7 @@ async fn campaign_forever(
     ttl: Duration,
     tx: watch::Sender<Option<Instant>>,
     cancel: CancellationToken,
+    beat: Heartbeat,
 ) {
     let me = format!(
         "{}-{}",
@@ -97,7 +100,7 @@ async fn campaign_forever(
         sidekick::retry::backoff(Duration::from_millis(200), Duration::from_secs(5)).build()
     };
     loop {
-        let ended = session(&client, &key, &me, ttl_secs, &tx, &cancel).await;
+        let ended = session(&client, &key, &me, ttl_secs, &tx, &cancel, &beat).await;
         tx.send_replace(None);
         if ended == Ended::Cancelled {
             return;
@@ -105,7 +108,7 @@ async fn campaign_forever(
         let d = delays.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(d) => {}
+            () = beat.sleep(d) => {}
         }
     }
 }
@@ -124,6 +127,7 @@ async fn session(
     ttl_secs: i64,
     tx: &watch::Sender<Option<Instant>>,
     cancel: &CancellationToken,
+    beat: &Heartbeat,
 ) -> Ended {
     let mut lease_client = client.lease_client();
     let mut election = client.election_client();
@@ -153,8 +157,11 @@ async fn session(
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(key, lease, "election: campaigning");
+    let mut alive = beat.interval();
     let ended = loop {
+        beat.beat();
         tokio::select! {
+            _ = alive.tick() => {}
             res = &mut campaign, if leader_key.is_none() => match res {
                 Ok(mut resp) => {
                     leader_key = resp.take_leader();

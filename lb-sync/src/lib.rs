@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use sidekick::notify::Notifier;
 
 pub use args::{API_KEY_ENV, Args, Command, Output, ProviderKind};
 pub use error::Error;
@@ -141,12 +142,26 @@ async fn run_loop(
         batch_delete = limits.batch_delete,
         "limits"
     );
+    let notifier = Notifier::from_env();
+    let watchdog = tokio::spawn(notifier.clone().watchdog(cancel.child_token()));
     let client = etcd.connect_lazy().await?;
     let (tx, rx) = tokio::sync::watch::channel(Desired::default());
-    let records = tokio::spawn(records::follow(client.clone(), args.source(), tx, cancel.clone()));
+    let records = tokio::spawn(records::follow(
+        client.clone(),
+        args.source(),
+        tx,
+        cancel.clone(),
+        notifier.heartbeat("records"),
+    ));
     let (leadership, election) = match &args.election_key {
         Some(key) => {
-            let (l, task) = election::start(client.clone(), key.clone(), args.election_ttl, cancel.clone());
+            let (l, task) = election::start(
+                client.clone(),
+                key.clone(),
+                args.election_ttl,
+                cancel.clone(),
+                notifier.heartbeat("election"),
+            );
             (l, Some(task))
         }
         None => (Leadership::always(), None),
@@ -156,13 +171,19 @@ async fn run_loop(
         debounce_max: args.debounce.1,
         resync: args.resync,
     };
+    // One read may wait for ACTIVE (--active-timeout) after requests bounded by their own
+    // timeouts: the reconcile loop is stuck only past that.
+    let busy_limit = args.active_timeout + Duration::from_secs(120);
     Reconciler::new(provider, args.policy(), limits, args.dry_run, health)
+        .with_notifier(notifier.clone(), busy_limit)
         .run(rx, leadership, timing, cancel.clone())
         .await;
+    notifier.stopping();
     if let Some(task) = election {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), records).await;
+    watchdog.abort();
     tracing::info!("lb-sync stopped");
     Ok(())
 }

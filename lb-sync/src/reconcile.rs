@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sidekick::notify::{Heartbeat, Notifier};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -123,6 +124,13 @@ pub struct Reconciler {
     last_notes: Vec<Note>,
     /// Time to converge.
     converge: ConvergeClock,
+    /// systemd: readiness after the first plan, the status line, the watchdog.
+    notifier: Notifier,
+    /// The loop's heartbeat while it runs.
+    beat: Option<Heartbeat>,
+    /// How long one read or step of a pass may take by its own timeouts (waiting for
+    /// ACTIVE included): the loop counts as alive that long within a pass.
+    busy_limit: Duration,
 }
 
 impl Reconciler {
@@ -140,6 +148,24 @@ impl Reconciler {
             last_refusal: Vec::new(),
             last_notes: Vec::new(),
             converge: ConvergeClock::default(),
+            notifier: Notifier::with_watchdog(None),
+            beat: None,
+            busy_limit: Duration::from_secs(60),
+        }
+    }
+
+    /// Reports to systemd through `notifier`; `busy_limit`: the longest one read or step of
+    /// a pass may take by its own timeouts.
+    #[must_use]
+    pub fn with_notifier(mut self, notifier: Notifier, busy_limit: Duration) -> Reconciler {
+        self.notifier = notifier;
+        self.busy_limit = busy_limit;
+        self
+    }
+
+    fn busy(&self, limit: Duration) {
+        if let Some(b) = &self.beat {
+            b.busy(limit);
         }
     }
 
@@ -151,15 +177,35 @@ impl Reconciler {
         timing: Timing,
         cancel: CancellationToken,
     ) {
+        let beat = self.notifier.heartbeat("reconcile");
+        let mut alive = beat.interval();
+        self.beat = Some(beat);
         // The first pass waits for the first view from etcd (complete or not).
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            r = desired.changed() => if r.is_err() { return },
+        loop {
+            self.busy(Duration::ZERO);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                r = desired.changed() => if r.is_err() { return } else { break },
+                _ = alive.tick() => {}
+            }
         }
         let mut wake: Option<Instant> = None;
         let mut was_leader;
+        let mut ready = false;
+        let mut status = String::new();
         loop {
             let outcome = self.pass(&desired, &leadership, &cancel).await;
+            let line = status_line(&outcome, &self.health.status());
+            // READY=1 after the first plan computed or refused (a standby instance is
+            // ready too: it is doing its job); a pass that failed before planning is not.
+            if !ready && !matches!(outcome, Outcome::Failed(_)) {
+                self.notifier.ready(&line);
+                tracing::info!(status = %line, "first plan done: ready");
+                ready = true;
+            } else if line != status {
+                self.notifier.status(&line);
+            }
+            status = line;
             // What this pass saw, not what the watch last said: `may_apply` also turns
             // false by the clock alone (a keep-alive answer late), without any change on
             // the watch. A pass that stood by must run again at the next renewal, or the
@@ -178,12 +224,15 @@ impl Reconciler {
             .or(wake.filter(|w| *w > Instant::now()));
             let deadline = wake.map_or(next_resync, |w| w.min(next_resync));
             loop {
+                self.busy(Duration::ZERO);
                 tokio::select! {
                     () = cancel.cancelled() => return,
+                    _ = alive.tick() => {}
                     r = desired.changed() => {
                         if r.is_err() {
                             return;
                         }
+                        self.busy(timing.debounce_max);
                         debounce(&mut desired, timing, &cancel).await;
                         break;
                     }
@@ -257,6 +306,7 @@ impl Reconciler {
             if cancel.is_cancelled() {
                 return Outcome::Failed(Arc::new(Error::Cancelled));
             }
+            self.busy(self.busy_limit);
             let lb = match self.provider.read(cancel).await {
                 Ok(lb) => lb,
                 Err(Error::Cancelled) => return Outcome::Failed(Arc::new(Error::Cancelled)),
@@ -344,7 +394,9 @@ impl Reconciler {
             });
             let mut applied = 0usize;
             for step in &batch {
-                tracing::info!("{step}");
+                self.busy(self.busy_limit);
+                // The change itself is logged once done, one line per node (`log_change`).
+                tracing::debug!("{step}");
                 let result = self.apply(step).await;
                 if result.is_ok() {
                     let (kind, nodes) = step_kind(step);
@@ -437,6 +489,7 @@ impl Reconciler {
 
     async fn apply(&mut self, step: &Step) -> Result<(), Error> {
         let added = self.provider.apply(step).await?;
+        self.log_change(step, &added);
         // A node added draining (--add-draining) waits for ONLINE, not for a drain clock.
         for n in added {
             if n.condition == Condition::Draining {
@@ -447,6 +500,70 @@ impl Reconciler {
             self.drain_started.insert(n.id, Instant::now());
         }
         Ok(())
+    }
+}
+
+impl Reconciler {
+    /// The log contract (README, "Operating it"): one info line per node changed, with
+    /// `address`, `port`, and the node's `id` (the API's; on HAProxy its server id, once
+    /// known) and, on HAProxy, its `server` name.
+    fn log_change(&self, step: &Step, added: &[crate::plan::Node]) {
+        let haproxy = match &self.provider {
+            Provider::HaProxy(h) => Some(h),
+            Provider::Rackspace(_) => None,
+        };
+        let one = |what: &str, id: Option<u64>, ep: &Endpoint| match haproxy {
+            Some(h) => {
+                let server = h.server_name(ep);
+                match id {
+                    Some(id) => tracing::info!(address = %ep.address, port = ep.port, id, server, "{what}"),
+                    None => tracing::info!(address = %ep.address, port = ep.port, server, "{what}"),
+                }
+            }
+            None => tracing::info!(address = %ep.address, port = ep.port, id = id.unwrap_or_default(), "{what}"),
+        };
+        match step {
+            // Rackspace answers with the new nodes' ids; HAProxy's come with the next read.
+            Step::Add(new) if added.is_empty() => {
+                for n in new {
+                    one("node added", None, &n.endpoint);
+                }
+            }
+            Step::Add(_) => {
+                for n in added {
+                    tracing::info!(address = %n.address, port = n.port, id = n.id, "node added");
+                }
+            }
+            Step::Enable(n) => one("node enabled", Some(n.id), &n.endpoint),
+            Step::Drain(n) => one("node drained", Some(n.id), &n.endpoint),
+            Step::Delete(nodes) => {
+                for n in nodes {
+                    one("node removed", Some(n.id), &n.endpoint);
+                }
+            }
+        }
+    }
+}
+
+/// The `STATUS=` line after a pass (pure).
+fn status_line(outcome: &Outcome, s: &crate::health::Status) -> String {
+    let counts = format!(
+        "{} node(s) wanted, {} on the load balancer",
+        s.desired_nodes, s.lb_nodes
+    );
+    match outcome {
+        Outcome::Converged => format!("converged: {counts}"),
+        Outcome::Waiting(d) => format!(
+            "waiting {} for drains or checks: {counts}",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        ),
+        Outcome::Refused(r) => format!(
+            "refused: {}",
+            r.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        ),
+        Outcome::Standby => "standby: another instance leads".to_owned(),
+        Outcome::DryRun => format!("dry run: {counts}"),
+        Outcome::Failed(e) => format!("pass failed: {e}"),
     }
 }
 

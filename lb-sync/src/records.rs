@@ -26,6 +26,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use sidekick::notify::Heartbeat;
 use sidekick::schema::{AddressField, decode_service, field, normalize_prefix};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -197,8 +198,14 @@ pub struct Snapshot {
 }
 
 /// Follows the prefix until `cancel`, publishing every new desired set on `tx`.
-pub async fn follow(client: Client, source: Source, tx: watch::Sender<Desired>, cancel: CancellationToken) {
-    follow_from(client, source, tx, cancel, None).await;
+pub async fn follow(
+    client: Client,
+    source: Source,
+    tx: watch::Sender<Desired>,
+    cancel: CancellationToken,
+    beat: Heartbeat,
+) {
+    follow_from(client, source, tx, cancel, None, beat).await;
 }
 
 /// [`follow`], starting from `start` (taken as a complete view at its revision) instead
@@ -209,7 +216,11 @@ pub async fn follow_from(
     tx: watch::Sender<Desired>,
     cancel: CancellationToken,
     start: Option<Snapshot>,
+    beat: Heartbeat,
 ) {
+    // Alive while it waits on the watch or out a backoff; each etcd request is bounded by
+    // the client's timeout.
+    let mut alive = beat.interval();
     let mut builder = Builder::default();
     // Every (re)start of the watch is preceded by a fresh read, except the first with `start`.
     let mut need_load = start.is_none();
@@ -219,6 +230,7 @@ pub async fn follow_from(
     }
     let mut delays = backoff();
     loop {
+        beat.beat();
         if cancel.is_cancelled() {
             return;
         }
@@ -239,7 +251,7 @@ pub async fn follow_from(
                 }
                 Err(e) => {
                     tracing::warn!("{e}; retrying");
-                    if sleep_or_cancel(&mut delays, &cancel).await {
+                    if sleep_or_cancel(&mut delays, &cancel, &beat).await {
                         return;
                     }
                     continue;
@@ -253,15 +265,17 @@ pub async fn follow_from(
                 tracing::warn!(revision, "cannot watch the records: {e}; retrying");
                 mark_incomplete(&tx);
                 need_load = true;
-                if sleep_or_cancel(&mut delays, &cancel).await {
+                if sleep_or_cancel(&mut delays, &cancel, &beat).await {
                     return;
                 }
                 continue;
             }
         };
         loop {
+            beat.beat();
             let msg = tokio::select! {
                 () = cancel.cancelled() => return,
+                _ = alive.tick() => continue,
                 m = stream.message() => m,
             };
             match msg {
@@ -313,7 +327,7 @@ pub async fn follow_from(
             }
         }
         need_load = true;
-        if sleep_or_cancel(&mut delays, &cancel).await {
+        if sleep_or_cancel(&mut delays, &cancel, &beat).await {
             return;
         }
     }
@@ -335,11 +349,15 @@ fn backoff() -> impl Iterator<Item = Duration> {
 }
 
 /// Sleeps the next backoff delay; true when cancelled meanwhile.
-async fn sleep_or_cancel(delays: &mut impl Iterator<Item = Duration>, cancel: &CancellationToken) -> bool {
+async fn sleep_or_cancel(
+    delays: &mut impl Iterator<Item = Duration>,
+    cancel: &CancellationToken,
+    beat: &Heartbeat,
+) -> bool {
     let d = delays.next().unwrap_or(Duration::from_millis(500));
     tokio::select! {
         () = cancel.cancelled() => true,
-        () = tokio::time::sleep(d) => false,
+        () = beat.sleep(d) => false,
     }
 }
 

@@ -566,6 +566,49 @@ async fn dry_run_logs_the_plan_and_changes_nothing() {
     assert_eq!(w.sim.count("POST"), 0);
 }
 
+/// systemd: READY=1 once the first plan is applied (its status line says what it found),
+/// watchdog pings while the loops run, STOPPING=1 on SIGTERM; on a `NOTIFY_SOCKET` the
+/// test binds.
+#[tokio::test]
+async fn ready_after_the_first_plan_then_watchdog_pings_and_stopping() {
+    let w = World::start(quick_sim()).await;
+    w.put([1, 2]).await;
+    let mut notify = testbed::NotifySocket::bind();
+    let mut args = w.args();
+    args.extend(["--log-format".into(), "json".into(), "run".into()]);
+    let mut cmd = support::command(&args);
+    cmd.env("NOTIFY_SOCKET", notify.path()).env("WATCHDOG_USEC", "2000000");
+    let mut lb = testbed::Daemon::start("lb-sync-notify", cmd);
+    let ready = testbed::eventually("READY=1 on NOTIFY_SOCKET", WITHIN, async || notify.find("READY=1")).await;
+    let ready = ready.unwrap_or_else(|e| lb.fail(e));
+    assert!(
+        ready.contains("STATUS=converged: 2 node(s) wanted, 2 on the load balancer"),
+        "{ready:?}"
+    );
+    assert_eq!(w.sim.nodes(1).len(), 2, "ready once the plan is applied");
+    // The log contract: one JSON "node added" line per node, with address, port and id.
+    let added: Vec<serde_json::Value> = lb
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "node added")
+        .collect();
+    assert_eq!(added.len(), 2, "{}", lb.excerpt());
+    for line in &added {
+        assert!(
+            line["address"].as_str().is_some_and(|a| a.starts_with("10.0.0.")),
+            "{line}"
+        );
+        assert_eq!(line["port"], PORT, "{line}");
+        assert!(line["id"].as_u64().is_some_and(|id| id > 0), "{line}");
+    }
+    let pings = notify.pings_during(Duration::from_secs(3)).await;
+    assert!(pings >= 2, "watchdog pings every second: {pings}");
+    let status = lb.stop(libc::SIGTERM, WITHIN).await;
+    assert!(status.success(), "{status}\n{}", lb.excerpt());
+    assert!(notify.find("STOPPING=1").is_some(), "{:?}", notify.received());
+}
+
 /// End to end: two busybox web containers announced by the real announcer; lb-sync puts
 /// both on the LB; one container stops, the announcer withdraws it, lb-sync drains and
 /// deletes its node.
@@ -687,7 +730,14 @@ async fn a_watch_starting_at_a_compacted_revision_reloads_the_whole_prefix() {
     let (tx, mut rx) = tokio::sync::watch::channel(lb_sync::plan::Desired::default());
     let cancel = tokio_util::sync::CancellationToken::new();
     let source = Source::new(&w.prefix, AddressField::Private, None);
-    let task = tokio::spawn(follow_from(w.client.clone(), source, tx, cancel.clone(), Some(old)));
+    let task = tokio::spawn(follow_from(
+        w.client.clone(),
+        source,
+        tx,
+        cancel.clone(),
+        Some(old),
+        sidekick::notify::Notifier::with_watchdog(None).heartbeat("records"),
+    ));
     let fresh = |d: &lb_sync::plan::Desired| d.complete && d.revision >= now;
     let done = tokio::time::timeout(WITHIN, rx.wait_for(fresh)).await;
     let view = done.expect("the whole prefix reloaded in time").unwrap().clone();

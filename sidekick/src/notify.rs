@@ -194,6 +194,13 @@ impl Heartbeat {
         self.beat();
     }
 
+    /// The loop enters a call bounded by its own timeout `limit` (a wait for a remote
+    /// system to settle): alive until `limit` has passed, and a period after. A call that
+    /// overruns its own bound is stuck.
+    pub fn busy(&self, limit: Duration) {
+        self.alive_for(limit);
+    }
+
     /// A ticker for an idle loop's `select!`: beat on each tick.
     #[must_use]
     pub fn interval(&self) -> tokio::time::Interval {
@@ -202,10 +209,12 @@ impl Heartbeat {
         tick
     }
 
+    /// The loop's latest word wins: a beat after a long `busy` call returned ends that
+    /// call's allowance (one task drives one heartbeat, so there is no race to lose).
     fn alive_for(&self, extra: Duration) {
         let until =
             self.inner.now_ms() + u64::try_from((extra + self.inner.period()).as_millis()).unwrap_or(u64::MAX / 2);
-        self.state.alive_until_ms.fetch_max(until, Ordering::Relaxed);
+        self.state.alive_until_ms.store(until, Ordering::Relaxed);
     }
 }
 
@@ -243,6 +252,12 @@ mod tests {
         assert_eq!(n.stalled(), vec!["loop"], "only the loop that stopped beating");
         beat.beat();
         assert!(n.stalled().is_empty());
+        // A bounded call: alive for its bound, stalled once it overran it.
+        beat.busy(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(n.stalled().is_empty(), "within its bound and a period");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(n.stalled(), vec!["loop"], "past its bound and a period");
     }
 
     /// One test for everything that goes through `NOTIFY_SOCKET` (an environment variable:

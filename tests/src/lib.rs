@@ -14,6 +14,7 @@
 //! - [`clb_sim`]: a stateful simulator of Rackspace Identity + Cloud Load Balancers.
 //! - [`Cluster`]: N hosts (network namespaces on a private bridge), one etcd member each;
 //!   a test kills, partitions and heals hosts.
+//! - [`NotifySocket`]: a `NOTIFY_SOCKET` bound by the test (systemd's notifications).
 //! - [`Daemon`]: every process a test runs (logs to a file, signal, wait, kill on drop, a
 //!   log excerpt in every failure) and [`eventually`], the one polling helper.
 //!
@@ -31,6 +32,7 @@ mod etcd;
 mod eventually;
 mod haproxy;
 mod mariadb;
+mod notify;
 pub mod pki;
 mod process;
 mod proxy;
@@ -41,6 +43,7 @@ pub use etcd::{Etcd, EtcdCluster, EtcdOptions, EtcdTls};
 pub use eventually::{NotYet, eventually, eventually_blocking};
 pub use haproxy::HaProxy;
 pub use mariadb::MariaDb;
+pub use notify::NotifySocket;
 pub use process::{bin, free_port, http_get, require_program, signal, spawn};
 pub use proxy::SocketProxy;
 
