@@ -10,6 +10,9 @@
 #[path = "security/support.rs"]
 mod support;
 
+#[path = "security/docker_proxy.rs"]
+mod docker_proxy;
+
 use std::time::Duration;
 
 use etcd_client::{ElectionClient, EventType, Permission};
