@@ -22,7 +22,7 @@ async fn value(client: &etcd_client::Client, key: &str) -> Option<String> {
 /// the same proxy is refused.
 #[tokio::test]
 async fn announcer_works_behind_a_read_only_docker_socket_proxy() {
-    let etcd = Etcd::start().await;
+    let etcd = Etcd::start();
     let client = etcd.client().await;
     let proxy = FilterProxy::start("/var/run/docker.sock", ANNOUNCER_RULES);
     let d = docker::connect().await;
