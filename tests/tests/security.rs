@@ -13,6 +13,9 @@ mod support;
 #[path = "security/docker_proxy.rs"]
 mod docker_proxy;
 
+#[path = "security/hostile.rs"]
+mod hostile;
+
 use std::time::Duration;
 
 use etcd_client::{ElectionClient, EventType, Permission};

@@ -1,0 +1,269 @@
+//! Issue 17, point 6: hostile values through the real binaries. Each is refused with one
+//! line naming it (quoted short, never whole), nothing is written or changed because of
+//! it, the binary's peak memory stays bounded (`VmHWM`, printed), it does not crash, and it
+//! keeps serving the good records.
+
+use std::time::Duration;
+
+use testbed::clb_sim::{ClbSim, Oversized};
+use testbed::{Daemon, Etcd, HaProxy, eventually, unique};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{self, Binary};
+
+/// The bound on a binary's peak resident memory while it meets a hostile value: wide (the
+/// debug binaries idle at 10 to 20 MiB), and far below what holding the value would take.
+const RSS_BOUND_KIB: u64 = 64 << 10;
+
+/// How long a refusal, a recovery or a record may take.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The process's peak resident set size in KiB (`VmHWM` of `/proc/PID/status`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// Prints the peak RSS of `d` and fails when it passed [`RSS_BOUND_KIB`] or `d` exited.
+pub fn assert_alive_and_bounded(d: &mut Daemon, what: &str) {
+    if !d.is_running() {
+        d.fail(format!("{} exited after {what}", d.name()));
+    }
+    let kib = peak_rss_kib(d.pid());
+    println!("{}: peak RSS after {what}: {:.1} MiB", d.name(), kib as f64 / 1024.0);
+    if kib >= RSS_BOUND_KIB {
+        d.fail(format!(
+            "{} peaked at {kib} KiB after {what} (bound {RSS_BOUND_KIB} KiB)",
+            d.name()
+        ));
+    }
+}
+
+/// The lines of `d`'s log that contain `needle`; fails unless there is at least one and
+/// each is short (a refusal quotes the value, never the whole of it).
+pub fn refusal_lines(d: &Daemon, needle: &str) -> Vec<String> {
+    let log = d.log();
+    let lines: Vec<String> = log.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect();
+    if lines.is_empty() {
+        d.fail(format!("no log line contains {needle:?}"));
+    }
+    if let Some(long) = log.lines().find(|l| l.len() > 2000) {
+        d.fail(format!(
+            "a log line of {} bytes (a value printed whole?): {}…",
+            long.len(),
+            &long[..200]
+        ));
+    }
+    lines
+}
+
+/// Waits until `d`'s log holds `n` lines with `needle`.
+async fn wait_lines(d: &Daemon, needle: &str, n: usize) {
+    let what = format!("{} logs {n} lines with {needle:?}", d.name());
+    if let Err(e) = eventually(&what, PATIENCE, async || {
+        (d.log().lines().filter(|l| l.contains(needle)).count() >= n).then_some(())
+    })
+    .await
+    {
+        d.fail(e);
+    }
+}
+
+/// The CLB API answers a read with a body that never ends, then with 100 MB: lb-sync
+/// refuses each read at its 4 MiB cap, changes nothing, stays small and alive, and adds the
+/// record written meanwhile once the answers are sane again.
+#[tokio::test]
+async fn lb_sync_refuses_an_endless_or_100_mb_load_balancer_answer() {
+    let etcd = Etcd::start();
+    let client = etcd.client().await;
+    let root = format!("/{}/services", unique("hostile"));
+    let prefix = format!("{root}/web");
+    let sim = ClbSim::start(support::quick_sim());
+    support::put_record(&client, &root, 1).await;
+    support::put_record(&client, &root, 2).await;
+    let mut lb = Daemon::start(
+        "lb-sync",
+        support::command(
+            Binary::LbSync,
+            &support::lb_sync_args(&etcd.endpoint(), &prefix, &sim, &[]),
+            &[("RACKSPACE_API_KEY", "k")],
+        ),
+    );
+    wait_nodes(&sim, &[1, 2], &lb).await;
+    let needle = "answer longer than 4194304 bytes";
+    let mut refusals = 0;
+    let mut have = vec![1, 2];
+    for (n, kind) in [(3u8, Oversized::Endless), (4, Oversized::Declared(100_000_000))] {
+        sim.clear_calls();
+        sim.inject_oversized(1000, kind);
+        support::put_record(&client, &root, n).await;
+        // Two passes refused: the second proves the first left lb-sync working.
+        refusals += 2;
+        wait_lines(&lb, needle, refusals).await;
+        refusals = lb.log().lines().filter(|l| l.contains(needle)).count();
+        assert_eq!(support::nodes(&sim), have, "the nodes changed during {kind:?} answers");
+        let changes: Vec<_> = sim.calls().into_iter().filter(|c| c.method != "GET" && !c.identity).collect();
+        assert!(changes.is_empty(), "changes during {kind:?} answers: {changes:?}");
+        assert_alive_and_bounded(&mut lb, &format!("{kind:?} answers"));
+        sim.inject_oversized(0, kind);
+        have.push(n);
+        wait_nodes(&sim, &have, &lb).await;
+    }
+    for line in refusal_lines(&lb, needle) {
+        assert!(line.contains("/loadbalancers/1"), "the line names the call: {line}");
+    }
+    println!("{}", refusal_lines(&lb, needle)[0]);
+    assert!(sim.oversized_served() >= 4, "{} oversized answers", sim.oversized_served());
+}
+
+/// Waits until load balancer 1 holds exactly the nodes `want` (last octets).
+async fn wait_nodes(sim: &ClbSim, want: &[u8], lb: &Daemon) {
+    let what = format!("the load balancer holds {want:?}");
+    if let Err(e) = eventually(&what, PATIENCE, async || (support::nodes(sim) == want).then_some(())).await {
+        lb.fail(format!("{e}; it holds {:?}", support::nodes(sim)));
+    }
+}
+
+/// A Runtime API socket in front of a real HAProxy that, while poisoned, answers
+/// `show servers state` with an endless stream and forwards everything else; it counts
+/// the commands it saw.
+struct PoisonedSocket {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    poisoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    commands: std::sync::Arc<std::sync::Mutex<Vec<(bool, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PoisonedSocket {
+    fn start(upstream: std::path::PathBuf) -> PoisonedSocket {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("runtime.sock");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let poisoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let commands = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (p, c) = (poisoned.clone(), commands.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (p, c, upstream) = (p.clone(), c.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let mut line = Vec::new();
+                    let mut b = [0u8; 1];
+                    while s.read(&mut b).await.is_ok_and(|n| n == 1) {
+                        line.push(b[0]);
+                        if b[0] == b'\n' {
+                            break;
+                        }
+                    }
+                    let cmd = String::from_utf8_lossy(&line).trim().to_owned();
+                    let poison = p.load(std::sync::atomic::Ordering::SeqCst) && cmd.starts_with("show servers state");
+                    c.lock().unwrap().push((poison, cmd));
+                    if poison {
+                        let junk = b"1\n3 web 1 lb-sync-10.0.0.1:80 10.0.0.1 2 0 1 1 10 1 0 0 0 0 0 0 - 80 - 0 0 - - 0\n".repeat(500);
+                        while s.write_all(&junk).await.is_ok() {}
+                        return;
+                    }
+                    let Ok(mut up) = tokio::net::UnixStream::connect(&upstream).await else { return };
+                    if up.write_all(&line).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                    }
+                });
+            }
+        });
+        PoisonedSocket {
+            path,
+            _dir: dir,
+            poisoned,
+            commands,
+            task,
+        }
+    }
+
+    fn poison(&self, on: bool) {
+        self.poisoned.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The commands seen: (answered endlessly, command).
+    fn commands(&self) -> Vec<(bool, String)> {
+        self.commands.lock().unwrap().clone()
+    }
+}
+
+impl Drop for PoisonedSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// HAProxy's Runtime API answers `show servers state` without end: lb-sync stops reading at
+/// its 8 MiB cap, sends no change, stays small and alive, and adds the record written
+/// meanwhile once the answers are sane again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_sync_refuses_an_endless_runtime_api_answer() {
+    let etcd = Etcd::start();
+    let client = etcd.client().await;
+    let root = format!("/{}/services", unique("hostile"));
+    let prefix = format!("{root}/web");
+    let ha = HaProxy::start();
+    let socket = PoisonedSocket::start(ha.socket());
+    support::put_record(&client, &root, 1).await;
+    let argv = support::args(&[
+        "--provider",
+        "haproxy",
+        "--haproxy-socket",
+        &socket.path.display().to_string(),
+        "--haproxy-backend",
+        ha.backend(),
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "--prefix",
+        &prefix,
+        "--drain",
+        "1s",
+        "--debounce",
+        "300ms:2s",
+        "--resync",
+        "2s",
+        "run",
+    ]);
+    let mut lb = Daemon::start("lb-sync-haproxy", support::command(Binary::LbSync, &argv, &[]));
+    let servers = |ha: &HaProxy| -> Vec<String> { ha.servers().into_iter().map(|(_, addr, _)| addr).collect() };
+    let want1 = vec!["10.0.0.1:8080".to_owned()];
+    if let Err(e) = eventually("HAProxy holds record 1", PATIENCE, async || {
+        (servers(&ha) == want1).then_some(())
+    })
+    .await
+    {
+        lb.fail(e);
+    }
+    socket.poison(true);
+    let seen = socket.commands().len();
+    support::put_record(&client, &root, 2).await;
+    let needle = "answer longer than 8388608 bytes";
+    wait_lines(&lb, needle, 2).await;
+    assert_eq!(servers(&ha), want1, "HAProxy changed during endless answers");
+    let during: Vec<String> = socket.commands()[seen..]
+        .iter()
+        .filter(|(_, c)| !c.starts_with("show "))
+        .map(|(_, c)| c.clone())
+        .collect();
+    assert!(during.is_empty(), "changes sent during endless answers: {during:?}");
+    assert_alive_and_bounded(&mut lb, "endless Runtime API answers");
+    socket.poison(false);
+    let want2 = vec!["10.0.0.1:8080".to_owned(), "10.0.0.2:8080".to_owned()];
+    if let Err(e) = eventually("HAProxy holds records 1 and 2", PATIENCE, async || {
+        (servers(&ha) == want2).then_some(())
+    })
+    .await
+    {
+        lb.fail(e);
+    }
+    let lines = refusal_lines(&lb, needle);
+    assert!(lines[0].contains("show servers state"), "{}", lines[0]);
+    println!("{}", lines[0]);
+    assert!(socket.commands().iter().filter(|(p, _)| *p).count() >= 2);
+}
