@@ -66,8 +66,9 @@ pub struct PrefixRead {
     pub revision: i64,
 }
 
-/// Whether `e` is the client refusing an answer over its message size.
-fn too_large(e: &etcd_client::Error) -> bool {
+/// Whether `e` is the client refusing an answer over its message size (4 MiB).
+#[must_use]
+pub fn too_large(e: &etcd_client::Error) -> bool {
     matches!(e, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::OutOfRange)
 }
 

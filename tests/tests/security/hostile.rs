@@ -267,3 +267,159 @@ async fn lb_sync_refuses_an_endless_runtime_api_answer() {
     println!("{}", lines[0]);
     assert!(socket.commands().iter().filter(|(p, _)| *p).count() >= 2);
 }
+
+/// An etcd that takes values of 10 MB (`--max-request-bytes` 16 MiB; etcd's default is
+/// 1.5 MiB).
+fn etcd_for_big_values() -> Etcd {
+    Etcd::start_with(&testbed::EtcdOptions {
+        max_request_bytes: Some(16 << 20),
+        ..testbed::EtcdOptions::default()
+    })
+}
+
+/// 10 MB, and 1 MiB (under the client's 4 MiB, over the 64 KiB a value may have).
+const TEN_MB: usize = 10_000_000;
+const ONE_MIB: usize = 1 << 20;
+
+/// Puts a value of `len` bytes (a JSON-looking start, then `x`s) at `key`.
+async fn put_big(client: &etcd_client::Client, key: &str, len: usize) {
+    let mut v = b"{\"private_ipv4_addr\": \"10.0.0.66\", \"junk\": \"".to_vec();
+    v.resize(len, b'x');
+    client.clone().put(key, v, None).await.expect("put a big value");
+}
+
+/// Values of 10 MB and 1 MiB under lb-sync's prefix, written while it watches (a new
+/// instance, a field of an existing record, a key of its own): each is logged once by its
+/// key, the other records keep their nodes, a record written afterwards is added, memory
+/// stays bounded.
+#[tokio::test]
+async fn lb_sync_ignores_10_mb_values_under_its_prefix_and_keeps_the_good_records() {
+    let etcd = etcd_for_big_values();
+    let client = etcd.client().await;
+    let root = format!("/{}/services", unique("hostile"));
+    let prefix = format!("{root}/web");
+    let sim = ClbSim::start(support::quick_sim());
+    support::put_record(&client, &root, 1).await;
+    support::put_record(&client, &root, 2).await;
+    let mut lb = Daemon::start(
+        "lb-sync",
+        support::command(
+            Binary::LbSync,
+            &support::lb_sync_args(&etcd.endpoint(), &prefix, &sim, &[]),
+            &[("RACKSPACE_API_KEY", "k")],
+        ),
+    );
+    wait_nodes(&sim, &[1, 2], &lb).await;
+    let big = [
+        (format!("{prefix}/web09/private_ipv4_addr"), TEN_MB),
+        (format!("{prefix}/web02/port"), TEN_MB),
+        (format!("{prefix}/evil"), TEN_MB),
+        (format!("{prefix}/web08/private_ipv4_addr"), ONE_MIB),
+    ];
+    for (key, len) in &big {
+        put_big(&client, key, *len).await;
+    }
+    support::put_record(&client, &root, 3).await;
+    wait_nodes(&sim, &[1, 2, 3], &lb).await;
+    for (key, _) in &big {
+        wait_lines(&lb, &format!("the value of \"{key}\" is"), 1).await;
+    }
+    // A restart of the read (a resync of the watch) must not log them again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (key, len) in &big {
+        let lines = refusal_lines(&lb, &format!("the value of \"{key}\" is"));
+        assert_eq!(lines.len(), 1, "{key} logged once: {lines:#?}");
+        if *len == ONE_MIB {
+            assert!(lines[0].contains("1048576 bytes"), "{}", lines[0]);
+        }
+    }
+    assert_eq!(support::nodes(&sim), vec![1, 2, 3], "node 2 kept, nothing else added");
+    assert_alive_and_bounded(&mut lb, "10 MB values under its prefix");
+    println!("{}", refusal_lines(&lb, "/evil\" is")[0]);
+}
+
+/// Values of 10 MB and 1 MiB under the announcer's prefix: its full check (every resync)
+/// still reads the rest, so a record of its own that someone deleted is written again,
+/// and each big key is logged once.
+#[tokio::test]
+async fn announcer_full_check_survives_10_mb_values_under_its_prefix() {
+    let etcd = etcd_for_big_values();
+    let client = etcd.client().await;
+    put_big(&client, "/services/web/evil/private_ipv4_addr", TEN_MB).await;
+    put_big(&client, "/services/other/x", ONE_MIB).await;
+    let d = testbed::docker::connect().await;
+    let image = testbed::docker::busybox_image(&d).await;
+    let name = unique("sec-big");
+    let _c = testbed::docker::Spec::web(&image)
+        .name(&name)
+        .label("announce.service", "web")
+        .label("announce.instance", "web01")
+        .run(&d)
+        .await;
+    // Host mode: its full check reads the whole prefix (a container-mode announcer reads
+    // only its own record's keys).
+    let mut a = support::announcer_args(&etcd.endpoint(), &unique("host"));
+    a.extend(support::args(&["--resync-interval", "1s", "--check", "none", "host"]));
+    let mut ann = Daemon::start("announcer", support::command(Binary::Announcer, &a, &[]));
+    let port = async || {
+        let r = client.clone().get("/services/web/web01/port", None).await.ok()?;
+        r.kvs().first().map(|kv| kv.value().to_vec())
+    };
+    if let Err(e) = eventually("the record appears", PATIENCE, port).await {
+        ann.fail(e);
+    }
+    wait_lines(&ann, "the value of \"/services/web/evil/private_ipv4_addr\" is over", 1).await;
+    wait_lines(&ann, "the value of \"/services/other/x\" is 1048576 bytes", 1).await;
+    client.clone().delete("/services/web/web01/port", None).await.unwrap();
+    if let Err(e) = eventually("the deleted field is written again", PATIENCE, port).await {
+        ann.fail(e);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(refusal_lines(&ann, "/services/web/evil/private_ipv4_addr").len(), 1);
+    assert_eq!(refusal_lines(&ann, "/services/other/x").len(), 1);
+    assert_alive_and_bounded(&mut ann, "10 MB values under its prefix");
+}
+
+/// dbhelper's key holds 10 MB: one line names it, nothing is done with it, memory stays
+/// bounded; once a usable address is written, dbhelper goes on.
+#[tokio::test]
+async fn dbhelper_refuses_a_10_mb_db_record_and_waits_for_a_usable_one() {
+    let etcd = etcd_for_big_values();
+    let client = etcd.client().await;
+    let key = format!("/{}/services/db/db_private_ip", unique("hostile"));
+    put_big(&client, &key, TEN_MB).await;
+    let db = testbed::MariaDb::start();
+    let port = db.port().to_string();
+    let argv = support::args(&[
+        "--etcd-endpoints",
+        &etcd.endpoint(),
+        "wait",
+        "--etcd-key",
+        &key,
+        "--port",
+        &port,
+        "--wait-timeout",
+        "60s",
+    ]);
+    let mut run = Daemon::start(
+        "dbhelper",
+        support::command(
+            Binary::Dbhelper,
+            &argv,
+            &[("MYSQL_ROOT_PASSWORD", db.root_password())],
+        ),
+    );
+    let needle = format!("the value of \"{key}\" is over");
+    wait_lines(&run, &needle, 1).await;
+    // A second big value (a new revision): still one line for the same problem.
+    put_big(&client, &key, TEN_MB).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(refusal_lines(&run, &needle).len(), 1);
+    assert_alive_and_bounded(&mut run, "a 10 MB db record");
+    client.clone().put(key.as_str(), "127.0.0.1", None).await.unwrap();
+    let status = run.wait(PATIENCE).await;
+    if !status.success() {
+        run.fail(format!("dbhelper wait ended with {status}"));
+    }
+    println!("{}", refusal_lines(&run, &needle)[0]);
+}
