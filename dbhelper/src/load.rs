@@ -240,6 +240,7 @@ pub async fn seed(
     opts: &SeedOptions<'_>,
     cancel: &CancellationToken,
 ) -> Result<Outcome, Error> {
+    refuse_oversized_statements(admin, dump).await?;
     let targets = dump.targets(opts.database);
     let mut names: Vec<&str> = targets.iter().filter(|t| !t.system).map(|t| t.live.as_str()).collect();
     names.sort_unstable();
@@ -254,6 +255,35 @@ pub async fn seed(
         }
     }
     result
+}
+
+/// Refuses the dump when one of its statements is longer than the server takes in one
+/// packet, before any lock, staging database or row: otherwise the load would stop at
+/// that statement with half the tables staged.
+async fn refuse_oversized_statements(admin: &mut Admin, dump: &DumpFile) -> Result<(), Error> {
+    let max: Vec<Option<u64>> = admin
+        .rows("reading max_allowed_packet", "SELECT @@max_allowed_packet")
+        .await?;
+    let Some(max) = max.first().copied().flatten() else {
+        return Ok(());
+    };
+    match oversized_statement(&dump.bytes, &dump.pieces, max) {
+        Some((piece, stmt)) => Err(Error::StatementTooLarge {
+            number: piece.statement_number().unwrap_or_default(),
+            line: piece.line,
+            len: stmt.len(),
+            max,
+            snippet: snippet(stmt, SNIPPET_BYTES),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The first statement that does not fit in a packet of `max_packet` bytes (the statement
+/// and its command byte).
+#[must_use]
+pub fn oversized_statement<'a>(input: &'a [u8], pieces: &'a [Piece], max_packet: u64) -> Option<(&'a Piece, &'a [u8])> {
+    dump::statements(input, pieces).find(|(_, s)| s.len() as u64 >= max_packet)
 }
 
 fn lock_name(db: &str) -> String {

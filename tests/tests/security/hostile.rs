@@ -423,3 +423,71 @@ async fn dbhelper_refuses_a_10_mb_db_record_and_waits_for_a_usable_one() {
     }
     println!("{}", refusal_lines(&run, &needle)[0]);
 }
+
+/// A dump with a statement longer than the server's `max_allowed_packet` (1 MiB here, a
+/// 2 MiB INSERT after a small table): refused with one line naming the statement before
+/// anything is loaded (no database, no staging database, no table), and the sampled peak
+/// memory stays bounded.
+#[tokio::test]
+async fn dbhelper_refuses_a_dump_statement_over_max_allowed_packet_before_loading() {
+    let db = testbed::MariaDb::start();
+    let _ = db.cli(&["-e", "SET GLOBAL max_allowed_packet = 1048576"]);
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("big.sql");
+    let mut sql = b"CREATE TABLE small (a int);\nINSERT INTO small VALUES (1),(2);\nCREATE TABLE big (b longtext);\nINSERT INTO big VALUES ('".to_vec();
+    sql.resize(sql.len() + (2 << 20), b'x');
+    sql.extend_from_slice(b"');\n");
+    std::fs::write(&dump, &sql).unwrap();
+    let port = db.port().to_string();
+    let argv = support::args(&[
+        "seed",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--dump",
+        dump.to_str().unwrap(),
+        "--database",
+        "hostile",
+    ]);
+    let mut run = Daemon::start(
+        "dbhelper-seed",
+        support::command(
+            Binary::Dbhelper,
+            &argv,
+            &[("MYSQL_ROOT_PASSWORD", db.root_password()), ("APP_PW", "apppw")],
+        ),
+    );
+    // It exits within moments: sample its peak memory until then.
+    let mut peak = 0;
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_exit() {
+            break status;
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", run.pid())) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            peak = peak.max(hwm.unwrap_or(0));
+        }
+        if started.elapsed() > PATIENCE {
+            run.fail("dbhelper seed did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!("dbhelper seed: sampled peak RSS {:.1} MiB", peak as f64 / 1024.0);
+    assert!(peak < RSS_BOUND_KIB, "peak {peak} KiB");
+    assert!(!status.success(), "the dump was accepted:\n{}", run.excerpt());
+    let lines = refusal_lines(&run, "more than the server's max_allowed_packet of 1048576 bytes");
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("statement 4 (line 4)") && lines[0].contains("nothing was loaded"),
+        "{}",
+        lines[0]
+    );
+    println!("{}", &lines[0][..lines[0].len().min(400)]);
+    let dbs = db.cli(&["-N", "-e", "SHOW DATABASES LIKE 'hostile%'"]);
+    assert!(dbs.trim().is_empty(), "databases were created: {dbs}");
+}
