@@ -491,3 +491,147 @@ async fn dbhelper_refuses_a_dump_statement_over_max_allowed_packet_before_loadin
     let dbs = db.cli(&["-N", "-e", "SHOW DATABASES LIKE 'hostile%'"]);
     assert!(dbs.trim().is_empty(), "databases were created: {dbs}");
 }
+
+/// A 1 MiB `announce.unit` label and a 100 kB `SERVICE_TAGS` variable on containers the
+/// announcer follows: each container is refused with one line naming the setting (cut),
+/// nothing of it is written, a good container beside them is announced, memory stays
+/// bounded.
+#[tokio::test]
+async fn announcer_refuses_a_container_with_a_1_mib_label() {
+    let etcd = Etcd::start();
+    let client = etcd.client().await;
+    let d = testbed::docker::connect().await;
+    let image = testbed::docker::busybox_image(&d).await;
+    let service = unique("bigl");
+    let huge = "u".repeat(ONE_MIB);
+    let _bad = testbed::docker::Spec::web(&image)
+        .name(&unique("sec-biglabel"))
+        .label("announce.service", &service)
+        .label("announce.instance", "bad1")
+        .label("announce.unit", &huge)
+        .run(&d)
+        .await;
+    let _bad_env = testbed::docker::Spec::web(&image)
+        .name(&unique("sec-bigenv"))
+        .env(&format!("SERVICE_NAME={service}"))
+        .env("SERVICE_ID=bad2")
+        // 100 kB: Linux refuses one environment string over 128 KiB at exec (E2BIG).
+        .env(&format!("SERVICE_TAGS={}", "u".repeat(100_000)))
+        .run(&d)
+        .await;
+    let _good = testbed::docker::Spec::web(&image)
+        .name(&unique("sec-goodlabel"))
+        .label("announce.service", &service)
+        .label("announce.instance", "good")
+        .run(&d)
+        .await;
+    let mut a = support::announcer_args(&etcd.endpoint(), &unique("host"));
+    a.extend(support::args(&["--check", "none", "host"]));
+    let mut ann = Daemon::start("announcer", support::command(Binary::Announcer, &a, &[]));
+    let good = format!("/services/{service}/good/port");
+    if let Err(e) = eventually("the good record appears", PATIENCE, async || {
+        let r = client.clone().get(good.as_str(), None).await.ok()?;
+        r.kvs().first().map(|_| ())
+    })
+    .await
+    {
+        ann.fail(e);
+    }
+    wait_lines(&ann, "invalid label announce.unit=\"uuuu", 1).await;
+    wait_lines(&ann, "invalid label SERVICE_TAGS (environment)=\"uuuu", 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (needle, len) in [("announce.unit=", ONE_MIB), ("SERVICE_TAGS (environment)=", 100_000)] {
+        let lines = refusal_lines(&ann, needle);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains(&format!("({len} bytes): longer than 4096 bytes")),
+            "{}",
+            lines[0]
+        );
+    }
+    let keys = client
+        .clone()
+        .get(
+            format!("/services/{service}/"),
+            Some(etcd_client::GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    let written: Vec<String> = keys.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
+    assert!(
+        written.iter().all(|k| k.contains("/good/")),
+        "only the good record is written: {written:?}"
+    );
+    assert_alive_and_bounded(&mut ann, "1 MiB labels");
+    println!("{}", refusal_lines(&ann, "announce.unit=")[0]);
+}
+
+/// Keys under the prefix that no writer makes: `..`, an empty segment, NUL, bytes that are
+/// not UTF-8, a key too deep. lb-sync and the announcer read past them: lb-sync keeps its
+/// nodes and adds a record written afterwards, the announcer keeps its record; neither
+/// crashes, prints a raw NUL or an unescaped byte, or grows.
+#[tokio::test]
+async fn bad_keys_under_the_prefix_are_skipped_by_lb_sync_and_the_announcer() {
+    let etcd = Etcd::start();
+    let client = etcd.client().await;
+    let root = "/services";
+    let prefix = format!("{root}/web");
+    let sim = ClbSim::start(support::quick_sim());
+    support::put_record(&client, root, 1).await;
+    support::put_record(&client, root, 2).await;
+    let mut lb = Daemon::start(
+        "lb-sync",
+        support::command(
+            Binary::LbSync,
+            &support::lb_sync_args(&etcd.endpoint(), &prefix, &sim, &[]),
+            &[("RACKSPACE_API_KEY", "k")],
+        ),
+    );
+    wait_nodes(&sim, &[1, 2], &lb).await;
+    let bad: Vec<Vec<u8>> = vec![
+        format!("{prefix}/../admin/private_ipv4_addr").into_bytes(),
+        format!("{prefix}/web07/../../x").into_bytes(),
+        format!("{prefix}//private_ipv4_addr").into_bytes(),
+        [prefix.as_bytes(), b"/we\0b/private_ipv4_addr"].concat(),
+        [prefix.as_bytes(), b"/\xff\xfe/private_ipv4_addr"].concat(),
+        [prefix.as_bytes(), b"/web01/\xc3"].concat(),
+        format!("{prefix}/web06/a/b/c/d").into_bytes(),
+    ];
+    for k in &bad {
+        client.clone().put(k.clone(), "10.0.0.77", None).await.unwrap();
+    }
+    support::put_record(&client, root, 3).await;
+    wait_nodes(&sim, &[1, 2, 3], &lb).await;
+    let d = testbed::docker::connect().await;
+    let image = testbed::docker::busybox_image(&d).await;
+    let _c = testbed::docker::Spec::web(&image)
+        .name(&unique("sec-badkeys"))
+        .label("announce.service", "web")
+        .label("announce.instance", "web09")
+        .run(&d)
+        .await;
+    let mut a = support::announcer_args(&etcd.endpoint(), &unique("host"));
+    a.extend(support::args(&["--resync-interval", "1s", "--check", "none", "host"]));
+    let mut ann = Daemon::start("announcer", support::command(Binary::Announcer, &a, &[]));
+    let port = async || {
+        let r = client.clone().get("/services/web/web09/port", None).await.ok()?;
+        r.kvs().first().map(|_| ())
+    };
+    if let Err(e) = eventually("the announcer's record appears", PATIENCE, port).await {
+        ann.fail(e);
+    }
+    // Three resyncs of the announcer over the bad keys; lb-sync meanwhile sees web09.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(port().await.is_some(), "the announcer's record stays");
+    for mut daemon in [lb, ann] {
+        let log = daemon.log();
+        assert!(!log.contains('\0'), "a raw NUL in the log of {}", daemon.name());
+        assert!(!log.contains('\u{fffd}'), "an unescaped byte in the log of {}", daemon.name());
+        assert_alive_and_bounded(&mut daemon, "bad keys under the prefix");
+        for l in log.lines().filter(|l| l.contains("WARN")) {
+            println!("{}: {l}", daemon.name());
+        }
+    }
+    let nodes = support::nodes(&sim);
+    assert!(nodes.starts_with(&[1, 2, 3]) && !nodes.contains(&77), "{nodes:?}");
+}
