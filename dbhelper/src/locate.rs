@@ -181,7 +181,8 @@ pub async fn from_etcd(
                 Err(e @ sidekick::Error::Auth { .. }) => return Err(Attempt::Refused(e)),
                 Err(e) => return Err(Attempt::Retry(e.to_string())),
             };
-            let (revision, value) = match client.get(key, None).await {
+            // Boxed: the etcd futures are large, and this one is awaited inside a select.
+            let (revision, value) = match Box::pin(client.get(key, None)).await {
                 Ok(resp) => (
                     resp.header().map_or(0, |h| h.revision()),
                     resp.kvs().first().map(|kv| Value::of(kv.value())),
@@ -189,8 +190,7 @@ pub async fn from_etcd(
                 // A value over the client's 4 MiB: read the key alone for the revision to
                 // watch from; the value is never read.
                 Err(e) if sidekick::bounded::too_large(&e) => {
-                    let resp = client
-                        .get(key, Some(GetOptions::new().with_keys_only()))
+                    let resp = Box::pin(client.get(key, Some(GetOptions::new().with_keys_only())))
                         .await
                         .map_err(|e| Attempt::Retry(format!("get {key}: {e}")))?;
                     (resp.header().map_or(0, |h| h.revision()), Some(Value::Oversized(None)))

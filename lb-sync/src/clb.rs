@@ -1274,7 +1274,10 @@ EyWRZyXQNx92tyddbT4NVA==
             .await;
         let clb = Clb::new(config(&server), Arc::new(Health::new())).unwrap();
         let err = clb.load_balancer().await.unwrap_err();
-        assert!(matches!(err, Error::TooLarge { limit: MAX_ANSWER, .. }) && !err.retryable(), "{err}");
+        assert!(
+            matches!(err, Error::TooLarge { limit: MAX_ANSWER, .. }) && !err.retryable(),
+            "{err}"
+        );
         let text = err.to_string();
         assert!(text.contains("loadbalancers/7") && text.len() < 300, "{text}");
         let gets = server

@@ -465,7 +465,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, command: &str) ->
     Ok(Answer::Complete(String::from_utf8_lossy(&out).into_owned()))
 }
 
-
 /// One line of `show servers state`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerState {
@@ -624,7 +623,10 @@ mod tests {
         let Ok(Answer::TooLarge(start)) = exchange(ours, "show servers state web").await else {
             panic!("an endless answer must be refused");
         };
-        assert!(start.starts_with("\"1\\n# be_id") && start.ends_with('…') && start.len() < 100, "{start}");
+        assert!(
+            start.starts_with("\"1\\n# be_id") && start.ends_with('…') && start.len() < 100,
+            "{start}"
+        );
         let (ours, mut theirs) = tokio::io::duplex(1024);
         tokio::spawn(async move {
             let _ = theirs.write_all(b"Server deleted.\n").await;

@@ -107,7 +107,11 @@ pub fn allows(rules: &[Rule], method: &str, path: &str) -> bool {
         r.method == method && {
             let want: Vec<&str> = r.path.split('/').collect();
             let got: Vec<&str> = path.split('/').collect();
-            want.len() == got.len() && want.iter().zip(&got).all(|(w, g)| (*w == "*" && !g.is_empty()) || w == g)
+            want.len() == got.len()
+                && want
+                    .iter()
+                    .zip(&got)
+                    .all(|(w, g)| (*w == "*" && !g.is_empty()) || w == g)
         }
     })
 }

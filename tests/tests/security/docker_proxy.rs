@@ -13,7 +13,9 @@ use crate::support::{self, Binary, args};
 /// The value of `key`, if present.
 async fn value(client: &etcd_client::Client, key: &str) -> Option<String> {
     let r = client.clone().get(key, None).await.ok()?;
-    r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    r.kvs()
+        .first()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
 }
 
 /// A container is announced and withdrawn through the proxy; every call the announcer
@@ -68,7 +70,10 @@ async fn announcer_works_behind_a_read_only_docker_socket_proxy() {
         println!("  {k}");
     }
     let refused: Vec<_> = calls.iter().filter(|c| !c.allowed).collect();
-    assert!(refused.is_empty(), "the proxy refused calls of the announcer: {refused:?}");
+    assert!(
+        refused.is_empty(),
+        "the proxy refused calls of the announcer: {refused:?}"
+    );
     for (method, shape) in [
         ("GET", "/version"),
         ("GET", "/containers/json"),
@@ -77,18 +82,16 @@ async fn announcer_works_behind_a_read_only_docker_socket_proxy() {
     ] {
         let rule = [testbed::docker_filter::Rule { method, path: shape }];
         assert!(
-            calls.iter().any(|c| testbed::docker_filter::allows(&rule, &c.method, &c.path)),
+            calls
+                .iter()
+                .any(|c| testbed::docker_filter::allows(&rule, &c.method, &c.path)),
             "the announcer never called {method} {shape}: {calls:?}"
         );
     }
 
     // A write through the same proxy: refused with 403, never forwarded.
-    let through = bollard::Docker::connect_with_unix(
-        proxy.path().to_str().unwrap(),
-        10,
-        bollard::API_DEFAULT_VERSION,
-    )
-    .unwrap();
+    let through =
+        bollard::Docker::connect_with_unix(proxy.path().to_str().unwrap(), 10, bollard::API_DEFAULT_VERSION).unwrap();
     let name = unique("sec-proxy-forbidden");
     let body = bollard::models::ContainerCreateBody {
         image: Some(image.clone()),

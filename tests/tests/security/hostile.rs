@@ -106,7 +106,11 @@ async fn lb_sync_refuses_an_endless_or_100_mb_load_balancer_answer() {
         wait_lines(&lb, needle, refusals).await;
         refusals = lb.log().lines().filter(|l| l.contains(needle)).count();
         assert_eq!(support::nodes(&sim), have, "the nodes changed during {kind:?} answers");
-        let changes: Vec<_> = sim.calls().into_iter().filter(|c| c.method != "GET" && !c.identity).collect();
+        let changes: Vec<_> = sim
+            .calls()
+            .into_iter()
+            .filter(|c| c.method != "GET" && !c.identity)
+            .collect();
         assert!(changes.is_empty(), "changes during {kind:?} answers: {changes:?}");
         assert_alive_and_bounded(&mut lb, &format!("{kind:?} answers"));
         sim.inject_oversized(0, kind);
@@ -117,7 +121,11 @@ async fn lb_sync_refuses_an_endless_or_100_mb_load_balancer_answer() {
         assert!(line.contains("/loadbalancers/1"), "the line names the call: {line}");
     }
     println!("{}", refusal_lines(&lb, needle)[0]);
-    assert!(sim.oversized_served() >= 4, "{} oversized answers", sim.oversized_served());
+    assert!(
+        sim.oversized_served() >= 4,
+        "{} oversized answers",
+        sim.oversized_served()
+    );
 }
 
 /// Waits until load balancer 1 holds exactly the nodes `want` (last octets).
@@ -163,11 +171,15 @@ impl PoisonedSocket {
                     let poison = p.load(std::sync::atomic::Ordering::SeqCst) && cmd.starts_with("show servers state");
                     c.lock().unwrap().push((poison, cmd));
                     if poison {
-                        let junk = b"1\n3 web 1 lb-sync-10.0.0.1:80 10.0.0.1 2 0 1 1 10 1 0 0 0 0 0 0 - 80 - 0 0 - - 0\n".repeat(500);
+                        let junk =
+                            b"1\n3 web 1 lb-sync-10.0.0.1:80 10.0.0.1 2 0 1 1 10 1 0 0 0 0 0 0 - 80 - 0 0 - - 0\n"
+                                .repeat(500);
                         while s.write_all(&junk).await.is_ok() {}
                         return;
                     }
-                    let Ok(mut up) = tokio::net::UnixStream::connect(&upstream).await else { return };
+                    let Ok(mut up) = tokio::net::UnixStream::connect(&upstream).await else {
+                        return;
+                    };
                     if up.write_all(&line).await.is_ok() {
                         let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
                     }
@@ -403,11 +415,7 @@ async fn dbhelper_refuses_a_10_mb_db_record_and_waits_for_a_usable_one() {
     ]);
     let mut run = Daemon::start(
         "dbhelper",
-        support::command(
-            Binary::Dbhelper,
-            &argv,
-            &[("MYSQL_ROOT_PASSWORD", db.root_password())],
-        ),
+        support::command(Binary::Dbhelper, &argv, &[("MYSQL_ROOT_PASSWORD", db.root_password())]),
     );
     let needle = format!("the value of \"{key}\" is over");
     wait_lines(&run, &needle, 1).await;
@@ -557,7 +565,11 @@ async fn announcer_refuses_a_container_with_a_1_mib_label() {
         )
         .await
         .unwrap();
-    let written: Vec<String> = keys.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect();
+    let written: Vec<String> = keys
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect();
     assert!(
         written.iter().all(|k| k.contains("/good/")),
         "only the good record is written: {written:?}"
@@ -579,7 +591,7 @@ async fn bad_keys_under_the_prefix_are_skipped_by_lb_sync_and_the_announcer() {
     let sim = ClbSim::start(support::quick_sim());
     support::put_record(&client, root, 1).await;
     support::put_record(&client, root, 2).await;
-    let mut lb = Daemon::start(
+    let lb = Daemon::start(
         "lb-sync",
         support::command(
             Binary::LbSync,
@@ -612,7 +624,7 @@ async fn bad_keys_under_the_prefix_are_skipped_by_lb_sync_and_the_announcer() {
         .await;
     let mut a = support::announcer_args(&etcd.endpoint(), &unique("host"));
     a.extend(support::args(&["--resync-interval", "1s", "--check", "none", "host"]));
-    let mut ann = Daemon::start("announcer", support::command(Binary::Announcer, &a, &[]));
+    let ann = Daemon::start("announcer", support::command(Binary::Announcer, &a, &[]));
     let port = async || {
         let r = client.clone().get("/services/web/web09/port", None).await.ok()?;
         r.kvs().first().map(|_| ())
@@ -626,7 +638,11 @@ async fn bad_keys_under_the_prefix_are_skipped_by_lb_sync_and_the_announcer() {
     for mut daemon in [lb, ann] {
         let log = daemon.log();
         assert!(!log.contains('\0'), "a raw NUL in the log of {}", daemon.name());
-        assert!(!log.contains('\u{fffd}'), "an unescaped byte in the log of {}", daemon.name());
+        assert!(
+            !log.contains('\u{fffd}'),
+            "an unescaped byte in the log of {}",
+            daemon.name()
+        );
         assert_alive_and_bounded(&mut daemon, "bad keys under the prefix");
         for l in log.lines().filter(|l| l.contains("WARN")) {
             println!("{}: {l}", daemon.name());
