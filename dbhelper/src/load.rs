@@ -1149,6 +1149,17 @@ async fn check_foreign_keys(admin: &mut Admin, db: &str) -> Result<(), Error> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_first_statement_over_the_packet_limit_is_found() {
+        let dump = b"CREATE TABLE a (x int);\nINSERT INTO a VALUES (1);\nINSERT INTO a VALUES (22222);\n";
+        let pieces = dump::split(dump).unwrap();
+        // The statements are 22, 25 and 29 bytes long.
+        for (max, want) in [(1000, None), (30, None), (29, Some(3)), (25, Some(2)), (1, Some(1))] {
+            let got = oversized_statement(dump, &pieces, max).and_then(|(p, _)| p.statement_number());
+            assert_eq!(got, want, "max_allowed_packet {max}");
+        }
+    }
+
     fn marker(sha: &str, done: bool) -> Option<Marker> {
         Some(Marker {
             sha256: sha.into(),
