@@ -1153,8 +1153,18 @@ mod tests {
     fn the_first_statement_over_the_packet_limit_is_found() {
         let dump = b"CREATE TABLE a (x int);\nINSERT INTO a VALUES (1);\nINSERT INTO a VALUES (22222);\n";
         let pieces = dump::split(dump).unwrap();
-        // The statements are 22, 25 and 29 bytes long.
-        for (max, want) in [(1000, None), (30, None), (29, Some(3)), (25, Some(2)), (1, Some(1))] {
+        // The statements are 22, 24 and 28 bytes long (without their `;`); a packet holds
+        // the statement and one command byte.
+        let lens: Vec<usize> = dump::statements(dump, &pieces).map(|(_, s)| s.len()).collect();
+        assert_eq!(lens, [22, 24, 28]);
+        for (max, want) in [
+            (1000, None),
+            (29, None),
+            (28, Some(3)),
+            (25, Some(3)),
+            (24, Some(2)),
+            (1, Some(1)),
+        ] {
             let got = oversized_statement(dump, &pieces, max).and_then(|(p, _)| p.statement_number());
             assert_eq!(got, want, "max_allowed_packet {max}");
         }
