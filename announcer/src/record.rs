@@ -21,7 +21,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::str::FromStr;
 
-use sidekick::schema::{Layout, Meta, Record, validate_name};
+use sidekick::schema::{Layout, Meta, Record, shorten, validate_name};
 
 use crate::docker::{ContainerFacts, PublishedPort};
 use crate::health::{Check, Target};
@@ -264,25 +264,25 @@ pub enum RecordError {
         published: String,
     },
     /// A label (or registrator variable) whose value is unusable.
-    #[error("container {container:?}: invalid label {label}={value:?}: {reason}")]
+    #[error("container {container:?}: invalid label {label}={value}: {reason}")]
     BadLabel {
         /// Container name.
         container: String,
         /// The label.
         label: String,
-        /// Its value.
+        /// Its value, quoted and cut (`sidekick::schema::shorten`).
         value: String,
         /// Why it is refused.
         reason: String,
     },
     /// A service or instance name that cannot be an etcd path segment.
-    #[error("container {container:?}: invalid {what} {value:?}: {reason}")]
+    #[error("container {container:?}: invalid {what} {value}: {reason}")]
     BadName {
         /// Container name.
         container: String,
         /// `service` or `instance`.
         what: &'static str,
-        /// The name.
+        /// The name, quoted and cut (`sidekick::schema::shorten`).
         value: String,
         /// Why it is refused.
         reason: String,
@@ -638,9 +638,35 @@ fn label_parse<T: FromStr<Err = String>>(facts: &ContainerFacts, label: &str) ->
         Some(v) => v.parse::<T>().map(Some).map_err(|reason| RecordError::BadLabel {
             container: facts.name.clone(),
             label: label.to_owned(),
-            value: v.clone(),
+            value: shorten(v),
             reason,
         }),
+    }
+}
+
+/// The longest `announce.*` label or `SERVICE_*` label or variable value read: names are
+/// at most 128 bytes, tags and attributes short; anything longer is a mistake or an attack
+/// and is refused before it is parsed, logged or written.
+pub const MAX_SETTING: usize = 4096;
+
+/// Refuses a container whose `announce.*` / `SERVICE_*` settings hold a value over
+/// [`MAX_SETTING`], naming the first.
+fn refuse_oversized_settings(facts: &ContainerFacts) -> Result<(), RecordError> {
+    let ours = |k: &str| k.starts_with("announce.") || k.starts_with("SERVICE_");
+    let labels = facts.labels.iter().map(|(k, v)| (k.clone(), v.as_str()));
+    let env = facts
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (format!("{k} (environment)"), v));
+    match labels.chain(env).find(|(k, v)| ours(k) && v.len() > MAX_SETTING) {
+        Some((label, v)) => Err(RecordError::BadLabel {
+            container: facts.name.clone(),
+            label,
+            value: shorten(v),
+            reason: format!("longer than {MAX_SETTING} bytes"),
+        }),
+        None => Ok(()),
     }
 }
 
@@ -648,7 +674,7 @@ fn check_name(facts: &ContainerFacts, what: &'static str, value: &str) -> Result
     validate_name(what, value).map_err(|e| RecordError::BadName {
         container: facts.name.clone(),
         what,
-        value: value.to_owned(),
+        value: shorten(value),
         reason: match e {
             sidekick::Error::Name { reason, .. } => reason.to_owned(),
             other => other.to_string(),
@@ -720,6 +746,7 @@ fn host_mode(
     if label_service.is_none() && !vars.names_something() {
         return Ok(Decision::Skip(Skip::NotOptedIn));
     }
+    refuse_oversized_settings(facts)?;
     let label_port: Option<PortSpec> = label_parse(facts, LABEL_PORT)?;
     let layout = label_parse::<Layout>(facts, LABEL_LAYOUT)?.unwrap_or(host.layout);
     let check = label_parse::<Check>(facts, LABEL_CHECK)?.unwrap_or_else(|| check.clone());

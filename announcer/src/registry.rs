@@ -34,7 +34,7 @@
 //! every record. On shutdown it revokes the lease: every record of this process
 //! disappears at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ use etcd_client::{
     WatchOptions,
 };
 use futures::StreamExt;
+use sidekick::bounded::read_prefix;
 use sidekick::etcd::EtcdConfig;
 use sidekick::schema::{self, Layout, field};
 use tokio::sync::{mpsc, watch};
@@ -141,6 +142,9 @@ pub struct Registry {
     need_full: bool,
     /// Records held by another announcer, and the watch on each.
     contested: BTreeMap<Key, (Conflict, Watching)>,
+    /// Keys under the prefix whose values are too long to read (`sidekick::bounded`),
+    /// logged once each while they stay so.
+    oversized: BTreeSet<Vec<u8>>,
     /// A watched record changed: look again.
     contest_tx: mpsc::UnboundedSender<Key>,
     contest_rx: mpsc::UnboundedReceiver<Key>,
@@ -221,6 +225,7 @@ impl Registry {
             need_sync: true,
             need_full: true,
             contested: BTreeMap::new(),
+            oversized: BTreeSet::new(),
             contest_tx,
             contest_rx,
             report: watch::Sender::new(Report::default()),
@@ -655,15 +660,18 @@ impl Registry {
             Some((s, i)) => format!("{prefix}/{s}/{i}"),
             None => format!("{prefix}/"),
         };
-        let mut client = self.client.clone();
-        let resp = self
-            .timed(
-                "read records",
-                client.get(read_from.as_bytes(), Some(GetOptions::new().with_prefix())),
-            )
+        let mut kv_client = self.client.kv_client();
+        let read = self
+            .timed("read records", read_prefix(&mut kv_client, read_from.as_bytes()))
             .await?;
+        self.oversized.retain(|k| read.oversized.iter().any(|o| &o.key == k));
+        for o in &read.oversized {
+            if self.oversized.insert(o.key.clone()) {
+                tracing::warn!("{o}");
+            }
+        }
         let mut stored: BTreeMap<(String, String), Stored> = BTreeMap::new();
-        for kv in resp.kvs() {
+        for kv in &read.kvs {
             let Ok(key) = kv.key_str() else { continue };
             let Some(rest) = key.strip_prefix(&format!("{prefix}/")) else {
                 continue;

@@ -28,8 +28,8 @@ use anyhow::Context as _;
 use bollard::Docker;
 use etcd_client::{DeleteOptions, Txn, TxnOp};
 use sidekick::schema::{Layout, Record};
-use testbed::{Daemon, HaProxy, Start};
 use testbed::docker::{Container, Spec};
+use testbed::{Daemon, HaProxy, Start};
 
 use crate::containers::RUN_LABEL;
 use crate::stats::Dist;

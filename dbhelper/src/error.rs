@@ -121,6 +121,24 @@ pub enum Error {
     },
 
     /// A statement of the dump was rejected; the load was rolled back.
+    /// A statement longer than the server's `max_allowed_packet`: the server would refuse
+    /// it in the middle of the load, so the dump is refused before anything is changed.
+    #[error(
+        "statement {number} (line {line}) of the dump is {len} bytes, more than the server's max_allowed_packet of {max} bytes; it begins: {snippet}; nothing was loaded (raise max_allowed_packet or split the statement)"
+    )]
+    StatementTooLarge {
+        /// 1-based number of the statement in the dump.
+        number: usize,
+        /// Its line.
+        line: usize,
+        /// Its length in bytes.
+        len: usize,
+        /// The server's `max_allowed_packet`.
+        max: u64,
+        /// Its first 200 bytes, printable.
+        snippet: String,
+    },
+
     #[error(
         "statement {number} (line {line}) of the dump was rejected: {reason}; it begins: {snippet}; nothing was changed in {database}"
     )]
@@ -198,6 +216,7 @@ impl Error {
             Error::EtcdKeyTimeout { .. } | Error::NotReady { .. } => EXIT_NOT_READY,
             Error::AccessDenied { .. } => EXIT_ACCESS_DENIED,
             Error::Rejected { .. }
+            | Error::StatementTooLarge { .. }
             | Error::ObjectRejected { .. }
             | Error::Database { .. }
             | Error::Verify { .. }

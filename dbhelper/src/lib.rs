@@ -123,7 +123,8 @@ async fn ready(
     let lookup = lookup(db, env)?;
     let address = match lookup {
         Lookup::Fixed(address) => address,
-        Lookup::Etcd { key, port } => locate::from_etcd(etcd, &key, port, deadline, cancel).await?,
+        // Boxed: waiting on etcd is a large future, and every command awaits it.
+        Lookup::Etcd { key, port } => Box::pin(locate::from_etcd(etcd, &key, port, deadline, cancel)).await?,
     };
     tracing::info!(address = %address, source = %address.source, "found the database");
     let conn = wait::ready(&address, &root, deadline, cancel).await?;

@@ -92,6 +92,22 @@ pub struct DumpFile {
     pub spread_tables: Option<usize>,
     /// Whether the statements of system schemas are replayed (else refused).
     pub replay_system: bool,
+    /// Its longest statement: checked against the server's `max_allowed_packet` before
+    /// anything is changed (the loading passes stream, so this pass is the one that can).
+    pub longest: Option<Longest>,
+}
+
+/// A dump's longest statement (the first of that length).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Longest {
+    /// 1-based number of the statement in the dump.
+    pub number: usize,
+    /// The line it starts on.
+    pub line: usize,
+    /// Its length in bytes (without the delimiter).
+    pub len: usize,
+    /// Its beginning, printable.
+    pub snippet: String,
 }
 
 impl DumpFile {
@@ -110,7 +126,16 @@ impl DumpFile {
             path: path.to_owned(),
             source,
         };
+        let mut longest: Option<Longest> = None;
         let summary = source.for_each_statement(|st| {
+            if longest.as_ref().is_none_or(|l| st.bytes.len() > l.len) {
+                longest = Some(Longest {
+                    number: st.number,
+                    line: st.line,
+                    len: st.bytes.len(),
+                    snippet: snippet(st.bytes, SNIPPET_BYTES),
+                });
+            }
             planner
                 .statement(st.bytes, st.number, st.line, st.end)
                 .map_err(plan_error)?;
@@ -144,6 +169,7 @@ impl DumpFile {
             object_steps: checked.objects,
             spread_tables: router.map(|r| r.tables()),
             replay_system,
+            longest,
         })
     }
 
@@ -256,6 +282,7 @@ pub async fn seed(
     opts: &SeedOptions<'_>,
     cancel: &CancellationToken,
 ) -> Result<Outcome, Error> {
+    refuse_oversized_statements(admin, dump).await?;
     let targets = dump.targets(opts.database);
     let mut names: Vec<&str> = targets.iter().filter(|t| !t.system).map(|t| t.live.as_str()).collect();
     names.sort_unstable();
@@ -270,6 +297,35 @@ pub async fn seed(
         }
     }
     result
+}
+
+/// Refuses the dump when one of its statements is longer than the server takes in one
+/// packet, before any lock, staging database or row: otherwise the load would stop at
+/// that statement with half the tables staged.
+async fn refuse_oversized_statements(admin: &mut Admin, dump: &DumpFile) -> Result<(), Error> {
+    let max: Vec<Option<u64>> = admin
+        .rows("reading max_allowed_packet", "SELECT @@max_allowed_packet")
+        .await?;
+    let Some(max) = max.first().copied().flatten() else {
+        return Ok(());
+    };
+    match oversized_statement(dump.longest.as_ref(), max) {
+        Some(l) => Err(Error::StatementTooLarge {
+            number: l.number,
+            line: l.line,
+            len: l.len,
+            max,
+            snippet: l.snippet.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The dump's longest statement when it does not fit in a packet of `max_packet` bytes
+/// (the statement and its command byte).
+#[must_use]
+pub fn oversized_statement(longest: Option<&Longest>, max_packet: u64) -> Option<&Longest> {
+    longest.filter(|l| l.len as u64 >= max_packet)
 }
 
 fn lock_name(db: &str) -> String {
@@ -1205,6 +1261,27 @@ async fn check_foreign_keys(admin: &mut Admin, db: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_statement_is_checked_against_the_packet_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dump.sql");
+        // The statements are 22, 28 and 24 bytes long (without their `;`); a packet holds
+        // the statement and one command byte.
+        std::fs::write(
+            &path,
+            b"CREATE TABLE a (x int);\nINSERT INTO a VALUES (22222);\nINSERT INTO a VALUES (1);\n",
+        )
+        .unwrap();
+        let dump = DumpFile::read(&path, false).unwrap();
+        let longest = dump.longest.as_ref().unwrap();
+        assert_eq!((longest.number, longest.line, longest.len), (2, 2, 28));
+        assert_eq!(longest.snippet, "INSERT INTO a VALUES (22222)");
+        for (max, want) in [(1000, None), (29, None), (28, Some(2)), (25, Some(2)), (1, Some(2))] {
+            let got = oversized_statement(dump.longest.as_ref(), max).map(|l| l.number);
+            assert_eq!(got, want, "max_allowed_packet {max}");
+        }
+    }
 
     fn marker(sha: &str, done: bool) -> Option<Marker> {
         Some(Marker {

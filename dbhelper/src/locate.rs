@@ -12,7 +12,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
+use sidekick::bounded::{MAX_VALUE, Oversized};
 use sidekick::etcd::EtcdArgs;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -161,6 +162,7 @@ pub async fn from_etcd(
     let mut last: Option<String> = None;
     let mut delays = backon::BackoffBuilder::build(sidekick::retry::reconnect());
     let mut announced = false;
+    let mut warned: Option<String> = None;
 
     let timed_out = |last: &Option<String>| Error::EtcdKeyTimeout {
         key: key.to_owned(),
@@ -179,18 +181,37 @@ pub async fn from_etcd(
                 Err(e @ sidekick::Error::Auth { .. }) => return Err(Attempt::Refused(e)),
                 Err(e) => return Err(Attempt::Retry(e.to_string())),
             };
-            let resp = client
-                .get(key, None)
-                .await
-                .map_err(|e| Attempt::Retry(format!("get {key}: {e}")))?;
-            let revision = resp.header().map_or(0, |h| h.revision());
-            if let Some(kv) = resp.kvs().first() {
-                match decode(kv.value()) {
-                    Ok(found) => return Ok(Ok(found)),
-                    Err(e) => tracing::warn!(key, "etcd key holds no usable address: {e}; waiting for a new value"),
+            // Boxed: the etcd futures are large, and this one is awaited inside a select.
+            let (revision, value) = match Box::pin(client.get(key, None)).await {
+                Ok(resp) => (
+                    resp.header().map_or(0, |h| h.revision()),
+                    resp.kvs().first().map(|kv| Value::of(kv.value())),
+                ),
+                // A value over the client's 4 MiB: read the key alone for the revision to
+                // watch from; the value is never read.
+                Err(e) if sidekick::bounded::too_large(&e) => {
+                    let resp = Box::pin(client.get(key, Some(GetOptions::new().with_keys_only())))
+                        .await
+                        .map_err(|e| Attempt::Retry(format!("get {key}: {e}")))?;
+                    (resp.header().map_or(0, |h| h.revision()), Some(Value::Oversized(None)))
                 }
-            }
-            Ok::<_, Attempt>(Err((client, revision)))
+                Err(e) => return Err(Attempt::Retry(format!("get {key}: {e}"))),
+            };
+            let problem = match value {
+                Some(Value::Usable(v)) => match decode(&v) {
+                    Ok(found) => return Ok(Ok(found)),
+                    Err(e) => Some(e),
+                },
+                Some(Value::Oversized(len)) => Some(
+                    Oversized {
+                        key: key.as_bytes().to_vec(),
+                        len,
+                    }
+                    .to_string(),
+                ),
+                None => None,
+            };
+            Ok::<_, Attempt>(Err((client, revision, problem)))
         };
         let outcome = tokio::select! {
             r = attempt => r,
@@ -206,7 +227,12 @@ pub async fn from_etcd(
                     source: Source::Etcd { key: key.to_owned() },
                 });
             }
-            Ok(Err((mut client, revision))) => {
+            Ok(Err((mut client, revision, problem))) => {
+                // Each problem once: a hostile value is read again after every change.
+                if let Some(p) = problem.filter(|p| warned.as_ref() != Some(p)) {
+                    tracing::warn!(key, "etcd key holds no usable address: {p}; waiting for a new value");
+                    warned = Some(p);
+                }
                 if !announced {
                     tracing::info!(key, endpoints = %endpoints, "waiting for etcd key to name the database");
                     announced = true;
@@ -246,6 +272,24 @@ pub async fn from_etcd(
         }
         if Instant::now() >= deadline {
             return Err(timed_out(&last));
+        }
+    }
+}
+
+/// The key's value as read: small enough to decode, or left unread for its size.
+enum Value {
+    /// At most [`MAX_VALUE`] bytes.
+    Usable(Vec<u8>),
+    /// Longer (its length when it arrived; `None` when over the client's 4 MiB).
+    Oversized(Option<usize>),
+}
+
+impl Value {
+    fn of(v: &[u8]) -> Value {
+        if v.len() > MAX_VALUE {
+            Value::Oversized(Some(v.len()))
+        } else {
+            Value::Usable(v.to_vec())
         }
     }
 }

@@ -32,6 +32,47 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(600);
 /// Rate-limit waits one call may go through before it gives up.
 const MAX_RATE_LIMIT_WAITS: usize = 30;
 
+/// The longest API answer read. A load balancer's nodes are about 200 bytes each in JSON,
+/// and a token answer with its catalog some kilobytes: 4 MiB is far past any real answer,
+/// and a longer one (an endless stream, a proxy's error page gone wild) is refused rather
+/// than held in memory.
+pub const MAX_ANSWER: usize = 4 << 20;
+
+/// An answer's body, read up to [`MAX_ANSWER`].
+enum Body {
+    /// The whole body.
+    Complete(Vec<u8>),
+    /// Longer than the cap: the read stopped; its first bytes, quoted.
+    TooLarge(String),
+}
+
+/// Reads `resp`'s body, never more than [`MAX_ANSWER`] bytes (a declared longer length is
+/// refused before reading anything).
+async fn read_capped(mut resp: reqwest::Response) -> Result<Body, reqwest::Error> {
+    if let Some(n) = resp.content_length().filter(|n| *n > MAX_ANSWER as u64) {
+        return Ok(Body::TooLarge(format!("with Content-Length: {n}")));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() + chunk.len() > MAX_ANSWER {
+            out.extend_from_slice(&chunk[..MAX_ANSWER - out.len()]);
+            return Ok(Body::TooLarge(crate::error::quote_start(&out)));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Body::Complete(out))
+}
+
+/// The error of an answer over the cap.
+fn too_large(verb: &'static str, url: &str, start: String) -> Error {
+    Error::TooLarge {
+        verb,
+        url: url.to_owned(),
+        limit: MAX_ANSWER,
+        start,
+    }
+}
+
 /// The API key: kept out of every log line and `Debug` output.
 #[derive(Clone)]
 pub struct ApiKey(String);
@@ -310,14 +351,18 @@ impl Clb {
             let failure = match sent {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
-                    match resp.bytes().await {
-                        Ok(bytes) if status == 200 || status == 203 => {
+                    match read_capped(resp).await {
+                        Ok(Body::TooLarge(start)) => {
+                            self.health.metrics.http_call(CallVerb::Auth, status, false);
+                            return Err(too_large("POST", &url, start));
+                        }
+                        Ok(Body::Complete(bytes)) if status == 200 || status == 203 => {
                             self.health.metrics.http_call(CallVerb::Auth, status, false);
                             let s = session_from(&bytes, &self.cfg.region, SystemTime::now())?;
                             tracing::info!(endpoint = %s.endpoint, region = %self.cfg.region, "authenticated");
                             return Ok(s);
                         }
-                        Ok(bytes) if status < 500 => {
+                        Ok(Body::Complete(bytes)) if status < 500 => {
                             self.health.metrics.http_call(CallVerb::Auth, status, false);
                             return Err(Error::AuthRejected {
                                 url,
@@ -326,7 +371,7 @@ impl Clb {
                                 message: api_message(&bytes),
                             });
                         }
-                        Ok(bytes) => {
+                        Ok(Body::Complete(bytes)) => {
                             self.health.metrics.http_call(CallVerb::Auth, status, false);
                             Error::Server {
                                 verb: "POST",
@@ -445,13 +490,16 @@ impl Clb {
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    match resp.bytes().await {
+                    match read_capped(resp).await {
                         Err(e) => {
                             self.health.metrics.http_no_answer(verb.label());
                             transport(verb.name(), &url, &e)
                         }
-                        Ok(bytes) => {
-                            let bytes = bytes.to_vec();
+                        Ok(Body::TooLarge(start)) => {
+                            self.health.metrics.http_call(verb.label(), status, false);
+                            return Err(too_large(verb.name(), &url, start));
+                        }
+                        Ok(Body::Complete(bytes)) => {
                             let over_limit = status == 413 && is_over_limit(&bytes);
                             self.health.metrics.http_call(verb.label(), status, over_limit);
                             match status {
@@ -1213,6 +1261,33 @@ EyWRZyXQNx92tyddbT4NVA==
             .filter(|r| r.url.path() == "/v2.0/tokens")
             .count();
         assert_eq!(auths, 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_cap_is_refused_once_naming_its_start() {
+        let server = MockServer::start().await;
+        identity(&server, "tok-1", 1).await;
+        let huge = format!("{{\"loadBalancer\": {{\"nodes\": [{}", " ".repeat(MAX_ANSWER));
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_string(huge))
+            .mount(&server)
+            .await;
+        let clb = Clb::new(config(&server), Arc::new(Health::new())).unwrap();
+        let err = clb.load_balancer().await.unwrap_err();
+        assert!(
+            matches!(err, Error::TooLarge { limit: MAX_ANSWER, .. }) && !err.retryable(),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("loadbalancers/7") && text.len() < 300, "{text}");
+        let gets = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.method.as_str() == "GET")
+            .count();
+        assert_eq!(gets, 1, "refused without retrying");
     }
 
     #[tokio::test]

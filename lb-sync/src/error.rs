@@ -109,6 +109,17 @@ pub enum Error {
     },
 
     /// An answer that could not be read.
+    /// An API answer longer than `clb::MAX_ANSWER`: the read stopped there, nothing of it
+    /// was used.
+    #[error("{verb} {url}: answer longer than {limit} bytes, refused (it began {start})")]
+    TooLarge {
+        verb: &'static str,
+        url: String,
+        limit: usize,
+        /// The answer's first bytes, quoted ([`quote_start`]).
+        start: String,
+    },
+
     #[error("{what}: cannot read the answer: {reason}")]
     Decode { what: String, reason: String },
 
@@ -176,10 +187,23 @@ impl Error {
             | Error::NotFound { .. }
             | Error::Gone { .. }
             | Error::Decode { .. }
+            | Error::TooLarge { .. }
             | Error::Unexpected { .. }
             | Error::Cancelled
             | Error::NoConvergence { .. }
             | Error::Listen { .. } => false,
         }
     }
+}
+
+/// How many bytes of a refused answer an error quotes.
+const QUOTED: usize = 60;
+
+/// The first bytes of a refused answer, escaped and quoted, with `…` when cut: enough for
+/// an operator to recognise it, never the whole of it.
+#[must_use]
+pub fn quote_start(answer: &[u8]) -> String {
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(QUOTED)]).into_owned();
+    let more = if answer.len() > QUOTED { "…" } else { "" };
+    format!("{head:?}{more}")
 }

@@ -87,6 +87,15 @@ pub enum RuntimeError {
     /// An answer that cannot be read.
     #[error("cannot read the answer: {0}")]
     Malformed(String),
+    /// An answer longer than [`MAX_ANSWER`]: the read stopped there (a stats socket that
+    /// streams without end, or something else on the socket), so memory stays bounded.
+    #[error("answer longer than {limit} bytes, refused (it began {start})")]
+    TooLarge {
+        /// The cap, [`MAX_ANSWER`].
+        limit: usize,
+        /// The answer's first bytes, quoted, for the operator to recognise it.
+        start: String,
+    },
 }
 
 impl RuntimeError {
@@ -103,7 +112,8 @@ impl RuntimeError {
             | RuntimeError::UnknownBackend
             | RuntimeError::StaticBackend
             | RuntimeError::Refused(_)
-            | RuntimeError::Malformed(_) => false,
+            | RuntimeError::Malformed(_)
+            | RuntimeError::TooLarge { .. } => false,
         }
     }
 
@@ -121,6 +131,7 @@ impl RuntimeError {
             RuntimeError::StaticBackend => RuntimeStatus::StaticBackend,
             RuntimeError::Refused(_) => RuntimeStatus::Refused,
             RuntimeError::Malformed(_) => RuntimeStatus::Malformed,
+            RuntimeError::TooLarge { .. } => RuntimeStatus::TooLarge,
         }
     }
 
@@ -230,7 +241,14 @@ impl HaProxy {
             }
         };
         let answer = match tokio::time::timeout(self.cfg.timeout, exchange).await {
-            Ok(Ok(a)) => a,
+            Ok(Ok(Answer::Complete(a))) => a,
+            Ok(Ok(Answer::TooLarge(start))) => {
+                self.health.metrics.runtime_call(verb, RuntimeStatus::TooLarge);
+                return Err(err(RuntimeError::TooLarge {
+                    limit: MAX_ANSWER,
+                    start,
+                }));
+            }
             Ok(Err(e)) => {
                 self.health.metrics.runtime_call(verb, RuntimeStatus::Unreachable);
                 return Err(err(RuntimeError::Unreachable(e.to_string())));
@@ -423,12 +441,28 @@ pub fn server_name(prefix: &str, endpoint: &Endpoint) -> String {
     format!("{prefix}{}", endpoint.address).replace(['[', ']'], "") + &format!(":{}", endpoint.port)
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, command: &str) -> std::io::Result<String> {
+/// The longest Runtime API answer read. `show stat` of a backend is about 400 bytes a
+/// server, so 8 MiB is some 20 000 servers; a longer answer is refused rather than held.
+pub const MAX_ANSWER: usize = 8 << 20;
+
+/// What one command got back.
+enum Answer {
+    /// The whole answer (the server closed the connection).
+    Complete(String),
+    /// More than [`MAX_ANSWER`] bytes: the read stopped; the first bytes, quoted.
+    TooLarge(String),
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, command: &str) -> std::io::Result<Answer> {
     s.write_all(format!("{command}\n").as_bytes()).await?;
-    // Without `prompt`, HAProxy answers one command and closes the connection.
+    // Without `prompt`, HAProxy answers one command and closes the connection. One byte
+    // past the cap tells a full answer from a longer one.
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    (&mut s).take(MAX_ANSWER as u64 + 1).read_to_end(&mut out).await?;
+    if out.len() > MAX_ANSWER {
+        return Ok(Answer::TooLarge(crate::error::quote_start(&out)));
+    }
+    Ok(Answer::Complete(String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// One line of `show servers state`.
@@ -578,6 +612,30 @@ mod tests {
 3 web 3 lb-sync-127.0.0.3:8080 127.0.0.3 2 8 1 1 3 6 3 4 6 0 0 0 - 8080 - 0 0 - - 0
 3 web 4 lb-sync-127.0.0.4:8080 127.0.0.4 0 1 1 1 3 6 2 0 6 0 0 0 - 8080 - 0 0 - - 0
 ";
+
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_at_the_cap() {
+        let (ours, mut theirs) = tokio::io::duplex(64 << 10);
+        tokio::spawn(async move {
+            let line = b"1\n# be_id be_name srv_id srv_name srv_addr\n".repeat(100);
+            while theirs.write_all(&line).await.is_ok() {}
+        });
+        let Ok(Answer::TooLarge(start)) = exchange(ours, "show servers state web").await else {
+            panic!("an endless answer must be refused");
+        };
+        assert!(
+            start.starts_with("\"1\\n# be_id") && start.ends_with('…') && start.len() < 100,
+            "{start}"
+        );
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        tokio::spawn(async move {
+            let _ = theirs.write_all(b"Server deleted.\n").await;
+        });
+        let Ok(Answer::Complete(a)) = exchange(ours, "del server web/x").await else {
+            panic!("a short answer is read whole");
+        };
+        assert_eq!(a, "Server deleted.\n");
+    }
 
     #[test]
     fn servers_state_becomes_typed_nodes() {

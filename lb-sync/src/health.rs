@@ -110,6 +110,8 @@ pub enum RuntimeStatus {
     Refused,
     /// An answer that cannot be read.
     Malformed,
+    /// An answer longer than the cap, not read to its end.
+    TooLarge,
 }
 
 impl RuntimeStatus {
@@ -128,6 +130,7 @@ impl RuntimeStatus {
             RuntimeStatus::StaticBackend => "static_backend",
             RuntimeStatus::Refused => "refused",
             RuntimeStatus::Malformed => "malformed",
+            RuntimeStatus::TooLarge => "too_large",
         }
     }
 
@@ -144,7 +147,8 @@ impl RuntimeStatus {
             | RuntimeStatus::Duplicate
             | RuntimeStatus::StaticBackend
             | RuntimeStatus::Refused
-            | RuntimeStatus::Malformed => CallOutcome::client_error,
+            | RuntimeStatus::Malformed
+            | RuntimeStatus::TooLarge => CallOutcome::client_error,
         }
     }
 }
@@ -802,6 +806,7 @@ mod tests {
             ),
             (RuntimeStatus::Refused, "refused", CallOutcome::client_error),
             (RuntimeStatus::Malformed, "malformed", CallOutcome::client_error),
+            (RuntimeStatus::TooLarge, "too_large", CallOutcome::client_error),
         ];
         for (status, label, outcome) in cases {
             assert_eq!((status.as_str(), status.outcome()), (label, outcome), "{status:?}");

@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions};
+use sidekick::bounded::{MAX_VALUE, Oversized, read_prefix};
 use sidekick::notify::Heartbeat;
 use sidekick::schema::{AddressField, decode_service, field, normalize_prefix};
 use tokio::sync::watch;
@@ -167,25 +168,62 @@ fn salvage_address(
     doc.get(name)?.as_str().and_then(parse)
 }
 
-/// Loads the whole prefix: the key/values and the revision they were read at.
+/// Loads the whole prefix: the key/values and the revision they were read at. A value
+/// over [`MAX_VALUE`] is left out and logged once per key ([`Oversize::note`]), so one
+/// hostile value never costs the read of the others nor holds memory.
 ///
 /// # Errors
 /// [`Error::EtcdRequest`] when etcd does not answer.
 pub async fn load(client: &mut Client, source: &Source) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, i64), Error> {
-    let resp = client
-        .get(source.key_prefix(), Some(GetOptions::new().with_prefix()))
+    load_noting(client, source, &mut Oversize::default()).await
+}
+
+async fn load_noting(
+    client: &mut Client,
+    source: &Source,
+    oversize: &mut Oversize,
+) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, i64), Error> {
+    let read = read_prefix(&mut client.kv_client(), source.key_prefix().as_bytes())
         .await
         .map_err(|source| Error::EtcdRequest {
             what: "range read of the prefix",
             source,
         })?;
-    let revision = resp.header().map_or(0, |h| h.revision());
-    let kvs = resp
-        .kvs()
+    oversize.retain_only(&read.oversized);
+    for o in &read.oversized {
+        oversize.note(o);
+    }
+    let kvs = read
+        .kvs
         .iter()
         .map(|kv| (kv.key().to_vec(), kv.value().to_vec()))
         .collect();
-    Ok((kvs, revision))
+    Ok((kvs, read.revision))
+}
+
+/// The keys whose values were left out for their size, each logged once while it stays so.
+#[derive(Debug, Default)]
+struct Oversize {
+    warned: BTreeSet<Vec<u8>>,
+}
+
+impl Oversize {
+    /// Logs `o` unless it was logged already.
+    fn note(&mut self, o: &Oversized) {
+        if self.warned.insert(o.key.clone()) {
+            tracing::warn!("{o}");
+        }
+    }
+
+    /// Forgets the keys that are no longer oversized (a later oversized value is logged again).
+    fn retain_only(&mut self, now: &[Oversized]) {
+        self.warned.retain(|k| now.iter().any(|o| &o.key == k));
+    }
+
+    /// Forgets `key` (it was deleted or rewritten with a usable value).
+    fn forget(&mut self, key: &[u8]) {
+        self.warned.remove(key);
+    }
 }
 
 /// What was read up to a revision: the state a watch resumes from.
@@ -222,6 +260,7 @@ pub async fn follow_from(
     // the client's timeout.
     let mut alive = beat.interval();
     let mut builder = Builder::default();
+    let mut oversize = Oversize::default();
     // Every (re)start of the watch is preceded by a fresh read, except the first with `start`.
     let mut need_load = start.is_none();
     let Snapshot { mut kvs, mut revision } = start.unwrap_or_default();
@@ -235,7 +274,7 @@ pub async fn follow_from(
             return;
         }
         if need_load {
-            match load(&mut client, &source).await {
+            match load_noting(&mut client, &source, &mut oversize).await {
                 Ok((fresh, rev)) => {
                     let first = revision == 0;
                     let missed = rev > revision || fresh != kvs;
@@ -301,11 +340,20 @@ pub async fn follow_from(
                     for ev in events {
                         let Some(kv) = ev.kv() else { continue };
                         match ev.event_type() {
+                            EventType::Put if kv.value().len() > MAX_VALUE => {
+                                kvs.remove(kv.key());
+                                oversize.note(&Oversized {
+                                    key: kv.key().to_vec(),
+                                    len: Some(kv.value().len()),
+                                });
+                            }
                             EventType::Put => {
                                 kvs.insert(kv.key().to_vec(), kv.value().to_vec());
+                                oversize.forget(kv.key());
                             }
                             EventType::Delete => {
                                 kvs.remove(kv.key());
+                                oversize.forget(kv.key());
                             }
                         }
                         revision = revision.max(kv.mod_revision());

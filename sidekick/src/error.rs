@@ -49,9 +49,10 @@ pub enum Error {
     },
 
     /// A service or instance name that cannot be a single etcd path segment.
-    #[error("invalid {what} {value:?}: {reason}")]
+    #[error("invalid {what} {value}: {reason}")]
     Name {
         what: &'static str,
+        /// The value, quoted and cut ([`crate::schema::shorten`]).
         value: String,
         reason: &'static str,
     },

@@ -9,6 +9,7 @@
 //!
 //! Nothing here talks to Docker, the load balancer or the database.
 
+pub mod bounded;
 pub mod duration;
 pub mod etcd;
 pub mod logging;

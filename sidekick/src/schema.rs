@@ -154,6 +154,23 @@ pub fn normalize_prefix(prefix: &str) -> String {
     }
 }
 
+/// How many bytes of a refused value a message quotes.
+const SHOWN: usize = 64;
+
+/// `value` quoted for a message, cut after [`SHOWN`] bytes (at a character boundary) with
+/// its full length: a refused megabyte is named, never printed.
+#[must_use]
+pub fn shorten(value: &str) -> String {
+    if value.len() <= SHOWN {
+        return format!("{value:?}");
+    }
+    let mut end = SHOWN;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..end], value.len())
+}
+
 /// Checks that `value` can be one etcd path segment (a service or instance name).
 ///
 /// # Errors
@@ -176,7 +193,7 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<(), Error> {
     match reason {
         Some(reason) => Err(Error::Name {
             what,
-            value: value.to_owned(),
+            value: shorten(value),
             reason,
         }),
         None => Ok(()),

@@ -42,6 +42,9 @@ pub struct EtcdOptions {
     pub tls: Option<EtcdTls>,
     /// `--auth-token-ttl` in seconds: how long an idle simple token lives (etcd: 300).
     pub auth_token_ttl: Option<u32>,
+    /// `--max-request-bytes`: the largest request (so the largest value) etcd accepts
+    /// (etcd: 1.5 MiB). The hostile-value tests write 10 MB values.
+    pub max_request_bytes: Option<u32>,
 }
 
 /// Credentials the test bed's own client logs in with once auth is on.
@@ -122,6 +125,9 @@ impl Member {
         }
         if let Some(ttl) = self.options.auth_token_ttl {
             cmd.args(["--auth-token-ttl", &ttl.to_string()]);
+        }
+        if let Some(n) = self.options.max_request_bytes {
+            cmd.args(["--max-request-bytes", &n.to_string()]);
         }
         cmd.stdout(Stdio::from(log.try_clone().expect("clone log fd")))
             .stderr(Stdio::from(log));

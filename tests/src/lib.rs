@@ -11,6 +11,8 @@
 //! - [`HaProxy`]: Debian's `haproxy` 2.6, an empty backend for lb-sync to fill through the
 //!   Runtime API, no retries (failed requests are seen).
 //! - [`SocketProxy`]: a Docker socket proxy a test can cut, to break the event stream.
+//! - [`docker_filter::FilterProxy`]: a Docker socket proxy that forwards only allowed
+//!   calls (403 otherwise) and logs every request.
 //! - [`clb_sim`]: a stateful simulator of Rackspace Identity + Cloud Load Balancers.
 //! - [`Cluster`]: N hosts (network namespaces on a private bridge), one etcd member each;
 //!   a test kills, partitions and heals hosts.
@@ -28,6 +30,7 @@ pub mod clb_sim;
 pub mod cluster;
 mod daemon;
 pub mod docker;
+pub mod docker_filter;
 mod etcd;
 mod eventually;
 mod haproxy;

@@ -10,6 +10,12 @@
 #[path = "security/support.rs"]
 mod support;
 
+#[path = "security/docker_proxy.rs"]
+mod docker_proxy;
+
+#[path = "security/hostile.rs"]
+mod hostile;
+
 use std::time::Duration;
 
 use etcd_client::{ElectionClient, EventType, Permission};

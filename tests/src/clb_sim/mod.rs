@@ -173,6 +173,15 @@ pub struct Call {
     pub during_retry_after: bool,
 }
 
+/// An answer of the kind no client should hold in memory ([`ClbSim::inject_oversized`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversized {
+    /// A chunked body that never ends.
+    Endless,
+    /// A body of this many bytes, declared in `Content-Length`.
+    Declared(u64),
+}
+
 /// A running simulator; stops when dropped.
 #[derive(Debug)]
 pub struct ClbSim {
@@ -336,6 +345,18 @@ impl ClbSim {
     /// if another client had just changed the load balancer.
     pub fn inject_immutable(&self, n: u32) {
         self.shared.lock().inject_immutable = n;
+    }
+
+    /// The next `n` load balancer `GET`s answer `200` with a body of `kind` that starts
+    /// like a node list and never ends or ends far too late (`n = 0` stops it).
+    pub fn inject_oversized(&self, n: u32, kind: Oversized) {
+        self.shared.lock().oversized = (n, kind);
+    }
+
+    /// How many oversized answers were started so far.
+    #[must_use]
+    pub fn oversized_served(&self) -> u32 {
+        self.shared.lock().oversized_served
     }
 
     /// Delays every answer by `delay` (zero to stop).

@@ -194,6 +194,10 @@ pub(crate) struct State {
     retry_after: HashMap<Verb, SystemTime>,
     pub(crate) inject_5xx: u32,
     pub(crate) inject_immutable: u32,
+    /// The next this many load balancer `GET`s answer an oversized body of this kind.
+    pub(crate) oversized: (u32, super::Oversized),
+    /// How many oversized answers were started.
+    pub(crate) oversized_served: u32,
     pub(crate) delay: Duration,
 }
 
@@ -230,8 +234,21 @@ impl State {
             retry_after: HashMap::new(),
             inject_5xx: 0,
             inject_immutable: 0,
+            oversized: (0, super::Oversized::Endless),
+            oversized_served: 0,
             delay: Duration::ZERO,
         }
+    }
+
+    /// One oversized answer to serve now, if any is injected.
+    pub(crate) fn take_oversized(&mut self) -> Option<super::Oversized> {
+        let (n, kind) = self.oversized;
+        if n == 0 {
+            return None;
+        }
+        self.oversized.0 -= 1;
+        self.oversized_served += 1;
+        Some(kind)
     }
 
     pub(crate) fn nodes(&self, lb: u64) -> Vec<Node> {
