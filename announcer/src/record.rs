@@ -1330,6 +1330,97 @@ mod tests {
         );
     }
 
+    // Written to kill the mutants scripts/mutants found alive (TESTING.md).
+
+    #[test]
+    fn skips_say_why_in_words() {
+        assert_eq!(
+            Skip::NotOptedIn.to_string(),
+            "no announce.service label and no registrator SERVICE_NAME / SERVICE_<port>_NAME"
+        );
+        assert_eq!(Skip::Ignored.to_string(), "SERVICE_IGNORE is set");
+    }
+
+    #[test]
+    fn attributes_with_underscores_are_not_taken_for_port_variables() {
+        let env = [
+            "SERVICE_NAME=api",
+            "SERVICE_MY_ATTR=x",
+            "SERVICE_80_=y",
+            "SERVICE_80_WEIGHT=3",
+        ];
+        let d = record_for(
+            &facts(&[], &env, &[("80/tcp", 18001)]),
+            &machine(Some(Ipv4Addr::LOCALHOST)),
+            &host_rules(),
+        )
+        .unwrap();
+        let attrs: Vec<(String, String)> = d.planned()[0].meta.attrs.clone().into_iter().collect();
+        assert_eq!(
+            attrs,
+            [
+                ("80_".to_owned(), "y".to_owned()),
+                ("my_attr".to_owned(), "x".to_owned()),
+                ("weight".to_owned(), "3".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_backslash_escapes_only_a_comma() {
+        assert_eq!(split_tags("a\\b,c\\,d"), ["a\\b", "c,d"]);
+    }
+
+    #[test]
+    fn an_announced_container_whose_only_port_is_ignored_gets_no_record_and_a_note() {
+        let d = record_for(
+            &facts(
+                &[("announce.service", "web")],
+                &["SERVICE_80_IGNORE=1"],
+                &[("80/tcp", 18001)],
+            ),
+            &machine(Some(Ipv4Addr::LOCALHOST)),
+            &host_rules(),
+        )
+        .unwrap();
+        let Decision::Announce { planned, notes } = d else {
+            panic!("announced: {d:?}")
+        };
+        assert!(planned.is_empty(), "{planned:?}");
+        assert_eq!(
+            notes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["port 80/tcp not announced: SERVICE_80_IGNORE is set"]
+        );
+    }
+
+    #[test]
+    fn the_reasons_mention_tags_and_attributes_only_when_there_are_some() {
+        let why = |env: &[&str]| {
+            record_for(
+                &facts(&[], env, &[("80/tcp", 18001)]),
+                &machine(Some(Ipv4Addr::LOCALHOST)),
+                &host_rules(),
+            )
+            .unwrap()
+            .planned()[0]
+                .why
+                .clone()
+        };
+        assert!(!why(&["SERVICE_NAME=api"]).iter().any(|w| w.contains("tags")));
+        for env in [
+            &["SERVICE_NAME=api", "SERVICE_REGION=us2"][..],
+            &["SERVICE_NAME=api", "SERVICE_TAGS=a"],
+        ] {
+            assert!(
+                why(env)
+                    .iter()
+                    .any(|w| w.contains("not written: only the json layout carries them")),
+                "{env:?}: {:?}",
+                why(env)
+            );
+        }
+    }
+
     #[test]
     fn tags_and_attributes_as_registrator_reads_them() {
         let two = [("80/tcp", 18001), ("443/tcp", 18443)];
