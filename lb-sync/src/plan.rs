@@ -1562,6 +1562,52 @@ mod tests {
         assert!(p.refusals.is_empty() && p.is_converged());
     }
 
+    /// Written to kill mutants scripts/mutants found alive (TESTING.md): the count of nodes
+    /// left alone, and when it is worth a note.
+    #[test]
+    fn the_unmanaged_note_counts_the_nodes_left_alone() {
+        let stranger = |id, address: &str, foreign| Node {
+            id,
+            address: address.into(),
+            port: 443,
+            condition: Condition::Enabled,
+            status: NodeStatus::Online,
+            sessions: None,
+            foreign,
+        };
+        let unmanaged = |p: &Plan| {
+            p.notes.iter().find_map(|n| match n {
+                Note::Unmanaged { count } => Some(*count),
+                _ => None,
+            })
+        };
+        let managed_only = Policy {
+            managed_only: true,
+            managed_port: Some(8080),
+            ..Policy::default()
+        };
+        let mut nodes = enabled(&[1]);
+        assert_eq!(
+            unmanaged(&run(&desired(&[1]), &nodes, &managed_only)),
+            None,
+            "none left alone"
+        );
+        // A node at another port and one whose address is not an IP.
+        nodes.push(stranger(300, "192.0.2.7", false));
+        nodes.push(stranger(301, "lb-node.example", false));
+        assert_eq!(unmanaged(&run(&desired(&[1]), &nodes, &managed_only)), Some(2));
+        // Without --managed-only every node is lb-sync's but the one it cannot address: no
+        // note, as nothing was asked to be left alone.
+        assert_eq!(unmanaged(&run(&desired(&[1]), &nodes[..2], &Policy::default())), None);
+        // A node the provider marks foreign (HAProxy: not `lb-sync-` named) is left alone
+        // and said so, with or without --managed-only.
+        let with_foreign = vec![nodes[0].clone(), stranger(302, "10.0.0.9", true)];
+        assert_eq!(
+            unmanaged(&run(&desired(&[1]), &with_foreign, &Policy::default())),
+            Some(1)
+        );
+    }
+
     #[test]
     fn unknown_strings_are_kept_not_errors() {
         assert_eq!(Condition::parse("FROZEN"), Condition::Other("FROZEN".into()));
