@@ -8,6 +8,15 @@
 //! hearing from etcd stops applying before its lease can expire and before another
 //! instance can be elected.
 //!
+//! A leader that cannot confirm its lease stops applying but does not give the lease up:
+//! only etcd saying the lease has expired (a keep-alive answered with TTL 0) ends the
+//! term. etcd renews every lease when one of its members becomes leader, so a lease
+//! usually outlives an etcd leader election or restart that is longer than our own TTL;
+//! giving up at our own deadline would hand leadership to whichever instance campaigned
+//! next after every hiccup of etcd (seen: a healed partition's election made the standby
+//! resign and the cut-off old leader lead again). Keeping the lease keeps the same
+//! instance leading, and is as safe: our key lives exactly as long as our lease.
+//!
 //! The only key lb-sync ever writes in etcd is its election key (under its lease).
 
 use std::time::{Duration, Instant};
@@ -158,6 +167,10 @@ async fn session(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(key, lease, "election: campaigning");
     let mut alive = beat.interval();
+    // When keep-alives started failing (None: answering), and whether the leader's
+    // deadline has passed meanwhile (said once).
+    let mut failing_since: Option<Instant> = None;
+    let mut lapsed = false;
     let ended = loop {
         beat.beat();
         tokio::select! {
@@ -186,13 +199,19 @@ async fn session(
                 .await;
                 match answer {
                     Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                        if let Some(since) = failing_since.take() {
+                            tracing::info!(lease, after = ?since.elapsed(), "election: keep-alive answered again; the lease is still ours");
+                        }
+                        if std::mem::take(&mut lapsed) {
+                            tracing::info!(key, "election: lease confirmed again; applying resumes");
+                        }
                         alive_until = sent + Duration::from_secs(u64::try_from(resp.ttl()).unwrap_or(0));
                         if leader_key.is_some() {
                             tx.send_replace(Some(alive_until));
                         }
                     }
                     Ok(Ok(Some(_))) => {
-                        tracing::warn!("election: the lease has expired");
+                        tracing::warn!(lease, "election: etcd says the lease has expired");
                         break Ended::Lost;
                     }
                     other => {
@@ -201,11 +220,24 @@ async fn session(
                             Err(_) => "no answer in time".into(),
                             _ => "stream ended".into(),
                         };
-                        tracing::warn!("election: keep-alive failed ({why})");
-                        if Instant::now() >= alive_until {
-                            break Ended::Lost;
+                        // Once per outage at warn; every retry after that at debug.
+                        if failing_since.is_none() {
+                            failing_since = Some(sent);
+                            tracing::warn!(lease, "election: keep-alive failed ({why}); retrying until etcd answers");
+                        } else {
+                            tracing::debug!(lease, "election: keep-alive failed again ({why})");
                         }
-                        if let Ok((k, s)) = lease_client.keep_alive(lease).await {
+                        if leader_key.is_some() {
+                            // Same deadline, sent again: the reconcile loop re-reads
+                            // `may_apply`, which the clock alone has turned false, and
+                            // its health says standby while etcd is silent.
+                            tx.send_replace(Some(alive_until));
+                            if Instant::now() >= alive_until && !lapsed {
+                                lapsed = true;
+                                tracing::warn!(key, "election: lease not confirmed; applying stopped until etcd answers");
+                            }
+                        }
+                        if let Ok(Ok((k, s))) = tokio::time::timeout(ttl / 3, lease_client.keep_alive(lease)).await {
                             keeper = k;
                             stream = s;
                         }

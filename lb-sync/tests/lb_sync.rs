@@ -434,6 +434,74 @@ async fn two_instances_elect_one_leader_and_the_other_takes_over_when_it_is_kill
     );
 }
 
+/// etcd down for longer than `--election-ttl`, then back with its data: the leader stops
+/// applying while it cannot confirm its lease, but keeps the lease (etcd renews every lease
+/// when a member becomes leader), so it leads again as soon as etcd answers, on the same
+/// lease, and the standby never leads. Giving the lease up at its own deadline would end
+/// the term at every etcd hiccup and let whichever instance campaigned next take over.
+#[tokio::test]
+async fn the_leader_keeps_its_lease_across_an_etcd_outage_longer_than_the_ttl() {
+    let mut w = World::start(quick_sim()).await;
+    let key = format!("{}/lb-sync-leader", w.root);
+    let election = ["--election-key", key.as_str(), "--election-ttl", "2s"];
+    let a = w.lb_sync(&election);
+    let b = w.lb_sync(&election);
+    let roles = eventually("one leader and one standby", WITHIN, async || {
+        match (
+            a.healthz().contains("\"leader\": true"),
+            b.healthz().contains("\"leader\": true"),
+        ) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}:\n{}\n{}", a.excerpt(), b.excerpt()));
+    let (leader, standby) = if roles == 0 { (a, b) } else { (b, a) };
+    w.put([1]).await;
+    w.wait_enabled(&[1], WITHIN).await;
+
+    w.etcd.kill();
+    // Past the TTL: the leader's own deadline lapses and it says so.
+    leader.wait_health("\"leader\": false", Duration::from_secs(10)).await;
+    leader
+        .wait_log("lease not confirmed; applying stopped", Duration::from_secs(10))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    w.etcd.restart();
+    let back = std::time::Instant::now();
+    leader.wait_health("\"leader\": true", WITHIN).await;
+    println!(
+        "figure: etcd down ~4 s (--election-ttl 2s): the leader led again {:?} after etcd answered, on the same lease",
+        back.elapsed()
+    );
+    leader.wait_log("lease confirmed again; applying resumes", WITHIN).await;
+    let log = leader.log();
+    assert_eq!(
+        log.matches("election: campaigning").count(),
+        1,
+        "the leader kept its first lease (one campaign):\n{log}"
+    );
+    assert!(!log.contains("leadership lost"), "{log}");
+    let client = etcd_client::Client::connect([w.etcd.endpoint()], None).await.unwrap();
+    w.client = client;
+    w.put([2]).await;
+    w.wait_enabled(&[1, 2], WITHIN).await;
+    assert_eq!(
+        leader.log().matches("add 1 node(s)").count(),
+        2,
+        "the leader added both nodes, before and after the outage:\n{}",
+        leader.log()
+    );
+    assert!(
+        !standby.log().contains("this instance is the leader"),
+        "the standby never led:\n{}",
+        standby.log()
+    );
+    assert!(standby.healthz().contains("\"standby\""), "{}", standby.healthz());
+}
+
 /// Bad records (missing port, port `abc`, address not an IP) are skipped with a warning
 /// and never remove a node; a good record next to them is still added; while a record
 /// cannot be placed at all, no node is removed.
