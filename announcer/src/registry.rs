@@ -812,12 +812,21 @@ fn probe_key(prefix: &str, service: &str, instance: &str, layout: Layout) -> Str
     }
 }
 
-/// Deletes one record: the `fields` directory (trailing `/`) or the single key.
-fn delete_op(prefix: &str, service: &str, instance: &str, layout: Layout) -> TxnOp {
+/// What deleting one record removes: the `fields` directory (trailing `/`, as a prefix) or
+/// the single key. Pure, so the web1/web10 boundary is tested on the key itself.
+fn delete_range(prefix: &str, service: &str, instance: &str, layout: Layout) -> (String, bool) {
     let key = schema::instance_key(prefix, service, instance, layout);
     match layout {
-        Layout::Fields => TxnOp::delete(key, Some(DeleteOptions::new().with_prefix())),
-        Layout::Value | Layout::Json => TxnOp::delete(key, None),
+        Layout::Fields => (key, true),
+        Layout::Value | Layout::Json => (key, false),
+    }
+}
+
+/// Deletes one record ([`delete_range`]).
+fn delete_op(prefix: &str, service: &str, instance: &str, layout: Layout) -> TxnOp {
+    match delete_range(prefix, service, instance, layout) {
+        (key, true) => TxnOp::delete(key, Some(DeleteOptions::new().with_prefix())),
+        (key, false) => TxnOp::delete(key, None),
     }
 }
 
@@ -849,6 +858,42 @@ mod tests {
         assert_eq!(
             probe_key("/services", "db", "db_private_ip", Layout::Value),
             "/services/db/db_private_ip"
+        );
+        // A `fields` delete is a prefix delete: its prefix must end at the instance, or
+        // withdrawing web1 would take web10's keys with it.
+        let (range, is_prefix) = delete_range("/services", "web", "web1", Layout::Fields);
+        assert_eq!((range.as_str(), is_prefix), ("/services/web/web1/", true));
+        let web10 = schema::Record {
+            service: "web".into(),
+            instance: "web10".into(),
+            unit: "monweb@10.service".into(),
+            host: "core10".into(),
+            public_ipv4: Some([203, 0, 113, 10].into()),
+            private_ipv4: [10, 0, 0, 10].into(),
+            port: 8080,
+            container_id: String::new(),
+            container_name: String::new(),
+        };
+        let entries = web10.entries("/services", Layout::Fields);
+        assert!(entries.len() > 1, "{entries:?}");
+        for (key, _) in entries {
+            assert!(!key.starts_with(&range), "{key} is inside web1's delete range {range}");
+        }
+        assert!(
+            format!("{range}port").starts_with(&range),
+            "web1's own keys are in its range"
+        );
+        // A single-key layout deletes exactly that key, never a prefix.
+        for layout in [Layout::Value, Layout::Json] {
+            assert_eq!(
+                delete_range("/services", "web", "web1", layout),
+                ("/services/web/web1".to_owned(), false),
+                "{layout:?}"
+            );
+        }
+        assert_eq!(
+            delete_range("/services/", "db", "db_private_ip", Layout::Value),
+            ("/services/db/db_private_ip".to_owned(), false)
         );
     }
 

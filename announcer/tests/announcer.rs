@@ -473,6 +473,39 @@ async fn sigterm_revokes_the_lease_so_records_vanish_at_once() {
     assert!(dump(&mut client, "/services/").await.is_empty(), "records gone at exit");
 }
 
+/// A second SIGTERM during the graceful stop exits at once with 130. The first one is kept
+/// busy: it revokes the lease on an etcd that is frozen (SIGSTOP), which answers nothing
+/// for the 30 s `--etcd-timeout`.
+#[tokio::test]
+async fn a_second_sigterm_during_the_graceful_stop_exits_130_at_once() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let name = unique("ann-term2");
+    let host = unique("host");
+    let _c = Spec::web(&image).name(&name).run(&d).await;
+    let mut argv = container_args(&etcd.endpoint(), &host, &name, "web", "t2", &[]);
+    let at = argv.iter().position(|a| a == "--etcd-timeout").unwrap();
+    argv[at + 1] = "30s".into();
+    let mut a = announcer(&argv);
+    records_until(&mut client, "/services/", PATIENCE, "announced", |k| {
+        has_record(k, "web", "t2")
+    })
+    .await;
+    etcd.pause();
+    a.signal(libc::SIGTERM);
+    a.wait_log("SIGTERM received: stopping gracefully", PATIENCE).await;
+    assert!(a.is_running(), "the revoke waits on the frozen etcd:\n{}", a.excerpt());
+    let second = Instant::now();
+    let status = a.stop(libc::SIGTERM, PATIENCE).await;
+    let took = second.elapsed();
+    etcd.resume();
+    eprintln!("MEASURED second SIGTERM -> exit: {took:?}");
+    assert_eq!(status.code(), Some(130), "{status:?}\n{}", a.excerpt());
+    assert!(a.log().contains("second signal: exiting now"), "{}", a.excerpt());
+}
+
 #[tokio::test]
 async fn sigkill_leaves_records_until_the_ttl_runs_out() {
     let etcd = Etcd::start();
@@ -823,6 +856,126 @@ async fn http_health_gate_announces_only_while_the_check_answers_2xx() {
         has_record(k, "web", "h1")
     })
     .await;
+}
+
+/// `http` passes on 3xx, like `curl -f`: busybox httpd answers `/moved` (a directory
+/// without its trailing slash) with 302. Before the directory exists it answers 404, and
+/// nothing is announced.
+#[tokio::test]
+async fn http_check_passes_on_a_redirect_and_fails_on_404() {
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+    let host = unique("host");
+    let name = unique("ann-3xx");
+    let c = Spec::web(&image).name(&name).run(&d).await;
+    c.wait_http(c.host_port("80/tcp").await, "/").await;
+    let mut argv = global_args(&etcd.endpoint(), &host);
+    argv.extend(
+        [
+            "--check",
+            "http:/moved",
+            "container",
+            &name,
+            "--service",
+            "web",
+            "--instance",
+            "r1",
+        ]
+        .map(str::to_owned),
+    );
+    let a = announcer(&argv);
+    a.wait_log("answered 404", PATIENCE).await;
+    a.wait_log_more("probe failed", 5, PATIENCE).await;
+    assert!(dump(&mut client, "/services/").await.is_empty(), "404 is not announced");
+    c.exec(&["mkdir", "/www/moved"]).await;
+    records_until(&mut client, "/services/", PATIENCE, "announced on a 302", |k| {
+        has_record(k, "web", "r1")
+    })
+    .await;
+}
+
+/// A container whose service is down but whose port Docker publishes on 127.0.0.1 (the
+/// userland proxy accepts there even with nothing behind it).
+async fn silent_container(d: &bollard::Docker, image: &str, name: &str, host_ip: Option<String>) -> docker::Container {
+    Spec {
+        cmd: Some(vec!["sleep".into(), "3600".into()]),
+        host_ip,
+        ..Spec::web(image).name(name)
+    }
+    .run(d)
+    .await
+}
+
+/// The `tcp` probe goes to the container's own address, so Docker's userland proxy, which
+/// accepts on the published host port with nothing listening inside, cannot make a dead
+/// service look alive. Where the container address is unreachable (the announcer in a
+/// network namespace of its own, the port published on an address that namespace reaches)
+/// the probe falls back to the published host binding, and still fails while nothing
+/// listens.
+#[tokio::test]
+async fn tcp_probes_see_through_the_userland_proxy_and_fall_back_to_the_host_binding() {
+    let d = docker::connect().await;
+    let image = docker::busybox_image(&d).await;
+
+    // The root namespace: the container address is reachable.
+    let etcd = Etcd::start();
+    let mut client = etcd.client().await;
+    let name = unique("ann-proxy");
+    let c = silent_container(&d, &image, &name, None).await;
+    let port = c.host_port("80/tcp").await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "the premise: Docker's userland proxy accepts on 127.0.0.1:{port} with nothing behind it"
+    );
+    let a = announcer(&container_args(
+        &etcd.endpoint(),
+        &unique("host"),
+        &name,
+        "web",
+        "p1",
+        &[],
+    ));
+    a.wait_log("refused the connection", PATIENCE).await;
+    a.wait_log_more("probe failed", 5, PATIENCE).await;
+    assert!(
+        dump(&mut client, "/services/").await.is_empty(),
+        "the proxy's accept is not a pass"
+    );
+    c.exec(&["httpd", "-p", "80", "-h", "/www"]).await;
+    records_until(
+        &mut client,
+        "/services/",
+        PATIENCE,
+        "announced once httpd listens",
+        |k| has_record(k, "web", "p1"),
+    )
+    .await;
+    assert!(!a.log().contains("probing the host binding"), "{}", a.excerpt());
+
+    // A network namespace of its own: Docker's bridge is not routed there; the port is
+    // published on the address of the test bed's gateway, which it reaches.
+    let cluster = testbed::Cluster::start(1);
+    let mut client = cluster.client().await;
+    let name = unique("ann-fallback");
+    let c = silent_container(&d, &image, &name, Some(cluster.gateway().to_string())).await;
+    let argv = container_args(&cluster.etcd_endpoints_arg(0), &unique("host"), &name, "web", "f1", &[]);
+    let a = cluster.host(0).start("announcer", support::command(&argv));
+    a.wait_log("container address unreachable; probing the host binding", PATIENCE)
+        .await;
+    a.wait_log_more("probe failed", 5, PATIENCE).await;
+    assert!(
+        dump(&mut client, "/services/").await.is_empty(),
+        "nothing listens: not announced"
+    );
+    c.exec(&["httpd", "-p", "80", "-h", "/www"]).await;
+    let found = testbed::eventually("announced through the host binding", PATIENCE, async || {
+        let kvs = dump(&mut client, "/services/").await;
+        has_record(&kvs, "web", "f1").then_some(())
+    })
+    .await;
+    found.unwrap_or_else(|e| a.fail(e));
 }
 
 #[tokio::test]
@@ -1248,7 +1401,7 @@ async fn bad_input_exits_non_zero_naming_the_value_and_writes_nothing() {
     let ep = etcd.endpoint();
     let dead = format!("http://127.0.0.1:{}", testbed::free_port());
     let g = |endpoints: &str| global_args(endpoints, &host);
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    let cases: Vec<(Vec<String>, &str, i32)> = vec![
         (
             args(
                 g(&ep),
@@ -1264,6 +1417,7 @@ async fn bad_input_exits_non_zero_naming_the_value_and_writes_nothing() {
                 ],
             ),
             "yaml",
+            2,
         ),
         (
             args(
@@ -1280,6 +1434,7 @@ async fn bad_input_exits_non_zero_naming_the_value_and_writes_nothing() {
                 ],
             ),
             "ping",
+            2,
         ),
         (
             args(
@@ -1287,6 +1442,7 @@ async fn bad_input_exits_non_zero_naming_the_value_and_writes_nothing() {
                 &["container", &name, "--service", "web", "--instance", "web/01"],
             ),
             "web/01",
+            2,
         ),
         (
             args(
@@ -1303,6 +1459,7 @@ async fn bad_input_exits_non_zero_naming_the_value_and_writes_nothing() {
                 ],
             ),
             "abc",
+            2,
         ),
         // Runtime refusals: a port the container does not publish, several ports and no choice.
         (
@@ -1320,19 +1477,23 @@ async fn bad_input_exits_non_zero_naming_the_value_and_writes_nothing() {
                 ],
             ),
             "8080/tcp",
+            1,
         ),
         (
             args(g(&ep), &["container", &two, "--service", "web", "--instance", "x"]),
             "several ports",
+            1,
         ),
         (
             args(g(&dead), &["container", &name, "--service", "web", "--instance", "x"]),
             dead.as_str(),
+            1,
         ),
     ];
-    for (argv, value) in cases {
+    // The README's exit codes: 2 for a bad command line, 1 for a refusal at run time.
+    for (argv, value, code) in cases {
         let (status, _, err) = run_to_end(&argv);
-        assert!(!status.success(), "{argv:?} must fail");
+        assert_eq!(status.code(), Some(code), "{argv:?}: {err}");
         let first = err
             .lines()
             .find(|l| l.contains("error") || l.starts_with("announcer:"))

@@ -247,6 +247,17 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
     let status = a.stop(libc::SIGTERM, PATIENCE).await;
     assert!(status.success(), "{status}\n{}", a.excerpt());
     assert!(notify.find("STOPPING=1").is_some(), "{:?}", notify.received());
+    // `--log-format json`: every line of the whole run (start, changes, the etcd outage,
+    // the stop) is one JSON object, not only the lines looked up above.
+    let log = a.log();
+    let mut lines = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| a.fail(format!("a log line is not JSON ({e}): {line}")));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+        lines += 1;
+    }
+    assert!(lines > 10, "{lines} lines");
 }
 
 /// A Docker socket that accepts connections and never answers: the Docker loop waits on

@@ -1202,29 +1202,82 @@ mod tests {
         assert!(!format!("{s:?}").contains("tok-s3cret"));
     }
 
-    /// A self-signed CA (EC P-256), for the --ca-file cases.
-    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBjDCCATGgAwIBAgIUQh4QiGBSkk+wSEZSIes9MHeWwRowCgYIKoZIzj0EAwIw
-GjEYMBYGA1UEAwwPbGItc3luYyB0ZXN0IENBMCAXDTI2MTEyNTAwMDYyOFoYDzIx
-MjYxMTAxMDAwNjI4WjAaMRgwFgYDVQQDDA9sYi1zeW5jIHRlc3QgQ0EwWTATBgcq
-hkjOPQIBBggqhkjOPQMBBwNCAASsobXIWnkqGQpVhdQd2cwHm9O51wxyfHQrqh0E
-Uef5jifL0aMKjdeGYmn1odAAnPvNkro8+L3B30vNbNivHl1mo1MwUTAdBgNVHQ4E
-FgQU1sb89M5yrZqeA1SJelodbHKTJYUwHwYDVR0jBBgwFoAU1sb89M5yrZqeA1SJ
-elodbHKTJYUwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAwIS7
-0SumKEbM+BDg3X5JmvmRof4zDIe2T364/5HqDq8CIQDT2gGi3EvbOzbHJIQQpwhy
-EyWRZyXQNx92tyddbT4NVA==
------END CERTIFICATE-----
-";
+    /// A TLS front on 127.0.0.1 with `pki`'s server certificate: each connection is
+    /// forwarded, decrypted, to `upstream` (a mock server).
+    async fn tls_front(pki: &testbed::pki::Pki, upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        sidekick::tls::install_crypto_provider();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.server.cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(&pki.server.key).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await
+                        && let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
 
+    /// `--ca-file` is what the TLS handshake trusts: with the CA that signed the server the
+    /// token and the load balancer are read over https; with another CA, or none, the
+    /// handshake fails and no request reaches the server. An unusable file is named.
     #[tokio::test]
     async fn a_ca_file_is_used_and_a_bad_one_is_named() {
         let server = MockServer::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("ca.pem");
-        std::fs::write(&good, TEST_CA).unwrap();
+        let pki = testbed::pki::Pki::generate();
+        let front = tls_front(&pki, *server.address()).await;
+        let https = format!("https://127.0.0.1:{}", front.port());
+        let exp = humantime::format_rfc3339_millis(SystemTime::now() + Duration::from_secs(3600)).to_string();
+        Mock::given(method("POST"))
+            .and(path("/v2.0/tokens"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(token_doc(&https, "tok-tls", &exp)))
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/ord/v1.0/123/loadbalancers/7"))
+            .and(header("x-auth-token", "tok-tls"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(lb_body("ACTIVE")))
+            .mount(&server)
+            .await;
         let mut cfg = config(&server);
-        cfg.ca_file = Some(good);
-        assert!(Clb::new(cfg.clone(), Arc::new(Health::new())).is_ok());
+        cfg.identity_url = format!("{https}/v2.0/");
+        let received = async || server.received_requests().await.unwrap_or_default().len();
+
+        cfg.ca_file = Some(pki.ca.clone());
+        let clb = Clb::new(cfg.clone(), Arc::new(Health::new())).unwrap();
+        let lb = clb.load_balancer().await.expect("read over https with --ca-file");
+        assert_eq!(lb.nodes.len(), 2);
+        assert_eq!(received().await, 2, "the token and the load balancer, both through TLS");
+
+        for (what, ca) in [("another CA", Some(pki.other_ca.clone())), ("no CA file", None)] {
+            cfg.ca_file = ca;
+            let clb = Clb::new(cfg.clone(), Arc::new(Health::new())).unwrap();
+            let err = clb.authenticate().await.unwrap_err().to_string();
+            assert!(
+                err.contains(&https) && err.to_lowercase().contains("certificate"),
+                "{what}: {err}"
+            );
+            assert_eq!(received().await, 2, "{what}: the handshake failed, nothing was sent");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate").unwrap();
         cfg.ca_file = Some(junk);

@@ -1141,13 +1141,14 @@ mod tests {
         assert!(p.allowed_steps().is_empty());
     }
 
-    /// One row: name, desired, load balancer, policy, adds, drained ids, refusal reasons.
+    /// One row: name, desired, load balancer, policy, added (last octets, ENABLED), drained
+    /// ids, refusal reasons.
     type Row = (
         &'static str,
         Desired,
         Vec<Node>,
         Policy,
-        usize,
+        Vec<u8>,
         Vec<u64>,
         Vec<&'static str>,
     );
@@ -1174,7 +1175,7 @@ mod tests {
                 desired(&[1]),
                 vec![],
                 Policy::default(),
-                1,
+                vec![1],
                 vec![],
                 vec![],
             ),
@@ -1183,7 +1184,7 @@ mod tests {
                 desired(&one_to_ten),
                 enabled(&[1]),
                 Policy::default(),
-                9,
+                (2..=10).collect(),
                 vec![],
                 vec![],
             ),
@@ -1192,7 +1193,7 @@ mod tests {
                 desired(&[1, 2]),
                 enabled(&[1, 2]),
                 Policy::default(),
-                0,
+                vec![],
                 vec![],
                 vec![],
             ),
@@ -1201,7 +1202,7 @@ mod tests {
                 desired(&[1, 2, 3]),
                 enabled(&one_to_ten),
                 Policy::default(),
-                0,
+                vec![],
                 (104..=110).collect(),
                 vec!["max_remove"],
             ),
@@ -1210,7 +1211,7 @@ mod tests {
                 desired(&[1, 2, 3]),
                 enabled(&one_to_ten),
                 big.clone(),
-                0,
+                vec![],
                 (104..=110).collect(),
                 vec![],
             ),
@@ -1219,7 +1220,7 @@ mod tests {
                 desired(&[1, 2, 3, 4, 5]),
                 enabled(&one_to_ten),
                 Policy::default(),
-                0,
+                vec![],
                 (106..=110).collect(),
                 vec![],
             ),
@@ -1228,7 +1229,7 @@ mod tests {
                 desired(&[]),
                 enabled(&[1, 2]),
                 Policy::default(),
-                0,
+                vec![],
                 vec![101, 102],
                 vec!["empty_desired", "max_remove", "min_nodes"],
             ),
@@ -1237,7 +1238,7 @@ mod tests {
                 desired(&[]),
                 vec![],
                 Policy::default(),
-                0,
+                vec![],
                 vec![],
                 vec![],
             ),
@@ -1246,7 +1247,7 @@ mod tests {
                 desired(&[]),
                 enabled(&[1, 2]),
                 forced,
-                0,
+                vec![],
                 vec![101, 102],
                 vec![],
             ),
@@ -1255,7 +1256,7 @@ mod tests {
                 desired(&[1, 2]),
                 enabled(&[1, 2, 3, 4]),
                 min3.clone(),
-                0,
+                vec![],
                 vec![103, 104],
                 vec!["min_nodes"],
             ),
@@ -1264,7 +1265,7 @@ mod tests {
                 desired(&[1, 2, 5]),
                 enabled(&[1, 2, 3]),
                 min3,
-                1,
+                vec![5],
                 vec![103],
                 vec![],
             ),
@@ -1273,7 +1274,7 @@ mod tests {
                 desired(&[2]),
                 enabled(&[1]),
                 Policy::default(),
-                1,
+                vec![2],
                 vec![101],
                 vec!["max_remove"],
             ),
@@ -1282,7 +1283,7 @@ mod tests {
                 desired(&[2]),
                 enabled(&[1, 2]),
                 Policy::default(),
-                0,
+                vec![],
                 vec![101],
                 vec![],
             ),
@@ -1291,7 +1292,7 @@ mod tests {
                 desired(&[1]),
                 enabled(&[1, 2]),
                 Policy::default(),
-                0,
+                vec![],
                 vec![102],
                 vec![],
             ),
@@ -1300,7 +1301,7 @@ mod tests {
                 desired(&[1]),
                 enabled(&[1, 2, 3]),
                 Policy::default(),
-                0,
+                vec![],
                 vec![102, 103],
                 vec!["max_remove"],
             ),
@@ -1312,14 +1313,21 @@ mod tests {
                 },
                 enabled(&[1]),
                 Policy::default(),
-                1,
+                vec![2],
                 vec![],
                 vec!["incomplete_view"],
             ),
         ];
         for (name, d, nodes, policy, adds, drains, refusals) in cases {
             let p = run(&d, &nodes, &policy);
-            assert_eq!(p.adds.len(), adds, "{name}: adds {p:?}");
+            let added: Vec<NewNode> = adds
+                .iter()
+                .map(|l| NewNode {
+                    endpoint: ep(*l),
+                    condition: Condition::Enabled,
+                })
+                .collect();
+            assert_eq!(p.adds, added, "{name}: adds {p:?}");
             assert_eq!(ids(&p.drains), drains, "{name}: drains {p:?}");
             let got: Vec<String> = p.refusals.iter().map(|r| format!("{:?}", r.reason())).collect();
             assert_eq!(got, refusals, "{name}: refusals");

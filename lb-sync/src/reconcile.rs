@@ -134,7 +134,8 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// A reconciler; `policy.force` holds for the first pass that needs it, then lapses.
+    /// A reconciler; `policy.force` holds until a pass ends with nothing refused and
+    /// nothing left for it to lift, then lapses.
     #[must_use]
     pub fn new(provider: Provider, policy: Policy, limits: Limits, dry_run: bool, health: Arc<Health>) -> Reconciler {
         Reconciler {
@@ -430,8 +431,12 @@ impl Reconciler {
         if !plan.refusals.is_empty() {
             return Outcome::Refused(plan.refusals.clone());
         }
-        if self.policy.force {
-            tracing::info!("--force has served its one pass and is lifted");
+        // `--force` lapses at the first pass that ends with nothing refused and nothing it
+        // still has to lift. Lapsing at a pass that only drained (the drained nodes of an
+        // emptied record set still count as "no record is left but the LB has nodes")
+        // would refuse their deletion and leave them DRAINING for good.
+        if self.policy.force && !plan.forced {
+            tracing::info!("--force has served its purpose and is lifted");
             self.policy.force = false;
         }
         match plan.next_wake() {

@@ -15,6 +15,9 @@ mod haproxy;
 #[path = "lb_sync/metrics.rs"]
 mod metrics;
 
+#[path = "lb_sync/operator.rs"]
+mod operator;
+
 use std::time::Duration;
 
 use support::{LbSync, PORT, STOP, World, announcer, quick_sim, run_once};
@@ -253,7 +256,9 @@ async fn a_load_balancer_stuck_pending_update_converges_without_duplicates() {
     w.wait_enabled(&[1, 2, 3], Duration::from_secs(30)).await;
     assert_eq!(w.sim.count_status("POST", 202), 1, "added once");
     assert_eq!(w.sim.count_status("POST", 422), 2, "the two injected 422s were retried");
-    let addresses: Vec<String> = w.sim.nodes(1).into_iter().map(|n| n.address).collect();
+    // Sorted first: `dedup` only drops neighbours, and the simulator lists nodes by id.
+    let mut addresses: Vec<(String, u16)> = w.sim.nodes(1).into_iter().map(|n| (n.address, n.port)).collect();
+    addresses.sort();
     let mut unique = addresses.clone();
     unique.dedup();
     assert_eq!(addresses, unique, "no duplicates");
@@ -310,25 +315,39 @@ async fn a_rate_limit_storm_converges_without_a_request_inside_retry_after() {
     eprintln!("rate-limit storm: {limited} 413s, {waited:.1}s waited");
 }
 
-/// Tokens that expire during the run are renewed; a revoked token (401) is replaced
-/// once and the call retried; the LB keeps following.
+/// Tokens that expire during the run are renewed before they expire (no call is ever
+/// refused for an expired token); a revoked token (401) is replaced once and the call
+/// retried; the LB keeps following.
 #[tokio::test]
 async fn token_expiry_and_revocation_mid_run_are_survived() {
+    const LIFETIME: Duration = Duration::from_secs(5);
     let w = World::start(SimConfig {
-        token_lifetime: Duration::from_secs(3),
+        token_lifetime: LIFETIME,
         ..quick_sim()
     })
     .await;
     w.put([1]).await;
     let lb = w.lb_sync(&["--resync", "1s"]);
     w.wait_enabled(&[1], WITHIN).await;
-    // Live past the first token's lifetime: resyncs keep calling, the token is renewed.
-    let renewed = eventually("the token is renewed", WITHIN, async || {
-        (w.sim.auth_calls() >= 2).then_some(())
+    // Live past the first token's lifetime: resyncs keep calling, the token is renewed
+    // ahead of its expiry (a tenth of its life early), so no call meets a 401. A client
+    // that only re-authenticated after a 401 would pass the count but not the latter.
+    let first = w
+        .sim
+        .calls()
+        .iter()
+        .find(|c| c.identity)
+        .map(|c| c.at)
+        .expect("an auth call");
+    let past = first + LIFETIME + Duration::from_secs(1);
+    let renewed = eventually("calls past the first token's lifetime", WITHIN, async || {
+        let late = w.sim.calls().iter().any(|c| !c.identity && c.at > past);
+        (late && w.sim.auth_calls() >= 2).then_some(())
     })
-    .await
-    .ok();
-    assert!(renewed.is_some(), "token never renewed");
+    .await;
+    renewed.unwrap_or_else(|e| lb.fail(format!("{e}: {} auth call(s)", w.sim.auth_calls())));
+    let refused: Vec<_> = w.sim.calls().into_iter().filter(|c| c.status == 401).collect();
+    assert!(refused.is_empty(), "renewed only after a 401: {refused:?}");
     w.sim.revoke_tokens();
     w.put([2]).await;
     w.wait_enabled(&[1, 2], WITHIN).await;
@@ -675,6 +694,14 @@ async fn ready_after_the_first_plan_then_watchdog_pings_and_stopping() {
     let status = lb.stop(libc::SIGTERM, WITHIN).await;
     assert!(status.success(), "{status}\n{}", lb.excerpt());
     assert!(notify.find("STOPPING=1").is_some(), "{:?}", notify.received());
+    // `--log-format json`: every line of the run, the stop included, is one JSON object.
+    let log = lb.log();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| lb.fail(format!("a log line is not JSON ({e}): {line}")));
+        assert!(v["timestamp"].is_string() && v["level"].is_string(), "{line}");
+    }
+    assert!(log.contains("\"lb-sync stopped\""), "{log}");
 }
 
 /// End to end: two busybox web containers announced by the real announcer; lb-sync puts

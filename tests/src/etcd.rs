@@ -142,6 +142,12 @@ impl Member {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            process::signal(c.id(), sig);
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             process::kill(&mut c);
@@ -262,6 +268,18 @@ impl Etcd {
     /// Stops the member hard (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         self.member.kill();
+    }
+
+    /// Freezes the member (SIGSTOP): connections stay open and requests hang unanswered,
+    /// as on a member that stopped responding. [`Etcd::resume`] thaws it; a kill or the
+    /// drop works on a frozen member too.
+    pub fn pause(&self) {
+        self.member.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a member frozen by [`Etcd::pause`] (SIGCONT).
+    pub fn resume(&self) {
+        self.member.signal(libc::SIGCONT);
     }
 
     /// Starts the member again on the same port with the same data.

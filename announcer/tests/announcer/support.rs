@@ -42,7 +42,7 @@ pub fn global_args_at(endpoints: &str, hostname: &str, private: &str) -> Vec<Str
     .collect()
 }
 
-fn command(args: &[String]) -> Command {
+pub fn command(args: &[String]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_announcer"));
     cmd.args(args)
         .env("RUST_LOG", "info,announcer=debug")
