@@ -968,11 +968,21 @@ async fn refresher(
     ports: &[u16],
 ) -> anyhow::Result<()> {
     let window = TTL * 2;
-    let lease = client
-        .lease_grant(i64::try_from(TTL.as_secs() * 3).unwrap_or(30), None)
-        .await
-        .context("refresher lease")?
-        .id();
+    // A grant can time out on a machine this loaded: try again before giving up.
+    let mut grant = Err(anyhow::anyhow!("no attempt"));
+    for _ in 0..5 {
+        match client
+            .lease_grant(i64::try_from(TTL.as_secs() * 3).unwrap_or(30), None)
+            .await
+        {
+            Ok(r) => {
+                grant = Ok(r.id());
+                break;
+            }
+            Err(e) => grant = Err(e.into()),
+        }
+    }
+    let lease = grant.context("refresher lease")?;
     let gap = TTL / u32::try_from(records.max(1)).unwrap_or(u32::MAX);
     let total = records * 2;
     let a = scene.sample().await;
