@@ -8,6 +8,8 @@
 //!             ├─ lbsync.rs    lb-sync against the CLB simulator (calls vs the API's minimum)
 //!             ├─ dbseed.rs    dbhelper seed vs `mariadb < dump`
 //!             ├─ haproxy.rs   lb-sync --provider haproxy: a rolling restart under load, withdrawal to drain
+//!             ├─ fleet.rs     100 simulated hosts (the announcer's registry) on a 3-member etcd, lb-sync
+//!             │               following their 5,000 records (cliproxy.rs counts its Runtime API commands)
 //!             └─ summary.rs / plot.rs  → target/bench/{summary.json, summary.md, announce-latency.png}
 //! ```
 //!
@@ -23,8 +25,10 @@ use anyhow::Context as _;
 use serde_json::json;
 
 pub mod announce;
+pub mod cliproxy;
 pub mod containers;
 pub mod dbseed;
+pub mod fleet;
 pub mod haproxy;
 pub mod lbsync;
 pub mod observe;
@@ -106,9 +110,26 @@ pub struct Args {
     #[arg(long, env = "BENCH_WITHDRAWALS")]
     pub withdrawals: Option<usize>,
 
-    /// Benchmarks to run, comma-separated: announce, shell, lb_sync, dbhelper, haproxy (default: all).
-    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', value_parser = ["announce", "shell", "lb_sync", "dbhelper", "haproxy"])]
+    /// Benchmarks to run, comma-separated: announce, shell, lb_sync, dbhelper, haproxy, fleet (default: all).
+    #[arg(long, env = "BENCH_ONLY", value_delimiter = ',', value_parser = ["announce", "shell", "lb_sync", "dbhelper", "haproxy", "fleet"])]
     pub only: Vec<String>,
+
+    /// Only the fleet benchmark (issue 18; the same as `--only fleet`): simulated hosts on a
+    /// three-member etcd, lb-sync following all their records.
+    #[arg(long, env = "BENCH_FLEET", conflicts_with = "only")]
+    pub fleet: bool,
+
+    /// Simulated hosts of the fleet (default 100; quick 10; at least 3).
+    #[arg(long, env = "BENCH_FLEET_HOSTS")]
+    pub fleet_hosts: Option<usize>,
+
+    /// Records per simulated host (default 50).
+    #[arg(long, env = "BENCH_FLEET_RECORDS")]
+    pub fleet_records: Option<usize>,
+
+    /// The fleet's steady window (default 60s; quick 15s).
+    #[arg(long, env = "BENCH_FLEET_STEADY", value_parser = sidekick::duration::parse_positive)]
+    pub fleet_steady: Option<Duration>,
 }
 
 /// The numbers of one run, from `--quick` and the explicit options.
@@ -136,6 +157,8 @@ pub struct Settings {
     pub announcer_log_filter: String,
     /// Extra announcer options.
     pub announcer_args: Vec<String>,
+    /// The fleet benchmark's numbers.
+    pub fleet: fleet::Settings,
 }
 
 impl Settings {
@@ -146,6 +169,11 @@ impl Settings {
             ("quick", 30, 60, Duration::from_secs(15), 5, 20, 2, 20)
         } else {
             ("full", 200, 500, Duration::from_secs(60), 10, 50, 5, 40)
+        };
+        let (hosts, steady, changes) = if a.quick {
+            (10, Duration::from_secs(15), 3)
+        } else {
+            (100, Duration::from_secs(60), 5)
         };
         let containers = a.containers.unwrap_or(containers).max(1);
         Settings {
@@ -160,6 +188,12 @@ impl Settings {
             concurrency: a.concurrency.max(1),
             announcer_log_filter: a.announcer_log_filter.clone(),
             announcer_args: a.announcer_args.split_whitespace().map(String::from).collect(),
+            fleet: fleet::Settings {
+                hosts: a.fleet_hosts.unwrap_or(hosts).max(3),
+                records_per_host: a.fleet_records.unwrap_or(50).max(1),
+                steady: a.fleet_steady.unwrap_or(steady),
+                changes,
+            },
         }
     }
 }
@@ -243,7 +277,13 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
         run_id: format!("{:06x}", rand::random::<u32>() & 0xff_ffff),
         settings,
     };
-    let selected = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let selected = |name: &str| {
+        if args.fleet {
+            name == "fleet"
+        } else {
+            args.only.is_empty() || args.only.iter().any(|o| o == name)
+        }
+    };
     eprintln!(
         "bench: {} run {} ({} containers, {} records, idle {:?}); output in {}",
         ctx.settings.mode,
@@ -262,9 +302,13 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
     let mut plot = plot::Series::default();
 
     let docker = testbed::docker::connect().await;
-    let leftovers = containers::remove_leftovers(&docker).await;
-    if leftovers > 0 {
-        eprintln!("bench: removed {leftovers} container(s) an interrupted earlier run left behind");
+    // Only a run that makes containers clears those of an earlier one: a fleet run (no
+    // container) must not remove the containers of another harness running meanwhile.
+    if ["announce", "shell", "haproxy"].iter().any(|b| selected(b)) {
+        let leftovers = containers::remove_leftovers(&docker).await;
+        if leftovers > 0 {
+            eprintln!("bench: removed {leftovers} container(s) an interrupted earlier run left behind");
+        }
     }
 
     let mut footprint = Section::new("footprint");
@@ -279,7 +323,7 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
     let mut announce_p50: Option<f64> = None;
     let mut announcer_cpu_per_container_min: Option<f64> = None;
     if selected("announce") {
-        eprintln!("bench: [1/5] announce, withdraw, footprint ...");
+        eprintln!("bench: [1/6] announce, withdraw, footprint ...");
         match announce::run(&ctx, &docker, &mut footprint).await {
             Ok(out) => {
                 announce_p50 = out.announce.get("announce_p50_ms");
@@ -293,7 +337,7 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
         }
     }
     if selected("shell") {
-        eprintln!("bench: [2/5] the seed's monweb shell loop ...");
+        eprintln!("bench: [2/6] the seed's monweb shell loop ...");
         match shell::run(&ctx, &docker).await {
             Ok(mut out) => {
                 if let (Some(shell), Some(ours)) = (out.section.get("shell_announce_p50_ms"), announce_p50) {
@@ -312,16 +356,19 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
             Err(e) => errors.push(format!("shell: {e:#}")),
         }
     }
-    summary.sections.push(footprint);
+    // A fleet run measures no binary of its own beside lb-sync: its table holds the fleet.
+    if !args.fleet {
+        summary.sections.push(footprint);
+    }
     if selected("lb_sync") {
-        eprintln!("bench: [3/5] lb-sync against the simulator ...");
+        eprintln!("bench: [3/6] lb-sync against the simulator ...");
         match lbsync::run(&ctx).await {
             Ok(s) => summary.sections.push(s),
             Err(e) => errors.push(format!("lb_sync: {e:#}")),
         }
     }
     if selected("dbhelper") {
-        eprintln!("bench: [4/5] dbhelper seed vs the mariadb client ...");
+        eprintln!("bench: [4/6] dbhelper seed vs the mariadb client ...");
         match dbseed::run(&ctx).await {
             Ok(s) => summary.sections.push(s),
             Err(e) => errors.push(format!("dbhelper: {e:#}")),
@@ -329,13 +376,27 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
     }
 
     if selected("haproxy") {
-        eprintln!("bench: [5/5] lb-sync --provider haproxy: a rolling restart under load, withdrawal to drain ...");
+        eprintln!("bench: [5/6] lb-sync --provider haproxy: a rolling restart under load, withdrawal to drain ...");
         let settings = haproxy::Settings {
             withdrawals: ctx.settings.withdrawals,
         };
         match haproxy::run(&ctx, &docker, settings).await {
             Ok(s) => summary.sections.push(s),
             Err(e) => errors.push(format!("haproxy: {e:#}")),
+        }
+    }
+
+    if selected("fleet") {
+        let f = ctx.settings.fleet;
+        eprintln!(
+            "bench: [6/6] a fleet of {} simulated hosts, {} records, on a three-member etcd, lb-sync --provider haproxy ...",
+            f.hosts,
+            f.records()
+        );
+        let (section, result) = Box::pin(fleet::run(&ctx, f)).await;
+        summary.sections.push(section);
+        if let Err(e) = result {
+            errors.push(format!("fleet: {e:#}"));
         }
     }
 
@@ -438,6 +499,10 @@ async fn machine_meta(ctx: &Ctx) -> std::collections::BTreeMap<String, serde_jso
                 "withdrawals": s.withdrawals,
                 "concurrency": s.concurrency,
                 "announcer_args": s.announcer_args,
+                "fleet_hosts": s.fleet.hosts,
+                "fleet_records_per_host": s.fleet.records_per_host,
+                "fleet_steady_s": s.fleet.steady.as_secs_f64(),
+                "fleet_changes": s.fleet.changes,
             }),
         ),
         (
@@ -498,5 +563,24 @@ mod tests {
         assert!(Args::try_parse_from(["bench", "--only", "announce,nonsense"]).is_err());
         let only = Args::try_parse_from(["bench", "--only", "announce,lb_sync"]).unwrap();
         assert_eq!(only.only, ["announce", "lb_sync"]);
+        assert_eq!(
+            (
+                full.fleet.hosts,
+                full.fleet.records(),
+                full.fleet.steady.as_secs(),
+                full.fleet.changes
+            ),
+            (100, 5000, 60, 5)
+        );
+        assert_eq!((quick.fleet.hosts, quick.fleet.steady.as_secs()), (10, 15));
+        let fleet = Args::try_parse_from(["bench", "--fleet", "--fleet-hosts", "25", "--fleet-steady", "30s"]).unwrap();
+        assert!(fleet.fleet);
+        let f = Settings::from_args(&fleet).fleet;
+        assert_eq!((f.hosts, f.records_per_host, f.steady.as_secs()), (25, 50, 30));
+        // A fleet needs a host that dies beside the others.
+        let tiny = Settings::from_args(&Args::try_parse_from(["bench", "--fleet-hosts", "1"]).unwrap());
+        assert_eq!(tiny.fleet.hosts, 3);
+        assert!(Args::try_parse_from(["bench", "--fleet", "--only", "announce"]).is_err());
+        assert!(Args::try_parse_from(["bench", "--only", "fleet"]).is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! The figures of one run: what the table prints and what `summary.json` holds (pure).
 //!
 //! `summary.json` has one object per benchmark (`announce`, `withdraw`, `shell`,
-//! `footprint`, `lb_sync`, `dbhelper`, `haproxy`) whose keys are the figure names of issue 7 and
+//! `footprint`, `lb_sync`, `dbhelper`, `haproxy`, `fleet`) whose keys are the figure names of issue 7 and
 //! whose values are plain numbers: milliseconds (`_ms`), bytes (`_bytes`), seconds
 //! (`_s_...`), counts, or ratios. Beside them, `meta` (machine, date, mode, settings,
 //! notes) and `targets` (each target, the value measured, met or not).
@@ -29,6 +29,9 @@ pub struct Section {
     pub figures: Vec<Figure>,
     /// What a reader needs to know to read the figures (settings, caveats).
     pub notes: Vec<String>,
+    /// Goals that depend on the run's settings (the fleet's hosts and TTL), judged like
+    /// the fixed ones of [`targets`].
+    pub goals: Vec<(String, Goal)>,
 }
 
 impl Section {
@@ -49,6 +52,12 @@ impl Section {
                 value,
             });
         }
+    }
+
+    /// Sets the goal of a figure of this section (replacing an earlier one).
+    pub fn goal(&mut self, figure: &str, goal: Goal) {
+        self.goals.retain(|(f, _)| f != figure);
+        self.goals.push((figure.to_owned(), goal));
     }
 
     /// Adds a note.
@@ -138,9 +147,9 @@ pub fn targets() -> Vec<(&'static str, &'static str, Goal)> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
     /// Benchmark.
-    pub section: &'static str,
+    pub section: String,
     /// Figure.
-    pub figure: &'static str,
+    pub figure: String,
     /// The goal.
     pub goal: Goal,
     /// The value measured (`None`: not measured in this run).
@@ -171,26 +180,41 @@ impl Summary {
         self.sections.iter().find(|s| s.name == name)
     }
 
-    /// Every target with the value of this run.
+    /// Every target with the value of this run: the fixed ones, then those the sections
+    /// set for themselves.
     #[must_use]
     pub fn verdicts(&self) -> Vec<Verdict> {
-        targets()
+        let mut out: Vec<Verdict> = targets()
             .into_iter()
             .map(|(section, figure, goal)| Verdict {
-                section,
-                figure,
+                section: section.to_owned(),
+                figure: figure.to_owned(),
                 goal,
                 value: self.section(section).and_then(|s| s.get(figure)),
             })
-            .collect()
+            .collect();
+        for s in &self.sections {
+            for (figure, goal) in &s.goals {
+                if !out.iter().any(|v| v.section == s.name && v.figure == *figure) {
+                    out.push(Verdict {
+                        section: s.name.clone(),
+                        figure: figure.clone(),
+                        goal: *goal,
+                        value: s.get(figure),
+                    });
+                }
+            }
+        }
+        out
     }
 
-    /// The goal of a figure, if it has one.
-    fn goal_of(section: &str, figure: &str) -> Option<Goal> {
+    /// The goal of a figure, if it has one: a fixed target first, else the section's own.
+    fn goal_of(section: &Section, figure: &str) -> Option<Goal> {
         targets()
             .into_iter()
-            .find(|(s, f, _)| *s == section && *f == figure)
+            .find(|(s, f, _)| *s == section.name && *f == figure)
             .map(|(_, _, g)| g)
+            .or_else(|| section.goals.iter().find(|(f, _)| f == figure).map(|(_, g)| *g))
     }
 
     /// `summary.json`'s document.
@@ -280,7 +304,7 @@ impl Summary {
         let mut rows = vec![["benchmark", "figure", "value", "target", "met"].map(String::from)];
         for s in &self.sections {
             for f in &s.figures {
-                let goal = Summary::goal_of(&s.name, &f.name);
+                let goal = Summary::goal_of(s, &f.name);
                 rows.push([
                     s.name.clone(),
                     f.name.clone(),
@@ -389,6 +413,42 @@ mod tests {
         assert_eq!(find("idle_writes_per_ttl")["met"], json!(true));
         assert_eq!(find("seed_speedup")["met"], Value::Null);
         assert_eq!(find("seed_speedup")["value"], Value::Null);
+    }
+
+    #[test]
+    fn a_sections_own_goals_are_judged_beside_the_fixed_ones() {
+        let mut s = sample();
+        let mut fleet = Section::new("fleet");
+        fleet.add("keepalives_per_s", 28.0);
+        fleet.add("host_death_to_drained_ms", 11_000.0);
+        fleet.goal("keepalives_per_s", Goal::AtMost(30.0));
+        fleet.goal("host_death_to_drained_ms", Goal::AtMost(12_000.0));
+        // A later goal replaces an earlier one.
+        fleet.goal("host_death_to_drained_ms", Goal::AtMost(10_700.0));
+        fleet.goal("records_missing_during_leader_kill", Goal::Exactly(0.0));
+        s.sections.push(fleet);
+        let j = s.to_json();
+        let targets = j["targets"].as_array().unwrap();
+        let find = |fig: &str| targets.iter().find(|t| t["figure"] == fig).unwrap().clone();
+        assert_eq!(find("keepalives_per_s")["met"], json!(true));
+        assert_eq!(find("keepalives_per_s")["benchmark"], json!("fleet"));
+        assert_eq!(find("host_death_to_drained_ms")["met"], json!(false));
+        assert_eq!(find("host_death_to_drained_ms")["target"], json!("<= 10700"));
+        assert_eq!(find("records_missing_during_leader_kill")["met"], Value::Null);
+        assert_eq!(
+            targets
+                .iter()
+                .filter(|t| t["figure"] == "host_death_to_drained_ms")
+                .count(),
+            1
+        );
+        // The fixed targets are all still there.
+        assert_eq!(targets.len(), super::targets().len() + 3);
+        let t = s.table();
+        let line = t.lines().find(|l| l.contains("host_death_to_drained_ms")).unwrap();
+        assert!(line.contains("<= 10700") && line.contains("MISSED"), "{line}");
+        let line = t.lines().find(|l| l.contains("keepalives_per_s")).unwrap();
+        assert!(line.contains("<= 30") && line.contains("yes"), "{line}");
     }
 
     #[test]

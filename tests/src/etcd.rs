@@ -383,6 +383,19 @@ impl EtcdCluster {
         self.members[i].kill();
     }
 
+    /// The process id of member `i` (`None` while it is stopped): its CPU time and memory
+    /// are read from `/proc` (the benchmark harness).
+    #[must_use]
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// The plain-HTTP port of member `i`'s `/metrics` and `/health`.
+    #[must_use]
+    pub fn metrics_port(&self, i: usize) -> u16 {
+        self.members[i].metrics_port
+    }
+
     /// Whether member `i` is running and healthy.
     #[must_use]
     pub fn is_healthy(&self, i: usize) -> bool {
