@@ -516,7 +516,7 @@ mod tests {
         put(&mut kvs, &record("web01", [10, 0, 0, 1], 8001), Layout::Fields);
         // A good JSON record under a name with NUL bytes, and a bare port under a name
         // with a newline (which would forge a log line if printed as it is).
-        put(&mut kvs, &record("w\0\02", [10, 0, 0, 2], 8002), Layout::Json);
+        put(&mut kvs, &record("w\x00\x002", [10, 0, 0, 2], 8002), Layout::Json);
         set(&mut kvs, "/services/web/web\n03/port", "8003");
         let d = Builder::default().build(&source, &kvs, true, 1);
         assert_eq!(

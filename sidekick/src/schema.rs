@@ -607,13 +607,13 @@ mod tests {
         assert!(err.contains("at most 128 bytes"), "{err}");
     }
 
-    /// Found by `scripts/fuzz` (etcd_records): a key `/services/web/w\0\0\0\0\002`
+    /// Found by `scripts/fuzz` (etcd_records): a key `/services/web/` + `w`, five NULs, `02`
     /// holding a good JSON record decoded to a record named with NUL bytes.
     #[test]
     fn instances_with_unsafe_names_are_refused_whatever_their_value() {
         let long = "a".repeat(129);
         for name in [
-            "w\0\0\0\0\002",
+            "w\x00\x00\x00\x00\x0002",
             "..",
             ".",
             "web 01",
