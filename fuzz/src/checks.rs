@@ -255,3 +255,29 @@ pub fn flags(data: &[u8]) {
         Err(e) => assert!(e.to_string().contains("invalid etcd endpoint"), "{e}"),
     }
 }
+
+/// lb-sync's reading of HAProxy Runtime API answers (`show servers state`, `show stat`
+/// CSV): never panics; every server read is one line of the answer (its name and address
+/// are words of the text, its name is one word); an error says something; `show stat`
+/// gives sessions only for named servers of the asked backend, never its totals.
+pub fn haproxy_answers(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match lb_sync::haproxy::parse_servers_state(&text) {
+        Ok(servers) => {
+            assert!(servers.len() <= text.lines().count(), "one server per line");
+            for s in &servers {
+                assert!(!s.name.is_empty() && !s.name.contains(char::is_whitespace), "{s:?}");
+                assert!(
+                    text.contains(s.name.as_str()) && text.contains(s.address.as_str()),
+                    "{s:?}"
+                );
+                let _ = s.node("lb-sync-", Some(1));
+            }
+        }
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+    for name in lb_sync::haproxy::parse_stat_sessions(&text, "web").keys() {
+        assert!(name != "BACKEND" && name != "FRONTEND", "{name}");
+        assert!(text.contains(name.as_str()), "{name:?}");
+    }
+}

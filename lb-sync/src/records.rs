@@ -28,7 +28,7 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, WatchOptions};
 use sidekick::bounded::{MAX_VALUE, Oversized, read_prefix};
 use sidekick::notify::Heartbeat;
-use sidekick::schema::{AddressField, decode_service, field, normalize_prefix};
+use sidekick::schema::{AddressField, decode_service, field, normalize_prefix, shown_name};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -137,7 +137,9 @@ impl Builder {
                 out.held_addresses.insert(addr, instance.clone());
                 self.known_addresses.insert(addr);
             } else {
-                out.unknown.push(format!("{instance}: {problem}"));
+                // The instance comes from a key anyone under the prefix can write: a
+                // name that is not safe is shown quoted and cut, not as it is.
+                out.unknown.push(format!("{}: {problem}", shown_name(&instance)));
             }
         }
         // A record that is gone is absent: forget it.
@@ -505,5 +507,29 @@ mod tests {
         let fixed = Source::new("/services/web", AddressField::Private, Some(80));
         let d = Builder::default().build(&fixed, &kvs, true, 1);
         assert!(d.nodes.contains_key(&ep([10, 0, 0, 3], 80)));
+    }
+
+    #[test]
+    fn a_record_with_an_unsafe_name_is_no_node_and_is_shown_quoted() {
+        let source = Source::new("/services/web", AddressField::Private, None);
+        let mut kvs = BTreeMap::new();
+        put(&mut kvs, &record("web01", [10, 0, 0, 1], 8001), Layout::Fields);
+        // A good JSON record under a name with NUL bytes, and a bare port under a name
+        // with a newline (which would forge a log line if printed as it is).
+        put(&mut kvs, &record("w\x00\x002", [10, 0, 0, 2], 8002), Layout::Json);
+        set(&mut kvs, "/services/web/web\n03/port", "8003");
+        let d = Builder::default().build(&source, &kvs, true, 1);
+        assert_eq!(
+            d.nodes.keys().copied().collect::<Vec<_>>(),
+            vec![ep([10, 0, 0, 1], 8001)]
+        );
+        // Its address alone is held, as for any unreadable record.
+        assert_eq!(
+            d.held_addresses.keys().copied().collect::<Vec<_>>(),
+            vec![IpAddr::from([10, 0, 0, 2])]
+        );
+        assert_eq!(d.unknown.len(), 1, "{:?}", d.unknown);
+        assert!(d.unknown[0].starts_with("\"web\\n03\": "), "{:?}", d.unknown);
+        assert!(!d.unknown[0].contains('\n'), "{:?}", d.unknown);
     }
 }

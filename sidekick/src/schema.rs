@@ -177,7 +177,19 @@ pub fn shorten(value: &str) -> String {
 /// [`Error::Name`] when it is empty, longer than 128 bytes, or holds `/`, whitespace or
 /// control characters.
 pub fn validate_name(what: &'static str, value: &str) -> Result<(), Error> {
-    let reason = if value.is_empty() {
+    match name_problem(value) {
+        Some(reason) => Err(Error::Name {
+            what,
+            value: shorten(value),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Why `value` cannot be one etcd path segment, or `None` when it can.
+fn name_problem(value: &str) -> Option<&'static str> {
+    if value.is_empty() {
         Some("must not be empty")
     } else if value.len() > 128 {
         Some("must be at most 128 bytes")
@@ -189,14 +201,16 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<(), Error> {
         Some("must not be '.' or '..'")
     } else {
         None
-    };
-    match reason {
-        Some(reason) => Err(Error::Name {
-            what,
-            value: shorten(value),
-            reason,
-        }),
-        None => Ok(()),
+    }
+}
+
+/// An instance name as a message shows it: itself when it is a safe name, else quoted
+/// and cut ([`shorten`]), so a name read from etcd cannot forge a log line.
+#[must_use]
+pub fn shown_name(value: &str) -> String {
+    match name_problem(value) {
+        None => value.to_owned(),
+        Some(_) => shorten(value),
     }
 }
 
@@ -350,13 +364,20 @@ pub enum DecodeError {
     /// A `json` or `value` record that is not a JSON record object.
     #[error("record {instance:?} is not a JSON record: {reason}")]
     Json { instance: String, reason: String },
+    /// An instance name the announcer would never write (NUL, control bytes, whitespace,
+    /// `..`, over 128 bytes): someone else wrote it, and it must not reach a log line or
+    /// a node's label as it is.
+    #[error("record {} has an unsafe instance name: it {reason}", shorten(.instance))]
+    Name { instance: String, reason: &'static str },
 }
 
 /// Decodes every record of one service from the key/values under [`service_prefix`].
 ///
 /// Keys `<service_prefix><instance>/<field>` are grouped into `fields` records; keys
 /// `<service_prefix><instance>` are read as `json` records. Keys outside the prefix,
-/// deeper paths and unknown field names are ignored. The result is sorted by instance.
+/// deeper paths and unknown field names are ignored. An instance whose name could not be
+/// one safe key segment ([`validate_name`]: NUL, control bytes, `..`, ...) is
+/// [`DecodeError::Name`], whatever its value. The result is sorted by instance.
 pub fn decode_service<'a, I>(service_prefix: &str, service: &str, kvs: I) -> Vec<(String, Result<Record, DecodeError>)>
 where
     I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
@@ -384,12 +405,24 @@ where
         }
     }
     let mut out: Vec<(String, Result<Record, DecodeError>)> = Vec::new();
+    let refused = |instance: &str| {
+        name_problem(instance).map(|reason| DecodeError::Name {
+            instance: instance.to_owned(),
+            reason,
+        })
+    };
     for (instance, map) in fields {
-        let rec = decode_fields(service, &instance, &map);
+        let rec = match refused(&instance) {
+            Some(e) => Err(e),
+            None => decode_fields(service, &instance, &map),
+        };
         out.push((instance, rec));
     }
     for (instance, bytes) in whole {
-        let rec = decode_json(service, &instance, &bytes);
+        let rec = match refused(&instance) {
+            Some(e) => Err(e),
+            None => decode_json(service, &instance, &bytes),
+        };
         out.push((instance, rec));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -572,6 +605,40 @@ mod tests {
         assert!(validate_name("instance", &"a".repeat(128)).is_ok());
         let err = validate_name("instance", &"a".repeat(129)).unwrap_err().to_string();
         assert!(err.contains("at most 128 bytes"), "{err}");
+    }
+
+    /// Found by `scripts/fuzz` (etcd_records): a key `/services/web/` + `w`, five NULs, `02`
+    /// holding a good JSON record decoded to a record named with NUL bytes.
+    #[test]
+    fn instances_with_unsafe_names_are_refused_whatever_their_value() {
+        let long = "a".repeat(129);
+        for name in [
+            "w\x00\x00\x00\x00\x0002",
+            "..",
+            ".",
+            "web 01",
+            "web\n01",
+            "web\u{7f}",
+            long.as_str(),
+        ] {
+            for layout in [Layout::Fields, Layout::Json] {
+                let rec = Record {
+                    instance: name.into(),
+                    ..web01()
+                };
+                let entries = rec.entries("/services", layout);
+                let got = decode_service("/services/web/", "web", kv(&entries));
+                assert_eq!(got.len(), 1, "{name:?} {layout}: {got:?}");
+                assert_eq!(got[0].0, name);
+                let err = got[0].1.clone().unwrap_err();
+                assert!(matches!(err, DecodeError::Name { .. }), "{name:?} {layout}: {err:?}");
+                let msg = err.to_string();
+                assert!(msg.contains(&shorten(name)), "{msg}");
+                assert!(!msg.chars().any(char::is_control), "{msg:?}");
+                assert_eq!(shown_name(name), shorten(name));
+            }
+        }
+        assert_eq!(shown_name("web01"), "web01");
     }
 
     #[test]

@@ -40,6 +40,7 @@ fn corpora_replay_without_a_broken_property() {
     replay("clb_answers", checks::clb_answers);
     replay("identity_token", checks::identity_token);
     replay("flags", checks::flags);
+    replay("haproxy_answers", checks::haproxy_answers);
 }
 
 /// Bytes that look like SQL more often than random bytes do: quotes, comments, delimiters.
@@ -168,6 +169,23 @@ proptest! {
         ]
     ) {
         checks::flags(text.as_bytes());
+    }
+
+    #[test]
+    fn haproxy_answers_keep_their_properties(
+        lines in proptest::collection::vec(
+            prop_oneof![
+                Just("1".to_owned()),
+                Just("# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_check_result srv_check_state srv_port".to_owned()),
+                "3 web [0-9]{1,11} [a-z0-9.:-]{0,12} [0-9.]{0,15} [0-9]{1,3} [0-9]{1,3} [0-9]{1,2} [0-9]{1,2} [0-9]{1,6}",
+                Just("# pxname,svname,qcur,qmax,scur,smax".to_owned()),
+                "(web|other),[A-Za-z0-9.:-]{0,12},0,0,[0-9]{0,21},[0-9]{0,3}",
+                "[^\n]{0,24}",
+            ],
+            0..8,
+        )
+    ) {
+        checks::haproxy_answers(lines.join("\n").as_bytes());
     }
 }
 
