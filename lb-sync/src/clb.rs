@@ -1235,6 +1235,166 @@ mod tests {
         addr
     }
 
+    /// Every status string the API documents, read, written back and classified.
+    #[test]
+    fn load_balancer_statuses_are_read_and_written_back() {
+        let cases: &[(&str, LbStatus, bool)] = &[
+            ("ACTIVE", LbStatus::Active, false),
+            ("BUILD", LbStatus::Build, false),
+            ("PENDING_UPDATE", LbStatus::PendingUpdate, false),
+            ("PENDING_DELETE", LbStatus::PendingDelete, true),
+            ("DELETED", LbStatus::Deleted, true),
+            ("ERROR", LbStatus::Error, false),
+            ("SUSPENDED", LbStatus::Suspended, false),
+            ("MIGRATING", LbStatus::Other("MIGRATING".into()), false),
+            ("active", LbStatus::Other("active".into()), false),
+        ];
+        for (text, status, gone) in cases {
+            assert_eq!(LbStatus::parse(text), *status, "{text}");
+            assert_eq!(status.as_str(), *text);
+            assert_eq!(status.to_string(), *text);
+            assert_eq!(status.is_gone(), *gone, "{text}");
+        }
+    }
+
+    /// Offsets at the edges of the valid range, and minutes that are not a multiple of ten.
+    #[test]
+    fn token_expiry_offsets_at_their_limits() {
+        let utc = |s: &str| humantime::parse_rfc3339_weak(s).unwrap();
+        let cases: &[(&str, Option<SystemTime>)] = &[
+            ("2031-03-14T22:55:14+09:45", Some(utc("2031-03-14T13:10:14"))),
+            ("2031-03-14T00:00:00+23:59", Some(utc("2031-03-13T00:01:00"))),
+            ("2031-03-14T00:00:00-23:59", Some(utc("2031-03-14T23:59:00"))),
+            ("2031-03-14T00:00:00+1000", Some(utc("2031-03-13T14:00:00"))),
+            ("2031-03-14T00:00:00+00:59", Some(utc("2031-03-13T23:01:00"))),
+            ("2031-03-14T00:00:00+24:00", None),
+            ("2031-03-14T00:00:00+00:60", None),
+            ("2031-03-14T00:00:00+0a:00", None),
+            ("2031-03-14T00:00:00+05:00:00", None),
+            ("  2031-03-14T00:00:00Z\n", Some(utc("2031-03-14T00:00:00"))),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_rfc3339(text), *want, "{text:?}");
+        }
+    }
+
+    /// A token is renewed a tenth of its life before it expires, at most 5 minutes before,
+    /// and within the hour when its expiry cannot be read.
+    #[test]
+    fn tokens_are_renewed_a_tenth_of_their_life_early() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let cases: &[(u64, u64)] = &[(1000, 900), (24 * 3600, 24 * 3600 - 300), (3000, 2700)];
+        for (life, renew_after) in cases {
+            let exp = humantime::format_rfc3339_seconds(now + Duration::from_secs(*life)).to_string();
+            let doc = token_doc("http://x", "t", &exp).to_string();
+            let s = session_from(doc.as_bytes(), "ord", now).unwrap();
+            assert_eq!(s.renew_at, now + Duration::from_secs(*renew_after), "life {life} s");
+        }
+        for expires in ["", "next week"] {
+            let doc = token_doc("http://x", "t", expires).to_string();
+            let s = session_from(doc.as_bytes(), "ORD", now).unwrap();
+            assert_eq!(s.renew_at, now + Duration::from_secs(3600), "expires {expires:?}");
+        }
+        // A catalog whose load-balancer service lists no region, or an empty URL for it.
+        let doc = json!({"access": {"token": {"id": "t"}, "serviceCatalog": [
+            {"type": "rax:load-balancer", "endpoints": [{"publicURL": "http://none"}, {"region": "ORD", "publicURL": ""}]}
+        ]}});
+        let err = session_from(doc.to_string().as_bytes(), "ORD", now)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("(no region), ORD"), "{err}");
+        let doc = json!({"access": {"token": {"id": "t"}, "serviceCatalog": [{"type": "compute"}]}});
+        let err = session_from(doc.to_string().as_bytes(), "ORD", now)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no rax:load-balancer service"), "{err}");
+    }
+
+    /// The bodies of a load balancer, of added nodes and of the limits, as the API sends
+    /// them and as it might.
+    #[test]
+    fn answers_are_parsed_field_by_field() {
+        let node = |id, address: &str, port, condition, status| Node {
+            id,
+            address: address.into(),
+            port,
+            condition,
+            status,
+            sessions: None,
+            foreign: false,
+        };
+        let lb = parse_load_balancer(lb_body("PENDING_UPDATE").to_string().as_bytes()).unwrap();
+        assert_eq!(
+            lb,
+            LoadBalancer {
+                status: LbStatus::PendingUpdate,
+                nodes: vec![
+                    node(1, "10.0.0.1", 80, Condition::Enabled, NodeStatus::Online),
+                    node(
+                        2,
+                        "10.0.0.2",
+                        80,
+                        Condition::Other("SOMETHING_NEW".into()),
+                        NodeStatus::Other("MAINTENANCE".into())
+                    ),
+                ],
+            }
+        );
+        let lb = parse_load_balancer(br#"{"loadBalancer": {"status": "BUILD"}}"#).unwrap();
+        assert_eq!((lb.status, lb.nodes.len()), (LbStatus::Build, 0));
+        assert!(parse_load_balancer(br#"{"nodes": []}"#).is_err());
+        let nodes: &[(&[u8], Vec<Node>)] = &[
+            (
+                br#"{"nodes": [{"id": 9, "address": "203.0.113.9", "port": 8080, "condition": "DRAINING", "status": "OFFLINE"}]}"#,
+                vec![node(9, "203.0.113.9", 8080, Condition::Draining, NodeStatus::Offline)],
+            ),
+            (
+                br#"{"nodes": [{"id": 3}]}"#,
+                vec![node(3, "", 0, Condition::Other(String::new()), NodeStatus::Other(String::new()))],
+            ),
+            (br#"{"nodes": []}"#, vec![]),
+            (b"not json", vec![]),
+        ];
+        for (body, want) in nodes {
+            assert_eq!(parse_nodes(body), *want, "{}", String::from_utf8_lossy(body));
+        }
+        let limits = |node_limit, batch_delete| Limits {
+            node_limit,
+            batch_delete,
+            ..Limits::default()
+        };
+        let cases: &[(&[u8], Limits)] = &[
+            (
+                br#"{"absolute": [{"name": "NODE_LIMIT", "value": 50}, {"name": "BATCH_DELETE_LIMIT", "value": 3}, {"name": "LOADBALANCER_LIMIT", "value": 7}]}"#,
+                limits(50, 3),
+            ),
+            (br#"{"absolute": [{"name": "BATCH_DELETE_LIMIT", "value": 1}]}"#, limits(25, 1)),
+            // A limit of 0 ids per delete would never delete: the default stays.
+            (br#"{"absolute": [{"name": "BATCH_DELETE_LIMIT", "value": 0}]}"#, limits(25, 10)),
+            (br#"{"absolute": [{"name": "NODE_LIMIT", "value": "many"}]}"#, limits(25, 10)),
+            (br#"{"absolute": [{"value": 5}]}"#, limits(25, 10)),
+            (b"{}", limits(25, 10)),
+            (b"<html>", limits(25, 10)),
+        ];
+        for (body, want) in cases {
+            assert_eq!(parse_limits(body), *want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// A self-signed CA (EC P-256), for the --ca-file cases.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBjDCCATGgAwIBAgIUQh4QiGBSkk+wSEZSIes9MHeWwRowCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPbGItc3luYyB0ZXN0IENBMCAXDTI2MTEyNTAwMDYyOFoYDzIx
+MjYxMTAxMDAwNjI4WjAaMRgwFgYDVQQDDA9sYi1zeW5jIHRlc3QgQ0EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAASsobXIWnkqGQpVhdQd2cwHm9O51wxyfHQrqh0E
+Uef5jifL0aMKjdeGYmn1odAAnPvNkro8+L3B30vNbNivHl1mo1MwUTAdBgNVHQ4E
+FgQU1sb89M5yrZqeA1SJelodbHKTJYUwHwYDVR0jBBgwFoAU1sb89M5yrZqeA1SJ
+elodbHKTJYUwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAwIS7
+0SumKEbM+BDg3X5JmvmRof4zDIe2T364/5HqDq8CIQDT2gGi3EvbOzbHJIQQpwhy
+EyWRZyXQNx92tyddbT4NVA==
+-----END CERTIFICATE-----
+";
+
     /// `--ca-file` is what the TLS handshake trusts: with the CA that signed the server the
     /// token and the load balancer are read over https; with another CA, or none, the
     /// handshake fails and no request reaches the server. An unusable file is named.

@@ -1616,6 +1616,386 @@ mod tests {
         );
     }
 
+    /// Written to kill mutants scripts/mutants found alive (TESTING.md): whether a plan has a
+    /// change to apply, for each kind of change alone.
+    #[test]
+    fn has_steps_sees_each_kind_of_change_alone() {
+        let node = NodeRef {
+            id: 101,
+            endpoint: ep(1),
+        };
+        let add = NewNode {
+            endpoint: ep(1),
+            condition: Condition::Enabled,
+        };
+        let cases: Vec<(&str, Plan, bool)> = vec![
+            ("nothing", Plan::default(), false),
+            (
+                "an add",
+                Plan {
+                    adds: vec![add],
+                    ..Plan::default()
+                },
+                true,
+            ),
+            (
+                "an enable",
+                Plan {
+                    enables: vec![node.clone()],
+                    ..Plan::default()
+                },
+                true,
+            ),
+            (
+                "a drain",
+                Plan {
+                    drains: vec![node.clone()],
+                    ..Plan::default()
+                },
+                true,
+            ),
+            (
+                "a delete",
+                Plan {
+                    deletes: vec![vec![node.clone()]],
+                    ..Plan::default()
+                },
+                true,
+            ),
+            (
+                "only a wait",
+                Plan {
+                    waiting: vec![Wait {
+                        node,
+                        what: WaitFor::Online,
+                    }],
+                    ..Plan::default()
+                },
+                false,
+            ),
+        ];
+        for (name, p, want) in cases {
+            assert_eq!(p.has_steps(), want, "{name}");
+        }
+    }
+
+    /// Deletes come once, last, unless the node limit holds adds back (then first, to make
+    /// room); a refusal other than the incomplete view lets adds and enables through, never a
+    /// delete.
+    #[test]
+    fn allowed_steps_put_deletes_last_once_and_never_past_a_refusal() {
+        let (a, b, c) = (
+            NodeRef {
+                id: 101,
+                endpoint: ep(1),
+            },
+            NodeRef {
+                id: 102,
+                endpoint: ep(2),
+            },
+            NodeRef {
+                id: 103,
+                endpoint: ep(3),
+            },
+        );
+        let add = NewNode {
+            endpoint: ep(4),
+            condition: Condition::Enabled,
+        };
+        let limit = Note::NodeLimit {
+            limit: 3,
+            left_out: vec![ep(5)],
+        };
+        let too_many = Refusal::TooManyRemovals {
+            remove: 2,
+            in_service: 3,
+            max_pct: 50,
+        };
+        let base = Plan {
+            enables: vec![a.clone()],
+            drains: vec![b.clone()],
+            deletes: vec![vec![c.clone()]],
+            ..Plan::default()
+        };
+        let cases: Vec<(&str, Plan, Vec<Step>)> = vec![
+            (
+                "no refusal, no limit",
+                base.clone(),
+                vec![
+                    Step::Enable(a.clone()),
+                    Step::Drain(b.clone()),
+                    Step::Delete(vec![c.clone()]),
+                ],
+            ),
+            (
+                "the limit holds adds back: deletes first",
+                Plan {
+                    adds: vec![add.clone()],
+                    notes: vec![limit.clone()],
+                    ..base.clone()
+                },
+                vec![
+                    Step::Delete(vec![c.clone()]),
+                    Step::Add(vec![add.clone()]),
+                    Step::Enable(a.clone()),
+                    Step::Drain(b.clone()),
+                ],
+            ),
+            (
+                "refused, with the limit note: adds and enables only",
+                Plan {
+                    adds: vec![add.clone()],
+                    notes: vec![limit],
+                    refusals: vec![too_many],
+                    ..base.clone()
+                },
+                vec![Step::Add(vec![add]), Step::Enable(a)],
+            ),
+            (
+                "incomplete view: nothing",
+                Plan {
+                    refusals: vec![Refusal::Incomplete],
+                    ..base
+                },
+                vec![],
+            ),
+        ];
+        for (name, p, want) in cases {
+            assert_eq!(p.allowed_steps(), want, "{name}");
+        }
+    }
+
+    /// A node added DRAINING and waited on until ONLINE is looked at again in 5 s; a drain
+    /// clock or a session poll comes first.
+    #[test]
+    fn next_wake_for_each_kind_of_wait() {
+        let wait = |id, what| Wait {
+            node: NodeRef { id, endpoint: ep(1) },
+            what,
+        };
+        let drain = |secs, sessions| WaitFor::Drain {
+            remaining: Duration::from_secs(secs),
+            sessions,
+        };
+        let cases: Vec<(&str, Vec<Wait>, Option<Duration>)> = vec![
+            ("nothing waited on", vec![], None),
+            (
+                "online only",
+                vec![wait(1, WaitFor::Online)],
+                Some(Duration::from_secs(5)),
+            ),
+            (
+                "online and a drain",
+                vec![wait(1, WaitFor::Online), wait(2, drain(20, None))],
+                Some(Duration::from_secs(20)),
+            ),
+            (
+                "sessions are polled",
+                vec![wait(2, drain(20, Some(3)))],
+                Some(SESSION_POLL),
+            ),
+            (
+                "a drain about to end",
+                vec![wait(2, drain(0, Some(3)))],
+                Some(Duration::ZERO),
+            ),
+        ];
+        for (name, waiting, want) in cases {
+            assert_eq!(
+                Plan {
+                    waiting,
+                    ..Plan::default()
+                }
+                .next_wake(),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    /// Exactly as many missing nodes as there is room for: all added, no node-limit note
+    /// (which would also put deletes first).
+    #[test]
+    fn adds_that_just_fit_the_node_limit_are_no_note() {
+        let limits = Limits {
+            node_limit: 3,
+            ..Limits::default()
+        };
+        let plan_with = |want: &[u8]| {
+            plan(
+                &desired(want),
+                &Actual {
+                    nodes: &enabled(&[1]),
+                    drain_started: &BTreeMap::new(),
+                    missing_since: &BTreeMap::new(),
+                    now: Instant::now(),
+                },
+                &limits,
+                &Policy::default(),
+            )
+        };
+        let p = plan_with(&[1, 2, 3]);
+        assert_eq!((p.adds.len(), p.notes.clone()), (2, vec![]), "{p:?}");
+        let p = plan_with(&[1, 2, 3, 4]);
+        assert_eq!(p.adds.len(), 2);
+        assert_eq!(
+            p.notes,
+            vec![Note::NodeLimit {
+                limit: 3,
+                left_out: vec![ep(4)]
+            }]
+        );
+    }
+
+    /// DISABLED nodes no longer desired are removals under way, as DRAINING ones are: they
+    /// count against `max_remove`.
+    #[test]
+    fn disabled_nodes_count_against_max_remove() {
+        let policy = Policy {
+            max_remove_pct: 30,
+            ..Policy::default()
+        };
+        let mut nodes = enabled(&[3, 4, 5, 6, 7, 8, 9, 10]);
+        nodes.extend([node(101, 1, Condition::Disabled), node(102, 2, Condition::Disabled)]);
+        // One more: 3 of 10 taken out, allowed.
+        let p = run(&desired(&[4, 5, 6, 7, 8, 9, 10]), &nodes, &policy);
+        assert!(p.refusals.is_empty(), "{p:?}");
+        // Two more: 4 of 10 (not 2 of 8), refused.
+        let p = run(&desired(&[5, 6, 7, 8, 9, 10]), &nodes, &policy);
+        assert_eq!(
+            p.refusals,
+            vec![Refusal::TooManyRemovals {
+                remove: 4,
+                in_service: 10,
+                max_pct: 30
+            }]
+        );
+    }
+
+    /// What an operator reads: each step as the daemon logs it, and `lb-sync plan`'s report
+    /// with its last line.
+    #[test]
+    fn steps_and_reports_print_what_the_operator_reads() {
+        let (a, b) = (
+            NodeRef {
+                id: 101,
+                endpoint: ep(1),
+            },
+            NodeRef {
+                id: 102,
+                endpoint: ep(2),
+            },
+        );
+        let adds = vec![
+            NewNode {
+                endpoint: ep(3),
+                condition: Condition::Enabled,
+            },
+            NewNode {
+                endpoint: ep(4),
+                condition: Condition::Draining,
+            },
+        ];
+        let steps = [
+            (
+                Step::Add(adds.clone()),
+                "add 2 node(s): 10.0.0.3:8080 ENABLED, 10.0.0.4:8080 DRAINING",
+            ),
+            (Step::Enable(a.clone()), "enable node 101 10.0.0.1:8080"),
+            (Step::Drain(b.clone()), "drain node 102 10.0.0.2:8080"),
+            (
+                Step::Delete(vec![a.clone(), b.clone()]),
+                "delete 2 node(s): 101 10.0.0.1:8080, 102 10.0.0.2:8080",
+            ),
+        ];
+        for (step, want) in steps {
+            assert_eq!(step.to_string(), want);
+        }
+        let report = |p: &Plan| {
+            Report {
+                plan: p,
+                drain: Duration::from_secs(30),
+            }
+            .to_string()
+        };
+        let all = Plan {
+            adds,
+            enables: vec![a.clone()],
+            drains: vec![b.clone()],
+            deletes: vec![vec![a.clone()]],
+            waiting: vec![
+                Wait {
+                    node: b.clone(),
+                    what: WaitFor::Drain {
+                        remaining: Duration::from_secs(9),
+                        sessions: None,
+                    },
+                },
+                Wait {
+                    node: a.clone(),
+                    what: WaitFor::Online,
+                },
+                Wait {
+                    node: b.clone(),
+                    what: WaitFor::Settle {
+                        remaining: Duration::from_secs(2),
+                    },
+                },
+            ],
+            notes: vec![Note::Unmanaged { count: 1 }],
+            ..Plan::default()
+        };
+        assert_eq!(
+            report(&all),
+            "add     10.0.0.3:8080 ENABLED\n\
+             add     10.0.0.4:8080 DRAINING\n\
+             enable  node 101 10.0.0.1:8080\n\
+             drain   node 102 10.0.0.2:8080 (deleted 30s later)\n\
+             delete  node 101 10.0.0.1:8080\n\
+             waiting node 102 10.0.0.2:8080 is draining; deleted once its drain period ends\n\
+             waiting node 101 10.0.0.1:8080 is enabled once it reports ONLINE\n\
+             waiting node 102 10.0.0.2:8080 is missing from the records; drained in 2s (--remove-settle)\n\
+             note    1 node(s) not managed by lb-sync are left alone\n"
+        );
+        // The last line: refused, converged, or waiting with nothing to apply now.
+        let waiting = Plan {
+            waiting: vec![Wait {
+                node: a.clone(),
+                what: WaitFor::Online,
+            }],
+            ..Plan::default()
+        };
+        let noted = Plan {
+            notes: vec![Note::Unmanaged { count: 2 }],
+            ..Plan::default()
+        };
+        let refused = Plan {
+            drains: vec![a],
+            refusals: vec![Refusal::BelowMinimum { left: 0, min: 1 }],
+            ..Plan::default()
+        };
+        let cases = [
+            (Plan::default(), "converged: nothing to do\n"),
+            (
+                waiting,
+                "waiting node 101 10.0.0.1:8080 is enabled once it reports ONLINE\nnothing to apply now\n",
+            ),
+            (
+                noted,
+                "note    2 node(s) not managed by lb-sync are left alone\nnothing to apply now\n",
+            ),
+            (
+                refused,
+                "drain   node 101 10.0.0.1:8080 (deleted 30s later)\n\
+                 REFUSED the plan would leave 0 node(s) in service, fewer than --min-nodes 1\n\
+                 nothing above would be applied except adds (and nothing at all on an incomplete view)\n",
+            ),
+        ];
+        for (p, want) in cases {
+            assert_eq!(report(&p), want, "{p:?}");
+        }
+    }
+
     #[test]
     fn unknown_strings_are_kept_not_errors() {
         assert_eq!(Condition::parse("FROZEN"), Condition::Other("FROZEN".into()));
