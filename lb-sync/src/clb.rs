@@ -1381,20 +1381,6 @@ mod tests {
         }
     }
 
-    /// A self-signed CA (EC P-256), for the --ca-file cases.
-    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBjDCCATGgAwIBAgIUQh4QiGBSkk+wSEZSIes9MHeWwRowCgYIKoZIzj0EAwIw
-GjEYMBYGA1UEAwwPbGItc3luYyB0ZXN0IENBMCAXDTI2MTEyNTAwMDYyOFoYDzIx
-MjYxMTAxMDAwNjI4WjAaMRgwFgYDVQQDDA9sYi1zeW5jIHRlc3QgQ0EwWTATBgcq
-hkjOPQIBBggqhkjOPQMBBwNCAASsobXIWnkqGQpVhdQd2cwHm9O51wxyfHQrqh0E
-Uef5jifL0aMKjdeGYmn1odAAnPvNkro8+L3B30vNbNivHl1mo1MwUTAdBgNVHQ4E
-FgQU1sb89M5yrZqeA1SJelodbHKTJYUwHwYDVR0jBBgwFoAU1sb89M5yrZqeA1SJ
-elodbHKTJYUwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAwIS7
-0SumKEbM+BDg3X5JmvmRof4zDIe2T364/5HqDq8CIQDT2gGi3EvbOzbHJIQQpwhy
-EyWRZyXQNx92tyddbT4NVA==
------END CERTIFICATE-----
-";
-
     /// `--ca-file` is what the TLS handshake trusts: with the CA that signed the server the
     /// token and the load balancer are read over https; with another CA, or none, the
     /// handshake fails and no request reaches the server. An unusable file is named.
