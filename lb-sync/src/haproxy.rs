@@ -153,8 +153,19 @@ impl RuntimeError {
         } else if a.contains("dynamic load balancing") || a.contains("dynamic load-balancing") {
             RuntimeError::StaticBackend
         } else {
-            RuntimeError::Refused(a.lines().next().unwrap_or_default().to_owned())
+            RuntimeError::Refused(shown_line(a.lines().next().unwrap_or_default()))
         }
+    }
+}
+
+/// HAProxy's own one-line refusals as they are; a long line or one with control bytes
+/// (something else on the socket, or a hostile answer up to [`MAX_ANSWER`]) quoted and cut,
+/// so that it can neither flood nor forge a log line.
+fn shown_line(line: &str) -> String {
+    if line.len() <= 200 && !line.chars().any(char::is_control) {
+        line.to_owned()
+    } else {
+        sidekick::schema::shorten(line)
     }
 }
 
@@ -683,6 +694,10 @@ mod tests {
                 RuntimeError::StaticBackend,
             ),
             ("Unknown command\n", RuntimeError::Refused("Unknown command".into())),
+            (
+                "a\x1b[2Jforged\r\n",
+                RuntimeError::Refused("\"a\\u{1b}[2Jforged\"".into()),
+            ),
         ];
         for (answer, want) in cases {
             assert_eq!(RuntimeError::from_answer(answer), want, "{answer:?}");
@@ -692,6 +707,10 @@ mod tests {
             RuntimeError::UnknownBackend
         );
         assert!(RuntimeError::InUse.retryable() && !RuntimeError::PermissionDenied.retryable());
+        // A megabyte on one line is named by its length, not printed.
+        let long = format!("{}\n", "x".repeat(1 << 20));
+        let shown = RuntimeError::from_answer(&long).to_string();
+        assert!(shown.len() < 120 && shown.ends_with("(1048576 bytes)"), "{shown}");
     }
 
     #[test]
