@@ -59,7 +59,7 @@ impl Kind {
 }
 
 /// The commands of one call: HAProxy runs a line of commands separated by `;` in one
-/// connection (lb-sync sends one per connection today; a batching lb-sync would send more).
+/// connection (lb-sync sends a server's add, or its delete, as one such line).
 pub fn commands(line: &str) -> impl Iterator<Item = &str> {
     line.split(';').map(str::trim).filter(|c| !c.is_empty())
 }

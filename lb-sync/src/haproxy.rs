@@ -15,6 +15,10 @@
 //! - delete: `set server B/N state maint`, `shutdown sessions server B/N` (also closes
 //!   idle pooled connections, which would block the delete), `del server B/N`.
 //!
+//! The commands of one server's add or delete go on one connection, as one line separated
+//! by `;` (HAProxy runs them in order): one call per server added, drained or deleted. A
+//! `del server` refused because connections are still closing is sent again alone.
+//!
 //! A read is `show servers state B` (ids, addresses, admin and operational states, check
 //! result) and `show stat` (current sessions, `scur`), so a draining server with no
 //! session left is deleted before its drain period ends.
@@ -132,6 +136,16 @@ impl RuntimeError {
             RuntimeError::Refused(_) => RuntimeStatus::Refused,
             RuntimeError::Malformed(_) => RuntimeStatus::Malformed,
             RuntimeError::TooLarge { .. } => RuntimeStatus::TooLarge,
+        }
+    }
+
+    /// The only kind of command that gives this refusal, when there is one.
+    #[must_use]
+    pub fn only_from(&self) -> Option<CallVerb> {
+        match self {
+            RuntimeError::InUse => Some(CallVerb::DelServer),
+            RuntimeError::Duplicate | RuntimeError::StaticBackend => Some(CallVerb::AddServer),
+            _ => None,
         }
     }
 
@@ -273,24 +287,47 @@ impl HaProxy {
     }
 
     /// Sends a command that answers nothing (or `expect`) on success.
-    async fn change(&self, verb: CallVerb, command: &str, expect: Option<&str>) -> Result<(), Error> {
-        let answer = self.command(verb, command).await?;
-        let text = answer.trim();
-        let ok = match expect {
-            Some(e) => text.contains(e),
-            None => text.is_empty(),
-        };
-        if ok {
-            self.health.metrics.runtime_call(verb, RuntimeStatus::Ok);
-            return Ok(());
+    async fn change(&self, verb: CallVerb, command: &str, expect: Option<&'static str>) -> Result<(), Error> {
+        self.batch(&[Cmd {
+            verb,
+            text: command.to_owned(),
+            expect,
+        }])
+        .await
+    }
+
+    /// Sends `cmds` on one connection, as one line of commands separated by `;` (HAProxy
+    /// runs them in order and answers each in turn), and checks the answer with
+    /// [`judge_batch`]. One call per server change instead of three: a fleet's host death
+    /// drains and deletes its servers in one command line each.
+    async fn batch(&self, cmds: &[Cmd]) -> Result<(), Error> {
+        let line = cmds.iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join("; ");
+        let first = cmds.first().map_or(CallVerb::SetServerState, |c| c.verb);
+        let answer = self.command(first, &line).await?;
+        match judge_batch(cmds, &answer) {
+            Ok(()) => {
+                for c in cmds {
+                    self.health.metrics.runtime_call(c.verb, RuntimeStatus::Ok);
+                }
+                Ok(())
+            }
+            Err((failed, kind)) => {
+                // The commands before the failed one are known to have succeeded; the
+                // ones after it ran too, but their answers cannot be told apart: not counted.
+                for c in cmds.iter().take(failed) {
+                    self.health.metrics.runtime_call(c.verb, RuntimeStatus::Ok);
+                }
+                let (verb, command) = cmds
+                    .get(failed)
+                    .map_or((first, line.clone()), |c| (c.verb, c.text.clone()));
+                self.health.metrics.runtime_call(verb, kind.status());
+                Err(Error::Runtime {
+                    socket: self.cfg.socket.to_string(),
+                    command,
+                    kind,
+                })
+            }
         }
-        let kind = RuntimeError::from_answer(text);
-        self.health.metrics.runtime_call(verb, kind.status());
-        Err(Error::Runtime {
-            socket: self.cfg.socket.to_string(),
-            command: command.to_owned(),
-            kind,
-        })
     }
 
     /// Reads the backend's servers.
@@ -355,24 +392,30 @@ impl HaProxy {
         for n in nodes {
             let name = self.server_name(&n.endpoint);
             let opts = &self.cfg.check_options;
-            self.change(
-                CallVerb::AddServer,
-                format!("add server {b}/{name} {} check {opts}", n.endpoint).trim_end(),
-                Some("New server registered"),
-            )
-            .await?;
-            self.change(CallVerb::EnableHealth, &format!("enable health {b}/{name}"), None)
-                .await?;
             let state = if n.condition == Condition::Draining {
                 "drain"
             } else {
                 "ready"
             };
-            self.change(
-                CallVerb::SetServerState,
-                &format!("set server {b}/{name} state {state}"),
-                None,
-            )
+            self.batch(&[
+                Cmd {
+                    verb: CallVerb::AddServer,
+                    text: format!("add server {b}/{name} {} check {opts}", n.endpoint)
+                        .trim_end()
+                        .to_owned(),
+                    expect: Some(ADDED),
+                },
+                Cmd {
+                    verb: CallVerb::EnableHealth,
+                    text: format!("enable health {b}/{name}"),
+                    expect: None,
+                },
+                Cmd {
+                    verb: CallVerb::SetServerState,
+                    text: format!("set server {b}/{name} state {state}"),
+                    expect: None,
+                },
+            ])
             .await?;
         }
         Ok(())
@@ -405,44 +448,98 @@ impl HaProxy {
         let b = &self.cfg.backend;
         for n in nodes {
             let name = self.name_of(n);
-            self.change(
-                CallVerb::SetServerState,
-                &format!("set server {b}/{name} state maint"),
-                None,
-            )
-            .await?;
-            self.change(
-                CallVerb::ShutdownSessions,
-                &format!("shutdown sessions server {b}/{name}"),
-                None,
-            )
-            .await?;
-            // Closing is asynchronous: a delete right after may still see the connections.
+            let del = Cmd {
+                verb: CallVerb::DelServer,
+                text: format!("del server {b}/{name}"),
+                expect: Some(DELETED),
+            };
+            let first = self
+                .batch(&[
+                    Cmd {
+                        verb: CallVerb::SetServerState,
+                        text: format!("set server {b}/{name} state maint"),
+                        expect: None,
+                    },
+                    Cmd {
+                        verb: CallVerb::ShutdownSessions,
+                        text: format!("shutdown sessions server {b}/{name}"),
+                        expect: None,
+                    },
+                    del.clone(),
+                ])
+                .await;
+            // Closing is asynchronous: the delete right after the shutdown may still see the
+            // connections; it alone is sent again.
+            let mut result = first;
             let mut tries = 0;
-            loop {
-                match self
-                    .change(
-                        CallVerb::DelServer,
-                        &format!("del server {b}/{name}"),
-                        Some("Server deleted"),
-                    )
-                    .await
-                {
-                    Err(Error::Runtime {
-                        kind: RuntimeError::InUse,
-                        ..
-                    }) if tries < 20 => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    other => {
-                        other?;
-                        break;
-                    }
+            while let Err(Error::Runtime {
+                kind: RuntimeError::InUse,
+                ..
+            }) = result
+            {
+                if tries >= 20 {
+                    break;
                 }
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                result = self.batch(std::slice::from_ref(&del)).await;
             }
+            result?;
         }
         Ok(())
+    }
+}
+
+/// What `add server` answers on success.
+const ADDED: &str = "New server registered";
+/// What `del server` answers on success.
+const DELETED: &str = "Server deleted";
+
+/// One Runtime API command of a batch.
+#[derive(Clone, Debug)]
+struct Cmd {
+    /// Its kind, for the metrics.
+    verb: CallVerb,
+    /// The command, without `;` (the options that reach it are refused with one).
+    text: String,
+    /// What it answers on success; `None`: nothing.
+    expect: Option<&'static str>,
+}
+
+/// Reads the answer to a line of commands (pure). HAProxy answers each command in turn,
+/// a silent success with an empty line, so the non-empty lines must be exactly the success
+/// texts expected, in order. `Err((i, why))`: the first line that is not names the first
+/// command not yet known to have succeeded (`i`), with the refusal it carries.
+fn judge_batch(cmds: &[Cmd], answer: &str) -> Result<(), (usize, RuntimeError)> {
+    let mut done = 0; // commands known to have succeeded
+    for line in answer.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let next = cmds
+            .iter()
+            .enumerate()
+            .skip(done)
+            .find_map(|(i, c)| c.expect.map(|e| (i, e)));
+        match next {
+            Some((i, e)) if line.contains(e) => done = i + 1,
+            _ => {
+                let why = RuntimeError::from_answer(line);
+                // Silent successes cannot be told from silent skips, so the refusal names
+                // the first command not known to have succeeded, unless only one kind of
+                // command gives it (a server in use is refused by `del server` alone).
+                let by = why.only_from().and_then(|verb| {
+                    cmds.iter()
+                        .enumerate()
+                        .skip(done)
+                        .find(|(_, c)| c.verb == verb)
+                        .map(|(i, _)| i)
+                });
+                return Err((by.unwrap_or(done), why));
+            }
+        }
+    }
+    match cmds.iter().enumerate().skip(done).find(|(_, c)| c.expect.is_some()) {
+        // A success text that never came (an empty answer to `add server`).
+        Some((i, _)) => Err((i, RuntimeError::from_answer(""))),
+        None => Ok(()),
     }
 }
 
@@ -672,6 +769,60 @@ mod tests {
             ]
         );
         assert_eq!(nodes[1].endpoint().unwrap().to_string(), "127.0.0.2:8080");
+    }
+
+    /// The answers are HAProxy 2.6's own, recorded from its Runtime API with `socat`.
+    #[test]
+    fn a_line_of_commands_is_judged_command_by_command() {
+        let cmd = |verb, expect| Cmd {
+            verb,
+            text: String::new(),
+            expect,
+        };
+        let add = [
+            cmd(CallVerb::AddServer, Some(ADDED)),
+            cmd(CallVerb::EnableHealth, None),
+            cmd(CallVerb::SetServerState, None),
+        ];
+        let del = [
+            cmd(CallVerb::SetServerState, None),
+            cmd(CallVerb::ShutdownSessions, None),
+            cmd(CallVerb::DelServer, Some(DELETED)),
+        ];
+        let in_use = "\n\nServer still has connections attached to it, cannot remove it.\n";
+        let cases: [(&[Cmd], &str, Result<(), (usize, RuntimeError)>); 9] = [
+            (&add, "New server registered.\n\n\n\n", Ok(())),
+            (
+                &add,
+                "Already exists a server with the same name in backend.\n\n\n\n",
+                Err((0, RuntimeError::Duplicate)),
+            ),
+            // The add passed, the next command did not.
+            (
+                &add,
+                "New server registered.\n\nNo such server.\n\n\n",
+                Err((1, RuntimeError::UnknownServer)),
+            ),
+            // No success text at all: the add is the one that failed.
+            (&add, "\n\n\n", Err((0, RuntimeError::Refused(String::new())))),
+            (&del, "\n\nServer deleted.\n", Ok(())),
+            (&del, in_use, Err((2, RuntimeError::InUse))),
+            (
+                &del,
+                "No such server.\n\nNo such server.\n\nNo such server.\n",
+                Err((0, RuntimeError::UnknownServer)),
+            ),
+            // A success text twice is not two successes.
+            (
+                &del,
+                "\n\nServer deleted.\nServer deleted.\n",
+                Err((3, RuntimeError::Refused("Server deleted.".into()))),
+            ),
+            (&add[1..], "\n\n", Ok(())),
+        ];
+        for (cmds, answer, want) in cases {
+            assert_eq!(judge_batch(cmds, answer), want, "{answer:?}");
+        }
     }
 
     #[test]

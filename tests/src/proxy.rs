@@ -1,5 +1,6 @@
-//! A Docker socket proxy a test can cut: it listens on a unix socket of its own and
-//! forwards every connection to `/var/run/docker.sock`.
+//! A unix socket proxy a test can cut: it listens on a unix socket of its own and
+//! forwards every connection to its upstream (`/var/run/docker.sock`, or HAProxy's Runtime
+//! API, where [`SocketProxy::first_lines`] shows lb-sync's calls, one command line each).
 //!
 //! [`SocketProxy::cut`] drops every open connection (the announcer's event stream breaks)
 //! and removes the socket file (new connections fail, as when dockerd is gone);
@@ -8,7 +9,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +27,7 @@ pub struct SocketProxy {
     _dir: tempfile::TempDir,
     tx: Option<tokio::sync::mpsc::UnboundedSender<Command>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -48,13 +52,15 @@ impl SocketProxy {
         let (ready_tx, ready_rx) = mpsc::channel();
         let upstream = upstream.to_owned();
         let listen_path = path.clone();
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let seen = lines.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let mut session = Some(Session::listen(&listen_path, &upstream));
+                let mut session = Some(Session::listen(&listen_path, &upstream, &seen));
                 let _ = ready_tx.send(());
                 while let Some(cmd) = rx.recv().await {
                     match cmd {
@@ -66,7 +72,7 @@ impl SocketProxy {
                         }
                         Command::Restore(done) => {
                             if session.is_none() {
-                                session = Some(Session::listen(&listen_path, &upstream));
+                                session = Some(Session::listen(&listen_path, &upstream, &seen));
                             }
                             let _ = done.send(());
                         }
@@ -83,6 +89,7 @@ impl SocketProxy {
             _dir: dir,
             tx: Some(tx),
             thread: Some(thread),
+            lines,
         }
     }
 
@@ -96,6 +103,13 @@ impl SocketProxy {
     #[must_use]
     pub fn docker_host(&self) -> String {
         format!("unix://{}", self.path.display())
+    }
+
+    /// The first line each connection sent (a Runtime API call's command line, an HTTP
+    /// request line), in the order they were forwarded.
+    #[must_use]
+    pub fn first_lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Drops every forwarded connection and stops listening (the socket file disappears).
@@ -132,25 +146,39 @@ struct Session {
 }
 
 impl Session {
-    fn listen(path: &Path, upstream: &str) -> Session {
+    fn listen(path: &Path, upstream: &str, seen: &Arc<Mutex<Vec<String>>>) -> Session {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path).expect("bind proxy socket");
         let stop = CancellationToken::new();
         let token = stop.clone();
         let upstream = upstream.to_owned();
+        let lines = seen.clone();
         tokio::spawn(async move {
             loop {
-                let accepted = tokio::select! {
+                let accepted_conn = tokio::select! {
                     () = token.cancelled() => return,
                     a = listener.accept() => a,
                 };
-                let Ok((mut client, _)) = accepted else { continue };
+                let Ok((mut client, _)) = accepted_conn else { continue };
                 let token = token.clone();
                 let upstream = upstream.clone();
+                let lines = lines.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = UnixStream::connect(&upstream).await else {
                         return;
                     };
+                    // The first line is read whole, noted, then passed on; the rest is copied.
+                    let Ok(first) = first_line(&mut client).await else {
+                        return;
+                    };
+                    lines.lock().unwrap_or_else(PoisonError::into_inner).push(
+                        String::from_utf8_lossy(first.split(|b| *b == b'\n').next().unwrap_or_default())
+                            .trim_end()
+                            .to_owned(),
+                    );
+                    if server.write_all(&first).await.is_err() {
+                        return;
+                    }
                     tokio::select! {
                         () = token.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -165,4 +193,18 @@ impl Session {
         self.stop.cancel();
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// What a client sends up to its first newline (or the end, or 64 KiB).
+async fn first_line(client: &mut UnixStream) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !line.contains(&b'\n') && line.len() < 64 << 10 {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        line.extend_from_slice(&chunk[..n]);
+    }
+    Ok(line)
 }

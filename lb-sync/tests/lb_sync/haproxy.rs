@@ -269,11 +269,14 @@ impl HaWorld {
 }
 
 /// Adds, drains and deletes through the Runtime API; traffic reaches what the records say.
+/// Each server added, drained or deleted costs one call (one connection, its commands on
+/// one line), seen by a forwarder in front of the socket.
 #[tokio::test]
 async fn haproxy_servers_are_added_drained_and_deleted_through_the_runtime_api() {
     let w = HaWorld::start(3).await;
     w.put([1, 2, 3]).await;
-    let lb = w.lb_sync(&[]);
+    let calls = testbed::SocketProxy::start(&w.ha.socket().display().to_string());
+    let lb = w.lb_sync(&["--haproxy-socket", &calls.path().display().to_string()]);
     w.wait_up(&[1, 2, 3], WITHIN).await;
     // Requests are spread over the three: six GETs, each server twice (roundrobin).
     let mut seen: Vec<String> = (0..6)
@@ -306,6 +309,35 @@ async fn haproxy_servers_are_added_drained_and_deleted_through_the_runtime_api()
             .contains("lb_sync_api_calls_total{verb=\"del_server\",status=\"ok\",outcome=\"ok\"} 1"),
         "{}",
         lb.metrics()
+    );
+
+    // One call per server changed: an add (3 commands), the drain, the delete (3 commands).
+    let b = w.ha.backend();
+    let lines = calls.first_lines();
+    let changes: Vec<&String> = lines.iter().filter(|l| !l.starts_with("show ")).collect();
+    let shown = format!("{changes:#?}");
+    let mut want = Vec::new();
+    for n in 1..=3 {
+        let name = w.name(n);
+        want.push(format!(
+            "add server {b}/{name} 127.0.0.1:{} check inter 500ms rise 1 fall 2; enable health {b}/{name}; set server {b}/{name} state ready",
+            w.port(n)
+        ));
+    }
+    let third = w.name(3);
+    want.push(format!("set server {b}/{third} state drain"));
+    want.push(format!(
+        "set server {b}/{third} state maint; shutdown sessions server {b}/{third}; del server {b}/{third}"
+    ));
+    let mut got: Vec<String> = changes.into_iter().cloned().collect();
+    if let Some(adds) = got.get_mut(..3) {
+        adds.sort();
+    }
+    want[..3].sort();
+    assert_eq!(got, want, "the change calls, in order:\n{shown}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("show servers state")),
+        "reads went through the forwarder too"
     );
 }
 
