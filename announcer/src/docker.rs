@@ -23,6 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backon::BackoffBuilder;
@@ -183,15 +184,16 @@ pub enum Scope {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
     /// The full truth: every container in scope that is not stopped. Containers absent
-    /// from it are gone or stopped.
-    Snapshot(Vec<ContainerFacts>),
+    /// from it are gone or stopped. The facts are shared with the resync cache (held
+    /// once, not once there and once in the reconciler).
+    Snapshot(Vec<Arc<ContainerFacts>>),
     /// One container changed (`None`: it no longer exists).
     Changed {
         /// Container id.
         id: String,
-        /// Its facts now.
-        /// Boxed: the other updates are a few words.
-        facts: Option<Box<ContainerFacts>>,
+        /// Its facts now, shared with the resync cache (and one pointer: the other
+        /// updates are a few words).
+        facts: Option<Arc<ContainerFacts>>,
     },
     /// An event said the container stopped serving (`die`, `stop`: exited; `pause`:
     /// paused); its full facts follow in a [`Update::Changed`] once Docker answers.
@@ -472,7 +474,7 @@ pub async fn inspect(docker: &Docker, name_or_id: &str) -> Result<Option<Contain
 /// What a container looked like in the last list, and its facts then: a periodic resync
 /// re-inspects only containers whose list entry changed (or that an event touched), so an
 /// idle host costs one list call per resync, not one inspect per container.
-type Cache = HashMap<String, (String, ContainerFacts)>;
+type Cache = HashMap<String, (String, Arc<ContainerFacts>)>;
 
 /// The part of a list entry that tells whether a container changed: its state and the
 /// health in its status (`Up 2 minutes (healthy)`).
@@ -500,9 +502,9 @@ fn facts_signature(f: &ContainerFacts) -> String {
 
 /// Every container in scope that is not stopped, inspected (or taken from `cache` when
 /// its list entry did not change).
-async fn snapshot(docker: &Docker, scope: &Scope, cache: &mut Cache) -> Result<Vec<ContainerFacts>, Error> {
+async fn snapshot(docker: &Docker, scope: &Scope, cache: &mut Cache) -> Result<Vec<Arc<ContainerFacts>>, Error> {
     match scope {
-        Scope::Named(name) => Ok(inspect(docker, name).await?.into_iter().collect()),
+        Scope::Named(name) => Ok(inspect(docker, name).await?.into_iter().map(Arc::new).collect()),
         Scope::All => {
             // Running and paused containers; stopped ones are announced by nobody.
             let list = docker
@@ -519,7 +521,7 @@ async fn snapshot(docker: &Docker, scope: &Scope, cache: &mut Cache) -> Result<V
                 let Some(id) = c.id.clone() else { continue };
                 let sig = signature(c);
                 match cache.get(&id) {
-                    Some((cached, facts)) if *cached == sig => out.push(facts.clone()),
+                    Some((cached, facts)) if *cached == sig => out.push(Arc::clone(facts)),
                     _ => to_inspect.push((id.clone(), sig.clone())),
                 }
                 seen.insert(id, sig);
@@ -534,7 +536,8 @@ async fn snapshot(docker: &Docker, scope: &Scope, cache: &mut Cache) -> Result<V
                 .await;
             for (sig, r) in results {
                 if let Some(facts) = r? {
-                    cache.insert(facts.id.clone(), (sig, facts.clone()));
+                    let facts = Arc::new(facts);
+                    cache.insert(facts.id.clone(), (sig, Arc::clone(&facts)));
                     out.push(facts);
                 }
             }
@@ -710,11 +713,11 @@ async fn session(
                     continue;
                 }
                 newest.remove(&id);
-                let facts: Option<ContainerFacts> = answer?;
+                let facts: Option<Arc<ContainerFacts>> = answer?.map(Arc::new);
                 if let Some(f) = &facts {
-                    cache.insert(id.clone(), (facts_signature(f), f.clone()));
+                    cache.insert(id.clone(), (facts_signature(f), Arc::clone(f)));
                 }
-                if tx.send(Update::Changed { id, facts: facts.map(Box::new) }).await.is_err() {
+                if tx.send(Update::Changed { id, facts }).await.is_err() {
                     return Ok(());
                 }
                 continue;
@@ -779,7 +782,7 @@ async fn session(
                 }
                 let facts = inspect(&docker, wanted).await?;
                 current_id = facts.as_ref().map(|f| f.id.clone());
-                Update::Snapshot(facts.into_iter().collect())
+                Update::Snapshot(facts.into_iter().map(Arc::new).collect())
             }
             Scope::All => {
                 // The next resync inspects this container afresh.

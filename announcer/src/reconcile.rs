@@ -17,6 +17,7 @@
 //! task runs per container with a `tcp` or `http` check; none for `docker` or `none`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sidekick::schema::{Layout, Meta, Record};
@@ -50,8 +51,10 @@ pub struct Desired {
     /// are all in `records` (for readiness; a record waiting for its first probe is
     /// not known to be writable yet).
     pub settled: bool,
-    /// The records.
-    pub records: BTreeMap<(String, String), Announcement>,
+    /// The records. Shared: one allocation per record, held by the reconciler's entry,
+    /// this map and the registry's memory of what it wrote (three copies otherwise,
+    /// about 0.8 MB of the 500-record footprint).
+    pub records: BTreeMap<(String, String), Arc<Announcement>>,
 }
 
 /// A probe result, tagged with the container and the generation of its plan so that a
@@ -69,9 +72,10 @@ struct HealthReport {
 /// What is known about one container.
 #[derive(Debug)]
 struct Entry {
-    facts: ContainerFacts,
+    /// Shared with Docker's resync cache.
+    facts: Arc<ContainerFacts>,
     /// Its records (none: not announced).
-    plans: Vec<Planned>,
+    plans: Vec<Kept>,
     generation: u64,
     /// The last probe result of each record (`None`: not probed yet).
     probe_ok: Vec<Option<bool>>,
@@ -80,7 +84,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn desired(&self) -> impl Iterator<Item = &Planned> {
+    fn desired(&self) -> impl Iterator<Item = &Kept> {
         let up = self.facts.is_up() && self.facts.health != Some(Health::Unhealthy);
         self.plans.iter().enumerate().filter_map(move |(i, plan)| {
             let healthy = match plan.check {
@@ -93,13 +97,33 @@ impl Entry {
     }
 }
 
-/// The plans a long-running announcer keeps for one container: without their `why` (the
-/// explanation is for `explain`), in a vector of exactly their number. `record_for` builds
-/// them with `push`, which leaves room for four (a `Planned` is about 250 bytes), and
-/// `into_iter().map().collect()` reuses that buffer: 1 KiB per container, kept for its
-/// life, 0.5 MiB of the 500-record footprint (measured with massif, BENCHMARKS.md).
-fn kept_plans(planned: Vec<Planned>) -> Vec<Planned> {
-    let mut kept: Vec<Planned> = planned.into_iter().map(|p| Planned { why: Vec::new(), ..p }).collect();
+/// One record a long-running announcer keeps for a container: what [`Planned`] says
+/// without its `why` (the explanation is for `explain`), the announcement shared with the
+/// desired map and the registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Kept {
+    ann: Arc<Announcement>,
+    check: Check,
+    target: health::Target,
+}
+
+/// The plans a long-running announcer keeps for one container, in a vector of exactly
+/// their number. `record_for` builds them with `push`, which leaves room for four: 1 KiB
+/// per container kept for its life otherwise, 0.5 MiB of the 500-record footprint
+/// (measured with massif, BENCHMARKS.md).
+fn kept_plans(planned: Vec<Planned>) -> Vec<Kept> {
+    let mut kept: Vec<Kept> = planned
+        .into_iter()
+        .map(|p| Kept {
+            ann: Arc::new(Announcement {
+                record: p.record,
+                layout: p.layout,
+                meta: p.meta,
+            }),
+            check: p.check,
+            target: p.target,
+        })
+        .collect();
     kept.shrink_to_fit();
     kept
 }
@@ -207,12 +231,12 @@ impl Reconciler {
                 self.notes.remove(&id);
                 self.stopping.remove(&id);
             }
-            Update::Changed { facts: Some(facts), .. } => self.upsert(*facts)?,
+            Update::Changed { facts: Some(facts), .. } => self.upsert(facts)?,
             Update::Down { id, state } => {
                 // Withdrawn at once; the inspection that follows replaces these facts.
                 self.stopping.remove(&id);
                 if let Some(e) = self.entries.get_mut(&id) {
-                    e.facts.state = state;
+                    Arc::make_mut(&mut e.facts).state = state;
                 }
             }
             Update::Signalled { id, signal } => self.on_signal(&id, signal),
@@ -232,7 +256,7 @@ impl Reconciler {
         self.stopping.insert(id.to_owned(), e.facts.started_at.clone());
     }
 
-    fn upsert(&mut self, facts: ContainerFacts) -> Result<(), RecordError> {
+    fn upsert(&mut self, facts: Arc<ContainerFacts>) -> Result<(), RecordError> {
         // The shutdown of a run ends when that run does: stopped, or started anew (a
         // `die` missed while Docker was unreachable).
         if self
@@ -294,7 +318,7 @@ impl Reconciler {
     }
 
     /// The records of a running container; an error or a note is logged once.
-    fn decide(&mut self, facts: &ContainerFacts) -> Result<Vec<Planned>, RecordError> {
+    fn decide(&mut self, facts: &ContainerFacts) -> Result<Vec<Kept>, RecordError> {
         match record_for(facts, &self.machine, &self.rules) {
             Ok(Decision::Skip(_)) => {
                 self.errors.remove(&facts.id);
@@ -336,7 +360,7 @@ impl Reconciler {
         let Some(slot) = e.probe_ok.get_mut(r.index) else {
             return;
         };
-        let port = e.plans.get(r.index).map(|p| p.record.port).unwrap_or_default();
+        let port = e.plans.get(r.index).map(|p| p.ann.record.port).unwrap_or_default();
         match (*slot, r.ok) {
             (_, true) => tracing::info!(container = %name, port, "check passes"),
             (None, false) => tracing::info!(container = %name, port, reason = %r.detail, "check does not pass yet"),
@@ -347,19 +371,15 @@ impl Reconciler {
 
     /// The desired map from the current entries (pure).
     fn desired(&mut self) -> Desired {
-        let mut records: BTreeMap<(String, String), (String, Announcement)> = BTreeMap::new();
+        let mut records: BTreeMap<(String, String), (String, Arc<Announcement>)> = BTreeMap::new();
         let mut conflicts = BTreeSet::new();
         for (id, e) in &self.entries {
             if self.stopping.contains_key(id) {
                 continue;
             }
             for plan in e.desired() {
-                let key = (plan.record.service.clone(), plan.record.instance.clone());
-                let ann = Announcement {
-                    record: plan.record.clone(),
-                    layout: plan.layout,
-                    meta: plan.meta.clone(),
-                };
+                let key = (plan.ann.record.service.clone(), plan.ann.record.instance.clone());
+                let ann = Arc::clone(&plan.ann);
                 match records.get(&key) {
                     // Two containers claim one instance: the first by name wins, deterministically.
                     Some((other, _)) if *other <= e.facts.name => {
@@ -473,20 +493,31 @@ mod tests {
     }
 
     /// A long-running announcer keeps one container's plans in a vector of exactly their
-    /// number, without the explanation (1 KiB per container otherwise: BENCHMARKS.md).
+    /// number (1 KiB per container otherwise: BENCHMARKS.md), and each announcement once:
+    /// the desired map holds the entry's own.
     #[test]
-    fn kept_plans_are_exactly_sized_and_unexplained() {
-        let (mut r, _rx) = reconciler();
+    fn kept_plans_are_exactly_sized_and_shared_with_the_desired_map() {
+        let (mut r, rx) = reconciler();
         r.apply(Update::Changed {
             id: "c1".into(),
-            facts: Some(Box::new(facts(State::Running, "t1", 15))),
+            facts: Some(Arc::new(facts(State::Running, "t1", 15))),
         })
         .unwrap();
+        r.publish();
         let e = r.entries.get("c1").expect("the container is known");
         assert_eq!(e.plans.len(), 1, "{:?}", e.plans);
         assert_eq!(e.plans.capacity(), e.plans.len(), "plans kept with spare room");
-        assert!(e.plans.iter().all(|p| p.why.is_empty()), "{:?}", e.plans);
         assert_eq!(e._probers.capacity(), e._probers.len(), "probers kept with spare room");
+        let desired = rx.borrow();
+        let shared = desired
+            .records
+            .values()
+            .next()
+            .expect("the container is desired once its check passes or has none");
+        assert!(
+            Arc::ptr_eq(shared, &e.plans[0].ann),
+            "the desired map holds its own copy of the announcement"
+        );
     }
 
     fn signal(signal: i32) -> Update {
@@ -499,7 +530,7 @@ mod tests {
     fn seen(state: State, run: &str, stop_signal: i32) -> Update {
         Update::Changed {
             id: "c1".into(),
-            facts: Some(Box::new(facts(state, run, stop_signal))),
+            facts: Some(Arc::new(facts(state, run, stop_signal))),
         }
     }
 
@@ -507,7 +538,7 @@ mod tests {
     fn a_stop_signal_withdraws_for_the_rest_of_the_run_and_a_survivable_one_changes_nothing() {
         let term = libc::SIGTERM;
         let running = |run: &str| seen(State::Running, run, term);
-        let resync = |run: &str| Update::Snapshot(vec![facts(State::Running, run, term)]);
+        let resync = |run: &str| Update::Snapshot(vec![Arc::new(facts(State::Running, run, term))]);
         run(vec![
             (resync("run1"), true),
             (signal(libc::SIGHUP), true),

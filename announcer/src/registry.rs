@@ -36,6 +36,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -109,10 +110,10 @@ pub struct Settings {
     pub owner: Owner,
 }
 
-/// What we wrote for one record.
+/// What we wrote for one record: the desired map's own announcement (shared, not copied).
 #[derive(Debug)]
 struct Written {
-    ann: Announcement,
+    ann: Arc<Announcement>,
 }
 
 /// The keys of one record form found in etcd.
@@ -456,14 +457,14 @@ impl Registry {
         // concurrent proposals in one log flush), so a burst of starts does not queue
         // behind one slow write.
         let lease = self.ensure_lease().await?;
-        let changed: Vec<(Key, Announcement)> = desired
+        let changed: Vec<(Key, Arc<Announcement>)> = desired
             .records
             .iter()
             .filter(|(k, ann)| self.written.get(*k).map(|w| &w.ann) != Some(*ann))
-            .map(|(k, ann)| (k.clone(), ann.clone()))
+            .map(|(k, ann)| (k.clone(), Arc::clone(ann)))
             .collect();
         let this = &*self;
-        let results: Vec<(Key, Announcement, Result<Outcome, Error>)> = futures::stream::iter(changed)
+        let results: Vec<(Key, Arc<Announcement>, Result<Outcome, Error>)> = futures::stream::iter(changed)
             .map(|(k, ann)| async move {
                 let result = this.write_txn(&k, &ann, lease).await;
                 (k, ann, result)

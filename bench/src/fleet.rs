@@ -344,7 +344,7 @@ fn desired_of(h: usize, ports: &[u16]) -> Desired {
     let records = ports
         .iter()
         .enumerate()
-        .map(|(r, port)| (("web".to_owned(), instance(h, r)), announcement(h, r, *port)))
+        .map(|(r, port)| (("web".to_owned(), instance(h, r)), Arc::new(announcement(h, r, *port))))
         .collect();
     Desired {
         complete: true,
@@ -708,7 +708,7 @@ async fn steps(ctx: &Ctx, s: Settings, section: &mut Section) -> anyhow::Result<
         let key = ("web".to_owned(), instance(0, r));
         let old_port = desired[0].records.get(&key).map(|a| a.record.port).unwrap_or_default();
         if let Some(a) = desired[0].records.get_mut(&key) {
-            a.record.port = *new_port;
+            Arc::make_mut(a).record.port = *new_port;
         }
         let mark = scene.proxy.mark();
         let cpu0 = process::cpu_ticks(lb_pid).unwrap_or_default().own();

@@ -790,7 +790,8 @@ mod tests {
             cmd(CallVerb::DelServer, Some(DELETED)),
         ];
         let in_use = "\n\nServer still has connections attached to it, cannot remove it.\n";
-        let cases: [(&[Cmd], &str, Result<(), (usize, RuntimeError)>); 9] = [
+        type Judged = Result<(), (usize, RuntimeError)>;
+        let cases: [(&[Cmd], &str, Judged); 9] = [
             (&add, "New server registered.\n\n\n\n", Ok(())),
             (
                 &add,
