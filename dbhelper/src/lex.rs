@@ -207,6 +207,8 @@ mod tests {
             (br"`a\`", Some(4), br"a\"),
             (b"`a\nb c`", Some(7), b"a\nb c"),
             (b"'\xe9\xff\x00'", Some(5), b"\xe9\xff\x00"),
+            (b"''", Some(2), b""),
+            (b"``", Some(2), b""),
             (b"'open", None, b""),
             (br"'open\'", None, b""),
             (b"`open", None, b""),
@@ -217,5 +219,45 @@ mod tests {
                 assert_eq!(unquote(input, 0, *end), *inner);
             }
         }
+    }
+
+    /// Every function answers the same past the start of the input (the splitter calls
+    /// them at every position, not at 0).
+    #[test]
+    fn the_same_answers_past_the_start() {
+        for (input, want) in [
+            (&b"-- x"[..], true),
+            (b"--", true),
+            (b"--x", false),
+            (b"#", true),
+            (b"-", false),
+            (b"x", false),
+        ] {
+            let s = [b"ab ".as_slice(), input].concat();
+            assert_eq!(line_comment_at(&s, 3), want, "{:?}", String::from_utf8_lossy(&s));
+        }
+        assert_eq!(end_of_line(b"ab\ncd\nef", 3), 5);
+        assert_eq!(end_of_line(b"ab\ncd", 3), 5);
+        assert_eq!(end_of_line(b"ab\n", 3), 3);
+        assert_eq!(end_of_line(b"ab", 7), 2, "past the end: the end");
+        assert_eq!(block_at(b"x /*!40101 y */", 2), Some((Block::Version, 3)));
+        assert_eq!(block_at(b"x /*M!999999\\- z */", 2), Some((Block::Sandbox, 4)));
+        assert_eq!(block_at(b"x /* y */", 1), None);
+        assert_eq!(block_end(b"x /* a */ b", 2), Some(9));
+        // A `*/` before the opener, or its own `/*` read as `*/`, closes nothing.
+        assert_eq!(block_end(b"*/ /* a", 3), None);
+        assert_eq!(block_end(b"x /*/ a", 2), None);
+        assert_eq!(quoted_end(b"x 'a''b' c", 2), Some(8));
+        assert_eq!(unquote(b"x 'a''b' c", 2, 8), b"a'b");
+        assert_eq!(quoted_end(b"x `a\\` c", 2), Some(6));
+        assert_eq!(unquote(b"x `a\\` c", 2, 6), b"a\\");
+    }
+
+    /// A backslash that ends a string's contents is kept (it escapes nothing), whatever
+    /// `end` a caller passes.
+    #[test]
+    fn unquote_keeps_a_trailing_backslash() {
+        assert_eq!(unquote(br"'a\'", 0, 4), br"a\");
+        assert_eq!(unquote(b"'ab'", 0, 1), b"", "an end before the contents: nothing");
     }
 }
