@@ -153,6 +153,10 @@ async fn metrics_health_readiness_notifications_and_json_logs_follow_containers_
     withdrawn.unwrap_or_else(|e| a.fail(e));
     assert_eq!(metric(port, &records), 0.0, "the service's gauge is gone");
     assert!(metric(port, "announcer_event_to_visible_seconds_count") > seen);
+    eprintln!(
+        "/metrics after one start and one stop:\n{}",
+        get(port, "/metrics").map(|(_, t)| t).unwrap_or_default()
+    );
 
     // The log lines of both changes carry the documented fields.
     let key_prefix = format!("/services/{service}/");
