@@ -20,8 +20,9 @@
 //! `del server` refused because connections are still closing is sent again alone.
 //!
 //! A read is `show servers state B` (ids, addresses, admin and operational states, check
-//! result) and `show stat` (current sessions, `scur`), so a draining server with no
-//! session left is deleted before its drain period ends.
+//! result) and, while one of lb-sync's servers is draining, `show stat` (current sessions,
+//! `scur`), so a draining server with no session left is deleted before its drain period
+//! ends.
 //!
 //! Servers added at runtime are lost when HAProxy restarts or reloads. A later read no
 //! longer finds them, the plan adds them again at once, and [`HaProxy::read`] says why.
@@ -350,10 +351,17 @@ impl HaProxy {
         self.health
             .metrics
             .runtime_call(CallVerb::ShowServersState, RuntimeStatus::Ok);
-        let stat_cmd = format!("show stat {} 4 -1", self.cfg.backend);
-        let stat = self.command(CallVerb::ShowStat, &stat_cmd).await?;
-        let sessions = parse_stat_sessions(&stat, &self.cfg.backend);
-        self.health.metrics.runtime_call(CallVerb::ShowStat, RuntimeStatus::Ok);
+        // Sessions matter only for a draining server of ours (it goes once the last one
+        // ends): `show stat` is three quarters of a read's bytes, so it is skipped when
+        // none is draining, which is most passes.
+        let sessions = if sessions_needed(&servers, &self.cfg.prefix) {
+            let stat_cmd = format!("show stat {} 4 -1", self.cfg.backend);
+            let stat = self.command(CallVerb::ShowStat, &stat_cmd).await?;
+            self.health.metrics.runtime_call(CallVerb::ShowStat, RuntimeStatus::Ok);
+            parse_stat_sessions(&stat, &self.cfg.backend)
+        } else {
+            BTreeMap::new()
+        };
         let nodes: Vec<Node> = servers
             .iter()
             .map(|s| s.node(&self.cfg.prefix, sessions.get(&s.name).copied()))
@@ -541,6 +549,13 @@ fn judge_batch(cmds: &[Cmd], answer: &str) -> Result<(), (usize, RuntimeError)> 
         Some((i, _)) => Err((i, RuntimeError::from_answer(""))),
         None => Ok(()),
     }
+}
+
+/// Whether a read needs the session counts: one of lb-sync's servers is draining (pure).
+fn sessions_needed(servers: &[ServerState], prefix: &str) -> bool {
+    servers
+        .iter()
+        .any(|s| s.name.starts_with(prefix) && s.admin_state & ADMIN_DRAIN != 0)
 }
 
 /// The name of the server lb-sync adds for `endpoint`.
@@ -769,6 +784,32 @@ mod tests {
             ]
         );
         assert_eq!(nodes[1].endpoint().unwrap().to_string(), "127.0.0.2:8080");
+    }
+
+    #[test]
+    fn sessions_are_read_only_while_one_of_ours_drains() {
+        let server = |name: &str, admin_state: u32| ServerState {
+            id: 1,
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            port: 80,
+            op_state: OP_RUNNING,
+            admin_state,
+            check_result: 3,
+            check_state: CHECK_ENABLED,
+        };
+        let cases = [
+            (vec![], false),
+            (vec![server("lb-sync-a", 0)], false),
+            (vec![server("lb-sync-a", 0x01)], false),
+            (vec![server("lb-sync-a", 0), server("lb-sync-b", 0x08)], true),
+            (vec![server("lb-sync-a", 0x10)], true),
+            // A foreign server draining is not ours to delete.
+            (vec![server("static", 0x08), server("lb-sync-a", 0)], false),
+        ];
+        for (servers, want) in cases {
+            assert_eq!(sessions_needed(&servers, "lb-sync-"), want, "{servers:?}");
+        }
     }
 
     /// The answers are HAProxy 2.6's own, recorded from its Runtime API with `socat`.
