@@ -137,17 +137,20 @@ impl HaWorld {
         self.records_under(&self.root, &ns).await;
     }
 
+    /// Deletes the records of backends `ns` in one transaction: one change for lb-sync
+    /// (one at a time, a loaded machine can put more than the debounce between them, and
+    /// lb-sync rightly acts on the first alone).
     pub async fn delete(&self, ns: impl IntoIterator<Item = u8>) {
-        for n in ns {
-            self.client
-                .clone()
-                .delete(
+        let ops: Vec<TxnOp> = ns
+            .into_iter()
+            .map(|n| {
+                TxnOp::delete(
                     format!("{}/web{n:02}/", self.prefix),
                     Some(DeleteOptions::new().with_prefix()),
                 )
-                .await
-                .unwrap();
-        }
+            })
+            .collect();
+        self.client.clone().txn(Txn::new().and_then(ops)).await.unwrap();
     }
 
     pub fn args(&self) -> Vec<String> {
