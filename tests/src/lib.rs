@@ -56,11 +56,15 @@ pub fn repo_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The path of the world dump: `$WORLD_DUMP`, else `../shared/data/world_innodb.sql`
-/// beside the repository. It is data from outside the project and is never copied in.
+/// The path of the world dump: `$TESTBED_WORLD_DUMP`, else `$WORLD_DUMP`, else
+/// `../shared/data/world_innodb.sql` beside the repository. It is data from outside the
+/// project and is never copied in. (`TESTBED_WORLD_DUMP` is for `scripts/mutants`, which
+/// tests a copy of the tree away from `../shared`: `WORLD_DUMP` is also dbhelper's
+/// `--dump` env twin, and set for every test it would change what `dbhelper`'s own
+/// command-line table parses.)
 #[must_use]
 pub fn world_dump() -> std::path::PathBuf {
-    if let Ok(p) = std::env::var("WORLD_DUMP") {
+    if let Ok(p) = std::env::var("TESTBED_WORLD_DUMP").or_else(|_| std::env::var("WORLD_DUMP")) {
         return p.into();
     }
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/world_innodb.sql");
