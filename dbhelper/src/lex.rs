@@ -260,4 +260,13 @@ mod tests {
         assert_eq!(unquote(br"'a\'", 0, 4), br"a\");
         assert_eq!(unquote(b"'ab'", 0, 1), b"", "an end before the contents: nothing");
     }
+
+    /// Only a doubled quote is undone: a lone one inside the span (an `end` past it) is
+    /// kept, and the byte after it too.
+    #[test]
+    fn unquote_undoes_only_doubled_quotes() {
+        assert_eq!(unquote(b"'a'b'", 0, 5), b"a'b");
+        assert_eq!(unquote(b"`a`b`", 0, 5), b"a`b");
+        assert_eq!(unquote(b"'a''b'", 0, 6), b"a'b");
+    }
 }
