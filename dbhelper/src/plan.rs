@@ -1710,4 +1710,213 @@ mod tests {
         assert_eq!(done, vec![8, input.find("(2)").unwrap() + 3]);
         assert_eq!(p.statements, 3);
     }
+
+    fn planned(input: &[u8], replay_system: bool) -> Result<Plan<'_>, PlanError> {
+        let pieces = split(input).unwrap();
+        plan(input, &pieces, 1 << 20, replay_system)
+    }
+
+    /// A step gives back each dump statement it covers as the dump wrote it (the loader
+    /// replays a refused merge one statement at a time to name the one the server
+    /// refuses), and nothing past them; a lone insert is a plain step, not a merge of one.
+    #[test]
+    fn a_step_gives_back_each_statement_it_covers() {
+        let input = b"INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2),(3);\nCREATE TABLE u (x int);\nINSERT INTO t VALUES (4);\n";
+        let p = planned(input, false).unwrap();
+        assert_eq!(p.tables.len(), 3, "{:?}", p.tables);
+        let (merged, create, single) = (&p.tables[0], &p.tables[1], &p.tables[2]);
+        let m = merged.merged.as_ref().unwrap();
+        assert_eq!(
+            (m.head, m.lines.clone(), m.rows.len()),
+            ("INSERT INTO t VALUES ".len(), vec![1, 2], 2)
+        );
+        assert_eq!(s(&merged.statement(0)), "INSERT INTO t VALUES (1)");
+        assert_eq!(s(&merged.statement(1)), "INSERT INTO t VALUES (2),(3)");
+        assert_eq!(s(&merged.statement(2)), "");
+        assert_eq!(create.merged, None);
+        assert_eq!(s(&create.statement(0)), "CREATE TABLE u (x int)");
+        assert_eq!(s(&create.statement(1)), "");
+        assert_eq!(single.merged, None);
+        assert_eq!(s(&single.statement(0)), "INSERT INTO t VALUES (4)");
+        assert_eq!(s(&single.statement(1)), "");
+    }
+
+    /// Names of up to `MAX_DATABASE_NAME` bytes are staged; longer ones and names not in
+    /// UTF-8 are refused, shown as far as they can be read.
+    #[test]
+    fn database_names_are_taken_up_to_the_limit_and_shown_when_refused() {
+        let at_limit = "d".repeat(MAX_DATABASE_NAME);
+        let stmt = format!("USE `{at_limit}`;");
+        let p = planned(stmt.as_bytes(), false).unwrap();
+        assert_eq!(p.databases[0].name.as_deref(), Some(at_limit.as_str()));
+        let over = "d".repeat(MAX_DATABASE_NAME + 1);
+        let err = planned(format!("USE `{over}`;").as_bytes(), false).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BadDatabaseName {
+                name: over,
+                line: 1,
+                reason: "which is empty or longer than 48 bytes"
+            }
+        );
+        let err = planned(b"\nUSE `caf\xe9`;", false).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BadDatabaseName {
+                name: "caf\u{fffd}".into(),
+                line: 2,
+                reason: "which is not UTF-8"
+            }
+        );
+    }
+
+    /// The first `CREATE DATABASE` of a name gives its options; a later one does not
+    /// replace them, and a system schema (replayed, never created) has none.
+    #[test]
+    fn the_first_create_database_gives_the_options() {
+        let input = b"CREATE DATABASE a CHARACTER SET latin1;\nCREATE DATABASE a CHARACTER SET utf8mb4;\nCREATE DATABASE mysql CHARACTER SET latin1;\nUSE mysql;\nINSERT INTO db VALUES (1);\nINSERT INTO db VALUES (2);\nUSE a;\nINSERT INTO t VALUES (1);\n";
+        let p = planned(input, true).unwrap();
+        let options: Vec<_> = p.databases.iter().map(|d| d.options.as_deref().map(s)).collect();
+        assert_eq!(options, [Some(" CHARACTER SET latin1".to_owned()), None]);
+        // The system schema's inserts are replayed one by one after the swap, never merged
+        // or staged; the others are staged.
+        assert_eq!(
+            describe(p.objects),
+            vec![
+                ("<use 1>".to_owned(), 4..=4),
+                ("INSERT INTO db VALUES (1)".to_owned(), 5..=5),
+                ("INSERT INTO db VALUES (2)".to_owned(), 6..=6),
+                ("<use 0>".to_owned(), 7..=7),
+            ]
+        );
+        assert_eq!(
+            describe(p.tables),
+            vec![
+                ("<use 0>".to_owned(), 7..=7),
+                ("INSERT INTO t VALUES (1)".to_owned(), 8..=8)
+            ]
+        );
+    }
+
+    /// `*/` closes a version comment only inside one; elsewhere a `*` is a token.
+    #[test]
+    fn a_star_closes_only_a_version_comment() {
+        assert_eq!(classify(b"USE a *"), Kind::Other);
+        assert_eq!(classify(b"USE a */"), Kind::Other);
+        assert_eq!(classify(b"/*!40000 USE a */"), Kind::Use { name: b"a".to_vec() });
+        // Inside one, another version comment is a plain comment, skipped whole.
+        assert_eq!(
+            classify(b"/*!40000 USE a /*!50000 b */ */"),
+            Kind::Use { name: b"a".to_vec() }
+        );
+    }
+
+    /// An unquoted name may hold `$`, `_`, digits and any byte of a multi-byte character,
+    /// as the server's own lexer allows.
+    #[test]
+    fn unquoted_names_take_dollars_and_non_ascii_bytes() {
+        for name in ["café", "a$b", "_x9", "表"] {
+            let stmt = format!("USE {name}");
+            assert_eq!(
+                classify(stmt.as_bytes()),
+                Kind::Use {
+                    name: name.as_bytes().to_vec()
+                },
+                "{stmt}"
+            );
+        }
+    }
+
+    /// Tables are dealt to the lanes in turn as they first appear, and keep their lane.
+    #[test]
+    fn tables_take_the_lanes_in_turn() {
+        let p = planned(
+            b"CREATE TABLE a (x int);\nCREATE TABLE b (x int);\nCREATE TABLE c (x int);\nCREATE TABLE d (x int);\nINSERT INTO b VALUES (1);\nSET @x = 1;\nINSERT INTO d VALUES (1);\n",
+            false,
+        )
+        .unwrap();
+        let mut router = Router::new(3);
+        let routes: Vec<Option<Route>> = p.tables.iter().map(|st| router.route(st)).collect();
+        assert_eq!(
+            routes,
+            [0, 1, 2, 0, 1]
+                .map(|l| Some(Route::Lane(l)))
+                .into_iter()
+                .chain([Some(Route::Every), Some(Route::Lane(0))])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(router.tables(), 4);
+    }
+
+    /// The keyword of each object kind is the one `classify` reads (the loader builds its
+    /// `DROP … IF EXISTS` from it).
+    #[test]
+    fn object_keywords_read_back_as_their_kind() {
+        use ObjectKind::*;
+        for kind in [View, Trigger, Procedure, Function, Event] {
+            let stmt = format!("DROP {} IF EXISTS `x`", kind.keyword());
+            match classify(stmt.as_bytes()) {
+                Kind::Object {
+                    verb, kind: got, name, ..
+                } => {
+                    assert_eq!((verb, got, name), (Verb::Drop, kind, Some(b"x".to_vec())), "{stmt}");
+                }
+                other => assert_eq!(format!("{other:?}"), "an object", "{stmt}"),
+            }
+        }
+    }
+
+    /// An unquoted `user@host` definer is read as one; `CURRENT_USER` is no definer.
+    #[test]
+    fn unquoted_definers_are_read() {
+        let definer = |stmt: &str| match classify(stmt.as_bytes()) {
+            Kind::Object { definer, .. } => definer.map(|d| (s(&d.user), s(&d.host))),
+            other => Some((format!("{other:?}"), String::new())),
+        };
+        assert_eq!(
+            definer("CREATE DEFINER=root@localhost PROCEDURE p() SELECT 1"),
+            Some(("root".into(), "localhost".into()))
+        );
+        assert_eq!(definer("CREATE DEFINER=CURRENT_USER PROCEDURE p() SELECT 1"), None);
+        assert_eq!(definer("CREATE DEFINER=current_user() VIEW v AS SELECT 1"), None);
+    }
+
+    /// `ALTER DATABASE` with nothing to alter is no statement for the database.
+    #[test]
+    fn alter_database_needs_options() {
+        assert_eq!(classify(b"ALTER DATABASE a"), Kind::Other);
+        assert_eq!(classify(b"ALTER DATABASE a /* nothing */"), Kind::Other);
+        assert!(matches!(
+            classify(b"ALTER DATABASE a CHARACTER SET latin1"),
+            Kind::AlterDatabase { .. }
+        ));
+    }
+
+    /// What an `INSERT` must look like to be merged: `VALUES` rows and nothing else, with
+    /// any spacing around the commas, and no comment inside a row (it could hide a
+    /// parenthesis); `INSERT … SELECT` and `INSERT … SET` are sent as they are.
+    #[test]
+    fn inserts_that_merge_and_inserts_that_do_not() {
+        let rows = |stmt: &str| match classify(stmt.as_bytes()) {
+            Kind::Insert { rows, .. } => Some(s(rows)),
+            _ => None,
+        };
+        let cases: &[(&str, Option<&str>)] = &[
+            ("INSERT INTO t VALUES (1), (2)", Some("(1), (2)")),
+            ("INSERT INTO t VALUES (1) ,(2)", Some("(1) ,(2)")),
+            ("INSERT INTO t VALUES (1-2),(3/4),(-5)", Some("(1-2),(3/4),(-5)")),
+            ("INSERT INTO t VALUES (1 # c\n)", None),
+            ("INSERT INTO t VALUES (1 -- c\n)", None),
+            ("INSERT INTO t VALUES (1 /* c */)", None),
+            ("INSERT INTO t VALUES (2*/1)", Some("(2*/1)")),
+            (
+                "INSERT INTO t SELECT * FROM u ON DUPLICATE KEY UPDATE a=VALUES(a)",
+                None,
+            ),
+            ("INSERT INTO t SET a=1 ON DUPLICATE KEY UPDATE a=VALUES(a)", None),
+        ];
+        for (stmt, want) in cases {
+            assert_eq!(rows(stmt).as_deref(), *want, "{stmt:?}");
+        }
+    }
 }

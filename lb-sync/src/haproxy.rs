@@ -352,10 +352,10 @@ impl HaProxy {
             .metrics
             .runtime_call(CallVerb::ShowServersState, RuntimeStatus::Ok);
         // Sessions matter only for a draining server of ours (it goes once the last one
-        // ends): `show stat` is three quarters of a read's bytes, so it is skipped when
-        // none is draining, which is most passes.
-        let sessions = if sessions_needed(&servers, &self.cfg.prefix) {
-            let stat_cmd = format!("show stat {} 4 -1", self.cfg.backend);
+        // ends): `show stat` of the whole backend is three quarters of a read's bytes, so
+        // it is skipped when none is draining, which is most passes, and asked of the
+        // draining servers alone when few are (`stat_command`).
+        let sessions = if let Some(stat_cmd) = stat_command(&servers, &self.cfg.prefix, &self.cfg.backend) {
             let stat = self.command(CallVerb::ShowStat, &stat_cmd).await?;
             self.health.metrics.runtime_call(CallVerb::ShowStat, RuntimeStatus::Ok);
             parse_stat_sessions(&stat, &self.cfg.backend)
@@ -551,11 +551,32 @@ fn judge_batch(cmds: &[Cmd], answer: &str) -> Result<(), (usize, RuntimeError)> 
     }
 }
 
-/// Whether a read needs the session counts: one of lb-sync's servers is draining (pure).
-fn sessions_needed(servers: &[ServerState], prefix: &str) -> bool {
-    servers
+/// Past this many draining servers of lb-sync's, one `show stat` of the whole backend is
+/// read instead of one per server: it costs less to parse than a long line of commands,
+/// and it keeps that line far under HAProxy's request buffer (`tune.bufsize`, 16 KB).
+const STAT_BY_ID_MAX: usize = 64;
+
+/// The `show stat` command line of a read (pure): none while no server of lb-sync's is
+/// draining; while a few are, `show stat B 4 ID` for each of them, on one line (a port
+/// change drains one server: its one CSV line instead of the backend's 400 bytes a
+/// server, at every read of the drain period); while many are, the whole backend.
+fn stat_command(servers: &[ServerState], prefix: &str, backend: &str) -> Option<String> {
+    let draining: Vec<u64> = servers
         .iter()
-        .any(|s| s.name.starts_with(prefix) && s.admin_state & ADMIN_DRAIN != 0)
+        .filter(|s| s.name.starts_with(prefix) && s.admin_state & ADMIN_DRAIN != 0)
+        .map(|s| s.id)
+        .collect();
+    match draining.len() {
+        0 => None,
+        n if n <= STAT_BY_ID_MAX => Some(
+            draining
+                .iter()
+                .map(|id| format!("show stat {backend} 4 {id}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        _ => Some(format!("show stat {backend} 4 -1")),
+    }
 }
 
 /// The name of the server lb-sync adds for `endpoint`.
@@ -670,12 +691,25 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, RuntimeError>
         col("srv_check_result")?,
         col("srv_check_state")?,
     );
+    let wanted = [id, name, addr, port, op, admin, result, cstate];
+    let last = wanted.iter().copied().max().unwrap_or_default();
     let mut out = Vec::new();
     for line in lines {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let get = |i: usize| {
-            f.get(i)
+        // The wanted fields of the line, read in one pass without collecting the others
+        // (a read of 5,000 servers is 5,000 lines of 25 fields: issue 18's pass CPU).
+        let mut f = [None; 8];
+        for (i, field) in line.split_ascii_whitespace().take(last + 1).enumerate() {
+            for (slot, w) in f.iter_mut().zip(wanted) {
+                if w == i {
+                    *slot = Some(field);
+                }
+            }
+        }
+        // `k`: the index in `wanted`.
+        let get = |k: usize| {
+            f.get(k)
                 .copied()
+                .flatten()
                 .ok_or_else(|| RuntimeError::Malformed(format!("short line {line:?}")))
         };
         let num = |i: usize| -> Result<u32, RuntimeError> {
@@ -684,14 +718,14 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, RuntimeError>
                 .map_err(|_| RuntimeError::Malformed(format!("not a number in {line:?}")))
         };
         out.push(ServerState {
-            id: u64::from(num(id)?),
-            name: get(name)?.to_owned(),
-            address: get(addr)?.to_owned(),
-            port: u16::try_from(num(port)?).map_err(|_| RuntimeError::Malformed(format!("bad port in {line:?}")))?,
-            op_state: num(op)?,
-            admin_state: num(admin)?,
-            check_result: num(result)?,
-            check_state: num(cstate)?,
+            id: u64::from(num(0)?),
+            name: get(1)?.to_owned(),
+            address: get(2)?.to_owned(),
+            port: u16::try_from(num(3)?).map_err(|_| RuntimeError::Malformed(format!("bad port in {line:?}")))?,
+            op_state: num(4)?,
+            admin_state: num(5)?,
+            check_result: num(6)?,
+            check_state: num(7)?,
         });
     }
     Ok(out)
@@ -709,17 +743,30 @@ pub fn parse_stat_sessions(text: &str, backend: &str) -> BTreeMap<String, u64> {
     let (Some(px), Some(sv), Some(scur)) = (pos("pxname"), pos("svname"), pos("scur")) else {
         return BTreeMap::new();
     };
+    let last = px.max(sv).max(scur);
     lines
         .filter_map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            if f.get(px) != Some(&backend) {
+            // Three of some 80 fields, read without collecting the others.
+            let (mut p, mut name, mut cur) = (None, None, None);
+            for (i, field) in l.split(',').take(last + 1).enumerate() {
+                if i == px {
+                    p = Some(field);
+                }
+                if i == sv {
+                    name = Some(field);
+                }
+                if i == scur {
+                    cur = Some(field);
+                }
+            }
+            if p != Some(backend) {
                 return None;
             }
-            let name = (*f.get(sv)?).to_owned();
+            let name = name?;
             if name == "BACKEND" || name == "FRONTEND" {
                 return None;
             }
-            Some((name, f.get(scur)?.parse().ok()?))
+            Some((name.to_owned(), cur?.parse().ok()?))
         })
         .collect()
 }
@@ -787,9 +834,9 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_read_only_while_one_of_ours_drains() {
-        let server = |name: &str, admin_state: u32| ServerState {
-            id: 1,
+    fn sessions_are_read_only_while_one_of_ours_drains_and_of_it_alone() {
+        let server = |id: u64, name: &str, admin_state: u32| ServerState {
+            id,
             name: name.into(),
             address: "10.0.0.1".into(),
             port: 80,
@@ -799,17 +846,54 @@ mod tests {
             check_state: CHECK_ENABLED,
         };
         let cases = [
-            (vec![], false),
-            (vec![server("lb-sync-a", 0)], false),
-            (vec![server("lb-sync-a", 0x01)], false),
-            (vec![server("lb-sync-a", 0), server("lb-sync-b", 0x08)], true),
-            (vec![server("lb-sync-a", 0x10)], true),
+            (vec![], None),
+            (vec![server(1, "lb-sync-a", 0)], None),
+            (vec![server(1, "lb-sync-a", 0x01)], None),
+            (
+                vec![server(1, "lb-sync-a", 0), server(7, "lb-sync-b", 0x08)],
+                Some("show stat web 4 7"),
+            ),
+            (
+                vec![server(3, "lb-sync-a", 0x10), server(4, "lb-sync-c", 0x08)],
+                Some("show stat web 4 3; show stat web 4 4"),
+            ),
             // A foreign server draining is not ours to delete.
-            (vec![server("static", 0x08), server("lb-sync-a", 0)], false),
+            (vec![server(1, "static", 0x08), server(2, "lb-sync-a", 0)], None),
         ];
         for (servers, want) in cases {
-            assert_eq!(sessions_needed(&servers, "lb-sync-"), want, "{servers:?}");
+            assert_eq!(
+                stat_command(&servers, "lb-sync-", "web").as_deref(),
+                want,
+                "{servers:?}"
+            );
         }
+        // Many draining: the whole backend at once, not a line of 65 commands.
+        let many: Vec<ServerState> = (1..=STAT_BY_ID_MAX as u64 + 1)
+            .map(|id| server(id, "lb-sync-x", 0x08))
+            .collect();
+        assert_eq!(
+            stat_command(&many[1..], "lb-sync-", "web").map(|c| c.matches("show stat").count()),
+            Some(STAT_BY_ID_MAX)
+        );
+        assert_eq!(
+            stat_command(&many, "lb-sync-", "web").as_deref(),
+            Some("show stat web 4 -1")
+        );
+    }
+
+    /// A line of `show stat B 4 ID` commands answers one CSV table per server, each with
+    /// its header and a blank line (HAProxy 2.6.12, recorded with `socat`); an unknown id
+    /// answers the header alone.
+    #[test]
+    fn sessions_of_a_line_of_stat_commands() {
+        let answer = "# pxname,svname,qcur,qmax,scur,smax,slim\nweb,b,0,0,3,4,\n\n\
+                      # pxname,svname,qcur,qmax,scur,smax,slim\nweb,a,0,0,0,0,\n\n\
+                      # pxname,svname,qcur,qmax,scur,smax,slim\n\n";
+        let got = parse_stat_sessions(answer, "web");
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            [("a".to_owned(), 0), ("b".to_owned(), 3)]
+        );
     }
 
     /// The answers are HAProxy 2.6's own, recorded from its Runtime API with `socat`.

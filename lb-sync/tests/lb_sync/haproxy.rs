@@ -345,6 +345,14 @@ async fn haproxy_servers_are_added_drained_and_deleted_through_the_runtime_api()
         reads > 0 && stats > 0 && stats < reads,
         "{reads} reads, {stats} with sessions: {lines:#?}"
     );
+    // And of the draining server alone (by its id), not of the whole backend.
+    let stat_lines: Vec<&String> = lines.iter().filter(|l| l.starts_with("show stat")).collect();
+    assert!(
+        stat_lines
+            .iter()
+            .all(|l| l.starts_with(&format!("show stat {b} 4 ")) && !l.contains(" -1") && !l.contains(';')),
+        "{stat_lines:#?}"
+    );
 }
 
 /// A draining server with a request in flight is deleted once that request ends, well
