@@ -271,7 +271,8 @@ pub fn haproxy_answers(data: &[u8]) {
                     text.contains(s.name.as_str()) && text.contains(s.address.as_str()),
                     "{s:?}"
                 );
-                let _ = s.node("lb-sync-", Some(1));
+                let (node, name) = s.clone().into_node("lb-sync-", Some(1));
+                assert!(node.id == s.id && node.address == s.address && name == s.name, "{s:?}");
             }
         }
         Err(e) => assert!(!e.to_string().is_empty()),
