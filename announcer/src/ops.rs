@@ -186,8 +186,30 @@ struct Shared {
     status: String,
     /// `READY=1` sent.
     ready_sent: bool,
-    /// Docker event time per container id, until its record's change is acknowledged.
-    events: HashMap<String, SystemTime>,
+    /// The pending event of each container id, until its record's change is acknowledged.
+    events: HashMap<String, Pending>,
+}
+
+/// A container's change the world waits for: from its Docker event to etcd's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending {
+    /// Docker's own time of the event (`timeNano`).
+    pub stamped: SystemTime,
+    /// When the event reached the announcer.
+    pub arrived: SystemTime,
+    /// When a check of the container first passed after the event (none: no check, or
+    /// none passed yet).
+    pub checked: Option<SystemTime>,
+}
+
+impl Pending {
+    /// From when the change was the announcer's to make: the later of the event reaching
+    /// it and the first passing check. What came before is Docker's delivery and the
+    /// service starting to listen, which the announcer cannot change (issue 18).
+    #[must_use]
+    pub fn ready(&self) -> SystemTime {
+        self.checked.map_or(self.arrived, |c| c.max(self.arrived))
+    }
 }
 
 impl Ops {
@@ -317,26 +339,48 @@ impl Ops {
         self.inner.notifier.stopping();
     }
 
-    /// A Docker event about container `id`, stamped by Docker at `at`.
+    /// A Docker event about container `id`, stamped by Docker at `at`, reaching the
+    /// announcer now.
     pub fn event(&self, id: &str, at: SystemTime) {
+        let now = SystemTime::now();
         let mut shared = self.lock();
         if shared.events.len() >= 1024 {
-            let now = SystemTime::now();
             shared
                 .events
-                .retain(|_, t| now.duration_since(*t).unwrap_or_default() < EVENT_MEMORY);
+                .retain(|_, p| now.duration_since(p.stamped).unwrap_or_default() < EVENT_MEMORY);
         }
         // The oldest event not yet visible counts: that is how long the world waited.
-        shared.events.entry(id.to_owned()).or_insert(at);
+        shared.events.entry(id.to_owned()).or_insert(Pending {
+            stamped: at,
+            arrived: now,
+            checked: None,
+        });
     }
 
-    /// etcd acknowledged a change of container `id`'s record: observe the latency since
-    /// its event, if one is pending.
-    pub fn visible(&self, container_id: &str) {
-        let at = self.lock().events.remove(container_id);
-        if let Some(at) = at {
-            let d = SystemTime::now().duration_since(at).unwrap_or_default();
-            self.inner.metrics.visible_after(d);
+    /// A check of container `id` passed: the first pass after its pending event is kept.
+    pub fn check_passed(&self, id: &str) {
+        if let Some(p) = self.lock().events.get_mut(id) {
+            p.checked.get_or_insert_with(SystemTime::now);
+        }
+    }
+
+    /// etcd acknowledged, at `acked`, a change of container `id`'s record (`name`): observe
+    /// the latency since its event, if one is pending, and log at `debug` what the
+    /// announcer itself added (`added_us`, from [`Pending::ready`]) and when it was ready
+    /// (`ready_unix_ns`), which `scripts/bench` reads.
+    pub fn visible(&self, id: &str, name: &str, acked: SystemTime) {
+        let pending = self.lock().events.remove(id);
+        if let Some(p) = pending {
+            self.inner
+                .metrics
+                .visible_after(acked.duration_since(p.stamped).unwrap_or_default());
+            let ready = p.ready();
+            tracing::debug!(
+                container = %name,
+                added_us = acked.duration_since(ready).unwrap_or_default().as_micros(),
+                ready_unix_ns = ready.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+                "visible"
+            );
         }
     }
 }
@@ -480,13 +524,41 @@ mod tests {
     #[test]
     fn latency_is_observed_once_per_event_and_only_for_known_containers() {
         let ops = Ops::new(Notifier::with_watchdog(None));
-        ops.visible("unknown");
+        ops.visible("unknown", "u", SystemTime::now());
         ops.event("c1", SystemTime::now() - Duration::from_millis(100));
         ops.event("c1", SystemTime::now());
-        ops.visible("c1");
-        ops.visible("c1");
+        ops.visible("c1", "one", SystemTime::now());
+        ops.visible("c1", "one", SystemTime::now());
         let text = ops.metrics().render();
         assert!(text.contains("announcer_event_to_visible_seconds_count 1"), "{text}");
         assert!(!text.contains("le=\"0.05\"} 1"), "the older event counts: {text}");
+    }
+
+    /// What the announcer adds starts at the later of the event reaching it and the first
+    /// passing check; a check that passed before the event does not move it.
+    #[test]
+    fn the_announcers_part_starts_when_the_event_is_in_and_the_check_passed() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let p = |arrived, checked| Pending {
+            stamped: t0,
+            arrived,
+            checked,
+        };
+        assert_eq!(p(ms(5), None).ready(), ms(5));
+        assert_eq!(p(ms(5), Some(ms(40))).ready(), ms(40));
+        assert_eq!(p(ms(5), Some(ms(2))).ready(), ms(5));
+        // Through the state: the first pass is kept, a later one does not move it.
+        let ops = Ops::new(Notifier::with_watchdog(None));
+        ops.check_passed("c1");
+        ops.event("c1", t0);
+        let arrived = ops.lock().events.get("c1").map(|p| (p.arrived, p.checked));
+        assert!(matches!(arrived, Some((_, None))), "{arrived:?}");
+        ops.check_passed("c1");
+        let first = ops.lock().events.get("c1").and_then(|p| p.checked);
+        std::thread::sleep(Duration::from_millis(2));
+        ops.check_passed("c1");
+        assert_eq!(ops.lock().events.get("c1").and_then(|p| p.checked), first);
+        assert!(first.is_some());
     }
 }

@@ -361,6 +361,9 @@ impl Reconciler {
             return;
         };
         let port = e.plans.get(r.index).map(|p| p.ann.record.port).unwrap_or_default();
+        if r.ok && !self.stopping.contains_key(&r.id) {
+            self.ops.check_passed(&r.id);
+        }
         match (*slot, r.ok) {
             (_, true) => tracing::info!(container = %name, port, "check passes"),
             (None, false) => tracing::info!(container = %name, port, reason = %r.detail, "check does not pass yet"),

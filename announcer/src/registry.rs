@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use backon::BackoffBuilder;
 use etcd_client::{
@@ -464,16 +464,17 @@ impl Registry {
             .map(|(k, ann)| (k.clone(), Arc::clone(ann)))
             .collect();
         let this = &*self;
-        let results: Vec<(Key, Arc<Announcement>, Result<Outcome, Error>)> = futures::stream::iter(changed)
+        let results: Vec<WriteResult> = futures::stream::iter(changed)
             .map(|(k, ann)| async move {
                 let result = this.write_txn(&k, &ann, lease).await;
-                (k, ann, result)
+                // When this write was acknowledged, not when the last of the batch was.
+                (k, ann, result, SystemTime::now())
             })
             .buffer_unordered(PARALLEL_WRITES)
             .collect()
             .await;
         let mut failed = None;
-        for (k, ann, result) in results {
+        for (k, ann, result, acked) in results {
             let (op_result, seen) = match &result {
                 Ok(Outcome::Written) => (OpResult::ok, true),
                 Ok(Outcome::Held { .. }) => (OpResult::conflict, true),
@@ -481,7 +482,8 @@ impl Registry {
             };
             self.ops.metrics().op(Op::announce, op_result);
             if seen {
-                self.ops.visible(&ann.record.container_id);
+                self.ops
+                    .visible(&ann.record.container_id, &ann.record.container_name, acked);
             }
             match result {
                 Ok(Outcome::Written) => {
@@ -630,7 +632,7 @@ impl Registry {
             .when([Compare::lease(probe, CompareOp::Equal, lease)])
             .and_then([delete_op(&self.settings.prefix, &k.0, &k.1, layout)]);
         let key = schema::instance_key(&self.settings.prefix, &k.0, &k.1, layout);
-        let container = w.ann.record.container_id.clone();
+        let (container, name) = (w.ann.record.container_id.clone(), w.ann.record.container_name.clone());
         let mut client = self.client.clone();
         let resp = match self.timed("withdraw record", client.txn(txn)).await {
             Ok(r) => r,
@@ -647,7 +649,7 @@ impl Registry {
             self.ops.metrics().op(Op::withdraw, OpResult::not_ours);
             tracing::info!(key = %key, service = %k.0, instance = %k.1, lease = %lease, "not withdrawn: the record is no longer ours");
         }
-        self.ops.visible(&container);
+        self.ops.visible(&container, &name, SystemTime::now());
         self.written.remove(k);
         Ok(())
     }
@@ -815,6 +817,10 @@ fn probe_key(prefix: &str, service: &str, instance: &str, layout: Layout) -> Str
 
 /// What deleting one record removes: the `fields` directory (trailing `/`, as a prefix) or
 /// the single key. Pure, so the web1/web10 boundary is tested on the key itself.
+/// One record's write in a sync: its key, what was written, how it went, and when etcd
+/// answered.
+type WriteResult = (Key, Arc<Announcement>, Result<Outcome, Error>, SystemTime);
+
 fn delete_range(prefix: &str, service: &str, instance: &str, layout: Layout) -> (String, bool) {
     let key = schema::instance_key(prefix, service, instance, layout);
     match layout {

@@ -184,6 +184,34 @@ fn latencies(
     (out, missing)
 }
 
+/// When each container's change became the announcer's to make (the later of its event
+/// reaching the announcer and its first passing check), from the announcer's `visible`
+/// debug lines (`announcer::ops`): container name -> `ready_unix_ns`, the first line at
+/// or after `from_ns` for each container.
+fn readiness(log: &str, from_ns: i64) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for line in log
+        .lines()
+        .filter(|l| l.contains(" visible ") || l.ends_with(" visible"))
+    {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+                .map(|v| v.trim_matches('"'))
+        };
+        let (Some(name), Some(ready)) = (
+            field("container"),
+            field("ready_unix_ns").and_then(|v| v.parse::<i64>().ok()),
+        ) else {
+            continue;
+        };
+        if ready >= from_ns {
+            out.entry(name.to_owned()).or_insert(ready);
+        }
+    }
+    out
+}
+
 fn add_dist(section: &mut Section, prefix: &str, d: Option<Dist>) {
     if let Some(d) = d {
         section.add(&format!("{prefix}_p50_ms"), d.p50);
@@ -307,9 +335,28 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
         }
     };
 
+    // What the announcer added: watch arrival of the record - when it was the announcer's
+    // to write (`readiness`).
+    let ready = readiness(&announcer.log(), burst_from - 1_000_000_000);
+    let added: Vec<f64> = burst_names
+        .iter()
+        .filter_map(|(name, inst)| {
+            let from = *ready.get(name)?;
+            let iv = observe::first_visible_after(intervals.get(inst)?, from)?;
+            Some(ms_between(from, iv.visible_ns))
+        })
+        .collect();
+
     let mut announce = Section::new("announce");
     let d_ours = Dist::of(&ours);
     let d_bare = Dist::of(&bare);
+    let d_added = Dist::of(&added);
+    add_dist(&mut announce, "announcer_added", d_added);
+    announce.add(
+        "announcer_added_over_bare_p99",
+        d_added.zip(d_bare).and_then(|(o, b)| stats::ratio(o.p99, b.p99)),
+    );
+    announce.add("announcer_added_samples", added.len() as f64);
     announce.add("containers", s.containers as f64);
     announce.add("announced", ours.len() as f64);
     add_dist(&mut announce, "announce", d_ours);
@@ -344,6 +391,12 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     announce.note(
         "docker_event_delivery: Docker's timeNano of `start` -> the event reaches the harness's own event stream; \
          the announcer pays the same before it can do anything",
+    );
+    announce.note(
+        "announcer_added: watch arrival of the complete record - the later of the `start` event reaching the \
+         announcer and its first passing tcp check (the announcer's `visible` debug line, `ready_unix_ns`, same \
+         clock); announcer_added_over_bare_p99 = its p99 / bare_txn's p99 (the target; announce_over_bare_p99 \
+         also holds Docker's delivery and the service starting to listen)",
     );
     if !missing.is_empty() || !announced_all {
         announce.note(format!(
@@ -496,8 +549,10 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     let dies = observe::first_event(&docker_events, "die", stop_from - 1_000_000_000);
     let kills = observe::first_event(&docker_events, "kill", stop_from - 1_000_000_000);
     let intervals = observe::record_intervals(&watcher.events(), &service_dir, &field::ALL);
+    let ready = readiness(&announcer.log(), stop_from - 1_000_000_000);
     let mut from_die = Vec::new();
     let mut from_kill = Vec::new();
+    let mut added = Vec::new();
     for (name, inst) in &names {
         let Some(gone) = intervals
             .get(inst)
@@ -507,6 +562,9 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
         else {
             continue;
         };
+        if let Some(r) = ready.get(name) {
+            added.push(ms_between(*r, gone));
+        }
         if let Some(d) = dies.get(name) {
             from_die.push(ms_between(d.time_ns, gone));
         }
@@ -530,6 +588,18 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     withdraw.add("withdrawn", from_die.len() as f64);
     add_dist(&mut withdraw, "withdraw", Dist::of(&from_die));
     add_dist(&mut withdraw, "withdraw_from_kill", Dist::of(&from_kill));
+    let d_added = Dist::of(&added);
+    add_dist(&mut withdraw, "withdraw_added", d_added);
+    withdraw.add(
+        "withdraw_added_over_bare_p99",
+        d_added.zip(d_bare).and_then(|(o, b)| stats::ratio(o.p99, b.p99)),
+    );
+    withdraw.add("withdraw_added_samples", added.len() as f64);
+    withdraw.note(
+        "withdraw_added: watch arrival of the delete - the first event of the stop (the `kill` of SIGTERM, or \
+         the `die`) reaching the announcer (its `visible` debug line); withdraw_added_over_bare_p99 = its p99 / \
+         the announce burst's bare_txn p99 (the target)",
+    );
     withdraw.note(format!(
         "{} containers stopped by {} concurrent `docker stop` calls; withdraw = watch arrival of the delete - \
          Docker's timeNano of `die`; `docker stop` first sends SIGTERM (a `kill` event), on which the announcer \
@@ -561,4 +631,25 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
         ours_ms: ours,
         bare_ms: bare,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The announcer's text log line, as `tracing-subscriber` writes it.
+    #[test]
+    fn readiness_reads_the_announcers_visible_lines() {
+        let log = "2026-11-29T22:00:00.000001Z DEBUG announcer::ops: visible container=benchweb-0001 added_us=812 ready_unix_ns=2000\n\
+                   2026-11-29T22:00:00.000002Z  INFO announcer::registry: announced key=/k container=abc\n\
+                   2026-11-29T22:00:00.000003Z DEBUG announcer::ops: visible container=benchweb-0002 added_us=1 ready_unix_ns=500\n\
+                   2026-11-29T22:00:00.000004Z DEBUG announcer::ops: visible container=benchweb-0001 added_us=3 ready_unix_ns=9000\n\
+                   2026-11-29T22:00:00.000005Z DEBUG announcer::ops: visible container=\"benchweb-0003\" added_us=3 ready_unix_ns=3000\n";
+        let got = readiness(log, 1000);
+        assert_eq!(
+            got.into_iter().collect::<Vec<_>>(),
+            [("benchweb-0001".to_owned(), 2000), ("benchweb-0003".to_owned(), 3000)]
+        );
+        assert_eq!(readiness(log, 5000).get("benchweb-0001"), Some(&9000));
+    }
 }

@@ -92,8 +92,9 @@ pub struct Args {
     pub concurrency: usize,
 
     /// The announcer's `--log-filter` (its log is `announcer.log` in the output directory);
-    /// `info,announcer=debug` shows every Docker event it handles, for profiling.
-    #[arg(long, env = "BENCH_ANNOUNCER_LOG", default_value = "info")]
+    /// `info,announcer=debug` shows every Docker event it handles, for profiling. Keep
+    /// `announcer::ops=debug`: its `visible` lines give `announcer_added` and `withdraw_added`.
+    #[arg(long, env = "BENCH_ANNOUNCER_LOG", default_value = "info,announcer::ops=debug")]
     pub announcer_log_filter: String,
 
     /// Extra options for the announcer, separated by spaces (e.g. `--check none`), to see

@@ -116,8 +116,11 @@ pub const EIGHT_MIB: f64 = 8.0 * 1024.0 * 1024.0;
 #[must_use]
 pub fn targets() -> Vec<(&'static str, &'static str, Goal)> {
     vec![
-        ("announce", "announce_over_bare_p99", Goal::AtMost(3.0)),
-        ("withdraw", "withdraw_p99_ms", Goal::Below(50.0)),
+        // What the announcer adds, over the bare transaction (issue 18): the end-to-end
+        // `announce_over_bare_p99` and `withdraw_p99_ms` stay reported figures (they hold
+        // Docker's event delivery and the service starting to listen).
+        ("announce", "announcer_added_over_bare_p99", Goal::AtMost(1.5)),
+        ("withdraw", "withdraw_added_over_bare_p99", Goal::AtMost(1.5)),
         ("shell", "speedup_p50", Goal::AtLeast(100.0)),
         ("footprint", "rss_500_bytes", Goal::AtMost(EIGHT_MIB)),
         ("footprint", "idle_writes_per_ttl", Goal::Exactly(0.0)),
@@ -373,7 +376,7 @@ mod tests {
         a.add("announce_p50_ms", 4.25);
         a.add("announce_p99_ms", 12.0);
         a.add("bare_txn_p99_ms", 3.0);
-        a.add("announce_over_bare_p99", 4.0);
+        a.add("announcer_added_over_bare_p99", 4.0);
         a.add("not_measured_ms", None);
         a.add("nan_is_dropped", f64::NAN);
         a.note("200 containers");
@@ -407,8 +410,8 @@ mod tests {
         let j = sample().to_json();
         let targets = j["targets"].as_array().unwrap();
         let find = |fig: &str| targets.iter().find(|t| t["figure"] == fig).unwrap().clone();
-        assert_eq!(find("announce_over_bare_p99")["met"], json!(false));
-        assert_eq!(find("announce_over_bare_p99")["target"], json!("<= 3"));
+        assert_eq!(find("announcer_added_over_bare_p99")["met"], json!(false));
+        assert_eq!(find("announcer_added_over_bare_p99")["target"], json!("<= 1.50"));
         assert_eq!(find("rss_500_bytes")["met"], json!(true));
         assert_eq!(find("idle_writes_per_ttl")["met"], json!(true));
         assert_eq!(find("seed_speedup")["met"], Value::Null);
@@ -472,8 +475,8 @@ mod tests {
     fn table_and_markdown_show_values_targets_and_misses() {
         let s = sample();
         let t = s.table();
-        let line = t.lines().find(|l| l.contains("announce_over_bare_p99")).unwrap();
-        assert!(line.contains("<= 3") && line.contains("MISSED"), "{line}");
+        let line = t.lines().find(|l| l.contains("announcer_added_over_bare_p99")).unwrap();
+        assert!(line.contains("<= 1.50") && line.contains("MISSED"), "{line}");
         let rss = t.lines().find(|l| l.contains("rss_500_bytes")).unwrap();
         assert!(
             rss.contains("5.00 MiB") && rss.contains("<= 8 MiB") && rss.contains("yes"),
