@@ -511,8 +511,30 @@ impl Registry {
             .filter(|k| !desired.records.contains_key(*k))
             .cloned()
             .collect();
-        for k in gone {
-            self.withdraw(&k).await?;
+        // Like the writes, the deletes go out together: 500 containers stopped at once
+        // are 500 transactions, and one after the other the last waited for all the others
+        // (`withdraw_added` p99 34 ms against 18 ms for a bare transaction, issue 18).
+        let this = &*self;
+        let results: Vec<(Key, Result<(), Error>)> = futures::stream::iter(gone)
+            .map(|k| async move {
+                let result = this.withdraw(&k).await;
+                (k, result)
+            })
+            .buffer_unordered(PARALLEL_WRITES)
+            .collect()
+            .await;
+        let mut failed = None;
+        for (k, result) in results {
+            match result {
+                Ok(()) => {
+                    self.written.remove(&k);
+                }
+                // Kept in `written`: the next sync deletes it again.
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         self.need_sync = false;
         Ok(())
@@ -619,11 +641,11 @@ impl Registry {
         Err(Error::Contended { key })
     }
 
-    /// Deletes one record we wrote, unless it is no longer on our lease.
-    async fn withdraw(&mut self, k: &(String, String)) -> Result<(), Error> {
+    /// Deletes one record we wrote, unless it is no longer on our lease (the caller then
+    /// forgets it; without a lease there is nothing to delete: the record went with it).
+    async fn withdraw(&self, k: &(String, String)) -> Result<(), Error> {
         let Some(w) = self.written.get(k) else { return Ok(()) };
         let Some(lease) = self.lease else {
-            self.written.remove(k);
             return Ok(());
         };
         let layout = w.ann.layout;
@@ -650,7 +672,6 @@ impl Registry {
             tracing::info!(key = %key, service = %k.0, instance = %k.1, lease = %lease, "not withdrawn: the record is no longer ours");
         }
         self.ops.visible(&container, &name, SystemTime::now());
-        self.written.remove(k);
         Ok(())
     }
 
