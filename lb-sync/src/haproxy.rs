@@ -606,12 +606,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, command: &str) ->
     s.write_all(format!("{command}\n").as_bytes()).await?;
     // Without `prompt`, HAProxy answers one command and closes the connection. One byte
     // past the cap tells a full answer from a longer one.
-    let mut out = Vec::new();
+    // Sized for a read of a few thousand servers, so it grows a few times, not from zero.
+    let mut out = Vec::with_capacity(64 << 10);
     (&mut s).take(MAX_ANSWER as u64 + 1).read_to_end(&mut out).await?;
     if out.len() > MAX_ANSWER {
         return Ok(Answer::TooLarge(crate::error::quote_start(&out)));
     }
-    Ok(Answer::Complete(String::from_utf8_lossy(&out).into_owned()))
+    // HAProxy answers in ASCII: the bytes become the string as they are, without a copy.
+    Ok(Answer::Complete(String::from_utf8(out).unwrap_or_else(|e| {
+        String::from_utf8_lossy(e.as_bytes()).into_owned()
+    })))
 }
 
 /// One line of `show servers state`.

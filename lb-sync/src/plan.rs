@@ -14,7 +14,7 @@
 //!
 //! `force` lifts the emptiness and size rules (never the incomplete-view rule).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -714,7 +714,7 @@ pub fn plan(desired: &Desired, actual: &Actual<'_>, limits: &Limits, policy: &Po
 struct Inventory<'a> {
     /// Every node with an IP endpoint (managed or not: a desired endpoint held by any
     /// node is not added again).
-    present: BTreeSet<Endpoint>,
+    present: HashSet<Endpoint>,
     /// The managed nodes.
     mine: Vec<(&'a Node, Endpoint)>,
     /// Nodes left alone.
@@ -738,7 +738,7 @@ impl<'a> Inventory<'a> {
             }
         };
         let mut inv = Inventory {
-            present: BTreeSet::new(),
+            present: HashSet::with_capacity(nodes.len()),
             mine: Vec::new(),
             unmanaged: 0,
             foreign: nodes.iter().any(|n| n.foreign),

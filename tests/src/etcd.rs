@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::eventually::eventually_blocking;
 use crate::pki::{CertFiles, Pki};
-use crate::process::{self, free_port, http_get, require_program};
+use crate::process::{self, http_get, require_program};
 
 const INSTALL: &str = "sudo apt-get install -y etcd-server etcd-client";
 
@@ -165,12 +165,13 @@ fn fnv(s: &str) -> u64 {
 fn start_members(n: usize, dir: &tempfile::TempDir, options: &EtcdOptions) -> Vec<Member> {
     let mut last_log = String::new();
     for attempt in 0..5 {
+        let ports = process::free_ports(3 * n);
         let mut members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                metrics_port: ports[3 * i + 2],
                 data_dir: dir.path().join(format!("a{attempt}-m{i}")),
                 log: dir.path().join(format!("a{attempt}-m{i}.log")),
                 options: options.clone(),

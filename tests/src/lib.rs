@@ -47,7 +47,7 @@ pub use eventually::{NotYet, eventually, eventually_blocking};
 pub use haproxy::HaProxy;
 pub use mariadb::MariaDb;
 pub use notify::NotifySocket;
-pub use process::{bin, free_port, http_get, require_program, signal, spawn};
+pub use process::{bin, free_port, free_ports, http_get, require_program, signal, spawn};
 pub use proxy::SocketProxy;
 
 /// The repository's root (the parent of the `tests` crate).

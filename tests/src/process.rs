@@ -70,6 +70,20 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// `n` distinct free loopback ports. Each listener is held until all are bound: separate
+/// [`free_port`] calls can get the same port back (a three-member etcd was once started
+/// with two members on one peer port: "initial cluster ... has duplicate url").
+#[must_use]
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
 /// The path of a binary of this workspace (`announcer`, `lb-sync`, `dbhelper`), built by
 /// `cargo build --workspace --bins` (scripts/test does it before the tests run).
 ///
@@ -121,4 +135,17 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(64);
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), 64, "{ports:?}");
+        assert!(ports.iter().all(|p| *p > 0));
+    }
 }
