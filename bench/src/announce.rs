@@ -221,6 +221,18 @@ fn add_dist(section: &mut Section, prefix: &str, d: Option<Dist>) {
     }
 }
 
+/// What the announcer added (`samples`, ms): its distribution as `{prefix}_*_ms`, its p99
+/// over the bare transaction's (`{prefix}_over_bare_p99`, the target) and the count.
+fn add_added(section: &mut Section, prefix: &str, samples: &[f64], bare: Option<Dist>) {
+    let d = Dist::of(samples);
+    add_dist(section, prefix, d);
+    section.add(
+        &format!("{prefix}_over_bare_p99"),
+        d.zip(bare).and_then(|(o, b)| stats::ratio(o.p99, b.p99)),
+    );
+    section.add(&format!("{prefix}_samples"), samples.len() as f64);
+}
+
 async fn header_revision(client: &mut etcd_client::Client) -> anyhow::Result<i64> {
     let r = client
         .get("/", Some(etcd_client::GetOptions::new().with_count_only()))
@@ -350,13 +362,7 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     let mut announce = Section::new("announce");
     let d_ours = Dist::of(&ours);
     let d_bare = Dist::of(&bare);
-    let d_added = Dist::of(&added);
-    add_dist(&mut announce, "announcer_added", d_added);
-    announce.add(
-        "announcer_added_over_bare_p99",
-        d_added.zip(d_bare).and_then(|(o, b)| stats::ratio(o.p99, b.p99)),
-    );
-    announce.add("announcer_added_samples", added.len() as f64);
+    add_added(&mut announce, "announcer_added", &added, d_bare);
     announce.add("containers", s.containers as f64);
     announce.add("announced", ours.len() as f64);
     add_dist(&mut announce, "announce", d_ours);
@@ -588,13 +594,7 @@ pub async fn run(ctx: &Ctx, docker: &Docker, footprint: &mut Section) -> anyhow:
     withdraw.add("withdrawn", from_die.len() as f64);
     add_dist(&mut withdraw, "withdraw", Dist::of(&from_die));
     add_dist(&mut withdraw, "withdraw_from_kill", Dist::of(&from_kill));
-    let d_added = Dist::of(&added);
-    add_dist(&mut withdraw, "withdraw_added", d_added);
-    withdraw.add(
-        "withdraw_added_over_bare_p99",
-        d_added.zip(d_bare).and_then(|(o, b)| stats::ratio(o.p99, b.p99)),
-    );
-    withdraw.add("withdraw_added_samples", added.len() as f64);
+    add_added(&mut withdraw, "withdraw_added", &added, d_bare);
     withdraw.note(
         "withdraw_added: watch arrival of the delete - the first event of the stop (the `kill` of SIGTERM, or \
          the `die`) reaching the announcer (its `visible` debug line); withdraw_added_over_bare_p99 = its p99 / \

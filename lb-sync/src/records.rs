@@ -415,10 +415,10 @@ pub async fn follow_from(
                         continue;
                     }
                     delays = backoff();
-                    let mut touched: Vec<Vec<u8>> = Vec::with_capacity(events.len());
+                    let mut touched: Vec<&[u8]> = Vec::with_capacity(events.len());
                     for ev in events {
                         let Some(kv) = ev.kv() else { continue };
-                        touched.push(kv.key().to_vec());
+                        touched.push(kv.key());
                         match ev.event_type() {
                             EventType::Put if kv.value().len() > MAX_VALUE => {
                                 kvs.remove(kv.key());
@@ -438,7 +438,6 @@ pub async fn follow_from(
                         }
                         revision = revision.max(kv.mod_revision());
                     }
-                    let touched = touched.iter().map(Vec::as_slice);
                     tx.send_replace(builder.update(&source, &kvs, touched, true, revision));
                 }
                 Ok(None) | Err(_) => {
