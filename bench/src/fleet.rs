@@ -522,7 +522,7 @@ pub async fn run(ctx: &Ctx, s: Settings) -> (Section, anyhow::Result<()>) {
          over the window; lb_sync_rss_bytes = VmRSS after it; haproxy_calls_per_change = Runtime API calls \
          (connections) other than reads per server added, drained or deleted, over the single-record changes (a \
          port change: one server added, one drained, then deleted); lb_sync_pass_cpu_ms = lb-sync's CPU from just \
-         before the change to converged, averaged (clock ticks of 10 ms); host_death_to_drained = from dropping the \
+         before the change to converged, averaged (the threads' schedstat run time, in ns); host_death_to_drained = from dropping the \
          host's registry to HAProxy's answer to the last of its servers' drain; records_missing_during_leader_kill = \
          the most of: records a watcher on a surviving member saw deleted, records missing from a serializable \
          count on any live member (polled every 200 ms), servers lb-sync drained or deleted, over 2 TTLs after the kill",
@@ -711,7 +711,7 @@ async fn steps(ctx: &Ctx, s: Settings, section: &mut Section) -> anyhow::Result<
             Arc::make_mut(a).record.port = *new_port;
         }
         let mark = scene.proxy.mark();
-        let cpu0 = process::cpu_ticks(lb_pid).unwrap_or_default().own();
+        let cpu0 = process::cpu_ns(lb_pid).unwrap_or_default();
         let t0 = Instant::now();
         if let Some(h) = &hosts[0] {
             h.desired.send_replace(desired[0].clone());
@@ -723,8 +723,8 @@ async fn steps(ctx: &Ctx, s: Settings, section: &mut Section) -> anyhow::Result<
                     .any(|x| x.servers(&[Kind::DelServer]).contains(&gone.as_str()))
             })
             .await?;
-        let cpu1 = process::cpu_ticks(lb_pid).unwrap_or_default().own();
-        cpu_ms.push(ticks_ms(cpu1 - cpu0));
+        let cpu1 = process::cpu_ns(lb_pid).unwrap_or_default();
+        cpu_ms.push(cpu1.saturating_sub(cpu0) as f64 / 1e6);
         converge_ms.push(ms(at - t0));
         change_log.extend(scene.proxy.since(mark));
     }
@@ -737,10 +737,18 @@ async fn steps(ctx: &Ctx, s: Settings, section: &mut Section) -> anyhow::Result<
         section.add("haproxy_calls_per_change", tally.per_server_changed());
         section.add("haproxy_commands_per_change", tally.changes as f64 / n);
         section.add("haproxy_reads_per_change", tally.reads as f64 / n);
-        // Each pass reads twice (show servers state, show stat): the CPU of one pass.
-        if tally.reads >= 2 {
-            let passes = tally.reads as f64 / 2.0;
-            section.add("lb_sync_cpu_ms_per_pass", cpu_ms.iter().sum::<f64>() / passes);
+        // What one read of the whole backend costs, with the planning on it: the CPU over
+        // the `show servers state` reads (a drain's `show stat` is of one server).
+        let full_reads = change_log
+            .iter()
+            .filter(|x| x.command.starts_with("show servers state"))
+            .count();
+        if full_reads > 0 {
+            section.add("lb_sync_full_reads_per_change", full_reads as f64 / n);
+            section.add(
+                "lb_sync_cpu_ms_per_full_read",
+                cpu_ms.iter().sum::<f64>() / full_reads as f64,
+            );
         }
         eprintln!(
             "bench:   {} single-record changes: lb-sync CPU {:.1} ms each, {:.0} ms to converge; per change {:.1} \

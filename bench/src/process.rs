@@ -64,6 +64,22 @@ pub fn cpu_ticks(pid: u32) -> Option<CpuTicks> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// CPU time `pid`'s threads have run, in nanoseconds: the sum of the first field of each
+/// `/proc/PID/task/TID/schedstat`. A short span (one record's change costs lb-sync a few
+/// milliseconds) needs this: `/proc/PID/stat` counts in clock ticks of 10 ms. A thread that
+/// ended before the reading is not counted.
+#[must_use]
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 /// A `kB` line of `/proc/PID/status` (`VmRSS`, `VmHWM`) in bytes.
 #[must_use]
 pub fn parse_status_kb(text: &str, field: &str) -> Option<u64> {
@@ -114,6 +130,23 @@ pub fn mem_available_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ns_counts_the_work_of_every_thread() {
+        let me = std::process::id();
+        let before = cpu_ns(me).expect("schedstat of this process");
+        // 20 ms of work on another thread: counted, at far finer grain than a tick.
+        std::thread::spawn(|| {
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_millis(20) {
+                std::hint::black_box(0u64);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let spent = cpu_ns(me).expect("schedstat of this process") - before;
+        assert!(spent >= 15_000_000, "{spent} ns");
+    }
 
     #[test]
     fn stat_fields_are_found_after_a_name_with_spaces_and_parentheses() {

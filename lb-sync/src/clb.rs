@@ -999,7 +999,7 @@ impl From<NodeDoc> for Node {
     fn from(n: NodeDoc) -> Node {
         Node {
             id: n.id,
-            address: n.address,
+            address: n.address.into(),
             port: n.port,
             condition: Condition::parse(&n.condition),
             status: NodeStatus::parse(&n.status),

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Error;
 use crate::health::{CallVerb, Health, RuntimeStatus};
-use crate::plan::{Condition, Endpoint, NewNode, Node, NodeRef, NodeStatus};
+use crate::plan::{Address, Condition, Endpoint, NewNode, Node, NodeRef, NodeStatus};
 
 /// Where the Runtime API listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,10 +207,16 @@ pub struct HaProxyConfig {
 pub struct HaProxy {
     cfg: HaProxyConfig,
     health: Arc<Health>,
-    /// Name of each server by id, from the last read (steps name nodes by id).
-    names: Mutex<BTreeMap<u64, String>>,
+    /// Name of each server by id, from the last read (steps name nodes by id), sorted by
+    /// id: a sorted vector and not a map, as 5,000 map inserts a read were a twentieth of
+    /// a pass.
+    names: Mutex<Vec<(u64, String)>>,
     /// lb-sync's servers at the last read, to tell a restart from our own deletes.
     last_mine: Mutex<usize>,
+    /// Bytes of the last `show servers state` answer: the next one's buffer is sized from
+    /// it instead of growing from 64 KiB by doubling (each step a copy and fresh pages:
+    /// a read of 5,000 servers is 450 KB).
+    state_size: AtomicUsize,
 }
 
 /// Bits of `srv_admin_state` (HAProxy's `SRV_ADMF_*`): maintenance, forced or inherited,
@@ -231,8 +238,9 @@ impl HaProxy {
         HaProxy {
             cfg,
             health,
-            names: Mutex::new(BTreeMap::new()),
+            names: Mutex::new(Vec::new()),
             last_mine: Mutex::new(0),
+            state_size: AtomicUsize::new(0),
         }
     }
 
@@ -260,10 +268,17 @@ impl HaProxy {
             command: command.to_owned(),
             kind,
         };
+        let size = if verb == CallVerb::ShowServersState {
+            self.state_size.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        // A little over the last answer, for servers added since.
+        let capacity = (size + size / 8).clamp(64 << 10, MAX_ANSWER + 1);
         let exchange = async {
             match &self.cfg.socket {
-                HaSocket::Unix(p) => exchange(tokio::net::UnixStream::connect(p).await?, command).await,
-                HaSocket::Tcp(a) => exchange(tokio::net::TcpStream::connect(a).await?, command).await,
+                HaSocket::Unix(p) => exchange(tokio::net::UnixStream::connect(p).await?, command, capacity).await,
+                HaSocket::Tcp(a) => exchange(tokio::net::TcpStream::connect(a).await?, command, capacity).await,
             }
         };
         let answer = match tokio::time::timeout(self.cfg.timeout, exchange).await {
@@ -284,6 +299,9 @@ impl HaProxy {
                 return Err(err(RuntimeError::Timeout(self.cfg.timeout)));
             }
         };
+        if verb == CallVerb::ShowServersState {
+            self.state_size.store(answer.len(), Ordering::Relaxed);
+        }
         Ok(answer)
     }
 
@@ -362,16 +380,24 @@ impl HaProxy {
         } else {
             BTreeMap::new()
         };
-        let mut names = BTreeMap::new();
+        let mut names = Vec::with_capacity(servers.len());
         let nodes: Vec<Node> = servers
             .into_iter()
             .map(|s| {
-                let found = sessions.get(&s.name).copied();
+                let found = if sessions.is_empty() {
+                    None
+                } else {
+                    sessions.get(&s.name).copied()
+                };
                 let (node, name) = s.into_node(&self.cfg.prefix, found);
-                names.insert(node.id, name);
+                names.push((node.id, name));
                 node
             })
             .collect();
+        // HAProxy lists a backend's servers by id already; sorted here should it not.
+        if !names.is_sorted_by_key(|(id, _)| *id) {
+            names.sort_unstable_by_key(|(id, _)| *id);
+        }
         let mine = nodes.iter().filter(|n| !n.foreign).count();
         {
             let mut last = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -391,9 +417,10 @@ impl HaProxy {
     fn name_of(&self, node: &NodeRef) -> String {
         let names = self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         names
-            .get(&node.id)
-            .cloned()
-            .unwrap_or_else(|| self.server_name(&node.endpoint))
+            .binary_search_by_key(&node.id, |(id, _)| *id)
+            .ok()
+            .and_then(|i| names.get(i))
+            .map_or_else(|| self.server_name(&node.endpoint), |(_, name)| name.clone())
     }
 
     /// Adds servers, with health checks, in service (or draining with `--add-draining`).
@@ -602,12 +629,15 @@ enum Answer {
     TooLarge(String),
 }
 
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, command: &str) -> std::io::Result<Answer> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    command: &str,
+    capacity: usize,
+) -> std::io::Result<Answer> {
     s.write_all(format!("{command}\n").as_bytes()).await?;
     // Without `prompt`, HAProxy answers one command and closes the connection. One byte
     // past the cap tells a full answer from a longer one.
-    // Sized for a read of a few thousand servers, so it grows a few times, not from zero.
-    let mut out = Vec::with_capacity(64 << 10);
+    let mut out = Vec::with_capacity(capacity);
     (&mut s).take(MAX_ANSWER as u64 + 1).read_to_end(&mut out).await?;
     if out.len() > MAX_ANSWER {
         return Ok(Answer::TooLarge(crate::error::quote_start(&out)));
@@ -626,7 +656,7 @@ pub struct ServerState {
     /// `srv_name`.
     pub name: String,
     /// `srv_addr`.
-    pub address: String,
+    pub address: Address,
     /// `srv_port`.
     pub port: u16,
     /// `srv_op_state`: 0 stopped, 1 starting, 2 running, 3 stopping.
@@ -704,16 +734,23 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, RuntimeError>
     );
     let wanted = [id, name, addr, port, op, admin, result, cstate];
     let last = wanted.iter().copied().max().unwrap_or_default();
-    let mut out = Vec::new();
+    // Column -> its slot in `wanted`, so each field is placed with one look-up.
+    let mut slot_of = vec![None; last + 1];
+    for (k, w) in wanted.iter().enumerate() {
+        if let Some(s) = slot_of.get_mut(*w) {
+            *s = Some(k);
+        }
+    }
+    // One server a line: sized once instead of grown by doubling (a read of 5,000 servers
+    // would otherwise copy the table a dozen times).
+    let mut out = Vec::with_capacity(text.bytes().filter(|b| *b == b'\n').count());
     for line in lines {
         // The wanted fields of the line, read in one pass without collecting the others
         // (a read of 5,000 servers is 5,000 lines of 25 fields: issue 18's pass CPU).
         let mut f = [None; 8];
-        for (i, field) in line.split_ascii_whitespace().take(last + 1).enumerate() {
-            for (slot, w) in f.iter_mut().zip(wanted) {
-                if w == i {
-                    *slot = Some(field);
-                }
+        for (field, slot) in line.split_ascii_whitespace().zip(&slot_of) {
+            if let Some(v) = slot.and_then(|k| f.get_mut(k)) {
+                *v = Some(field);
             }
         }
         // `k`: the index in `wanted`.
@@ -731,7 +768,7 @@ pub fn parse_servers_state(text: &str) -> Result<Vec<ServerState>, RuntimeError>
         out.push(ServerState {
             id: u64::from(num(0)?),
             name: get(1)?.to_owned(),
-            address: get(2)?.to_owned(),
+            address: Address::parse(get(2)?),
             port: u16::try_from(num(3)?).map_err(|_| RuntimeError::Malformed(format!("bad port in {line:?}")))?,
             op_state: num(4)?,
             admin_state: num(5)?,
@@ -801,7 +838,7 @@ mod tests {
             let line = b"1\n# be_id be_name srv_id srv_name srv_addr\n".repeat(100);
             while theirs.write_all(&line).await.is_ok() {}
         });
-        let Ok(Answer::TooLarge(start)) = exchange(ours, "show servers state web").await else {
+        let Ok(Answer::TooLarge(start)) = exchange(ours, "show servers state web", 64 << 10).await else {
             panic!("an endless answer must be refused");
         };
         assert!(
@@ -812,7 +849,7 @@ mod tests {
         tokio::spawn(async move {
             let _ = theirs.write_all(b"Server deleted.\n").await;
         });
-        let Ok(Answer::Complete(a)) = exchange(ours, "del server web/x").await else {
+        let Ok(Answer::Complete(a)) = exchange(ours, "del server web/x", 64 << 10).await else {
             panic!("a short answer is read whole");
         };
         assert_eq!(a, "Server deleted.\n");
