@@ -614,9 +614,8 @@ impl Registry {
         (done, failed)
     }
 
-    /// The next transactions `snapshot` asks for, at most `room`: records to write (new or
-    /// changed since written) and records to delete (written, no longer desired), none of
-    /// them in flight.
+    /// The next transactions `snapshot` asks for ([`next_jobs`], on this registry's
+    /// records).
     fn jobs(
         &self,
         snapshot: &Desired,
@@ -625,43 +624,7 @@ impl Registry {
         in_flight: &BTreeSet<Key>,
         room: usize,
     ) -> Vec<Job> {
-        // What etcd holds of ours, as far as this registry knows.
-        let current = |k: &Key| -> Option<Arc<Announcement>> {
-            match now.get(k) {
-                Some(v) => v.clone(),
-                None => self.written.get(k).map(|w| Arc::clone(&w.ann)),
-            }
-        };
-        let mut jobs = Vec::new();
-        for (k, ann) in &snapshot.records {
-            if jobs.len() >= room {
-                return jobs;
-            }
-            if in_flight.contains(k) || held.get(k) == Some(ann) {
-                continue;
-            }
-            let prev = current(k);
-            if prev.as_ref() != Some(ann) {
-                jobs.push(Job::Write {
-                    key: k.clone(),
-                    ann: Arc::clone(ann),
-                    prev,
-                });
-            }
-        }
-        let ours = self.written.keys().chain(now.keys());
-        for k in ours {
-            if jobs.len() >= room {
-                break;
-            }
-            if in_flight.contains(k) || snapshot.records.contains_key(k) || jobs.iter().any(|j| j.key() == k) {
-                continue;
-            }
-            if let Some(ann) = current(k) {
-                jobs.push(Job::Delete { key: k.clone(), ann });
-            }
-        }
-        jobs
+        next_jobs(snapshot, &self.written, now, held, in_flight, room)
     }
 
     /// Runs one transaction: what it did, and its error if it failed.
@@ -997,6 +960,58 @@ fn probe_key(prefix: &str, service: &str, instance: &str, layout: Layout) -> Str
     }
 }
 
+/// The next transactions `snapshot` asks for, at most `room`, none of them in flight
+/// (pure): records to write (new, or changed since last written; not one another
+/// announcer held with the same announcement in this sync) and records to delete
+/// (written, no longer desired). What is in etcd of ours is `written` as this sync
+/// changed it (`now`: written, `Some`, or deleted, `None`).
+fn next_jobs(
+    snapshot: &Desired,
+    written: &BTreeMap<Key, Written>,
+    now: &BTreeMap<Key, Option<Arc<Announcement>>>,
+    held: &BTreeMap<Key, Arc<Announcement>>,
+    in_flight: &BTreeSet<Key>,
+    room: usize,
+) -> Vec<Job> {
+    // What etcd holds of ours, as far as this registry knows.
+    let current = |k: &Key| -> Option<Arc<Announcement>> {
+        match now.get(k) {
+            Some(v) => v.clone(),
+            None => written.get(k).map(|w| Arc::clone(&w.ann)),
+        }
+    };
+    let mut jobs = Vec::new();
+    for (k, ann) in &snapshot.records {
+        if jobs.len() >= room {
+            return jobs;
+        }
+        if in_flight.contains(k) || held.get(k) == Some(ann) {
+            continue;
+        }
+        let prev = current(k);
+        if prev.as_ref() != Some(ann) {
+            jobs.push(Job::Write {
+                key: k.clone(),
+                ann: Arc::clone(ann),
+                prev,
+            });
+        }
+    }
+    let ours = written.keys().chain(now.keys());
+    for k in ours {
+        if jobs.len() >= room {
+            break;
+        }
+        if in_flight.contains(k) || snapshot.records.contains_key(k) || jobs.iter().any(|j| j.key() == k) {
+            continue;
+        }
+        if let Some(ann) = current(k) {
+            jobs.push(Job::Delete { key: k.clone(), ann });
+        }
+    }
+    jobs
+}
+
 /// What deleting one record removes: the `fields` directory (trailing `/`, as a prefix) or
 /// the single key. Pure, so the web1/web10 boundary is tested on the key itself.
 fn delete_range(prefix: &str, service: &str, instance: &str, layout: Layout) -> (String, bool) {
@@ -1080,6 +1095,233 @@ mod tests {
             delete_range("/services/", "db", "db_private_ip", Layout::Value),
             ("/services/db/db_private_ip".to_owned(), false)
         );
+    }
+
+    /// An announcement of instance `i` on `port` (a changed port is a changed record).
+    fn ann(i: &str, port: u16) -> Arc<Announcement> {
+        Arc::new(Announcement {
+            record: schema::Record {
+                service: "web".into(),
+                instance: i.into(),
+                unit: String::new(),
+                host: "core01".into(),
+                public_ipv4: None,
+                private_ipv4: [10, 0, 0, 1].into(),
+                port,
+                container_id: format!("c-{i}"),
+                container_name: i.into(),
+            },
+            layout: Layout::Fields,
+            meta: schema::Meta::default(),
+        })
+    }
+
+    fn key(i: &str) -> Key {
+        ("web".to_owned(), i.to_owned())
+    }
+
+    /// The transactions a sync starts, as `W i port (prev port)` and `D i`.
+    fn shown(jobs: &[Job]) -> Vec<String> {
+        jobs.iter()
+            .map(|j| match j {
+                Job::Write { key, ann, prev } => format!(
+                    "W {} {} ({})",
+                    key.1,
+                    ann.record.port,
+                    prev.as_ref().map_or("-".to_owned(), |p| p.record.port.to_string())
+                ),
+                Job::Delete { key, ann } => format!("D {} {}", key.1, ann.record.port),
+            })
+            .collect()
+    }
+
+    /// What a sync starts, from the desired set, what was written before it, what it did
+    /// so far (`now`), what another announcer holds and what is in flight: every new or
+    /// changed record is written and every record no longer desired deleted, but never
+    /// two transactions of one record at once, never what this sync found held again, and
+    /// a record written or deleted earlier in the same sync is judged by what was done.
+    #[test]
+    fn a_sync_starts_one_transaction_per_record_that_differs_and_none_for_one_in_flight() {
+        type Now = Vec<(&'static str, Option<u16>)>;
+        let cases: Vec<(
+            &str,
+            Vec<(&str, u16)>,
+            Vec<(&str, u16)>,
+            Now,
+            Vec<(&str, u16)>,
+            Vec<&str>,
+            usize,
+            Vec<&str>,
+        )> = vec![
+            // (what, desired, written, now, held, in flight, room, jobs)
+            (
+                "new records",
+                vec![("a", 1), ("b", 1)],
+                vec![],
+                vec![],
+                vec![],
+                vec![],
+                16,
+                vec!["W a 1 (-)", "W b 1 (-)"],
+            ),
+            (
+                "nothing changed",
+                vec![("a", 1)],
+                vec![("a", 1)],
+                vec![],
+                vec![],
+                vec![],
+                16,
+                vec![],
+            ),
+            (
+                "a changed record",
+                vec![("a", 2)],
+                vec![("a", 1)],
+                vec![],
+                vec![],
+                vec![],
+                16,
+                vec!["W a 2 (1)"],
+            ),
+            (
+                "a record no longer desired",
+                vec![("a", 1)],
+                vec![("a", 1), ("b", 1)],
+                vec![],
+                vec![],
+                vec![],
+                16,
+                vec!["D b 1"],
+            ),
+            (
+                "in flight: no second transaction",
+                vec![("a", 2)],
+                vec![("a", 1), ("b", 1)],
+                vec![],
+                vec![],
+                vec!["a", "b"],
+                16,
+                vec![],
+            ),
+            (
+                "written in this sync, unchanged since",
+                vec![("a", 2)],
+                vec![("a", 1)],
+                vec![("a", Some(2))],
+                vec![],
+                vec![],
+                16,
+                vec![],
+            ),
+            (
+                "written in this sync, changed since",
+                vec![("a", 3)],
+                vec![("a", 1)],
+                vec![("a", Some(2))],
+                vec![],
+                vec![],
+                16,
+                vec!["W a 3 (2)"],
+            ),
+            (
+                "deleted in this sync, desired again",
+                vec![("b", 1)],
+                vec![("b", 1)],
+                vec![("b", None)],
+                vec![],
+                vec![],
+                16,
+                vec!["W b 1 (-)"],
+            ),
+            (
+                "deleted in this sync, still gone",
+                vec![],
+                vec![("b", 1)],
+                vec![("b", None)],
+                vec![],
+                vec![],
+                16,
+                vec![],
+            ),
+            (
+                "written in this sync, then gone",
+                vec![],
+                vec![],
+                vec![("c", Some(1))],
+                vec![],
+                vec![],
+                16,
+                vec!["D c 1"],
+            ),
+            (
+                "held: not tried again",
+                vec![("a", 1)],
+                vec![],
+                vec![],
+                vec![("a", 1)],
+                vec![],
+                16,
+                vec![],
+            ),
+            (
+                "held, then changed",
+                vec![("a", 2)],
+                vec![],
+                vec![],
+                vec![("a", 1)],
+                vec![],
+                16,
+                vec!["W a 2 (-)"],
+            ),
+            (
+                "no more than the room",
+                vec![("a", 1), ("b", 1), ("c", 1)],
+                vec![("d", 1)],
+                vec![],
+                vec![],
+                vec![],
+                2,
+                vec!["W a 1 (-)", "W b 1 (-)"],
+            ),
+            (
+                "the room left for a delete",
+                vec![("a", 1)],
+                vec![("d", 1)],
+                vec![],
+                vec![],
+                vec![],
+                2,
+                vec!["W a 1 (-)", "D d 1"],
+            ),
+            (
+                "no room",
+                vec![("a", 1)],
+                vec![("d", 1)],
+                vec![],
+                vec![],
+                vec![],
+                0,
+                vec![],
+            ),
+        ];
+        for (what, desired, written, now, held, in_flight, room, want) in cases {
+            let snapshot = Desired {
+                complete: true,
+                settled: true,
+                records: desired.iter().map(|(i, p)| (key(i), ann(i, *p))).collect(),
+            };
+            let written: BTreeMap<Key, Written> = written
+                .iter()
+                .map(|(i, p)| (key(i), Written { ann: ann(i, *p) }))
+                .collect();
+            let now: BTreeMap<Key, Option<Arc<Announcement>>> =
+                now.iter().map(|(i, p)| (key(i), p.map(|p| ann(i, p)))).collect();
+            let held: BTreeMap<Key, Arc<Announcement>> = held.iter().map(|(i, p)| (key(i), ann(i, *p))).collect();
+            let in_flight: BTreeSet<Key> = in_flight.iter().map(|i| key(i)).collect();
+            let got = next_jobs(&snapshot, &written, &now, &held, &in_flight, room);
+            assert_eq!(shown(&got), want, "{what}");
+        }
     }
 
     #[test]
