@@ -1142,17 +1142,20 @@ mod tests {
     /// a record written or deleted earlier in the same sync is judged by what was done.
     #[test]
     fn a_sync_starts_one_transaction_per_record_that_differs_and_none_for_one_in_flight() {
+        type Records = Vec<(&'static str, u16)>;
         type Now = Vec<(&'static str, Option<u16>)>;
-        let cases: Vec<(
-            &str,
-            Vec<(&str, u16)>,
-            Vec<(&str, u16)>,
+        // (what, desired, written, now, held, in flight, room, jobs)
+        type Case = (
+            &'static str,
+            Records,
+            Records,
             Now,
-            Vec<(&str, u16)>,
-            Vec<&str>,
+            Records,
+            Vec<&'static str>,
             usize,
-            Vec<&str>,
-        )> = vec![
+            Vec<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
             // (what, desired, written, now, held, in flight, room, jobs)
             (
                 "new records",

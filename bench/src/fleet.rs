@@ -115,6 +115,22 @@ pub fn keepalive_goal(hosts: usize, ttl: Duration) -> f64 {
     hosts as f64 * 3.0 / ttl.as_secs_f64()
 }
 
+/// The most keep-alives per second a fleet keeping to [`keepalive_goal`] can show over a
+/// measured `window`: each host sends one every TTL / 3, so a window that is not a whole
+/// number of those periods holds one more per host than the average rate gives, or one
+/// fewer, depending on where it starts. The announcer keeps to the rate exactly (an
+/// interval of TTL / 3), so a count compared with the average alone is above it in about
+/// half of the runs (30.003 a second for 30 in one) without a keep-alive too many.
+#[must_use]
+pub fn keepalive_allowance(hosts: usize, ttl: Duration, window: Duration) -> f64 {
+    let w = window.as_secs_f64();
+    if w <= 0.0 {
+        return keepalive_goal(hosts, ttl);
+    }
+    let period = ttl.as_secs_f64() / 3.0;
+    hosts as f64 * (w / period).ceil() / w
+}
+
 /// How long a dead host's servers may stay in service: the TTL, etcd's lease-expiry check
 /// period, lb-sync's debounce MIN, and 100 ms for lb-sync's pass.
 #[must_use]
@@ -663,8 +679,16 @@ async fn steps(ctx: &Ctx, s: Settings, section: &mut Section) -> anyhow::Result<
         "steady_writes_per_ttl",
         per_ttl((b.revision - a.revision) as f64, window, TTL),
     );
-    section.add("keepalives_per_s", slope(&counts));
+    // The count over the window, against the most three keep-alives per TTL per host can
+    // put in it (`keepalive_allowance`); the slope through the per-second samples is kept
+    // as a figure (it estimates the average rate, which is the goal itself).
+    section.add("keepalives_per_s", (b.keepalives - a.keepalives) / window.as_secs_f64());
+    section.add("keepalives_per_s_slope", slope(&counts));
     section.add("keepalives_in_window", b.keepalives - a.keepalives);
+    section.goal(
+        "keepalives_per_s",
+        Goal::AtMost(keepalive_allowance(s.hosts, TTL, window)),
+    );
     section.add(
         "etcd_cpu_s_per_min",
         per_minute(ticks_ms(b.cpu_ticks - a.cpu_ticks) / 1000.0, window),
@@ -1151,6 +1175,23 @@ mod tests {
         // 100 hosts, TTL 10 s: 30 keep-alives a second at most.
         assert!((keepalive_goal(100, TTL) - 30.0).abs() < 1e-9);
         assert!((keepalive_goal(25, Duration::from_secs(5)) - 15.0).abs() < 1e-9);
+        // Over 60 s (18 periods of 10/3 s) exactly the rate; over 62 s, 19 periods'
+        // worth: one more per host. Never less than the rate.
+        assert!((keepalive_allowance(100, TTL, Duration::from_secs(60)) - 30.0).abs() < 1e-9);
+        let w = Duration::from_secs(62);
+        assert!((keepalive_allowance(100, TTL, w) - 1900.0 / 62.0).abs() < 1e-9);
+        for ms in [1_000, 3_333, 3_334, 59_999, 61_500, 62_043] {
+            let w = Duration::from_millis(ms);
+            assert!(
+                keepalive_allowance(100, TTL, w) >= keepalive_goal(100, TTL) - 1e-9,
+                "{ms}"
+            );
+            // And never more than one keep-alive per host above it.
+            assert!(
+                keepalive_allowance(100, TTL, w) <= keepalive_goal(100, TTL) + 100.0 / w.as_secs_f64() + 1e-9,
+                "{ms}"
+            );
+        }
         // 10 s + 500 ms + debounce MIN 100 ms + 100 ms.
         assert!((drain_goal_ms(TTL) - 10_700.0).abs() < 1e-9);
         let g: BTreeMap<&str, Goal> = goals(&s).into_iter().collect();
