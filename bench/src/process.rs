@@ -135,17 +135,28 @@ mod tests {
     fn cpu_ns_counts_the_work_of_every_thread() {
         let me = std::process::id();
         let before = cpu_ns(me).expect("schedstat of this process");
-        // 20 ms of work on another thread: counted, at far finer grain than a tick.
-        std::thread::spawn(|| {
-            let t = std::time::Instant::now();
-            while t.elapsed() < std::time::Duration::from_millis(20) {
+        // Another thread runs for 20 ms of its own CPU time (not of the clock: on a loaded
+        // machine it gets less than all of it) and stays alive while the process is read.
+        let (ran, done) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let own = || -> u64 {
+                std::fs::read_to_string("/proc/thread-self/schedstat")
+                    .ok()
+                    .and_then(|t| t.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(u64::MAX)
+            };
+            let start = own();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while own().saturating_sub(start) < 20_000_000 && std::time::Instant::now() < deadline {
                 std::hint::black_box(0u64);
             }
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            let _ = ran.send(());
+            std::thread::sleep(std::time::Duration::from_millis(200));
         });
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        done.recv().expect("the worker ran");
         let spent = cpu_ns(me).expect("schedstat of this process") - before;
-        assert!(spent >= 15_000_000, "{spent} ns");
+        assert!(spent >= 20_000_000, "{spent} ns");
+        worker.join().expect("the worker ended");
     }
 
     #[test]
