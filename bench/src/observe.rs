@@ -195,11 +195,16 @@ pub struct DockerRecorder {
 }
 
 impl DockerRecorder {
-    /// Starts following; every `start` event's container name is also sent on `on_start`.
+    /// Starts following; every `start` and `kill` event is also sent on `on_start` as
+    /// `(action, container name)`.
     ///
     /// The stream begins with events from one second before the call, so nothing that
     /// happens after this returns can be missed.
-    pub fn start(docker: &Docker, label: &str, on_start: Option<mpsc::UnboundedSender<String>>) -> DockerRecorder {
+    pub fn start(
+        docker: &Docker,
+        label: &str,
+        on_start: Option<mpsc::UnboundedSender<(String, String)>>,
+    ) -> DockerRecorder {
         let events: Arc<Mutex<Vec<DockerEvent>>> = Arc::default();
         let mut filters = HashMap::new();
         filters.insert("type".to_owned(), vec!["container".to_owned()]);
@@ -224,10 +229,10 @@ impl DockerRecorder {
                     .and_then(|a| a.attributes)
                     .and_then(|a| a.get("name").cloned())
                     .unwrap_or_default();
-                if action == "start"
+                if (action == "start" || action == "kill")
                     && let Some(tx) = &on_start
                 {
-                    let _ = tx.send(name.clone());
+                    let _ = tx.send((action.clone(), name.clone()));
                 }
                 let e = DockerEvent {
                     time_ns: msg.time_nano.unwrap_or_default(),
