@@ -569,7 +569,8 @@ impl Registry {
         let mut follow = true;
         loop {
             if failed.is_none() {
-                for job in self.jobs(snapshot, &now, &held, &in_flight, PARALLEL_WRITES - running.len()) {
+                let room = PARALLEL_WRITES.saturating_sub(running.len());
+                for job in next_jobs(snapshot, &self.written, &now, &held, &in_flight, room) {
                     in_flight.insert(job.key().clone());
                     running.push(self.run_job(job, lease));
                 }
@@ -612,19 +613,6 @@ impl Registry {
             }
         }
         (done, failed)
-    }
-
-    /// The next transactions `snapshot` asks for ([`next_jobs`], on this registry's
-    /// records).
-    fn jobs(
-        &self,
-        snapshot: &Desired,
-        now: &BTreeMap<Key, Option<Arc<Announcement>>>,
-        held: &BTreeMap<Key, Arc<Announcement>>,
-        in_flight: &BTreeSet<Key>,
-        room: usize,
-    ) -> Vec<Job> {
-        next_jobs(snapshot, &self.written, now, held, in_flight, room)
     }
 
     /// Runs one transaction: what it did, and its error if it failed.
