@@ -666,8 +666,7 @@ fn seed(port: u16) -> std::process::Command {
         .env("APP_PW", "apppw")
         .args(["seed", "--host", "127.0.0.1", "--port", &port.to_string()])
         .arg("--dump")
-        .arg(testbed::world_dump())
-        .args(["--batch-bytes", "4K"]);
+        .arg(testbed::world_dump());
     cmd
 }
 
@@ -684,22 +683,51 @@ fn ask(port: u16, query: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// MariaDB is killed (SIGKILL, a crash) while `dbhelper seed` loads the world: nothing
-/// of the interrupted load is visible after the restart, and the rerun completes.
+/// MariaDB is killed (SIGKILL, a crash) while `dbhelper seed` has the whole world staged
+/// and is about to swap it in: after the restart the live database is exactly as it was
+/// before the seed, and the rerun completes.
+///
+/// The moment is made, not raced. A reader's open transaction on the live `world.City`
+/// holds that table's metadata lock, so the swap's `RENAME TABLE` waits for it (MariaDB
+/// shows "Waiting for table metadata lock") with every table loaded in staging. An earlier
+/// version polled for the staging tables and missed a load that took 0.5 s on CI.
 #[tokio::test]
 async fn mariadb_killed_in_the_middle_of_dbhelper_seed() {
+    use mysql_async::prelude::Queryable;
     let mut db = testbed::MariaDb::start();
     let port = db.port();
+    // What the database held before: a `world` that dbhelper did not write (no marker).
+    let _ = db.cli(&[
+        "-e",
+        "CREATE DATABASE world; CREATE TABLE world.City (ID INT PRIMARY KEY, Name CHAR(35)); \
+         INSERT INTO world.City VALUES (1, 'before the seed')",
+    ]);
+    let pool = db.root_pool();
+    let mut reader = pool.get_conn().await.expect("a root connection");
+    reader.query_drop("START TRANSACTION").await.expect("START TRANSACTION");
+    let before: Option<i64> = reader
+        .query_first("SELECT COUNT(*) FROM world.City")
+        .await
+        .expect("the reader's SELECT");
+    assert_eq!(before, Some(1), "the set-up: one row in the live world.City");
+
     let started = Instant::now();
     let mut seeding = testbed::Daemon::start("dbhelper-seed", seed(port));
-    // The load has begun once the staging database has its City table.
-    let rows = eventually(
-        "the load into the staging database begins",
+    let waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                   WHERE STATE = 'Waiting for table metadata lock' AND INFO LIKE 'RENAME TABLE%'";
+    eventually(
+        "the seed's swap waits for the reader's lock",
         Duration::from_secs(60),
-        async || ask(port, "SELECT COUNT(*) FROM world__dbhelper_new.City"),
+        async || ask(port, waiting).filter(|n| n == "1"),
     )
     .await
     .unwrap_or_else(|e| seeding.fail(e));
+    let staged = ask(port, "SELECT COUNT(*) FROM world__dbhelper_new.City");
+    assert_eq!(
+        staged.as_deref(),
+        Some("4079"),
+        "the set-up: every city staged before the swap"
+    );
     let killed_after = started.elapsed();
     db.kill();
     let status = seeding.wait(Duration::from_secs(120)).await;
@@ -708,12 +736,19 @@ async fn mariadb_killed_in_the_middle_of_dbhelper_seed() {
         "seed succeeded although its server died:\n{}",
         seeding.excerpt()
     );
+    drop(reader);
+    let _ = pool.disconnect().await;
 
     db.restart();
-    let live = ask(port, "SHOW DATABASES").unwrap_or_default();
-    assert!(
-        !live.lines().any(|l| l == "world"),
-        "the interrupted load is visible: databases {live:?}"
+    let live = ask(port, "SELECT CONCAT(ID, ' ', Name) FROM world.City");
+    let tables = ask(
+        port,
+        "SELECT GROUP_CONCAT(TABLE_NAME) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'world'",
+    );
+    assert_eq!(
+        (live.as_deref(), tables.as_deref()),
+        (Some("1 before the seed"), Some("City")),
+        "the interrupted seed changed the live database"
     );
     let rerun_at = Instant::now();
     let mut rerun = testbed::Daemon::start("dbhelper-seed-rerun", seed(port));
@@ -722,11 +757,20 @@ async fn mariadb_killed_in_the_middle_of_dbhelper_seed() {
         rerun.fail(format!("the rerun failed: {rerun_status}"));
     }
     let cities = ask(port, "SELECT COUNT(*) FROM world.City");
+    let leftovers = ask(
+        port,
+        "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'world\\_\\_dbhelper%'",
+    );
     println!(
-        "figure: MariaDB killed {killed_after:?} into `dbhelper seed` ({rows} cities in staging): seed exited with \
-         {status}, no `world` database after the restart; the rerun completed in {:?} with {} cities",
+        "figure: MariaDB killed {killed_after:?} into `dbhelper seed`, its swap waiting with {} cities staged: \
+         seed exited with {status}, the live world unchanged after the restart; the rerun completed in {:?} with {} cities",
+        staged.as_deref().unwrap_or("?"),
         rerun_at.elapsed(),
         cities.as_deref().unwrap_or("?")
     );
-    assert_eq!(cities.as_deref(), Some("4079"));
+    assert_eq!(
+        (cities.as_deref(), leftovers.as_deref()),
+        (Some("4079"), Some("0")),
+        "after the rerun: (cities, staging databases left)"
+    );
 }
