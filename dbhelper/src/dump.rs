@@ -216,7 +216,7 @@ fn advance(carry: &mut Carry, window: &[u8], pieces: &[Piece], len: usize) {
             _ => {}
         }
     }
-    carry.line += window[..len].iter().filter(|&&b| b == b'\n').count();
+    carry.line += newlines(&window[..len]);
     carry.offset += len;
     if len > 0 {
         carry.line_start = window[len - 1] == b'\n';
@@ -234,7 +234,13 @@ pub fn statements<'a>(input: &'a [u8], pieces: &'a [Piece]) -> impl Iterator<Ite
 /// 1-based line of `offset` in `input`, whose first byte is on line `first` (used on error
 /// paths only; pieces count lines incrementally).
 fn line_of(input: &[u8], offset: usize, first: usize) -> usize {
-    first + input[..offset.min(input.len())].iter().filter(|&&b| b == b'\n').count()
+    first + newlines(&input[..offset.min(input.len())])
+}
+
+/// How many line feeds `s` holds (memchr: every byte of the dump is counted twice, and
+/// the release build's size optimisation leaves a plain loop unvectorised).
+fn newlines(s: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', s).count()
 }
 
 /// `haystack` contains `needle` (byte comparison).
@@ -277,7 +283,7 @@ impl<'a> Splitter<'a> {
         if pos < self.line_pos {
             return line_of(self.input, pos, self.first_line);
         }
-        self.line += self.input[self.line_pos..pos].iter().filter(|&&b| b == b'\n').count();
+        self.line += newlines(&self.input[self.line_pos..pos]);
         self.line_pos = pos;
         self.line
     }
@@ -420,6 +426,16 @@ impl<'a> Splitter<'a> {
         let mut stmt_start: Option<usize> = None;
         // An open version comment or hint inside the pending statement, and where it starts.
         let mut code: Option<(Block, usize)> = None;
+        // The bytes that may start something inside a statement: a quote, a comment, the
+        // end of a version comment, the delimiter. The rest (digits, commas, parentheses,
+        // letters: most of a dump outside its strings) is skipped in a tight loop.
+        let mut special = [false; 256];
+        for b in [b'\'', b'"', b'`', b'*', b'/', b'#', b'-'] {
+            special[usize::from(b)] = true;
+        }
+        if let Some(&first) = self.delimiter.first() {
+            special[usize::from(first)] = true;
+        }
 
         while i < n {
             let Some(start) = stmt_start else {
@@ -448,6 +464,9 @@ impl<'a> Splitter<'a> {
                     self.push(PieceKind::Gap, gap_start..i);
                     self.push(PieceKind::DelimiterCommand { new: new.clone() }, i..stop);
                     self.delimiter = new;
+                    if let Some(&first) = self.delimiter.first() {
+                        special[usize::from(first)] = true;
+                    }
                     i = eol;
                     gap_start = stop;
                     continue;
@@ -457,6 +476,12 @@ impl<'a> Splitter<'a> {
                 continue;
             };
 
+            while i < n && !special[usize::from(input[i])] {
+                i += 1;
+            }
+            if i == n {
+                break;
+            }
             // The client ends a statement at its delimiter even inside a version comment,
             // but not inside an optimizer hint.
             let in_hint = matches!(code, Some((Block::Hint, _)));

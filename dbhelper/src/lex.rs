@@ -98,7 +98,16 @@ pub fn quoted_end(s: &[u8], i: usize) -> Option<usize> {
     let quote = *s.get(i)?;
     let escapes = quote != b'`';
     let mut j = i + 1;
-    while let Some(&b) = s.get(j) {
+    loop {
+        // Straight to the next quote or backslash (the dump's long strings and blobs are
+        // most of its bytes; memchr compares 16 or 32 of them at a time).
+        let rest = s.get(j..)?;
+        j += if escapes {
+            memchr::memchr2(quote, b'\\', rest)?
+        } else {
+            memchr::memchr(quote, rest)?
+        };
+        let b = *s.get(j)?;
         if escapes && b == b'\\' {
             j += 2;
             continue;
@@ -114,7 +123,6 @@ pub fn quoted_end(s: &[u8], i: usize) -> Option<usize> {
         }
         j += 1;
     }
-    None
 }
 
 /// The contents of the quoted string or identifier `s[i..end]` (as [`quoted_end`] found
