@@ -623,17 +623,15 @@ fn first_user_target(targets: &[Target]) -> Option<&Target> {
     targets.iter().find(|t| !t.system)
 }
 
-/// Bytes of dump the reader may hold for the connections, in all: it reads ahead of a
-/// connection busy with one table to feed the others theirs (a dump holds its tables one
-/// after the other), and memory holds at most this much of the dump (a step larger than
-/// the whole budget takes all of it, alone).
-const READ_AHEAD: usize = 16 << 20;
+/// Steps queued per connection: the reader stays at most this far ahead of each one,
+/// so memory holds a few statements in flight, not the dump.
+const QUEUE: usize = 1;
 
 /// Runs the tables phase on connections of their own, so the dump's session settings
 /// (`SET NAMES latin1`, `FOREIGN_KEY_CHECKS=0`, ...) stay there: one connection in dump
 /// order, or up to `--jobs` connections each loading whole tables (see [`plan::lanes`]).
-/// One reader thread streams the dump a second time, plans it once and deals the steps
-/// to the connections, at most [`READ_AHEAD`] bytes ahead of them.
+/// A reader thread streams the dump a second time, plans it and hands the steps to the
+/// connections through bounded queues.
 async fn load_tables(
     admin: &mut Admin,
     root: &Credentials,
@@ -678,17 +676,16 @@ async fn load_tables(
         }
     }
     let stop = cancel.child_token();
-    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
-    let feed = Feed {
-        senders,
-        budget: std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD)),
-        runtime: tokio::runtime::Handle::current(),
-    };
-    let reader = {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| tokio::sync::mpsc::channel(QUEUE)).unzip();
+    // One reader per connection, each streaming the whole dump and keeping its own tables:
+    // a dump holds its tables one after the other, so one reader feeding every connection
+    // through small queues would keep all but one of them waiting.
+    let readers = senders.into_iter().enumerate().map(|(lane, sender)| {
         let path = dump.path.clone();
         let (sha256, replay, statements, stop) =
             (dump.sha256.clone(), dump.replay_system, dump.statements, stop.clone());
         let unchanged = describe_databases(&user);
+        let feed = Feed { lane, lanes: n, sender };
         tokio::task::spawn_blocking(move || {
             let r = stream_tables(&path, limit, replay, &sha256, statements, &feed, &stop, &unchanged);
             if r.is_err() {
@@ -696,7 +693,8 @@ async fn load_tables(
             }
             r
         })
-    };
+    });
+    let reader = futures::future::join_all(readers);
     let lane = Lane {
         address: &address,
         staging: &staging,
@@ -721,12 +719,14 @@ async fn load_tables(
     }
     let trips: usize = lanes.iter().filter_map(|r| r.as_ref().ok()).sum();
     let mut results: Vec<Result<(), Error>> = lanes.into_iter().map(|r| r.map(|_| ())).collect();
-    results.push(read.unwrap_or_else(|e| {
-        Err(Error::Interrupted {
-            during: format!(
-                "reading the dump ({e}); nothing was changed in {}",
-                describe_databases(&user)
-            ),
+    results.extend(read.into_iter().map(|r| {
+        r.unwrap_or_else(|e| {
+            Err(Error::Interrupted {
+                during: format!(
+                    "reading the dump ({e}); nothing was changed in {}",
+                    describe_databases(&user)
+                ),
+            })
         })
     }));
     // The first real error, not the "interrupted" of the lanes and reader it stopped.
@@ -746,45 +746,19 @@ async fn load_tables(
     Ok(())
 }
 
-/// A step on its way to a connection, holding its share of the read-ahead budget until
-/// it has run.
-struct Job {
-    step: Step<'static>,
-    _budget: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// Where the reader of the tables phase sends the steps: one queue per connection, and
-/// the read-ahead budget the steps in those queues hold.
+/// What one reader of the tables phase feeds: connection `lane` of `lanes`.
 struct Feed {
-    senders: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
-    budget: std::sync::Arc<tokio::sync::Semaphore>,
-    /// The runtime the reader thread waits for budget on.
-    runtime: tokio::runtime::Handle,
+    lane: usize,
+    lanes: usize,
+    sender: tokio::sync::mpsc::Sender<Step<'static>>,
 }
 
-impl Feed {
-    /// Queues `step` for connection `lane`, once the budget has room for it.
-    fn send(&self, lane: usize, step: Step<'static>, stop: &CancellationToken) -> Result<(), ()> {
-        let want = u32::try_from(step.sql().len().clamp(1, READ_AHEAD)).unwrap_or(u32::MAX);
-        let budget = self.budget.clone();
-        let permit = self.runtime.block_on(async {
-            tokio::select! {
-                p = budget.acquire_many_owned(want) => p.ok(),
-                () = stop.cancelled() => None,
-            }
-        });
-        let (Some(permit), Some(sender)) = (permit, self.senders.get(lane)) else {
-            return Err(());
-        };
-        // A closed queue: that connection failed (its error is the one reported).
-        sender.send(Job { step, _budget: permit }).map_err(|_| ())
-    }
-}
-
-/// The reader of the tables phase: streams the dump, plans it with the server's statement
-/// limit and deals the steps: each table's to its connection, the session statements to
-/// every connection; with one connection, everything in dump order ([`plan::Router`]).
-/// It shows the progress. Fails when the file is not the one the first pass read.
+/// A reader thread of the tables phase: streams the dump, plans it with the server's
+/// statement limit and sends the steps of its connection's tables and the session
+/// statements to it; with one connection, everything in dump order. Every reader deals
+/// the tables alike ([`plan::Router`]), so each table goes to exactly one connection.
+/// The first connection's reader shows the progress. Fails when the file is not the one
+/// the first pass read.
 #[allow(clippy::too_many_arguments)]
 fn stream_tables(
     path: &Path,
@@ -797,24 +771,27 @@ fn stream_tables(
     unchanged: &str,
 ) -> Result<(), Error> {
     let source = Source::open(path)?;
-    let mut progress = Progress::new(source.size, statements);
+    let mut progress = (feed.lane == 0).then(|| Progress::new(source.size, statements));
     let mut planner = plan::Planner::new(limit, replay);
-    let lanes = feed.senders.len();
-    let mut router = plan::Router::new(lanes);
+    let mut router = plan::Router::new(feed.lanes);
     let interrupted = || Error::Interrupted {
         during: format!("during the load; nothing was changed in {unchanged}"),
     };
     let mut send = |step: Step<'static>| -> Result<(), Error> {
-        let route = match lanes {
-            1 => Route::Lane(0),
+        let mine = match feed.lanes {
+            1 => true,
             // The first pass checked that every step has a route.
-            _ => router.route(&step).unwrap_or(Route::Skip),
+            _ => match router.route(&step) {
+                Some(Route::Every) => true,
+                Some(Route::Lane(i)) => i == feed.lane,
+                Some(Route::Skip) | None => false,
+            },
         };
-        match route {
-            Route::Lane(i) => feed.send(i, step, stop).map_err(|()| interrupted()),
-            Route::Every => (0..lanes).try_for_each(|i| feed.send(i, step.clone(), stop).map_err(|()| interrupted())),
-            Route::Skip => Ok(()),
+        if !mine {
+            return Ok(());
         }
+        // A closed queue: that connection failed (its error is the one reported).
+        feed.sender.blocking_send(step).map_err(|_| interrupted())
     };
     let summary = source.for_each_statement(|st| {
         if stop.is_cancelled() {
@@ -830,13 +807,17 @@ fn stream_tables(
         for step in ready {
             send(step)?;
         }
-        progress.update(st.end, st.number);
+        if let Some(p) = progress.as_mut() {
+            p.update(st.end, st.number);
+        }
         Ok(())
     })?;
     for step in planner.finish().tables {
         send(step)?;
     }
-    progress.finish();
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
     if summary.sha256 != sha256 {
         return Err(Error::DumpUseless {
             path: path.to_owned(),
@@ -859,19 +840,15 @@ struct Lane<'r> {
 
 impl Lane<'_> {
     /// Runs the steps that arrive on `rx` on `conn`, until the reader closes it; returns
-    /// how many it ran (round trips). Each statement commits on its own, as the client's
-    /// do: a table's inserts in one transaction put all its rows in InnoDB's bulk-insert
-    /// mode (an empty table, `UNIQUE_CHECKS=0`), which took twice the server's CPU on the
-    /// bench dump (BENCHMARKS.md, issue 11).
-    async fn run(&self, conn: &mut Conn, mut rx: tokio::sync::mpsc::UnboundedReceiver<Job>) -> Result<usize, Error> {
+    /// how many it ran (round trips).
+    async fn run(&self, conn: &mut Conn, mut rx: tokio::sync::mpsc::Receiver<Step<'static>>) -> Result<usize, Error> {
         let mut trips = 0;
-        while let Some(job) = rx.recv().await {
+        while let Some(step) = rx.recv().await {
             if self.cancel.is_cancelled() {
                 return Err(Error::Interrupted {
                     during: format!("during the load; nothing was changed in {}", self.unchanged),
                 });
             }
-            let step = &job.step;
             let sql: Cow<'_, [u8]> = match &step.action {
                 Action::Use(i) => Cow::Owned(format!("USE {}", ident(&self.staging[*i])).into_bytes()),
                 Action::AlterDatabase(i, options) => {
@@ -882,7 +859,7 @@ impl Lane<'_> {
                 Action::Sql(bytes) | Action::Object { sql: bytes, .. } => Cow::Borrowed(bytes.as_ref()),
             };
             if let Err(e) = conn.query_drop(sql.as_ref()).await {
-                return Err(rejected(conn, self.address, e, step, &sql, &self.unchanged).await);
+                return Err(rejected(conn, self.address, e, &step, &sql, &self.unchanged).await);
             }
             trips += 1;
         }
@@ -1393,19 +1370,18 @@ mod tests {
         .unwrap();
         let checked = DumpFile::read(&path, false).unwrap();
         let stop = CancellationToken::new();
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let run = |sha: &str| {
-            let (sender, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (sender, mut rx) = tokio::sync::mpsc::channel(16);
             let feed = Feed {
-                senders: vec![sender],
-                budget: std::sync::Arc::new(tokio::sync::Semaphore::new(READ_AHEAD)),
-                runtime: runtime.handle().clone(),
+                lane: 0,
+                lanes: 1,
+                sender,
             };
             let r = stream_tables(&path, 1 << 20, false, sha, checked.statements, &feed, &stop, "db");
             drop(feed);
             let mut steps = Vec::new();
-            while let Ok(job) = rx.try_recv() {
-                steps.push(job.step.sql().to_vec());
+            while let Ok(step) = rx.try_recv() {
+                steps.push(step.sql().to_vec());
             }
             (r, steps)
         };
@@ -1421,43 +1397,6 @@ mod tests {
         let (r, _) = run(&"0".repeat(64));
         let err = r.unwrap_err().to_string();
         assert!(err.contains("it changed while being loaded"), "{err}");
-    }
-
-    /// The reader waits while the steps queued for the connections hold the whole
-    /// read-ahead budget, and goes on once a connection has run one (dropped it).
-    #[test]
-    fn the_reader_waits_for_the_connections_when_the_read_ahead_is_spent() {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        let (sender, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let feed = std::sync::Arc::new(Feed {
-            senders: vec![sender],
-            budget: std::sync::Arc::new(tokio::sync::Semaphore::new(16)),
-            runtime: runtime.handle().clone(),
-        });
-        let stop = CancellationToken::new();
-        let step = |sql: &'static str| Step {
-            action: Action::Sql(Cow::Borrowed(sql.as_bytes())),
-            statements: 1..=1,
-            line: 1,
-            done_bytes: 0,
-            merged: None,
-        };
-        assert_eq!(feed.send(0, step("INSERT 1;;"), &stop), Ok(()));
-        let (f, st) = (feed.clone(), stop.clone());
-        let second = std::thread::spawn(move || f.send(0, step("INSERT 2;;"), &st));
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(!second.is_finished(), "10 + 10 bytes went into a budget of 16");
-        let first = rx.try_recv().unwrap();
-        assert_eq!(first.step.sql(), b"INSERT 1;;");
-        drop(first);
-        assert_eq!(second.join().unwrap(), Ok(()));
-        assert_eq!(rx.try_recv().unwrap().step.sql(), b"INSERT 2;;");
-        // A stop ends a wait for budget.
-        let _held = feed.send(0, step("INSERT 3;;"), &stop);
-        let (f, st) = (feed.clone(), stop.clone());
-        let third = std::thread::spawn(move || f.send(0, step("INSERT 4;;"), &st));
-        stop.cancel();
-        assert_eq!(third.join().unwrap(), Err(()));
     }
 
     #[test]
