@@ -399,19 +399,25 @@ impl HaProxy {
             names.sort_unstable_by_key(|(id, _)| *id);
         }
         let mine = nodes.iter().filter(|n| !n.foreign).count();
-        {
-            let mut last = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *last > 0 && mine == 0 {
-                tracing::warn!(
-                    backend = %self.cfg.backend,
-                    "HAProxy lost the {} server(s) lb-sync added (restarted or reloaded?): adding them again",
-                    *last
-                );
-            }
-            *last = mine;
+        if let Some(lost) = self.note_mine(mine) {
+            self.health.metrics.servers_lost(lost);
+            tracing::warn!(
+                backend = %self.cfg.backend,
+                "HAProxy lost the {lost} server(s) lb-sync added (restarted or reloaded?): adding them again"
+            );
         }
         *self.names.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = names;
         Ok(nodes)
+    }
+
+    /// Records how many of lb-sync's servers a read found; `Some(n)` when the last read
+    /// found `n` and this one none, which lb-sync's own deletes cannot explain (each one
+    /// answered takes its server off the count): HAProxy restarted or reloaded.
+    fn note_mine(&self, mine: usize) -> Option<usize> {
+        let mut last = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lost = (*last > 0 && mine == 0).then_some(*last);
+        *last = mine;
+        lost
     }
 
     fn name_of(&self, node: &NodeRef) -> String {
@@ -525,6 +531,9 @@ impl HaProxy {
                 result = self.batch(std::slice::from_ref(&del)).await;
             }
             result?;
+            // Ours and gone by our own hand: a read that finds none left is no restart.
+            let mut last = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            *last = last.saturating_sub(1);
         }
         Ok(())
     }
@@ -830,6 +839,72 @@ mod tests {
 3 web 3 lb-sync-127.0.0.3:8080 127.0.0.3 2 8 1 1 3 6 3 4 6 0 0 0 - 8080 - 0 0 - - 0
 3 web 4 lb-sync-127.0.0.4:8080 127.0.0.4 0 1 1 1 3 6 2 0 6 0 0 0 - 8080 - 0 0 - - 0
 ";
+
+    /// A read that finds none of lb-sync's servers counts them as lost (and warns) only
+    /// when lb-sync did not delete them itself: deleting its last servers is no HAProxy
+    /// restart, servers deleted behind its back are. Against a real HAProxy.
+    #[tokio::test]
+    async fn servers_count_as_lost_only_when_lb_sync_did_not_delete_them() {
+        let ha = testbed::HaProxy::start();
+        let health = Arc::new(Health::new());
+        let client = HaProxy::new(
+            HaProxyConfig {
+                socket: HaSocket::Unix(ha.socket()),
+                backend: ha.backend().to_owned(),
+                prefix: "lb-sync-".into(),
+                check_options: "inter 1h".into(),
+                add_draining: false,
+                timeout: Duration::from_secs(5),
+            },
+            health.clone(),
+        );
+        let lost = || -> u64 {
+            health
+                .metrics
+                .render()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("lb_sync_haproxy_servers_lost_total ")?
+                        .trim()
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(u64::MAX)
+        };
+        let two = [1, 2].map(|p| NewNode {
+            endpoint: Endpoint::new([127, 0, 0, 1].into(), p),
+            condition: Condition::Enabled,
+        });
+        let ours = |nodes: Vec<Node>| -> Vec<NodeRef> {
+            nodes
+                .into_iter()
+                .filter(|n| !n.foreign)
+                .filter_map(|n| {
+                    Some(NodeRef {
+                        id: n.id,
+                        endpoint: n.endpoint()?,
+                    })
+                })
+                .collect()
+        };
+
+        client.add(&two).await.unwrap();
+        let mine = ours(client.read().await.unwrap());
+        assert_eq!(mine.len(), 2);
+        client.delete(&mine).await.unwrap();
+        assert!(ours(client.read().await.unwrap()).is_empty());
+        assert_eq!(lost(), 0, "lb-sync deleted its own servers: nothing was lost");
+
+        client.add(&two).await.unwrap();
+        for n in ours(client.read().await.unwrap()) {
+            let name = client.server_name(&n.endpoint);
+            let b = ha.backend();
+            let _ = ha.command(&format!("set server {b}/{name} state maint"));
+            let _ = ha.command(&format!("del server {b}/{name}"));
+        }
+        assert!(ours(client.read().await.unwrap()).is_empty());
+        assert_eq!(lost(), 2, "deleted behind lb-sync's back, as a reload does");
+    }
 
     #[tokio::test]
     async fn an_endless_answer_is_cut_at_the_cap() {

@@ -320,6 +320,7 @@ pub struct Metrics {
     desired_nodes: Gauge,
     lb_nodes: Gauge,
     draining: Gauge,
+    servers_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -419,6 +420,12 @@ impl Metrics {
             "Managed nodes draining at the last read (deleted once their drain period ends)",
             draining.clone(),
         );
+        let servers_lost = Counter::default();
+        registry.register(
+            "haproxy_servers_lost",
+            "Servers lb-sync had added that HAProxy no longer had at a read (it restarted or reloaded and dropped the servers added at run time); lb-sync adds them again",
+            servers_lost.clone(),
+        );
         // Series that exist from the start read 0 rather than missing, so `rate()` and
         // alerts on them work before the first event.
         for reason in [
@@ -451,7 +458,13 @@ impl Metrics {
             desired_nodes,
             lb_nodes,
             draining,
+            servers_lost,
         }
+    }
+
+    /// Counts servers of lb-sync's that HAProxy dropped (a restart or reload).
+    pub fn servers_lost(&self, n: usize) {
+        self.servers_lost.inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// Counts one Rackspace call that got an HTTP answer.

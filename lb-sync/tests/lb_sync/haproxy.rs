@@ -419,6 +419,14 @@ async fn haproxy_restarted_under_lb_sync_gets_its_servers_again() {
     w.wait_up(&[1, 2], WITHIN).await;
     lb.wait_log("HAProxy lost the 2 server(s) lb-sync added", WITHIN).await;
     lb.wait_health("\"converged\"", WITHIN).await;
+    // Counted once, for alerts on reloads that drop the servers.
+    let metrics = lb.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.trim() == "lb_sync_haproxy_servers_lost_total 2"),
+        "{metrics}"
+    );
 }
 
 /// A server of HAProxy's configuration (no lb-sync prefix) is never touched, and `plan`
