@@ -108,7 +108,9 @@ pub async fn run(ctx: &Ctx, docker: &Docker) -> anyhow::Result<Outcome> {
 
     // Fixed host ports, as the seed's 18001..18010: the loop must know its port before
     // the container exists.
-    let ports: Vec<u16> = (0..k).map(|_| testbed::free_port()).collect();
+    // Distinct: separate free_port calls can give the same port twice (a full run failed
+    // with "Bind for 127.0.0.1:40627 failed: port is already allocated").
+    let ports: Vec<u16> = testbed::free_ports(k);
     let n_of = |i: usize| format!("{:02}", i + 1);
     let name_of = |i: usize| format!("bench-{}-sh{}", ctx.run_id, n_of(i));
     let specs = (0..k)
