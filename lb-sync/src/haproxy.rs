@@ -202,6 +202,22 @@ pub struct HaProxyConfig {
     pub timeout: Duration,
 }
 
+#[cfg(test)]
+impl HaProxyConfig {
+    /// The tests' configuration: servers named `lb-sync-…`, checks once an hour (their
+    /// loopback ports have nothing listening), not added draining, 5 s per command.
+    pub(crate) fn for_test(socket: std::path::PathBuf, backend: &str) -> HaProxyConfig {
+        HaProxyConfig {
+            socket: HaSocket::Unix(socket),
+            backend: backend.to_owned(),
+            prefix: "lb-sync-".into(),
+            check_options: "inter 1h".into(),
+            add_draining: false,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The client of one backend.
 #[derive(Debug)]
 pub struct HaProxy {
@@ -211,7 +227,8 @@ pub struct HaProxy {
     /// id: a sorted vector and not a map, as 5,000 map inserts a read were a twentieth of
     /// a pass.
     names: Mutex<Vec<(u64, String)>>,
-    /// lb-sync's servers at the last read, to tell a restart from our own deletes.
+    /// lb-sync's servers as known: at the last read, plus its adds, less its deletes since
+    /// (to tell a restart from its own deletes).
     last_mine: Mutex<usize>,
     /// Bytes of the last `show servers state` answer: the next one's buffer is sized from
     /// it instead of growing from 64 KiB by doubling (each step a copy and fresh pages:
@@ -410,14 +427,24 @@ impl HaProxy {
         Ok(nodes)
     }
 
-    /// Records how many of lb-sync's servers a read found; `Some(n)` when the last read
-    /// found `n` and this one none, which lb-sync's own deletes cannot explain (each one
-    /// answered takes its server off the count): HAProxy restarted or reloaded.
+    /// Records how many of lb-sync's servers a read found; `Some(n)` when `n` were known
+    /// (the last read's, plus lb-sync's answered adds, less its answered deletes) and this
+    /// read finds none: HAProxy restarted or reloaded.
     fn note_mine(&self, mine: usize) -> Option<usize> {
-        let mut last = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let lost = (*last > 0 && mine == 0).then_some(*last);
-        *last = mine;
+        let mut known = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let lost = (*known > 0 && mine == 0).then_some(*known);
+        *known = mine;
         lost
+    }
+
+    /// One server of lb-sync's added (`true`) or deleted by lb-sync itself.
+    fn mine_changed(&self, added: bool) {
+        let mut known = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *known = if added {
+            known.saturating_add(1)
+        } else {
+            known.saturating_sub(1)
+        };
     }
 
     fn name_of(&self, node: &NodeRef) -> String {
@@ -463,6 +490,8 @@ impl HaProxy {
                 },
             ])
             .await?;
+            // Known before the next read: a restart right after an add loses this one too.
+            self.mine_changed(true);
         }
         Ok(())
     }
@@ -532,8 +561,7 @@ impl HaProxy {
             }
             result?;
             // Ours and gone by our own hand: a read that finds none left is no restart.
-            let mut last = self.last_mine.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            *last = last.saturating_sub(1);
+            self.mine_changed(false);
         }
         Ok(())
     }
@@ -847,17 +875,7 @@ mod tests {
     async fn servers_count_as_lost_only_when_lb_sync_did_not_delete_them() {
         let ha = testbed::HaProxy::start();
         let health = Arc::new(Health::new());
-        let client = HaProxy::new(
-            HaProxyConfig {
-                socket: HaSocket::Unix(ha.socket()),
-                backend: ha.backend().to_owned(),
-                prefix: "lb-sync-".into(),
-                check_options: "inter 1h".into(),
-                add_draining: false,
-                timeout: Duration::from_secs(5),
-            },
-            health.clone(),
-        );
+        let client = HaProxy::new(HaProxyConfig::for_test(ha.socket(), ha.backend()), health.clone());
         let lost = || -> u64 {
             health
                 .metrics
@@ -904,6 +922,17 @@ mod tests {
         }
         assert!(ours(client.read().await.unwrap()).is_empty());
         assert_eq!(lost(), 2, "deleted behind lb-sync's back, as a reload does");
+
+        // Added and lost before any read saw them: still counted.
+        client.add(&two).await.unwrap();
+        for p in [1, 2] {
+            let name = client.server_name(&Endpoint::new([127, 0, 0, 1].into(), p));
+            let b = ha.backend();
+            let _ = ha.command(&format!("set server {b}/{name} state maint"));
+            let _ = ha.command(&format!("del server {b}/{name}"));
+        }
+        assert!(ours(client.read().await.unwrap()).is_empty());
+        assert_eq!(lost(), 4, "added, then lost before the next read");
     }
 
     #[tokio::test]

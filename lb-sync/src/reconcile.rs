@@ -638,7 +638,7 @@ async fn debounce(desired: &mut watch::Receiver<Desired>, timing: Timing, cancel
 mod tests {
     use super::*;
     use crate::clb::{ApiKey, Clb, ClbConfig};
-    use crate::haproxy::{HaProxy, HaProxyConfig, HaSocket};
+    use crate::haproxy::{HaProxy, HaProxyConfig};
 
     /// A pass against a real HAProxy reads back its adds and drains, but not its deletes:
     /// after a batch of deletes alone the pass ends on the last read less the deleted
@@ -649,14 +649,7 @@ mod tests {
         let calls = testbed::SocketProxy::start(&ha.socket().display().to_string());
         let health = Arc::new(Health::new());
         let client = HaProxy::new(
-            HaProxyConfig {
-                socket: HaSocket::Unix(calls.path().to_path_buf()),
-                backend: ha.backend().to_owned(),
-                prefix: "lb-sync-".into(),
-                check_options: "inter 1h".into(),
-                add_draining: false,
-                timeout: Duration::from_secs(5),
-            },
+            HaProxyConfig::for_test(calls.path().to_path_buf(), ha.backend()),
             health.clone(),
         );
         let policy = Policy {
