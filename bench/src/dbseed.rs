@@ -162,8 +162,10 @@ fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<(
     );
     let runs = ctx.settings.seed_runs;
     let expect = format!("t00: {rows} rows");
+    let inserts = table_inserts(&dump)?;
     let mut client_ms = Vec::new();
     let mut seed_ms = Vec::new();
+    let mut floor_ms = Vec::new();
     let mut peak = Vec::new();
     for i in 0..runs {
         let database = format!("bench_gen_{i}");
@@ -199,27 +201,152 @@ fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<(
             one_client(&mut client_ms)?;
         }
         let _ = db.cli(&["-e", &format!("DROP DATABASE IF EXISTS {database}")]);
+        floor_ms.push(rows_floor(db, &inserts, FLOOR_JOBS)?.as_secs_f64() * 1000.0);
         eprintln!(
-            "bench:   gen run {}/{runs}: mariadb < dump {:.0} ms, dbhelper seed {:.0} ms (peak RSS {:.1} MiB)",
+            "bench:   gen run {}/{runs}: mariadb < dump {:.0} ms, dbhelper seed {:.0} ms (peak RSS {:.1} MiB), \
+             the rows alone from memory {:.0} ms",
             i + 1,
             client_ms[i],
             seed_ms[i],
-            peak[i] / f64::from(1 << 20)
+            peak[i] / f64::from(1 << 20),
+            floor_ms[i]
         );
     }
     let seed = median(&seed_ms);
     let cli = median(&client_ms);
+    let floor = median(&floor_ms);
     section.add("gen_dump_bytes", bytes as f64);
     section.add("gen_seed_ms", seed);
     section.add("gen_cli_ms", cli);
     section.add("gen_speedup", cli.zip(seed).and_then(|(c, s)| stats::ratio(c, s)));
     section.add("gen_seed_peak_rss_bytes", peak.iter().copied().reduce(f64::max));
+    section.add("gen_rows_floor_ms", floor);
+    section.add(
+        "gen_speedup_ceiling",
+        cli.zip(floor).and_then(|(c, f)| stats::ratio(c, f)),
+    );
+    section.note(format!(
+        "gen_rows_floor_ms: the dump's {} INSERT statements alone, held in memory, sent on {FLOOR_JOBS} connections \
+         (tables dealt by size) into empty copies of its tables with the dump's session settings: no DDL, no views \
+         or routines, no reading; no loader that sends the dump's statements can load it faster on this server, \
+         so gen_speedup_ceiling (gen_cli_ms over it) bounds gen_speedup",
+        inserts.iter().map(|t| t.statements.len()).sum::<usize>()
+    ));
     section.note(format!(
         "gen.sql: mariadb-dump --routines --triggers --events of a generated schema ({GEN_TABLES} tables of {rows} rows \
          in extended inserts, {GEN_TABLES} views, triggers and procedures, 5 functions), {runs} alternating runs, \
          no warm-up; gen_seed_peak_rss_bytes is dbhelper's VmHWM, sampled every 5 ms"
     ));
     Ok(())
+}
+
+/// Connections of the rows floor: dbhelper's default.
+const FLOOR_JOBS: usize = 4;
+
+/// One table's `INSERT` statements, in dump order.
+#[derive(Debug)]
+struct TableInserts {
+    name: String,
+    statements: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// The dump's `INSERT INTO `t` …` statements by table, split by dbhelper's own splitter.
+fn table_inserts(dump: &std::path::Path) -> anyhow::Result<Vec<TableInserts>> {
+    let mut tables: Vec<TableInserts> = Vec::new();
+    dbhelper::source::Source::open(dump)?.for_each_statement(|st| {
+        let Some(name) = insert_table(st.bytes) else {
+            return Ok(());
+        };
+        match tables.last_mut() {
+            Some(t) if t.name == name => {
+                t.bytes += st.bytes.len();
+                t.statements.push(st.bytes.to_vec());
+            }
+            _ => tables.push(TableInserts {
+                name,
+                bytes: st.bytes.len(),
+                statements: vec![st.bytes.to_vec()],
+            }),
+        }
+        Ok(())
+    })?;
+    anyhow::ensure!(
+        !tables.is_empty(),
+        "{} holds no INSERT INTO `…` statement",
+        dump.display()
+    );
+    Ok(tables)
+}
+
+/// The table of an ``INSERT INTO `name` `` statement as mariadb-dump writes it.
+#[must_use]
+pub fn insert_table(statement: &[u8]) -> Option<String> {
+    let rest = statement.strip_prefix(b"INSERT INTO `")?;
+    let end = rest.iter().position(|&b| b == b'`')?;
+    String::from_utf8(rest[..end].to_vec()).ok()
+}
+
+/// The server's own time for the dump's rows: its `INSERT` statements, already in memory,
+/// on `jobs` connections into empty copies (`CREATE TABLE … LIKE` the client's `bench_gen`)
+/// of their tables, with the dump's session settings. Timed from the first statement sent
+/// to the last answer; the tables are created before and dropped after.
+fn rows_floor(db: &MariaDb, inserts: &[TableInserts], jobs: usize) -> anyhow::Result<Duration> {
+    let mut setup =
+        String::from("DROP DATABASE IF EXISTS bench_floor; CREATE DATABASE bench_floor CHARACTER SET utf8mb4;");
+    for t in inserts {
+        setup.push_str(&format!(
+            " CREATE TABLE bench_floor.`{0}` LIKE bench_gen.`{0}`;",
+            t.name
+        ));
+    }
+    let _ = db.cli(&["-e", &setup]);
+    let sizes: Vec<usize> = inserts.iter().map(|t| t.bytes).collect();
+    // Dealt as dbhelper deals them.
+    let lane_of = dbhelper::plan::deal_by_size(&sizes, jobs);
+    let opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(db.port())
+        .user(Some("root"))
+        .pass(Some(db.root_password()))
+        .db_name(Some("bench_floor"));
+    let took = tokio::runtime::Handle::current().block_on(async {
+        use mysql_async::prelude::Queryable as _;
+        let mut conns = Vec::with_capacity(jobs);
+        for _ in 0..jobs {
+            let mut c = mysql_async::Conn::new(opts.clone()).await?;
+            // What mariadb-dump's header sets before the rows.
+            c.query_drop(
+                "SET NAMES utf8mb4, TIME_ZONE = '+00:00', UNIQUE_CHECKS = 0, FOREIGN_KEY_CHECKS = 0, \
+                 SQL_MODE = 'NO_AUTO_VALUE_ON_ZERO', SQL_NOTES = 0",
+            )
+            .await?;
+            conns.push(c);
+        }
+        let started = Instant::now();
+        let lanes = conns.iter_mut().enumerate().map(|(lane, c)| {
+            let mine: Vec<&[u8]> = inserts
+                .iter()
+                .zip(&lane_of)
+                .filter(|(_, l)| **l == lane)
+                .flat_map(|(t, _)| t.statements.iter().map(Vec::as_slice))
+                .collect();
+            async move {
+                for sql in mine {
+                    c.query_drop(sql).await?;
+                }
+                Ok::<_, mysql_async::Error>(())
+            }
+        });
+        futures::future::try_join_all(lanes).await?;
+        let took = started.elapsed();
+        for c in conns {
+            let _ = c.disconnect().await;
+        }
+        Ok::<_, mysql_async::Error>(took)
+    })?;
+    let _ = db.cli(&["-e", "DROP DATABASE bench_floor"]);
+    Ok(took)
 }
 
 /// Times one `dbhelper seed` of the generated dump and samples its peak resident memory.
@@ -314,6 +441,14 @@ fn world(ctx: &Ctx, db: &MariaDb, dump: &std::path::Path) -> anyhow::Result<Sect
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insert_statements_name_their_table() {
+        assert_eq!(insert_table(b"INSERT INTO `t00` VALUES (1)").as_deref(), Some("t00"));
+        assert_eq!(insert_table(b"INSERT INTO `a b` VALUES (1)").as_deref(), Some("a b"));
+        assert_eq!(insert_table(b"CREATE TABLE `t00` (id INT)"), None);
+        assert_eq!(insert_table(b"INSERT INTO `t00"), None);
+    }
 
     #[test]
     fn the_order_alternates() {

@@ -46,6 +46,46 @@ pub async fn connect(opts: Opts, timeout: Duration) -> Result<Conn, mysql_async:
     }
 }
 
+/// Sends `statements` (each without its delimiter) in one round trip, as one
+/// multi-statement query; the server runs them in order and stops at the first it refuses.
+///
+/// # Errors
+/// The index of the statement the server refused, with its error (for a broken
+/// connection, the index of the first statement whose answer did not arrive).
+pub async fn exec_batch(conn: &mut Conn, statements: &[&[u8]]) -> Result<(), (usize, mysql_async::Error)> {
+    let mut query = Vec::with_capacity(statements.iter().map(|s| s.len() + 2).sum());
+    for (i, s) in statements.iter().enumerate() {
+        if i > 0 {
+            // A line feed too: a statement may end in a `--` or `#` comment.
+            query.extend_from_slice(b"\n;\n");
+        }
+        query.extend_from_slice(s);
+    }
+    // How the driver (mysql_async 0.37) hands out the answers, pinned by the test
+    // `a_batch_runs_in_order_and_names_the_statement_the_server_refuses`: `query_iter`
+    // reads the first; each `collect` reads the rows of one and the head of the next,
+    // keeping an error there for the following read, and then `is_empty` is true, as it
+    // is when the head read is the last answer.
+    let mut result = conn.query_iter(query).await.map_err(|e| (0, e))?;
+    // Statements whose answer (or its head) has been read.
+    let mut answered = 1;
+    loop {
+        if let Err(e) = result.collect::<mysql_async::Row>().await {
+            // Failed among the rows of the last one read.
+            return Err((answered - 1, e));
+        }
+        if result.is_empty() {
+            // The last answer, or the refusal of the statement after the last one read.
+            return result
+                .collect::<mysql_async::Row>()
+                .await
+                .map(|_| ())
+                .map_err(|e| (answered, e));
+        }
+        answered += 1;
+    }
+}
+
 /// A name as a quoted identifier: `` `a``b` ``.
 #[must_use]
 pub fn ident(name: &str) -> String {

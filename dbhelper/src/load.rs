@@ -90,6 +90,9 @@ pub struct DumpFile {
     /// table (it can be spread over several connections); `None` when one belongs to no
     /// single table (it loads on one connection, in dump order).
     pub spread_tables: Option<usize>,
+    /// The bytes of each table's statements, in order of first appearance: the loader
+    /// deals the tables to its connections by them ([`plan::Router::by_size`]).
+    pub table_sizes: Vec<usize>,
     /// Whether the statements of system schemas are replayed (else refused).
     pub replay_system: bool,
     /// Its longest statement: checked against the server's `max_allowed_packet` before
@@ -167,7 +170,8 @@ impl DumpFile {
             databases: checked.databases,
             objects,
             object_steps: checked.objects,
-            spread_tables: router.map(|r| r.tables()),
+            spread_tables: router.as_ref().map(plan::Router::tables),
+            table_sizes: router.map(|r| r.sizes().to_vec()).unwrap_or_default(),
             replay_system,
             longest,
         })
@@ -685,7 +689,12 @@ async fn load_tables(
         let (sha256, replay, statements, stop) =
             (dump.sha256.clone(), dump.replay_system, dump.statements, stop.clone());
         let unchanged = describe_databases(&user);
-        let feed = Feed { lane, lanes: n, sender };
+        let feed = Feed {
+            lane,
+            lanes: n,
+            sizes: dump.table_sizes.clone(),
+            sender,
+        };
         tokio::task::spawn_blocking(move || {
             let r = stream_tables(&path, limit, replay, &sha256, statements, &feed, &stop, &unchanged);
             if r.is_err() {
@@ -705,7 +714,7 @@ async fn load_tables(
         let lane = &lane;
         let stop = &stop;
         async move {
-            let r = lane.run(c, rx).await;
+            let r = lane.run(c, rx, limit).await;
             if r.is_err() {
                 // The other connections stop at their next statement, the reader at its next.
                 stop.cancel();
@@ -750,13 +759,16 @@ async fn load_tables(
 struct Feed {
     lane: usize,
     lanes: usize,
+    /// The tables' sizes from the first pass, to deal them alike in every reader.
+    sizes: Vec<usize>,
     sender: tokio::sync::mpsc::Sender<Step<'static>>,
 }
 
 /// A reader thread of the tables phase: streams the dump, plans it with the server's
 /// statement limit and sends the steps of its connection's tables and the session
 /// statements to it; with one connection, everything in dump order. Every reader deals
-/// the tables alike ([`plan::Router`]), so each table goes to exactly one connection.
+/// the tables alike, by the sizes the first pass found ([`plan::Router::by_size`]), so each
+/// table goes to exactly one connection.
 /// The first connection's reader shows the progress. Fails when the file is not the one
 /// the first pass read.
 #[allow(clippy::too_many_arguments)]
@@ -773,7 +785,7 @@ fn stream_tables(
     let source = Source::open(path)?;
     let mut progress = (feed.lane == 0).then(|| Progress::new(source.size, statements));
     let mut planner = plan::Planner::new(limit, replay);
-    let mut router = plan::Router::new(feed.lanes);
+    let mut router = plan::Router::by_size(feed.lanes, &feed.sizes);
     let interrupted = || Error::Interrupted {
         during: format!("during the load; nothing was changed in {unchanged}"),
     };
@@ -840,31 +852,150 @@ struct Lane<'r> {
 
 impl Lane<'_> {
     /// Runs the steps that arrive on `rx` on `conn`, until the reader closes it; returns
-    /// how many it ran (round trips).
-    async fn run(&self, conn: &mut Conn, mut rx: tokio::sync::mpsc::Receiver<Step<'static>>) -> Result<usize, Error> {
+    /// how many round trips it took.
+    async fn run(
+        &self,
+        conn: &mut Conn,
+        mut rx: tokio::sync::mpsc::Receiver<Step<'static>>,
+        limit: usize,
+    ) -> Result<usize, Error> {
         let mut trips = 0;
+        let mut held = Held::new(limit);
         while let Some(step) = rx.recv().await {
             if self.cancel.is_cancelled() {
                 return Err(Error::Interrupted {
                     during: format!("during the load; nothing was changed in {}", self.unchanged),
                 });
             }
-            let sql: Cow<'_, [u8]> = match &step.action {
-                Action::Use(i) => Cow::Owned(format!("USE {}", ident(&self.staging[*i])).into_bytes()),
-                Action::AlterDatabase(i, options) => {
-                    let mut v = format!("ALTER DATABASE {}", ident(&self.staging[*i])).into_bytes();
-                    v.extend_from_slice(options);
-                    Cow::Owned(v)
+            let sql = step_sql(&step, self.staging).into_owned();
+            if is_session(&step) {
+                if held.push(step, sql) {
+                    trips += self.send(conn, &mut held, None).await?;
                 }
-                Action::Sql(bytes) | Action::Object { sql: bytes, .. } => Cow::Borrowed(bytes.as_ref()),
-            };
-            if let Err(e) = conn.query_drop(sql.as_ref()).await {
-                return Err(rejected(conn, self.address, e, &step, &sql, &self.unchanged).await);
+                continue;
             }
-            trips += 1;
+            // With the held ones when it fits in their packet, else after them.
+            if !held.fits(sql.len()) {
+                trips += self.send(conn, &mut held, None).await?;
+            }
+            trips += self.send(conn, &mut held, Some((&step, &sql))).await?;
         }
+        trips += self.send(conn, &mut held, None).await?;
         Ok(trips)
     }
+
+    /// Sends the held session statements, then `then` (a step and what it sends), in one
+    /// round trip; the round trips it took (0 or 1).
+    async fn send(
+        &self,
+        conn: &mut Conn,
+        held: &mut Held<Step<'static>>,
+        then: Option<(&Step<'static>, &[u8])>,
+    ) -> Result<usize, Error> {
+        let sql: Vec<&[u8]> = then.iter().map(|(_, sql)| *sql).collect();
+        match held.send(conn, &sql).await {
+            Ok(trips) => Ok(trips),
+            Err(Refused::Held(step, sql, e)) => {
+                Err(rejected(conn, self.address, e, &step, &sql, &self.unchanged).await)
+            }
+            Err(Refused::Then(_, e)) => match then {
+                Some((step, sql)) => Err(rejected(conn, self.address, e, step, sql, &self.unchanged).await),
+                None => Err(db_error("loading the dump", self.address, &e)),
+            },
+        }
+    }
+}
+
+/// What a step sends, with the databases of `names` (staging before the swap, live after).
+fn step_sql<'s>(step: &'s Step<'_>, names: &[String]) -> Cow<'s, [u8]> {
+    match &step.action {
+        Action::Use(i) => Cow::Owned(format!("USE {}", ident(&names[*i])).into_bytes()),
+        Action::AlterDatabase(i, options) => {
+            let mut v = format!("ALTER DATABASE {}", ident(&names[*i])).into_bytes();
+            v.extend_from_slice(options);
+            Cow::Owned(v)
+        }
+        Action::Sql(bytes) | Action::Object { sql: bytes, .. } => Cow::Borrowed(bytes.as_ref()),
+    }
+}
+
+/// Whether a step only sets session state (`SET`, `USE`, `ALTER DATABASE`): such steps are
+/// held and sent together ([`Held`]).
+fn is_session(step: &Step<'_>) -> bool {
+    matches!(plan::target_of(&step.action), plan::Target::Session)
+}
+
+/// Bytes of held session statements that make a round trip of their own (under any
+/// server's `max_allowed_packet`, whose least value is 1 KiB, through the `limit` given).
+const HELD_BYTES: usize = 64 << 10;
+
+/// Session statements held back to go to the server together, in one round trip
+/// ([`db::exec_batch`]), just before the next statement that is not one, in dump order.
+/// A dump sets and restores a dozen session variables around each table and object:
+/// sent one by one they made 7,000 of the 7,480 round trips of the bench's dump (of which
+/// 80 were inserts), each a wait on the network.
+struct Held<S> {
+    items: Vec<(S, Vec<u8>)>,
+    bytes: usize,
+    limit: usize,
+}
+
+impl<S> Held<S> {
+    fn new(limit: usize) -> Self {
+        Held {
+            items: Vec::new(),
+            bytes: 0,
+            limit: limit.min(HELD_BYTES),
+        }
+    }
+
+    /// Holds `sql` (of `step`); true when the held statements should be sent now.
+    fn push(&mut self, step: S, sql: Vec<u8>) -> bool {
+        self.bytes += sql.len() + 3;
+        self.items.push((step, sql));
+        self.bytes >= self.limit
+    }
+
+    /// Whether `bytes` more still fit in the round trip of what is held.
+    fn fits(&self, bytes: usize) -> bool {
+        self.bytes + bytes < self.limit
+    }
+
+    /// Sends what is held, then the statements `then`, in one round trip; the round trips
+    /// taken (none when there was nothing to send). On a refusal, which statement it was
+    /// (the ones before it ran, the ones after did not).
+    async fn send(&mut self, conn: &mut Conn, then: &[&[u8]]) -> Result<usize, Refused<S>> {
+        if self.items.is_empty() && then.is_empty() {
+            return Ok(0);
+        }
+        let mut items = std::mem::take(&mut self.items);
+        self.bytes = 0;
+        let statements: Vec<&[u8]> = items
+            .iter()
+            .map(|(_, sql)| sql.as_slice())
+            .chain(then.iter().copied())
+            .collect();
+        match db::exec_batch(conn, &statements).await {
+            Ok(()) => Ok(1),
+            Err((index, e)) if index < items.len() => {
+                let (step, sql) = items.swap_remove(index);
+                Err(Refused::Held(step, sql, e))
+            }
+            // In range of `then` (the driver's index, kept there).
+            Err((index, e)) => Err(Refused::Then(
+                (index - items.len()).min(then.len().saturating_sub(1)),
+                e,
+            )),
+        }
+    }
+}
+
+/// Which statement of a [`Held::send`] the server refused.
+enum Refused<S> {
+    /// A held one: its step, what was sent, the error.
+    Held(S, Vec<u8>, mysql_async::Error),
+    /// The one of `then` at this index.
+    Then(usize, mysql_async::Error),
 }
 
 /// The accounts of the server, to keep the definers that exist.
@@ -915,15 +1046,29 @@ async fn create_objects(
         .await
         .map_err(|e| db_error("opening the connection for views, triggers and routines", &address, &e))?;
     let done = describe_databases(&user);
+    let limit = statement_limit(&mut conn, &address, HELD_BYTES).await?;
+    let mut held = Held::new(limit);
+    let refused = async |conn: &mut Conn, step: &Step<'_>, sql: &[u8], e| {
+        after_swap(rejected(conn, &address, e, step, sql, &done).await)
+    };
+    // Sends the held session statements alone.
+    let send_held = async |conn: &mut Conn, held: &mut Held<&Step<'static>>| match held.send(conn, &[]).await {
+        Ok(_) => Ok(()),
+        Err(Refused::Held(step, sent, e)) => Err(refused(conn, step, &sent, e).await),
+        Err(Refused::Then(_, e)) => Err(db_error(
+            "creating the views, triggers, routines and events",
+            &address,
+            &e,
+        )),
+    };
     for step in &dump.object_steps {
-        let sql: Cow<'_, [u8]> = match &step.action {
-            Action::Use(i) => Cow::Owned(format!("USE {}", ident(&live[*i])).into_bytes()),
-            Action::AlterDatabase(i, options) => {
-                let mut v = format!("ALTER DATABASE {}", ident(&live[*i])).into_bytes();
-                v.extend_from_slice(options);
-                Cow::Owned(v)
+        if is_session(step) {
+            if held.push(step, step_sql(step, &live).into_owned()) {
+                send_held(&mut conn, &mut held).await?;
             }
-            Action::Sql(bytes) => Cow::Borrowed(bytes.as_ref()),
+            continue;
+        }
+        let (sql, drop): (Cow<'_, [u8]>, Option<Vec<u8>>) = match &step.action {
             Action::Object {
                 verb,
                 kind,
@@ -931,10 +1076,7 @@ async fn create_objects(
                 definer,
                 sql,
             } => {
-                if let (Verb::Create, Some(name)) = (verb, name) {
-                    drop_object(&mut conn, *kind, name).await;
-                }
-                match with_definer(sql, definer.as_ref(), &accounts) {
+                let sql = match with_definer(sql, definer.as_ref(), &accounts) {
                     Some(rewritten) => {
                         if let Some(d) = definer {
                             tracing::warn!(
@@ -948,14 +1090,35 @@ async fn create_objects(
                         rewritten
                     }
                     None => Cow::Borrowed(sql.as_ref()),
+                };
+                let drop = match (verb, name) {
+                    (Verb::Create, Some(name)) => Some(drop_object_sql(*kind, name)),
+                    _ => None,
+                };
+                (sql, drop)
+            }
+            _ => (step_sql(step, &live), None),
+        };
+        // The held session statements, the DROP … IF EXISTS and the statement: one round
+        // trip, or two when they would not fit in one packet.
+        let then: Vec<&[u8]> = drop.iter().map(Vec::as_slice).chain([sql.as_ref()]).collect();
+        if !held.fits(then.iter().map(|s| s.len() + 3).sum()) {
+            send_held(&mut conn, &mut held).await?;
+        }
+        match held.send(&mut conn, &then).await {
+            Ok(_) => {}
+            Err(Refused::Held(step, sent, e)) => return Err(refused(&mut conn, step, &sent, e).await),
+            Err(Refused::Then(0, e)) if drop.is_some() => {
+                // The DROP … IF EXISTS failed: left to the CREATE to report.
+                tracing::debug!("dropping the object before creating it: {}", describe(&e));
+                if let Err(e) = conn.query_drop(sql.as_ref()).await {
+                    return Err(refused(&mut conn, step, &sql, e).await);
                 }
             }
-        };
-        if let Err(e) = conn.query_drop(sql.as_ref()).await {
-            let err = rejected(&mut conn, &address, e, step, &sql, &done).await;
-            return Err(after_swap(err));
+            Err(Refused::Then(_, e)) => return Err(refused(&mut conn, step, &sql, e).await),
         }
     }
+    send_held(&mut conn, &mut held).await?;
     let _ = conn.disconnect().await;
     for t in &user {
         admin
@@ -988,10 +1151,10 @@ fn after_swap(err: Error) -> Error {
     }
 }
 
-/// `DROP <kind> IF EXISTS name` before a `CREATE`, so a rerun of the objects step (after a
-/// run killed inside it) does not stop at "already exists"; a failure is left to the
-/// `CREATE` to report.
-async fn drop_object(conn: &mut Conn, kind: ObjectKind, name: &[u8]) {
+/// `DROP <kind> IF EXISTS name`, sent before a `CREATE`, so a rerun of the objects step
+/// (after a run killed inside it) does not stop at "already exists"; a failure is left to
+/// the `CREATE` to report.
+fn drop_object_sql(kind: ObjectKind, name: &[u8]) -> Vec<u8> {
     let mut sql = format!("DROP {} IF EXISTS `", kind.keyword()).into_bytes();
     for &b in name {
         if b == b'`' {
@@ -1000,9 +1163,7 @@ async fn drop_object(conn: &mut Conn, kind: ObjectKind, name: &[u8]) {
         sql.push(b);
     }
     sql.push(b'`');
-    if let Err(e) = conn.query_drop(sql.as_slice()).await {
-        tracing::debug!("dropping the {kind} before creating it: {}", describe(&e));
-    }
+    sql
 }
 
 /// Turns a failed step (`sent` is what was sent) into an error naming the statement.
@@ -1375,6 +1536,7 @@ mod tests {
             let feed = Feed {
                 lane: 0,
                 lanes: 1,
+                sizes: checked.table_sizes.clone(),
                 sender,
             };
             let r = stream_tables(&path, 1 << 20, false, sha, checked.statements, &feed, &stop, "db");

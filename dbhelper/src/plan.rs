@@ -182,6 +182,18 @@ pub enum Action<'a> {
     },
 }
 
+impl Action<'_> {
+    /// The bytes of the dump it sends (none for the statements dbhelper writes itself).
+    #[must_use]
+    pub fn sql_len(&self) -> usize {
+        match self {
+            Action::Use(_) => 0,
+            Action::AlterDatabase(_, options) => options.len(),
+            Action::Sql(sql) | Action::Object { sql, .. } => sql.len(),
+        }
+    }
+}
+
 /// One round trip of the load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step<'a> {
@@ -940,9 +952,9 @@ pub fn target_of(action: &Action<'_>) -> Target {
 }
 
 /// Spreads the tables phase over at most `lanes` connections: each table's statements go
-/// to one lane (tables dealt in turn as they first appear), session statements to every
-/// lane, in dump order. `None` when a statement belongs to no single table: then the load
-/// stays on one connection, in dump order.
+/// to one lane (tables dealt by their size, see [`deal_by_size`]), session statements to
+/// every lane, in dump order. `None` when a statement belongs to no single table: then the
+/// load stays on one connection, in dump order.
 ///
 /// `LOCK TABLES` and `UNLOCK TABLES` are left out. A lane holding `LOCK TABLES parent
 /// WRITE` while another lane creates a table with a foreign key to `parent` gets
@@ -953,7 +965,11 @@ pub fn target_of(action: &Action<'_>) -> Target {
 /// other sessions out, and nobody else uses the staging databases.
 #[must_use]
 pub fn lanes<'p, 'a>(steps: &'p [Step<'a>], lanes: usize) -> Option<Vec<Vec<&'p Step<'a>>>> {
-    let mut router = Router::new(lanes);
+    let mut sizes = Router::new(1);
+    for step in steps {
+        sizes.route(step)?;
+    }
+    let mut router = Router::by_size(lanes, sizes.sizes());
     let mut out: Vec<Vec<&Step<'a>>> = vec![Vec::new(); router.lanes];
     for step in steps {
         match router.route(step)? {
@@ -979,23 +995,42 @@ pub enum Route {
 }
 
 /// [`lanes`] one step at a time, for a dump read as a stream.
+///
+/// Every reader of the dump builds its own router from the same sizes and sees the tables
+/// in the same order, so each table goes to the same one lane in all of them.
 #[derive(Debug)]
 pub struct Router {
     lanes: usize,
-    /// Each table (the database index, then its name) and its lane.
-    lane_of: std::collections::HashMap<(usize, Vec<u8>), usize>,
-    next: usize,
+    /// Each table (the database index, then its name) and its number, in order of first
+    /// appearance.
+    table_of: std::collections::HashMap<(usize, Vec<u8>), usize>,
+    /// The lane of each table by number, when dealt by size; past its end (or without it),
+    /// the tables take the lanes in turn.
+    deal: Vec<usize>,
+    /// The bytes of each table's statements so far, by number.
+    sizes: Vec<usize>,
     database: usize,
 }
 
 impl Router {
-    /// Deals tables over `lanes` connections (at least one).
+    /// Deals tables over `lanes` connections (at least one) in turn, as they first appear.
     #[must_use]
     pub fn new(lanes: usize) -> Self {
+        Router::by_size(lanes, &[])
+    }
+
+    /// Deals tables over `lanes` connections by the sizes an earlier pass found (the
+    /// [`Router::sizes`] of a router that saw the same steps): largest first, each to the
+    /// least loaded lane, so that a big table and its empty log table do not leave lanes
+    /// idle as dealing in turn would.
+    #[must_use]
+    pub fn by_size(lanes: usize, sizes: &[usize]) -> Self {
+        let lanes = lanes.max(1);
         Router {
-            lanes: lanes.max(1),
-            lane_of: std::collections::HashMap::new(),
-            next: 0,
+            lanes,
+            table_of: std::collections::HashMap::new(),
+            deal: deal_by_size(sizes, lanes),
+            sizes: Vec::new(),
             database: 0,
         }
     }
@@ -1011,13 +1046,15 @@ impl Router {
             Target::Lock => Route::Skip,
             Target::Unknown => return None,
             Target::Table(name) => {
-                let next = &mut self.next;
-                let lanes = self.lanes;
-                let lane = *self.lane_of.entry((self.database, name)).or_insert_with(|| {
-                    *next += 1;
-                    (*next - 1) % lanes
+                let sizes = &mut self.sizes;
+                let number = *self.table_of.entry((self.database, name)).or_insert_with(|| {
+                    sizes.push(0);
+                    sizes.len() - 1
                 });
-                Route::Lane(lane)
+                if let Some(size) = self.sizes.get_mut(number) {
+                    *size = size.saturating_add(step.action.sql_len());
+                }
+                Route::Lane(self.deal.get(number).copied().unwrap_or(number % self.lanes))
             }
         })
     }
@@ -1025,8 +1062,33 @@ impl Router {
     /// How many tables it has seen.
     #[must_use]
     pub fn tables(&self) -> usize {
-        self.next
+        self.sizes.len()
     }
+
+    /// The bytes of each table's statements, in order of first appearance.
+    #[must_use]
+    pub fn sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+}
+
+/// Deals tables of the given sizes over `lanes` connections: largest first, each to the
+/// least loaded lane so far (ties to the lowest), the best a loader can do without splitting a
+/// table. An empty table still counts for one byte, so empty tables spread too.
+#[must_use]
+pub fn deal_by_size(sizes: &[usize], lanes: usize) -> Vec<usize> {
+    let lanes = lanes.max(1);
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    // Stable: equal sizes keep their dump order.
+    order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
+    let mut load = vec![0usize; lanes];
+    let mut lane_of = vec![0; sizes.len()];
+    for i in order {
+        let lane = (0..lanes).min_by_key(|&l| (load[l], l)).unwrap_or(0);
+        load[lane] = load[lane].saturating_add(sizes[i].saturating_add(1));
+        lane_of[i] = lane;
+    }
+    lane_of
 }
 
 /// `INSERT [modifiers] [INTO] name[.name] [(columns)] VALUES (…)[,(…)]` and nothing after.
@@ -1324,7 +1386,9 @@ mod tests {
         // `other` is the dump's first named database: the statements before its `USE` went
         // to it too (the connection starts there), so its `a` is the first `a`. The
         // `LOCK`/`UNLOCK TABLES` (4, 6, 8, 10) are left out.
-        assert_eq!(numbers, [vec![1, 2, 3, 5, 11, 12, 13, 14], vec![1, 7, 9, 12, 14]]);
+        // By size: `a` (2, 3, 5) is the largest and goes first, to lane 0; `b` (7, 9) to
+        // lane 1; `c` (11) to the lighter lane 1; `other`.`a` (13) to lane 0.
+        assert_eq!(numbers, [vec![1, 2, 3, 5, 12, 13, 14], vec![1, 7, 9, 11, 12, 14]]);
         // One lane: everything else in dump order.
         let one = super::lanes(&p.tables, 1).unwrap();
         assert_eq!(one[0].len(), p.tables.len() - 4);
@@ -1827,7 +1891,56 @@ mod tests {
         }
     }
 
-    /// Tables are dealt to the lanes in turn as they first appear, and keep their lane.
+    #[test]
+    fn tables_are_dealt_largest_first_to_the_least_loaded_lane() {
+        // (sizes, lanes, lane of each table)
+        let table: &[(&[usize], usize, &[usize])] = &[
+            (&[], 4, &[]),
+            (&[5], 4, &[0]),
+            // A big table and its empty log table, twice (the bench's dump): in turn, both
+            // big ones would go to lanes 0 and 2 and leave 1 and 3 idle.
+            (&[100, 0, 100, 0], 4, &[0, 2, 1, 3]),
+            (&[100, 0, 100, 0], 2, &[0, 0, 1, 1]),
+            (&[3, 3, 2, 2, 2], 2, &[0, 1, 0, 1, 0]),
+            // Equal sizes keep their dump order.
+            (&[1, 1, 1, 1], 2, &[0, 1, 0, 1]),
+            (&[7, 1, 1], 0, &[0, 0, 0]),
+            (&[usize::MAX, usize::MAX, 1], 2, &[0, 1, 0]),
+        ];
+        for (sizes, lanes, want) in table {
+            assert_eq!(deal_by_size(sizes, *lanes), *want, "{sizes:?} over {lanes}");
+        }
+    }
+
+    /// A router built from the sizes of a first pass sends each table to its dealt lane
+    /// in a second pass, and counts the bytes of each table's statements.
+    #[test]
+    fn a_second_pass_routes_by_the_sizes_of_the_first() {
+        let input = "CREATE TABLE big (x int);\nINSERT INTO big VALUES (1),(2),(3),(4),(5),(6),(7),(8);\n\
+                     CREATE TABLE big_log (x int);\nCREATE TABLE other (x int);\nINSERT INTO other VALUES (1),(2),(3),(4),(5);\n\
+                     CREATE TABLE other_log (x int);\n";
+        let p = planned(input.as_bytes(), false).unwrap();
+        let mut first = Router::new(1);
+        for st in &p.tables {
+            assert_eq!(first.route(st), Some(Route::Lane(0)));
+        }
+        let sizes = first.sizes().to_vec();
+        assert_eq!(sizes.len(), 4);
+        assert_eq!(
+            sizes[0],
+            "CREATE TABLE big (x int)".len() + "INSERT INTO big VALUES (1),(2),(3),(4),(5),(6),(7),(8)".len()
+        );
+        assert_eq!(
+            sizes[2],
+            "CREATE TABLE other (x int)".len() + "INSERT INTO other VALUES (1),(2),(3),(4),(5)".len()
+        );
+        let mut second = Router::by_size(2, &sizes);
+        let routes: Vec<Option<Route>> = p.tables.iter().map(|st| second.route(st)).collect();
+        // In turn, `big` and `other` would share lane 0 and the empty tables lane 1.
+        assert_eq!(routes, [0, 0, 0, 1, 1, 1].map(|l| Some(Route::Lane(l))));
+    }
+
+    /// Without sizes, tables are dealt to the lanes in turn as they first appear, and keep their lane.
     #[test]
     fn tables_take_the_lanes_in_turn() {
         let p = planned(

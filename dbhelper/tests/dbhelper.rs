@@ -827,8 +827,9 @@ fn batches_stay_under_max_allowed_packet_and_other_tables_are_left_alone() {
         .and_then(|r| r.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .expect("the load logs its round trips");
-    // The rows in batches of at most 15 KiB: more round trips than the 37 of 4M batches.
-    assert!(trips >= 45, "{trips} round trips");
+    // The rows in batches of at most 15 KiB: twice the round trips of 4M batches (13; 28
+    // when written: the session statements go with the statement after them).
+    assert!(trips >= 24, "{trips} round trips");
     assert_eq!(world_counts(db.port(), "world").as_deref(), Some(WORLD_COUNTS));
     assert_eq!(root_sql(&db, "SELECT n FROM world.extra_v"), ["2"]);
 }

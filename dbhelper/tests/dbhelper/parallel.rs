@@ -100,3 +100,71 @@ async fn parallel_load_of_a_dump_with_lock_tables_and_foreign_keys() {
         ]
     );
 }
+
+/// Session statements go to the server several at a time (`db::exec_batch`): they run in
+/// order, and when the server refuses one, the batch names that one, wherever it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_runs_in_order_and_names_the_statement_the_server_refuses() {
+    use dbhelper::args::{Credentials, Secret};
+    use dbhelper::db::{self, exec_batch};
+    use dbhelper::locate::{Address, Source};
+    use mysql_async::prelude::Queryable as _;
+
+    let db = MariaDb::start();
+    let address = Address {
+        host: "127.0.0.1".into(),
+        port: db.port(),
+        source: Source::Flags,
+    };
+    let root = Credentials {
+        user: "root".into(),
+        password: Some(Secret::new(db.root_password())),
+    };
+    let mut conn = db::connect(db::opts(&address, &root, None), db::CONNECT_TIMEOUT)
+        .await
+        .unwrap();
+    // In order, each seeing the one before; a comment at the end of one does not swallow
+    // the next; a string with the separator in it stays a string.
+    exec_batch(
+        &mut conn,
+        &[
+            b"SET @a = 1",
+            b"SET @b = @a + 1 -- the comment runs to the line's end",
+            b"/*!40101 SET @c = @b + 1 */",
+            b"SET @d = 'x;\n;y' # and this one too",
+            b"SET NAMES latin1",
+        ],
+    )
+    .await
+    .unwrap();
+    let got: Option<(i64, i64, i64, String, String)> = conn
+        .query_first("SELECT @a, @b, @c, @d, @@character_set_client")
+        .await
+        .unwrap();
+    assert_eq!(got, Some((1, 2, 3, "x;\n;y".into(), "latin1".into())));
+    for bad in 0..4 {
+        let mut batch: Vec<&[u8]> = vec![b"SET @x = @x + 1"; 4];
+        batch[bad] = b"SET @x = no_such_function()";
+        conn.query_drop("SET @x = 0").await.unwrap();
+        let (index, err) = exec_batch(&mut conn, &batch).await.unwrap_err();
+        assert_eq!(index, bad, "{err}");
+        assert!(matches!(&err, mysql_async::Error::Server(e) if e.code == 1305), "{err}");
+        // The ones before it ran, none after it; the connection goes on.
+        let x: Option<i64> = conn.query_first("SELECT @x").await.unwrap();
+        assert_eq!(x, Some(i64::try_from(bad).unwrap()), "refused at {bad}");
+    }
+    // A statement that returns rows in the middle is read past.
+    exec_batch(
+        &mut conn,
+        &[b"SET @y = 1", b"SELECT 1, 2 UNION SELECT 3, 4", b"SET @y = 2"],
+    )
+    .await
+    .unwrap();
+    let y: Option<i64> = conn.query_first("SELECT @y").await.unwrap();
+    assert_eq!(y, Some(2));
+    let (index, _) = exec_batch(&mut conn, &[b"SELECT 1", b"SELECT nope FROM nowhere"])
+        .await
+        .unwrap_err();
+    assert_eq!(index, 1);
+    let _ = conn.disconnect().await;
+}
