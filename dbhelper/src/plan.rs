@@ -427,6 +427,20 @@ impl Planner {
         self.current.is_some_and(|i| self.plan.databases[i].system)
     }
 
+    /// Counts statement `number` without planning it, for a reader that leaves a table's
+    /// statements to another connection's reader: only what that statement does to the
+    /// steps of other tables is done (it ends an insert merge in progress), so those
+    /// steps come out as [`Planner::statement`] would make them. False (and nothing done)
+    /// in a system schema, whose statements are not table steps.
+    pub fn skip(&mut self, number: usize) -> bool {
+        if self.in_system() {
+            return false;
+        }
+        self.plan.statements = number;
+        self.flush();
+        true
+    }
+
     /// Plans statement `number` (its `bytes`, starting at `line`, ending at byte `done`
     /// of the dump).
     ///
@@ -1057,6 +1071,21 @@ impl Router {
                 Route::Lane(self.deal.get(number).copied().unwrap_or(number % self.lanes))
             }
         })
+    }
+
+    /// The lane of a statement's table when it is one the router has already dealt (read
+    /// from the statement's first words only), its bytes counted to that table's size: a
+    /// reader can leave it unplanned, to that lane's reader, or (the first pass) only
+    /// count it.
+    pub fn dealt_lane(&mut self, statement: &[u8]) -> Option<usize> {
+        let Target::Table(name) = target_of(&Action::Sql(Cow::Borrowed(statement))) else {
+            return None;
+        };
+        let number = *self.table_of.get(&(self.database, name))?;
+        if let Some(size) = self.sizes.get_mut(number) {
+            *size = size.saturating_add(statement.len());
+        }
+        Some(self.deal.get(number).copied().unwrap_or(number % self.lanes))
     }
 
     /// How many tables it has seen.
@@ -1938,6 +1967,81 @@ mod tests {
         let routes: Vec<Option<Route>> = p.tables.iter().map(|st| second.route(st)).collect();
         // In turn, `big` and `other` would share lane 0 and the empty tables lane 1.
         assert_eq!(routes, [0, 0, 0, 1, 1, 1].map(|l| Some(Route::Lane(l))));
+    }
+
+    /// A reader that leaves the other lanes' statements unplanned ([`Router::dealt_lane`],
+    /// [`Planner::skip`]) sends its lane exactly the steps a reader planning everything
+    /// sends it: merges, session statements and databases included; the first pass's
+    /// sizes come out the same either way.
+    #[test]
+    fn skipping_the_other_lanes_statements_changes_no_lane() {
+        let input = "SET NAMES utf8mb4;\nCREATE TABLE a (x int);\nCREATE TABLE b (x int);\n\
+                     INSERT INTO a VALUES (1);\nINSERT INTO a VALUES (2);\nINSERT INTO b VALUES (3);\n\
+                     INSERT INTO a VALUES (4);\nSET @x = 1;\nINSERT INTO b VALUES (5);\nINSERT INTO b VALUES (6);\n\
+                     CREATE TABLE c (x int);\nINSERT INTO c VALUES (7),(8);\nUSE other\nCREATE TABLE a (y int);\n\
+                     INSERT INTO a VALUES (9);\nINSERT INTO a VALUES (10);\nUSE first\nINSERT INTO a VALUES (11);\n";
+        let pieces = split(input.as_bytes()).unwrap();
+        let statements: Vec<(&[u8], usize, usize, usize)> = pieces
+            .iter()
+            .filter_map(|p| match p.kind {
+                PieceKind::Statement { number, .. } => {
+                    Some((&input.as_bytes()[p.range.clone()], number, p.line, p.range.end))
+                }
+                _ => None,
+            })
+            .collect();
+        // The first pass, counting sizes with and without skipping.
+        let sizes = |skipping: bool| {
+            let mut planner = Planner::new(0, false);
+            let mut router = Router::new(1);
+            for &(bytes, number, line, end) in &statements {
+                if !(skipping && router.dealt_lane(bytes).is_some() && planner.skip(number)) {
+                    planner.statement(bytes, number, line, end).unwrap();
+                }
+                for step in planner.take_tables() {
+                    router.route(&step).unwrap();
+                }
+            }
+            for step in planner.finish().tables {
+                router.route(&step).unwrap();
+            }
+            router.sizes().to_vec()
+        };
+        let first = sizes(false);
+        assert_eq!(sizes(true), first);
+        // The loading pass of lane `lane` of 2, with merges up to 40 bytes.
+        let lane_steps = |lane: usize, skipping: bool| {
+            let mut planner = Planner::new(40, false);
+            let mut router = Router::by_size(2, &first);
+            let mut mine = Vec::new();
+            let mut keep = |router: &mut Router, step: Step<'static>| match router.route(&step) {
+                Some(Route::Every) => mine.push(step),
+                Some(Route::Lane(l)) if l == lane => mine.push(step),
+                _ => {}
+            };
+            for &(bytes, number, line, end) in &statements {
+                let theirs = skipping && router.dealt_lane(bytes).is_some_and(|l| l != lane);
+                if !(theirs && planner.skip(number)) {
+                    planner.statement(bytes, number, line, end).unwrap();
+                }
+                let ready: Vec<Step<'static>> = planner.take_tables().collect();
+                for step in ready {
+                    keep(&mut router, step);
+                }
+            }
+            for step in planner.finish().tables {
+                keep(&mut router, step);
+            }
+            mine
+        };
+        for lane in 0..2 {
+            let all = lane_steps(lane, false);
+            assert!(
+                all.iter().any(|s| s.merged.is_some()),
+                "lane {lane}: no merge to compare"
+            );
+            assert_eq!(lane_steps(lane, true), all, "lane {lane}");
+        }
     }
 
     /// Without sizes, tables are dealt to the lanes in turn as they first appear, and keep their lane.
