@@ -162,10 +162,12 @@ fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<(
     );
     let runs = ctx.settings.seed_runs;
     let expect = format!("t00: {rows} rows");
-    let inserts = table_inserts(&dump)?;
+    let tables = floor_tables(&dump)?;
+    let objects = object_statements(&dump)?;
     let mut client_ms = Vec::new();
     let mut seed_ms = Vec::new();
     let mut floor_ms = Vec::new();
+    let mut objects_ms = Vec::new();
     let mut peak = Vec::new();
     for i in 0..runs {
         let database = format!("bench_gen_{i}");
@@ -201,36 +203,53 @@ fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<(
             one_client(&mut client_ms)?;
         }
         let _ = db.cli(&["-e", &format!("DROP DATABASE IF EXISTS {database}")]);
-        floor_ms.push(rows_floor(db, &inserts, FLOOR_JOBS)?.as_secs_f64() * 1000.0);
+        let (rows, objs) = floor(db, &tables, &objects, FLOOR_JOBS)?;
+        floor_ms.push(rows.as_secs_f64() * 1000.0);
+        objects_ms.push(objs.as_secs_f64() * 1000.0);
         eprintln!(
-            "bench:   gen run {}/{runs}: mariadb < dump {:.0} ms, dbhelper seed {:.0} ms (peak RSS {:.1} MiB), \
-             the rows alone from memory {:.0} ms",
+            "bench:   gen run {}/{runs}: mariadb < dump {:.0} ms, dbhelper seed {:.0} ms (peak RSS {:.1} MiB); \
+             from memory, the tables and their rows alone {:.0} ms, then the views, triggers and routines {:.0} ms",
             i + 1,
             client_ms[i],
             seed_ms[i],
             peak[i] / f64::from(1 << 20),
-            floor_ms[i]
+            floor_ms[i],
+            objects_ms[i]
         );
     }
     let seed = median(&seed_ms);
     let cli = median(&client_ms);
     let floor = median(&floor_ms);
+    let objects_floor = median(&objects_ms);
     section.add("gen_dump_bytes", bytes as f64);
     section.add("gen_seed_ms", seed);
     section.add("gen_cli_ms", cli);
     section.add("gen_speedup", cli.zip(seed).and_then(|(c, s)| stats::ratio(c, s)));
     section.add("gen_seed_peak_rss_bytes", peak.iter().copied().reduce(f64::max));
-    section.add("gen_rows_floor_ms", floor);
+    section.add("gen_tables_floor_ms", floor);
+    section.add("gen_objects_floor_ms", objects_floor);
     section.add(
-        "gen_speedup_ceiling",
+        "gen_tables_speedup_ceiling",
         cli.zip(floor).and_then(|(c, f)| stats::ratio(c, f)),
     );
+    section.add(
+        "gen_speedup_ceiling",
+        cli.zip(floor.zip(objects_floor))
+            .and_then(|(c, (f, o))| stats::ratio(c, f + o)),
+    );
     section.note(format!(
-        "gen_rows_floor_ms: the dump's {} INSERT statements alone, held in memory, sent on {FLOOR_JOBS} connections \
-         (tables dealt by size) into empty copies of its tables with the dump's session settings: no DDL, no views \
-         or routines, no reading; no loader that sends the dump's statements can load it faster on this server, \
-         so gen_speedup_ceiling (gen_cli_ms over it) bounds gen_speedup",
-        inserts.iter().map(|t| t.statements.len()).sum::<usize>()
+        "gen_tables_floor_ms: the dump's {} CREATE TABLE and {} INSERT statements alone, held in memory, sent on \
+         {FLOOR_JOBS} connections (tables dealt by size as dbhelper deals them, each table's statements in dump \
+         order) into an empty database with the dump's session settings: no views or routines, no reading, no \
+         staging; no loader that sends the dump's statements creates and fills the tables faster on this server \
+         (gen_tables_speedup_ceiling is gen_cli_ms over it). gen_objects_floor_ms: then, on those tables, the {} \
+         statements of the views, triggers, procedures and functions (with the session statements around them) \
+         in one multi-statement round trip, nothing else. A loader that creates them after the rows (the client \
+         does, and must for the triggers, which would fire on the rows; dbhelper does, after the swap) cannot \
+         beat gen_cli_ms over their sum, gen_speedup_ceiling",
+        tables.len(),
+        tables.iter().map(|t| t.inserts.len()).sum::<usize>(),
+        objects.len()
     ));
     section.note(format!(
         "gen.sql: mariadb-dump --routines --triggers --events of a generated schema ({GEN_TABLES} tables of {rows} rows \
@@ -243,65 +262,96 @@ fn generated(ctx: &Ctx, db: &MariaDb, section: &mut Section) -> anyhow::Result<(
 /// Connections of the rows floor: dbhelper's default.
 const FLOOR_JOBS: usize = 4;
 
-/// One table's `INSERT` statements, in dump order.
+/// One table of the dump: its `CREATE TABLE` and `INSERT` statements, in dump order.
 #[derive(Debug)]
-struct TableInserts {
+struct FloorTable {
     name: String,
-    statements: Vec<Vec<u8>>,
+    create: Vec<u8>,
+    inserts: Vec<Vec<u8>>,
     bytes: usize,
 }
 
-/// The dump's `INSERT INTO `t` …` statements by table, split by dbhelper's own splitter.
-fn table_inserts(dump: &std::path::Path) -> anyhow::Result<Vec<TableInserts>> {
-    let mut tables: Vec<TableInserts> = Vec::new();
+/// The dump's tables (`CREATE TABLE `t` …`, then `INSERT INTO `t` …`), split by dbhelper's
+/// own splitter.
+fn floor_tables(dump: &std::path::Path) -> anyhow::Result<Vec<FloorTable>> {
+    let mut tables: Vec<FloorTable> = Vec::new();
     dbhelper::source::Source::open(dump)?.for_each_statement(|st| {
-        let Some(name) = insert_table(st.bytes) else {
-            return Ok(());
-        };
-        match tables.last_mut() {
-            Some(t) if t.name == name => {
-                t.bytes += st.bytes.len();
-                t.statements.push(st.bytes.to_vec());
-            }
-            _ => tables.push(TableInserts {
+        if let Some(name) = named(st.bytes, b"CREATE TABLE `") {
+            tables.push(FloorTable {
                 name,
+                create: st.bytes.to_vec(),
+                inserts: Vec::new(),
                 bytes: st.bytes.len(),
-                statements: vec![st.bytes.to_vec()],
-            }),
+            });
+        } else if let Some(name) = named(st.bytes, b"INSERT INTO `")
+            && let Some(t) = tables.iter_mut().rev().find(|t| t.name == name)
+        {
+            t.bytes += st.bytes.len();
+            t.inserts.push(st.bytes.to_vec());
         }
         Ok(())
     })?;
     anyhow::ensure!(
-        !tables.is_empty(),
-        "{} holds no INSERT INTO `…` statement",
+        tables.iter().any(|t| !t.inserts.is_empty()),
+        "{} holds no CREATE TABLE `…` with INSERT INTO `…` statements",
         dump.display()
     );
     Ok(tables)
 }
 
-/// The table of an ``INSERT INTO `name` `` statement as mariadb-dump writes it.
+/// The table a statement that starts with `prefix` (ending in a backquote) names, as
+/// mariadb-dump writes `` CREATE TABLE `name` `` and `` INSERT INTO `name` ``.
 #[must_use]
-pub fn insert_table(statement: &[u8]) -> Option<String> {
-    let rest = statement.strip_prefix(b"INSERT INTO `")?;
+pub fn named(statement: &[u8], prefix: &[u8]) -> Option<String> {
+    let rest = statement.strip_prefix(prefix)?;
     let end = rest.iter().position(|&b| b == b'`')?;
     String::from_utf8(rest[..end].to_vec()).ok()
 }
 
-/// The server's own time for the dump's rows: its `INSERT` statements, already in memory,
-/// on `jobs` connections into empty copies (`CREATE TABLE … LIKE` the client's `bench_gen`)
-/// of their tables, with the dump's session settings. Timed from the first statement sent
-/// to the last answer; the tables are created before and dropped after.
-fn rows_floor(db: &MariaDb, inserts: &[TableInserts], jobs: usize) -> anyhow::Result<Duration> {
-    let mut setup =
-        String::from("DROP DATABASE IF EXISTS bench_floor; CREATE DATABASE bench_floor CHARACTER SET utf8mb4;");
-    for t in inserts {
-        setup.push_str(&format!(
-            " CREATE TABLE bench_floor.`{0}` LIKE bench_gen.`{0}`;",
-            t.name
-        ));
-    }
-    let _ = db.cli(&["-e", &setup]);
-    let sizes: Vec<usize> = inserts.iter().map(|t| t.bytes).collect();
+/// The statements dbhelper's objects step replays (views, triggers, routines, events and
+/// the session statements around them), as dbhelper plans them, with each `USE` made
+/// `USE bench_floor`.
+fn object_statements(dump: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    use dbhelper::plan::{Action, Planner};
+    let mut planner = Planner::new(0, false);
+    dbhelper::source::Source::open(dump)?.for_each_statement(|st| {
+        planner
+            .statement(st.bytes, st.number, st.line, st.end)
+            .map_err(|source| dbhelper::Error::DumpPlan {
+                path: dump.to_owned(),
+                source,
+            })?;
+        planner.take_tables().for_each(drop);
+        Ok(())
+    })?;
+    Ok(planner
+        .finish()
+        .objects
+        .iter()
+        .filter_map(|step| match &step.action {
+            Action::Use(_) => Some(b"USE bench_floor".to_vec()),
+            Action::AlterDatabase(..) => None,
+            Action::Sql(sql) | Action::Object { sql, .. } => Some(sql.to_vec()),
+        })
+        .collect())
+}
+
+/// The server's own time for the dump's tables, then for its objects: its `CREATE TABLE`
+/// and `INSERT` statements, already in memory, on `jobs` connections into an empty
+/// database with the dump's session settings, timed from the first statement sent to the
+/// last answer; then the object statements in one round trip. The database is created
+/// before and dropped after.
+fn floor(
+    db: &MariaDb,
+    tables: &[FloorTable],
+    objects: &[Vec<u8>],
+    jobs: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let _ = db.cli(&[
+        "-e",
+        "DROP DATABASE IF EXISTS bench_floor; CREATE DATABASE bench_floor CHARACTER SET utf8mb4",
+    ]);
+    let sizes: Vec<usize> = tables.iter().map(|t| t.bytes).collect();
     // Dealt as dbhelper deals them.
     let lane_of = dbhelper::plan::deal_by_size(&sizes, jobs);
     let opts = mysql_async::OptsBuilder::default()
@@ -325,11 +375,11 @@ fn rows_floor(db: &MariaDb, inserts: &[TableInserts], jobs: usize) -> anyhow::Re
         }
         let started = Instant::now();
         let lanes = conns.iter_mut().enumerate().map(|(lane, c)| {
-            let mine: Vec<&[u8]> = inserts
+            let mine: Vec<&[u8]> = tables
                 .iter()
                 .zip(&lane_of)
                 .filter(|(_, l)| **l == lane)
-                .flat_map(|(t, _)| t.statements.iter().map(Vec::as_slice))
+                .flat_map(|(t, _)| std::iter::once(t.create.as_slice()).chain(t.inserts.iter().map(Vec::as_slice)))
                 .collect();
             async move {
                 for sql in mine {
@@ -339,11 +389,19 @@ fn rows_floor(db: &MariaDb, inserts: &[TableInserts], jobs: usize) -> anyhow::Re
             }
         });
         futures::future::try_join_all(lanes).await?;
-        let took = started.elapsed();
+        let rows = started.elapsed();
+        let started = Instant::now();
+        let statements: Vec<&[u8]> = objects.iter().map(Vec::as_slice).collect();
+        if let Some(c) = conns.first_mut() {
+            dbhelper::db::exec_batch(c, &statements)
+                .await
+                .map_err(|(i, e)| anyhow::anyhow!("object statement {i} of the floor: {e}"))?;
+        }
+        let objects = started.elapsed();
         for c in conns {
             let _ = c.disconnect().await;
         }
-        Ok::<_, mysql_async::Error>(took)
+        Ok::<_, anyhow::Error>((rows, objects))
     })?;
     let _ = db.cli(&["-e", "DROP DATABASE bench_floor"]);
     Ok(took)
@@ -443,11 +501,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn insert_statements_name_their_table() {
-        assert_eq!(insert_table(b"INSERT INTO `t00` VALUES (1)").as_deref(), Some("t00"));
-        assert_eq!(insert_table(b"INSERT INTO `a b` VALUES (1)").as_deref(), Some("a b"));
-        assert_eq!(insert_table(b"CREATE TABLE `t00` (id INT)"), None);
-        assert_eq!(insert_table(b"INSERT INTO `t00"), None);
+    fn statements_name_their_table() {
+        let insert = &b"INSERT INTO `"[..];
+        assert_eq!(named(b"INSERT INTO `t00` VALUES (1)", insert).as_deref(), Some("t00"));
+        assert_eq!(named(b"INSERT INTO `a b` VALUES (1)", insert).as_deref(), Some("a b"));
+        assert_eq!(named(b"CREATE TABLE `t00` (id INT)", insert), None);
+        assert_eq!(
+            named(b"CREATE TABLE `t00` (id INT)", b"CREATE TABLE `").as_deref(),
+            Some("t00")
+        );
+        assert_eq!(named(b"INSERT INTO `t00", insert), None);
     }
 
     #[test]
