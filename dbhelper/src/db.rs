@@ -63,7 +63,11 @@ pub async fn exec_batch(conn: &mut Conn, statements: &[&[u8]]) -> Result<(), (us
                     // A line feed too: a statement may end in a `--` or `#` comment.
                     query.extend_from_slice(b"\n;\n");
                 }
-                query.extend_from_slice(s);
+                // Under a `DELIMITER $$` a statement may end in `;` (`SET @a = 1;$$`):
+                // alone, the server ignores that empty statement at the end of the
+                // packet; before another one it is a syntax error.
+                let last = i + 1 == statements.len();
+                query.extend_from_slice(if last { s } else { trim_end_semicolons(s) });
             }
             std::borrow::Cow::Owned(query)
         }
@@ -91,6 +95,15 @@ pub async fn exec_batch(conn: &mut Conn, statements: &[&[u8]]) -> Result<(), (us
         }
         answered += 1;
     }
+}
+
+/// `s` without the whitespace and `;` it ends with.
+fn trim_end_semicolons(s: &[u8]) -> &[u8] {
+    let end = s
+        .iter()
+        .rposition(|&b| !(b == b';' || b.is_ascii_whitespace()))
+        .map_or(0, |i| i + 1);
+    &s[..end]
 }
 
 /// A name as a quoted identifier: `` `a``b` ``.
@@ -211,5 +224,21 @@ mod tests {
         }
         assert_eq!(ident("City"), "`City`");
         assert_eq!(ident("a`b"), "`a``b`");
+    }
+
+    #[test]
+    fn a_batched_statement_loses_only_its_trailing_semicolons() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"SET @a = 1", b"SET @a = 1"),
+            (b"SET @a = 1;", b"SET @a = 1"),
+            (b"SET @a = 1 ; ;\n", b"SET @a = 1"),
+            (b"SET @a = ';'", b"SET @a = ';'"),
+            (b"SET @a = 1 -- c;", b"SET @a = 1 -- c"),
+            (b";", b""),
+            (b"", b""),
+        ];
+        for (input, want) in cases {
+            assert_eq!(trim_end_semicolons(input), *want, "{}", String::from_utf8_lossy(input));
+        }
     }
 }

@@ -346,7 +346,8 @@ fn equivalence_mariadb_dump_option_sets() {
 /// The world dump, and a hand-written dump of the edge cases of the client's rules: the
 /// sandbox line, `DELIMITER` in any case with `//`, `$$` and a word, a `;` inside a version
 /// comment's string, `--` followed by 0x7f, a `USE` whose backquoted name spans lines,
-/// raw latin1 bytes, names with backticks and semicolons.
+/// raw latin1 bytes, names with backticks and semicolons, a `SET` that ends in `;` before
+/// its `DELIMITER` (dbhelper sends session statements several at a time).
 #[test]
 fn equivalence_world_and_hand_written_dumps() {
     let client = MariaDb::start();
@@ -369,6 +370,7 @@ fn equivalence_world_and_hand_written_dumps() {
           delimiter //\n\
           CREATE PROCEDURE p() BEGIN SELECT ';'; SELECT @note; END//\n\
           DeLiMiTeR $$END\n\
+          SET @n = 3;$$END\n\
           CREATE FUNCTION f() RETURNS INT DETERMINISTIC BEGIN RETURN 1; END $$END\n\
           DELIMITER ;;\n\
           CREATE TRIGGER trg BEFORE INSERT ON `t``x; y` FOR EACH ROW BEGIN SET NEW.l = UPPER(NEW.l); END;;\n\

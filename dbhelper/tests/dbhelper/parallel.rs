@@ -132,16 +132,18 @@ async fn a_batch_runs_in_order_and_names_the_statement_the_server_refuses() {
             b"SET @b = @a + 1 -- the comment runs to the line's end",
             b"/*!40101 SET @c = @b + 1 */",
             b"SET @d = 'x;\n;y' # and this one too",
+            // As a `DELIMITER $$` dump gives it (`SET @e = 5;$$`).
+            b"SET @e = 5; \n",
             b"SET NAMES latin1",
         ],
     )
     .await
     .unwrap();
-    let got: Option<(i64, i64, i64, String, String)> = conn
-        .query_first("SELECT @a, @b, @c, @d, @@character_set_client")
+    let got: Option<(i64, i64, i64, String, i64, String)> = conn
+        .query_first("SELECT @a, @b, @c, @d, @e, @@character_set_client")
         .await
         .unwrap();
-    assert_eq!(got, Some((1, 2, 3, "x;\n;y".into(), "latin1".into())));
+    assert_eq!(got, Some((1, 2, 3, "x;\n;y".into(), 5, "latin1".into())));
     for bad in 0..4 {
         let mut batch: Vec<&[u8]> = vec![b"SET @x = @x + 1"; 4];
         batch[bad] = b"SET @x = no_such_function()";
