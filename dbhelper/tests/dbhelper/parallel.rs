@@ -155,6 +155,14 @@ async fn a_batch_runs_in_order_and_names_the_statement_the_server_refuses() {
         let x: Option<i64> = conn.query_first("SELECT @x").await.unwrap();
         assert_eq!(x, Some(i64::try_from(bad).unwrap()), "refused at {bad}");
     }
+    // Each statement is parsed after the ones before it ran, as when sent alone: under the
+    // `ANSI_QUOTES` the first sets, "x" is a column, not a string.
+    let (index, err) = exec_batch(&mut conn, &[b"SET sql_mode = 'ANSI_QUOTES'", b"SET @q = \"x\""])
+        .await
+        .unwrap_err();
+    assert_eq!(index, 1, "{err}");
+    assert!(matches!(&err, mysql_async::Error::Server(e) if e.code == 1054), "{err}");
+    conn.query_drop("SET sql_mode = DEFAULT").await.unwrap();
     // A statement that returns rows in the middle is read past.
     exec_batch(
         &mut conn,
