@@ -877,13 +877,15 @@ impl Lane<'_> {
                     during: format!("during the load; nothing was changed in {}", self.unchanged),
                 });
             }
-            let sql = step_sql(&step, self.staging).into_owned();
             if is_session(&step) {
+                let sql = step_sql(&step, self.staging).into_owned();
                 if held.push(step, sql) {
                     trips += self.send(conn, &mut held, None).await?;
                 }
                 continue;
             }
+            // Not copied: an insert may be megabytes.
+            let sql = step_sql(&step, self.staging);
             // With the held ones when it fits in their packet, else after them.
             if !held.fits(sql.len()) {
                 trips += self.send(conn, &mut held, None).await?;
