@@ -275,7 +275,9 @@ impl Etcd {
     /// as on a member that stopped responding. [`Etcd::resume`] thaws it; a kill or the
     /// drop works on a frozen member too.
     pub fn pause(&self) {
-        self.member.signal(libc::SIGSTOP);
+        if let Some(c) = &self.member.child {
+            process::freeze(c.id());
+        }
     }
 
     /// Thaws a member frozen by [`Etcd::pause`] (SIGCONT).

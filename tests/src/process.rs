@@ -118,6 +118,27 @@ pub fn signal(pid: u32, signal: i32) {
     }
 }
 
+/// Freezes the process `pid` (SIGSTOP) and returns once every one of its threads is
+/// stopped, or after 5 s. SIGSTOP is only queued by `kill`: a thread busy on the other core
+/// goes on until the kernel gets to it, and a test that freezes a server and at once sends
+/// it a request saw that request answered (etcd revoked a lease 3 ms after the SIGSTOP).
+pub fn freeze(pid: u32) {
+    signal(pid, libc::SIGSTOP);
+    let stopped = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        let mut all = true;
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // "tid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ')'.
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            // 'T' stopped, 't' traced; a thread that is gone (None, 'Z', 'X') runs nothing either.
+            all &= !matches!(state, Some('R' | 'S' | 'D' | 'I' | 'W' | 'P'));
+        }
+        all.then_some(())
+    };
+    let _ = crate::eventually_blocking("the frozen process stops", Duration::from_secs(5), stopped);
+}
+
 /// Kills a child and reaps it.
 pub(crate) fn kill(child: &mut Child) {
     let _ = child.kill();
@@ -147,5 +168,16 @@ mod tests {
         let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), 64, "{ports:?}");
         assert!(ports.iter().all(|p| *p > 0));
+    }
+
+    /// A frozen process is stopped when `freeze` returns, every thread of it.
+    #[test]
+    fn freeze_returns_once_the_process_is_stopped() {
+        let mut child = Command::new("/bin/sleep").arg("30").spawn().expect("spawn sleep");
+        freeze(child.id());
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).expect("stat");
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_owned());
+        kill(&mut child);
+        assert!(state.as_deref().is_some_and(|s| s.starts_with('T')), "{stat}");
     }
 }
