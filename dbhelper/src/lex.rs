@@ -125,6 +125,55 @@ pub fn quoted_end(s: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// Where the statement `s` ends when another statement follows it in one multi-statement
+/// packet: the index after its last byte of code, without the spaces, `;` and comments
+/// after it (a `;` before a `# note` left there makes the server read an empty statement,
+/// a syntax error). `None` when that cannot be done safely: `s` holds several statements
+/// for the server (a `DELIMITER $$` dump's `SET @a = 1; SET @b = 2$$`, or a `;` inside a
+/// version comment), holds no code at all, or has a string or comment that does not end.
+/// Such a statement is sent last in its packet, as it is written, as it would be alone.
+#[must_use]
+pub fn single_statement_end(s: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    // After the last byte of code seen, and whether a `;` came after it.
+    let mut code_end = 0;
+    let mut semicolon = false;
+    while let Some(&b) = s.get(i) {
+        let next = if line_comment_at(s, i) {
+            end_of_line(s, i)
+        } else if let Some((block, _)) = block_at(s, i) {
+            let end = block_end(s, i)?;
+            if matches!(block, Block::Version | Block::Hint) {
+                // Code for the server; a `;` inside is one more statement (or, in a
+                // string there, more than this scan follows): not cut, sent as it is.
+                if semicolon || s.get(i..end)?.contains(&b';') {
+                    return None;
+                }
+                code_end = end;
+            }
+            end
+        } else if b == b';' {
+            semicolon = true;
+            i + 1
+        } else if is_space(b) {
+            i + 1
+        } else {
+            if semicolon {
+                return None;
+            }
+            let end = if matches!(b, b'\'' | b'"' | b'`') {
+                quoted_end(s, i)?
+            } else {
+                i + 1
+            };
+            code_end = end;
+            end
+        };
+        i = next;
+    }
+    (code_end > 0).then_some(code_end)
+}
+
 /// The contents of the quoted string or identifier `s[i..end]` (as [`quoted_end`] found
 /// it), with doubled quotes and, in strings, backslash escapes of the quote or a
 /// backslash undone. Used for names only, never for data.
@@ -174,6 +223,47 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(line_comment_at(input, 0), *want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn a_statement_followed_by_another_ends_at_its_last_code() {
+        let cases: &[(&[u8], Option<&[u8]>)] = &[
+            (b"SET @a = 1", Some(b"SET @a = 1")),
+            (b"SET @a = 1;", Some(b"SET @a = 1")),
+            (b"SET @a = 1 ; ;\n", Some(b"SET @a = 1")),
+            (b"SET @a = ';'", Some(b"SET @a = ';'")),
+            (b"SET @a = 'it''s;' ;", Some(b"SET @a = 'it''s;'")),
+            (b"SET @a = `x;y`", Some(b"SET @a = `x;y`")),
+            // The comments after the code go (and a `;` in them is not code).
+            (b"SET @a = 1 -- c;", Some(b"SET @a = 1")),
+            (b"SET @n = 3; # note\n", Some(b"SET @n = 3")),
+            (b"SET @n = 3; /* x; */", Some(b"SET @n = 3")),
+            (b"SET @n = 3 /*!999999\\- sandbox */;", Some(b"SET @n = 3")),
+            // A comment inside stays; a version comment is code.
+            (b"SET /* c */ @a = 1;", Some(b"SET /* c */ @a = 1")),
+            (b"/*!40101 SET @c = 1 */;", Some(b"/*!40101 SET @c = 1 */")),
+            (
+                b"SET @a = 1 /*M!100000 , @b = 2 */ ;",
+                Some(b"SET @a = 1 /*M!100000 , @b = 2 */"),
+            ),
+            // `--` followed by 0x7f is code for the client and the server alike.
+            (b"SELECT 3 --\x7f;", Some(b"SELECT 3 --\x7f")),
+            // Several statements for the server, or nothing to send: not cut.
+            (b"SET @a = 1; SET @b = 2", None),
+            (b"SET @a = 1; 'x'", None),
+            (b"SET @a = 1; /*!40101 SET @b = 2 */", None),
+            (b"/*!40101 SET @a = 1; SET @b = 2 */", None),
+            (b";", None),
+            (b"-- only a comment\n", None),
+            (b"", None),
+            // Unterminated: not cut.
+            (b"SET @a = 'x", None),
+            (b"SET @a = 1 /* x", None),
+        ];
+        for (input, want) in cases {
+            let got = single_statement_end(input).map(|end| &input[..end]);
+            assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(input));
         }
     }
 

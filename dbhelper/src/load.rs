@@ -1058,8 +1058,8 @@ async fn create_objects(
         .await
         .map_err(|e| db_error("opening the connection for views, triggers and routines", &address, &e))?;
     let done = describe_databases(&user);
-    let limit = statement_limit(&mut conn, &address, HELD_BYTES).await?;
-    let mut held = Held::new(limit);
+    let packet = statement_limit(&mut conn, &address, usize::MAX).await?;
+    let mut held = Held::new(packet);
     let refused = async |conn: &mut Conn, step: &Step<'_>, sql: &[u8], e| {
         after_swap(rejected(conn, &address, e, step, sql, &done).await)
     };
@@ -1114,8 +1114,22 @@ async fn create_objects(
         // The held session statements, the DROP … IF EXISTS and the statement: one round
         // trip, or two when they would not fit in one packet.
         let then: Vec<&[u8]> = drop.iter().map(Vec::as_slice).chain([sql.as_ref()]).collect();
-        if !held.fits(then.iter().map(|s| s.len() + 3).sum()) {
+        let then_bytes = then.iter().map(|s| s.len() + 3).sum();
+        if !held.fits(then_bytes) {
             send_held(&mut conn, &mut held).await?;
+        }
+        if then_bytes >= packet {
+            // A CREATE just under max_allowed_packet: with its DROP it would be over, the
+            // server would close the connection, and the objects would stop half made.
+            if let Some(drop) = &drop
+                && let Err(e) = conn.query_drop(drop.as_slice()).await
+            {
+                tracing::debug!("dropping the object before creating it: {}", describe(&e));
+            }
+            if let Err(e) = conn.query_drop(sql.as_ref()).await {
+                return Err(refused(&mut conn, step, &sql, e).await);
+            }
+            continue;
         }
         match held.send(&mut conn, &then).await {
             Ok(_) => {}

@@ -806,6 +806,37 @@ fn concurrent_runs_for_the_same_database_are_serialised() {
     assert_eq!(user_databases(&db), ["world"]);
 }
 
+/// A view just under `max_allowed_packet` is created after the swap: its `DROP … IF EXISTS`
+/// goes to the server on its own, since with it the packet would be over the limit (the
+/// server refuses such a packet and closes the connection: the objects step would stop
+/// with the tables already swapped in).
+#[test]
+fn a_view_just_under_max_allowed_packet_is_created_with_its_drop_sent_apart() {
+    let db = MariaDb::start();
+    let packet = 16384;
+    root_sql(&db, &format!("SET GLOBAL max_allowed_packet = {packet}"));
+    let dir = tempfile::tempdir().unwrap();
+    let (head, tail) = ("CREATE VIEW `v` AS SELECT '", "' AS s");
+    // With its command byte, 8 bytes under the limit: alone it fits, with the 25 bytes of
+    // `DROP VIEW IF EXISTS `v`` and the separator it does not.
+    let long = "x".repeat(packet - 8 - 1 - head.len() - tail.len());
+    let dump = write_file(
+        dir.path(),
+        "long-view.sql",
+        format!("CREATE TABLE t (a INT);\nINSERT INTO t VALUES (1);\n{head}{long}{tail};\n").as_bytes(),
+    );
+    let out = run(&mut seed_at(
+        &db.port().to_string(),
+        &dump.display().to_string(),
+        &["--database", "app"],
+    ));
+    out.assert_ok();
+    assert_eq!(
+        root_sql(&db, "SELECT LENGTH(s), (SELECT COUNT(*) FROM app.t) FROM app.v"),
+        [format!("{}\t1", long.len())]
+    );
+}
+
 /// With a small `max_allowed_packet` the merged inserts stay under it (the server would
 /// refuse a larger packet), and tables and views of the database that the dump does not
 /// hold are left alone.

@@ -130,7 +130,9 @@ pub fn freeze(pid: u32) {
         for task in tasks.flatten() {
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
             // "tid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ')'.
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
             // 'T' stopped, 't' traced; a thread that is gone (None, 'Z', 'X') runs nothing either.
             all &= !matches!(state, Some('R' | 'S' | 'D' | 'I' | 'W' | 'P'));
         }

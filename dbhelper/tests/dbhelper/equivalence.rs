@@ -371,6 +371,9 @@ fn equivalence_world_and_hand_written_dumps() {
           CREATE PROCEDURE p() BEGIN SELECT ';'; SELECT @note; END//\n\
           DeLiMiTeR $$END\n\
           SET @n = 3;$$END\n\
+          SET @m = 4; # a note after the ';'\n\
+          $$END\n\
+          SET @a1 = 1; SET @b1 = 2$$END\n\
           CREATE FUNCTION f() RETURNS INT DETERMINISTIC BEGIN RETURN 1; END $$END\n\
           DELIMITER ;;\n\
           CREATE TRIGGER trg BEFORE INSERT ON `t``x; y` FOR EACH ROW BEGIN SET NEW.l = UPPER(NEW.l); END;;\n\

@@ -134,16 +134,35 @@ async fn a_batch_runs_in_order_and_names_the_statement_the_server_refuses() {
             b"SET @d = 'x;\n;y' # and this one too",
             // As a `DELIMITER $$` dump gives it (`SET @e = 5;$$`).
             b"SET @e = 5; \n",
+            // And with a comment after that `;` (`SET @f = 6; # note` then `$$`).
+            b"SET @f = @e + 1; # note\n",
             b"SET NAMES latin1",
         ],
     )
     .await
     .unwrap();
-    let got: Option<(i64, i64, i64, String, i64, String)> = conn
-        .query_first("SELECT @a, @b, @c, @d, @e, @@character_set_client")
+    let got: Option<(i64, i64, i64, String, i64, i64, String)> = conn
+        .query_first("SELECT @a, @b, @c, @d, @e, @f, @@character_set_client")
         .await
         .unwrap();
-    assert_eq!(got, Some((1, 2, 3, "x;\n;y".into(), 5, "latin1".into())));
+    assert_eq!(got, Some((1, 2, 3, "x;\n;y".into(), 5, 6, "latin1".into())));
+    // A statement that is two for the server (`SET @x = 1; SET @y = 2$$` under a
+    // `DELIMITER $$`) runs whole, and the one after it is still named by its own index.
+    conn.query_drop("SET @x = 0").await.unwrap();
+    let (index, err) = exec_batch(
+        &mut conn,
+        &[
+            b"SET @x = @x + 1; SET @x = @x + 1",
+            b"SET @x = @x + 1",
+            b"SET @x = no_such_function()",
+            b"SET @x = @x + 1",
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(index, 2, "{err}");
+    let x: Option<i64> = conn.query_first("SELECT @x").await.unwrap();
+    assert_eq!(x, Some(3));
     for bad in 0..4 {
         let mut batch: Vec<&[u8]> = vec![b"SET @x = @x + 1"; 4];
         batch[bad] = b"SET @x = no_such_function()";
