@@ -571,11 +571,22 @@ async fn drop_database(admin: &mut Admin, name: &str) {
     }
 }
 
-/// The base tables of `db`.
+/// The `TABLE_TYPE`s of `information_schema.TABLES` that hold data and move between
+/// databases with `RENAME TABLE` (checked on MariaDB 10.11): base tables, system-versioned
+/// tables and sequences (`CREATE SEQUENCE`, as mariadb-dump writes them with a `SETVAL`).
+const TABLE_TYPES: [&str; 3] = ["BASE TABLE", "SYSTEM VERSIONED", "SEQUENCE"];
+
+/// [`TABLE_TYPES`] as a list for `TABLE_TYPE IN (…)`.
+fn table_types_sql() -> String {
+    TABLE_TYPES.map(|t| format!("'{t}'")).join(", ")
+}
+
+/// The tables of `db` (every type of [`TABLE_TYPES`]).
 async fn table_names(admin: &mut Admin, db: &str) -> Result<BTreeSet<String>, Error> {
     let sql = format!(
-        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_TYPE = 'BASE TABLE'",
-        admin.literal(db)
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_TYPE IN ({})",
+        admin.literal(db),
+        table_types_sql()
     );
     let names: Vec<String> = admin.rows(&format!("listing the tables of {db:?}"), &sql).await?;
     Ok(names.into_iter().collect())
@@ -1261,7 +1272,7 @@ async fn count_tables(admin: &mut Admin, dump: &DumpFile, staging: &str) -> Resu
     // Views, routines, triggers and events are created after the swap; one found in the
     // staging database was created by a statement dbhelper did not recognise as one, and
     // would be lost with it (or, for a trigger, make the cross-database rename fail).
-    if let Some((name, kind)) = tables.iter().find(|(_, kind)| kind != "BASE TABLE") {
+    if let Some((name, kind)) = tables.iter().find(|(_, kind)| !TABLE_TYPES.contains(&kind.as_str())) {
         return Err(useless(format!(
             "a statement it holds creates {name:?} of type {kind} in a form dbhelper does not recognise as such (write it CREATE … VIEW)"
         )));

@@ -15,6 +15,13 @@ INSERT INTO owner (name, bin, note, born) VALUES
   ('日本語', UNHEX(''), REPEAT('xy;', 3000), '1999-12-31');
 INSERT INTO pet VALUES (1, 1, 10.5), (2, 1, -3.25), (3, 2, NULL);
 INSERT INTO `we``ird; name` VALUES (1, 'semi;colon', UNHEX('00010203FEFF')), (2, 'DELIMITER', NULL), (3, '/*!5 x*/', '-- y');
+-- MariaDB's other kinds of table: system-versioned (the dump holds the current rows, its
+-- history stays behind) and a sequence (mariadb-dump writes CREATE SEQUENCE and SETVAL).
+CREATE TABLE versioned (id INT PRIMARY KEY, v VARCHAR(10)) WITH SYSTEM VERSIONING;
+INSERT INTO versioned VALUES (1, 'one'), (2, 'two');
+UPDATE versioned SET v = 'uno' WHERE id = 1;
+CREATE SEQUENCE seq START WITH 100 INCREMENT BY 5;
+DO NEXTVAL(seq);
 CREATE VIEW v_owner AS SELECT p.id, p.name, COUNT(c.id) AS pets FROM owner p LEFT JOIN pet c ON c.owner_id = p.id GROUP BY p.id, p.name;
 CREATE VIEW v_nested AS SELECT name FROM v_owner WHERE pets > 0;
 DELIMITER $$

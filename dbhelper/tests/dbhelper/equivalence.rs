@@ -132,10 +132,32 @@ fn state(db: &MariaDb) -> BTreeMap<String, String> {
                 format!("rows {name}.{t}"),
                 root_sql(db, &format!("SELECT COUNT(*) FROM {qt}")).join(""),
             );
-            out.insert(
-                format!("checksum {name}.{t}"),
-                root_sql(db, &format!("CHECKSUM TABLE {qt}")).join(""),
-            );
+            let checksum = if kind == "SYSTEM VERSIONED" {
+                // CHECKSUM TABLE reads each row's hidden row_start and row_end: when it was
+                // loaded, not what it holds. The columns a reader sees instead.
+                let cols: Vec<String> = root_sql(
+                    db,
+                    &format!(
+                        "SELECT HEX(COLUMN_NAME) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = {l} \
+                         AND TABLE_NAME = {} ORDER BY ORDINAL_POSITION",
+                        lit(&t)
+                    ),
+                )
+                .iter()
+                .map(|h| format!("IFNULL(HEX({}), '-')", q(&unhex(h))))
+                .collect();
+                let row = format!("CONCAT_WS(',', {})", cols.join(", "));
+                root_sql(
+                    db,
+                    &format!(
+                        "SET SESSION group_concat_max_len = 1073741824; \
+                         SELECT MD5(GROUP_CONCAT({row} ORDER BY {row} SEPARATOR '|')) FROM {qt}"
+                    ),
+                )
+            } else {
+                root_sql(db, &format!("CHECKSUM TABLE {qt}"))
+            };
+            out.insert(format!("checksum {name}.{t}"), checksum.join(""));
             let strings = root_sql(
                 db,
                 &format!(
