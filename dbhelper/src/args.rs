@@ -136,8 +136,10 @@ pub struct SeedArgs {
     pub force: bool,
 
     /// Replay the statements a dump writes into the system schemas (`mysql`, `sys`,
-    /// `performance_schema`, `information_schema`) after the swap, as the mysql client
-    /// would run them, instead of refusing the dump. They are not staged nor all-or-nothing.
+    /// `performance_schema`, `information_schema`) and its statements on accounts
+    /// (`CREATE USER`, `GRANT`, `SET ROLE`, … from `mariadb-dump --system=users`) after the
+    /// swap, as the mysql client would run them, instead of refusing the dump. They are not
+    /// staged nor all-or-nothing.
     #[arg(long, env = "DB_REPLAY_SYSTEM_SCHEMAS")]
     pub replay_system_schemas: bool,
 

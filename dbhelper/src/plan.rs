@@ -129,6 +129,10 @@ pub enum Kind<'a> {
     },
     /// `SET …`: session settings, needed in both phases.
     Set,
+    /// A statement on the server's accounts (`CREATE USER`, `GRANT`, `CREATE ROLE`,
+    /// `SET ROLE`, …, as `mariadb-dump --system=users` writes them): the `mysql` schema's
+    /// data, never staged; its first words, for messages.
+    Account(String),
     /// `CREATE|ALTER|DROP` of a view, trigger, routine or event.
     Object {
         /// What the statement does.
@@ -291,6 +295,16 @@ pub enum PlanError {
         /// The schema.
         name: String,
         /// Where the dump names it.
+        line: usize,
+    },
+    /// The dump changes the server's accounts.
+    #[error(
+        "it changes the server's accounts ({words} on line {line}, as mariadb-dump --system=users writes); dbhelper never does: --replay-system-schemas runs those statements as the mysql client would, after the swap"
+    )]
+    Accounts {
+        /// The statement's first words (`CREATE USER`, `GRANT`, …).
+        words: String,
+        /// Its line.
         line: usize,
     },
     /// A database name dbhelper cannot stage.
@@ -497,6 +511,12 @@ impl Planner {
                 // The swap replaces the tables; the name still counts as one of the dump's.
                 self.database(&name, line)?;
             }
+            Kind::Account(words) => {
+                if !self.replay_system {
+                    return Err(PlanError::Accounts { words, line });
+                }
+                self.plan.objects.push(one(Action::Sql(owned())));
+            }
             Kind::Set => {
                 if !self.in_system() {
                     self.plan.tables.push(one(Action::Sql(owned())));
@@ -608,6 +628,7 @@ enum Token {
 
 /// Reads tokens with the rules of [`crate::lex`], treating comments as space and the
 /// markers of version comments as transparent (their contents are code).
+#[derive(Clone)]
 struct Lexer<'a> {
     s: &'a [u8],
     pos: usize,
@@ -801,6 +822,9 @@ pub fn classify(stmt: &[u8]) -> Kind<'_> {
             _ => Kind::Other,
         };
     }
+    if let Some(words) = account_statement(&first, lx.clone()) {
+        return Kind::Account(words);
+    }
     if is("set") {
         return Kind::Set;
     }
@@ -820,6 +844,32 @@ pub fn classify(stmt: &[u8]) -> Kind<'_> {
         return database_statement(stmt, verb, lx);
     }
     object_statement(verb, lx)
+}
+
+/// The first words of a statement on accounts (after `first`, its first word): `GRANT`,
+/// `REVOKE`, `CREATE|ALTER|DROP|RENAME [OR REPLACE] USER|ROLE`, `SET ROLE`, `SET DEFAULT
+/// ROLE`, `SET PASSWORD`.
+fn account_statement(first: &[u8], mut lx: Lexer<'_>) -> Option<String> {
+    let first = first.to_ascii_uppercase();
+    match first.as_slice() {
+        b"GRANT" | b"REVOKE" => return Some(lossy(&first)),
+        b"SET" => {
+            if lx.keyword("default") {
+                return lx.keyword("role").then(|| "SET DEFAULT ROLE".to_owned());
+            }
+            return ["role", "password"]
+                .into_iter()
+                .find(|what| lx.keyword(what))
+                .map(|what| format!("SET {}", what.to_ascii_uppercase()));
+        }
+        b"CREATE" | b"ALTER" | b"DROP" | b"RENAME" => {}
+        _ => return None,
+    }
+    let _ = lx.keyword("or") && lx.keyword("replace");
+    ["user", "role"]
+        .into_iter()
+        .find(|what| lx.keyword(what))
+        .map(|what| format!("{} {}", lossy(&first), what.to_ascii_uppercase()))
 }
 
 /// `CREATE|ALTER|DROP DATABASE …`, after its second word.
@@ -1313,7 +1363,26 @@ mod tests {
             ("set @a = 1", Kind::Set),
             ("LOCK TABLES `t` WRITE", Kind::Other),
             ("CREATE TABLE `view` (a int)", Kind::Other),
-            ("CREATE USER x", Kind::Other),
+            ("CREATE USER x", Kind::Account("CREATE USER".into())),
+            ("create or replace user x", Kind::Account("CREATE USER".into())),
+            ("DROP ROLE r", Kind::Account("DROP ROLE".into())),
+            ("RENAME USER a TO b", Kind::Account("RENAME USER".into())),
+            (
+                "/*!80001 ALTER USER 'r'@'h' DEFAULT ROLE NONE */",
+                Kind::Account("ALTER USER".into()),
+            ),
+            ("grant r to current_user()", Kind::Account("GRANT".into())),
+            ("REVOKE ALL ON *.* FROM x", Kind::Account("REVOKE".into())),
+            ("SET ROLE NONE", Kind::Account("SET ROLE".into())),
+            ("SET DEFAULT ROLE NONE FOR x", Kind::Account("SET DEFAULT ROLE".into())),
+            (
+                "SET PASSWORD FOR x = PASSWORD('p')",
+                Kind::Account("SET PASSWORD".into()),
+            ),
+            // A variable named like them is a session setting.
+            ("SET @role = 1", Kind::Set),
+            ("SET default_storage_engine = InnoDB", Kind::Set),
+            ("CREATE TABLE user (a int)", Kind::Other),
             ("DROP TABLE IF EXISTS `v`", Kind::Other),
             (
                 "/*!50001 DROP VIEW IF EXISTS `v``w`*/",
@@ -1629,6 +1698,18 @@ mod tests {
             ),
             ("USE `performance_schema`;", "--replay-system-schemas"),
             ("USE ``;", "which is empty"),
+            // Accounts, as `mariadb-dump --system=users` writes them.
+            (
+                "CREATE TABLE t (x int);\nCREATE USER `app`@`%` IDENTIFIED BY PASSWORD '*D8';",
+                "accounts (CREATE USER on line 2, as mariadb-dump --system=users writes)",
+            ),
+            ("GRANT SELECT ON `a`.* TO `app`@`%`;", "(GRANT on line 1"),
+            (
+                "/*M!100005 SET DEFAULT ROLE NONE FOR 'r'@'h' */;",
+                "(SET DEFAULT ROLE on line 1",
+            ),
+            ("SET ROLE mariadb_dump_import_role;", "--replay-system-schemas"),
+            ("CREATE OR REPLACE ROLE r;", "(CREATE ROLE on line 1"),
         ];
         for (input, needle) in cases {
             let pieces = split(input.as_bytes()).unwrap();

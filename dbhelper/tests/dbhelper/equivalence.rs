@@ -363,6 +363,53 @@ fn equivalence_mariadb_dump_option_sets() {
         out.error_line()
     );
     assert!(user_dbs(&helper).is_empty());
+
+    // --system=users writes the accounts (CREATE USER, GRANT, and a temporary role it sets
+    // and drops): refused, naming the statement and the option; with the option, replayed
+    // after the swap in dump order, as the client runs them (the role exists when set).
+    root_sql(
+        &client,
+        "CREATE USER reader@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON c1.* TO reader@'%'",
+    );
+    // mariadb-install-db's accounts at the machine's hostname: under --skip-name-resolve
+    // mariadb-dump cannot read them back ("SHOW CREATE USER 'root'@'vm'" fails).
+    for account in root_sql(
+        &client,
+        "SELECT CONCAT(QUOTE(User), '@', QUOTE(Host)) FROM mysql.user \
+         WHERE Host NOT IN ('localhost', '127.0.0.1', '::1', '%')",
+    ) {
+        root_sql(&client, &format!("DROP USER {account}"));
+    }
+    let file = dir.path().join("users.sql");
+    mariadb_dump(&client, &["--system=users", "--insert-ignore", "c1"], &file);
+    let out = run(&mut seed_at(
+        &helper.port().to_string(),
+        file.to_str().unwrap(),
+        &["--database", "c1"],
+    ));
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(
+        out.error_line()
+            .contains("changes the server's accounts (CREATE USER on line")
+            && out.error_line().contains("--replay-system-schemas"),
+        "{}",
+        out.error_line()
+    );
+    assert!(user_dbs(&helper).is_empty());
+    let out = run(&mut seed_at(
+        &helper.port().to_string(),
+        file.to_str().unwrap(),
+        &["--database", "c1", "--replay-system-schemas"],
+    ));
+    out.assert_ok();
+    assert_eq!(
+        root_sql(&helper, "SHOW GRANTS FOR reader@'%'"),
+        root_sql(&client, "SHOW GRANTS FOR reader@'%'")
+    );
+    assert_eq!(
+        root_sql(&helper, "SELECT COUNT(*) FROM c1.owner"),
+        root_sql(&client, "SELECT COUNT(*) FROM c1.owner")
+    );
 }
 
 /// The world dump, and a hand-written dump of the edge cases of the client's rules: the
