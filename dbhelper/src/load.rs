@@ -48,8 +48,7 @@ use crate::plan::{self, Action, Database, Definer, ObjectKind, Route, Step, Verb
 use crate::progress::{Progress, human_bytes};
 use crate::source::Source;
 
-/// The marker table, in each seeded database.
-pub const MARKER_TABLE: &str = "_dbhelper_seed";
+pub use crate::plan::MARKER_TABLE;
 
 /// Bytes of a rejected statement shown in the error.
 const SNIPPET_BYTES: usize = 200;
@@ -154,6 +153,13 @@ impl DumpFile {
             }
             Ok(())
         })?;
+        let markers = planner.marker_statements();
+        if markers > 0 {
+            tracing::warn!(
+                statements = markers,
+                "the dump holds dbhelper's marker table {MARKER_TABLE:?} (it was dumped from a database dbhelper seeded): left out, this load writes its own"
+            );
+        }
         let checked = planner.finish();
         for step in &checked.tables {
             if router.as_mut().is_some_and(|r| r.route(step).is_none()) {

@@ -281,6 +281,9 @@ impl Plan<'_> {
     }
 }
 
+/// dbhelper's marker table, in each seeded database.
+pub const MARKER_TABLE: &str = "_dbhelper_seed";
+
 /// The schemas of the server itself.
 pub const SYSTEM_SCHEMAS: [&str; 4] = ["mysql", "sys", "performance_schema", "information_schema"];
 
@@ -356,6 +359,8 @@ pub struct Planner {
     pending: Option<Merge>,
     /// The database the dump is in (index), once a `USE` said so.
     current: Option<usize>,
+    /// Statements on a marker table of the dump, left out.
+    markers: usize,
 }
 
 impl Planner {
@@ -373,7 +378,15 @@ impl Planner {
             },
             pending: None,
             current: None,
+            markers: 0,
         }
+    }
+
+    /// How many statements on dbhelper's marker table ([`MARKER_TABLE`]) it left out so
+    /// far: a dump of a database dbhelper seeded holds the marker of that load.
+    #[must_use]
+    pub fn marker_statements(&self) -> usize {
+        self.markers
     }
 
     /// The table steps complete so far, in order.
@@ -462,6 +475,13 @@ impl Planner {
     /// [`PlanError`] for a system schema (without `replay_system`) or an unusable name.
     pub fn statement(&mut self, bytes: &[u8], number: usize, line: usize, done: usize) -> Result<(), PlanError> {
         self.plan.statements = number;
+        if !self.in_system() && on_marker(bytes) {
+            // The marker of the load on the server the dump was taken from: its table would
+            // collide with the one this load writes (and say that load's dump and time).
+            self.flush();
+            self.markers += 1;
+            return Ok(());
+        }
         let one = |action| Step {
             action,
             statements: number..=number,
@@ -1025,6 +1045,23 @@ pub fn target_of(action: &Action<'_>) -> Target {
         // `db.t` or `t1, t2`: not one table of the current database.
         (Some(_), Some(Token::Punct(b'.' | b','))) | (None, _) => Target::Unknown,
         (Some(name), _) => Target::Table(name),
+    }
+}
+
+/// Whether `stmt` creates, drops, alters, fills or locks (alone) dbhelper's marker table.
+fn on_marker(stmt: &[u8]) -> bool {
+    let marker = MARKER_TABLE.as_bytes();
+    if target_of(&Action::Sql(Cow::Borrowed(stmt))) == Target::Table(marker.to_vec()) {
+        return true;
+    }
+    // mysqldump's `LOCK TABLES `_dbhelper_seed` WRITE` (its UNLOCK TABLES is harmless).
+    let mut lx = Lexer::new(stmt);
+    let locks = matches!(lx.next(), Some(Token::Word(w)) if w.eq_ignore_ascii_case(b"lock"))
+        && (lx.keyword("tables") || lx.keyword("table"))
+        && lx.name().as_deref() == Some(marker);
+    locks && {
+        while ["read", "local", "write", "low_priority"].iter().any(|k| lx.keyword(k)) {}
+        lx.next().is_none()
     }
 }
 
@@ -1907,6 +1944,41 @@ mod tests {
         let done: Vec<usize> = p.tables.iter().map(|s| s.done_bytes).collect();
         assert_eq!(done, vec![8, input.find("(2)").unwrap() + 3]);
         assert_eq!(p.statements, 3);
+    }
+
+    /// A dump of a database dbhelper seeded holds its marker table: the statements on it
+    /// are left out (and counted), nothing else is.
+    #[test]
+    fn the_marker_table_of_a_dumped_seed_is_left_out() {
+        let input = b"DROP TABLE IF EXISTS `_dbhelper_seed`;\n\
+            CREATE TABLE `_dbhelper_seed` (table_name varchar(64));\n\
+            LOCK TABLES `_dbhelper_seed` WRITE;\n\
+            /*!40000 ALTER TABLE `_dbhelper_seed` DISABLE KEYS */;\n\
+            INSERT INTO `_dbhelper_seed` VALUES ('t');\n\
+            UNLOCK TABLES;\n\
+            CREATE TABLE t (a int);\n\
+            INSERT INTO t VALUES (1);\n\
+            LOCK TABLES `_dbhelper_seed` WRITE, t WRITE;\n\
+            INSERT INTO `_dbhelper_seed_x` VALUES (1);\n";
+        let pieces = split(input).unwrap();
+        let mut p = Planner::new(1 << 20, false);
+        for piece in &pieces {
+            if let PieceKind::Statement { number, .. } = piece.kind {
+                p.statement(&input[piece.range.clone()], number, piece.line, piece.range.end)
+                    .unwrap();
+            }
+        }
+        assert_eq!(p.marker_statements(), 5);
+        assert_eq!(
+            describe(p.finish().tables),
+            vec![
+                ("UNLOCK TABLES".to_owned(), 6..=6),
+                ("CREATE TABLE t (a int)".to_owned(), 7..=7),
+                ("INSERT INTO t VALUES (1)".to_owned(), 8..=8),
+                ("LOCK TABLES `_dbhelper_seed` WRITE, t WRITE".to_owned(), 9..=9),
+                ("INSERT INTO `_dbhelper_seed_x` VALUES (1)".to_owned(), 10..=10),
+            ]
+        );
     }
 
     fn planned(input: &[u8], replay_system: bool) -> Result<Plan<'_>, PlanError> {

@@ -806,6 +806,52 @@ fn concurrent_runs_for_the_same_database_are_serialised() {
     assert_eq!(user_databases(&db), ["world"]);
 }
 
+/// A backup of a database dbhelper seeded (`mariadb-dump world`, as a backup job takes it)
+/// holds dbhelper's marker table: seeding another database from it leaves that table out,
+/// says so, and writes this load's own marker (it was refused: "it creates a table named
+/// _dbhelper_seed").
+#[test]
+fn a_backup_of_a_seeded_database_seeds_another() {
+    let db = MariaDb::start();
+    let port = db.port().to_string();
+    run(&mut seed_at(&port, &dump_arg(), &[])).assert_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("backup.sql");
+    let dump = testbed::require_program("mariadb-dump", "sudo apt-get install -y mariadb-client");
+    let out = std::process::Command::new(dump)
+        .args([
+            "-h127.0.0.1",
+            &format!("-P{port}"),
+            "-uroot",
+            "--routines",
+            "--triggers",
+            "world",
+        ])
+        .env("MYSQL_PWD", db.root_password())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TABLE `_dbhelper_seed`"));
+    std::fs::write(&backup, &out.stdout).unwrap();
+    let out = run(&mut seed_at(&port, backup.to_str().unwrap(), &["--database", "copy"]));
+    out.assert_ok();
+    assert!(
+        out.stderr
+            .contains("the dump holds dbhelper's marker table \"_dbhelper_seed\""),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(world_counts(db.port(), "copy").as_deref(), Some(WORLD_COUNTS));
+    let shas = |d: &str| root_sql(&db, &format!("SELECT DISTINCT dump_sha256 FROM {d}._dbhelper_seed"));
+    let (world, copy) = (shas("world"), shas("copy"));
+    assert_eq!(copy.len(), 1, "{copy:?}");
+    assert_ne!(world, copy, "the copy's marker is its own load's");
+    // And it is a marker dbhelper reads: the same backup again loads nothing.
+    let again = run(&mut seed_at(&port, backup.to_str().unwrap(), &["--database", "copy"]));
+    again.assert_ok();
+    assert!(again.stdout.contains("already seeded"), "{}", again.stdout);
+}
+
 /// A view just under `max_allowed_packet` is created after the swap: its `DROP … IF EXISTS`
 /// goes to the server on its own, since with it the packet would be over the limit (the
 /// server refuses such a packet and closes the connection: the objects step would stop
