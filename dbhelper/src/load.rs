@@ -626,7 +626,12 @@ pub async fn read_marker(admin: &mut Admin, db: &str) -> Result<Option<Marker>, 
         sha256,
         loaded_at,
         objects_done: rows.iter().all(|r| r.4),
-        tables: rows.into_iter().map(|(t, n, _, _, _)| (t, n)).collect(),
+        // Not the placeholder row of a database without tables (see `write_marker`).
+        tables: rows
+            .into_iter()
+            .filter(|(t, ..)| !t.is_empty())
+            .map(|(t, n, _, _, _)| (t, n))
+            .collect(),
     }))
 }
 

@@ -852,6 +852,34 @@ fn a_backup_of_a_seeded_database_seeds_another() {
     assert!(again.stdout.contains("already seeded"), "{}", again.stdout);
 }
 
+/// A database of the dump without tables (only a routine) gets a marker too, and a second
+/// run finds the load complete (it read the marker's placeholder row as a missing table
+/// named "" and loaded everything again, every run).
+#[test]
+fn a_database_without_tables_is_seeded_once() {
+    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dump = write_file(
+        dir.path(),
+        "two.sql",
+        b"CREATE DATABASE a;\nUSE a;\nCREATE TABLE t (x INT);\nINSERT INTO t VALUES (1);\n\
+          CREATE DATABASE b;\nUSE b;\nCREATE PROCEDURE p() SELECT 1;\n",
+    );
+    let port = db.port().to_string();
+    run(&mut seed_at(&port, dump.to_str().unwrap(), &[])).assert_ok();
+    let again = run(&mut seed_at(&port, dump.to_str().unwrap(), &[]));
+    again.assert_ok();
+    assert!(!again.stderr.contains("missing: loading again"), "{}", again.stderr);
+    assert_eq!(again.stdout.matches("already seeded").count(), 2, "{}", again.stdout);
+    assert_eq!(
+        root_sql(
+            &db,
+            "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = 'b'"
+        ),
+        ["1"]
+    );
+}
+
 /// A view just under `max_allowed_packet` is created after the swap: its `DROP … IF EXISTS`
 /// goes to the server on its own, since with it the packet would be over the limit (the
 /// server refuses such a packet and closes the connection: the objects step would stop
