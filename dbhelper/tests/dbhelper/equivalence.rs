@@ -24,7 +24,8 @@ fn client() -> std::path::PathBuf {
 }
 
 /// `mariadb [database] < file` as root, with the connection character set the dbhelper
-/// connection has (utf8mb4), as the client has under a UTF-8 locale.
+/// connection has (utf8mb4; the 10.11 client's own default under `C.UTF-8` is utf8mb3,
+/// which only a dump without `SET NAMES` would show).
 fn client_load(db: &MariaDb, database: Option<&str>, file: &Path) {
     let mut cmd = Command::new(client());
     cmd.args(["-h127.0.0.1", &format!("-P{}", db.port()), "-uroot"])
