@@ -1007,9 +1007,10 @@ pub fn target_of(action: &Action<'_>) -> Target {
             };
         }
         b"create" | b"drop" | b"alter" => {
-            // A sequence is a table of one row, in the tables' namespace (and moved by the
-            // swap's RENAME TABLE like one).
-            if !lx.keyword("table") && !lx.keyword("sequence") {
+            // Not `SEQUENCE`: a table whose `DEFAULT nextval(s)` names a sequence would go
+            // to a lane of its own and could be created before the sequence exists. A dump
+            // with sequences loads on one connection, in dump order.
+            if !lx.keyword("table") {
                 return Target::Unknown;
             }
             if lx.keyword("if") {
@@ -1028,17 +1029,6 @@ pub fn target_of(action: &Action<'_>) -> Target {
                 _ => break None,
             }
         },
-        // mariadb-dump's `DO SETVAL(`s`, 5100, 0)` after `CREATE SEQUENCE s` (`SELECT
-        // SETVAL(…)` in older ones): the sequence's lane.
-        b"do" | b"select" => {
-            if !(lx.keyword("setval") && lx.punct(b'(')) {
-                return Target::Unknown;
-            }
-            return match (lx.name(), lx.peek()) {
-                (Some(name), Some(Token::Punct(b','))) => Target::Table(name),
-                _ => Target::Unknown,
-            };
-        }
         _ => return Target::Unknown,
     };
     match (named, lx.peek()) {
@@ -1510,17 +1500,11 @@ mod tests {
             ("DROP TABLE a, b", Target::Unknown),
             ("UPDATE c SET x = 1", Target::Unknown),
             ("CREATE INDEX i ON c (x)", Target::Unknown),
-            // Sequences, as mariadb-dump writes them.
-            ("DROP SEQUENCE IF EXISTS `s`", t("s")),
-            (
-                "CREATE SEQUENCE `s` start with 100 increment by 5 ENGINE=InnoDB",
-                t("s"),
-            ),
-            ("DO SETVAL(`s`, 5100, 0)", t("s")),
-            ("SELECT SETVAL(`s`, 5100, 0)", t("s")),
-            ("DO SETVAL(other.s, 1, 0)", Target::Unknown),
-            ("SELECT 1", Target::Unknown),
-            ("DO SLEEP(1)", Target::Unknown),
+            // Sequences, as mariadb-dump writes them: a table's default may use one, so
+            // they keep the load on one connection, in dump order.
+            ("DROP SEQUENCE IF EXISTS `s`", Target::Unknown),
+            ("CREATE SEQUENCE `s` start with 100 increment by 5", Target::Unknown),
+            ("DO SETVAL(`s`, 5100, 0)", Target::Unknown),
             ("", Target::Unknown),
         ];
         for (sql, want) in cases {
