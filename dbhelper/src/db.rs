@@ -73,8 +73,22 @@ pub async fn exec_batch(conn: &mut Conn, statements: &[&[u8]]) -> Result<(), (us
                 }
             }
         }
-        exec_query(conn, &parts).await.map_err(|(i, e)| (first + i, e))?;
-        first += parts.len();
+        match exec_query(conn, &parts).await {
+            Ok(()) => first += parts.len(),
+            // A version comment this server skips (mariadb-dump's `/*M!100616 … */` on an
+            // older server) leaves an empty statement, which only the end of a query may
+            // hold: the ones before it ran; it goes alone, as the client sends it.
+            Err((i, e))
+                if parts.len() > 1
+                    && matches!(&e, mysql_async::Error::Server(s) if matches!(s.code, 1064 | 1065))
+                    && parts.get(i).is_some_and(|p| lex::only_version_comments(p)) =>
+            {
+                let alone = statements.get(first + i).copied().unwrap_or_default();
+                exec_query(conn, &[alone]).await.map_err(|(_, e)| (first + i, e))?;
+                first += i + 1;
+            }
+            Err((i, e)) => return Err((first + i, e)),
+        }
     }
     Ok(())
 }

@@ -174,6 +174,35 @@ pub fn single_statement_end(s: &[u8]) -> Option<usize> {
     (code_end > 0).then_some(code_end)
 }
 
+/// Whether the code of `s` is version comments only (`/*!40101 SET … */`,
+/// `/*M!100616 SET … */`, with spaces, `;` and comments around them): a statement a server
+/// older than the comment's version reads as empty.
+#[must_use]
+pub fn only_version_comments(s: &[u8]) -> bool {
+    let mut i = 0;
+    let mut seen = false;
+    while let Some(&b) = s.get(i) {
+        i = if line_comment_at(s, i) {
+            end_of_line(s, i)
+        } else if let Some((block, _)) = block_at(s, i) {
+            let Some(end) = block_end(s, i) else {
+                return false;
+            };
+            match block {
+                Block::Version => seen = true,
+                Block::Hint => return false,
+                Block::Comment | Block::Sandbox => {}
+            }
+            end
+        } else if b == b';' || is_space(b) {
+            i + 1
+        } else {
+            return false;
+        };
+    }
+    seen
+}
+
 /// The contents of the quoted string or identifier `s[i..end]` (as [`quoted_end`] found
 /// it), with doubled quotes and, in strings, backslash escapes of the quote or a
 /// backslash undone. Used for names only, never for data.
@@ -264,6 +293,30 @@ mod tests {
         for (input, want) in cases {
             let got = single_statement_end(input).map(|end| &input[..end]);
             assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn version_comments_only() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"/*!40101 SET NAMES utf8mb4 */", true),
+            (b"/*M!100616 SET @a = 1 */ ;\n", true),
+            (b"/*!40101 SET @a = 1 */ /*!40103 SET @b = 2 */", true),
+            (b"-- note\n/*!40101 SET @a = 1 */", true),
+            (b"SET @a = 1", false),
+            (b"/*!40101 SET @a = 1 */ SET @b = 2", false),
+            (b"/* plain */", false),
+            (b"/*+ hint */", false),
+            (b"/*!40101 SET @a = 1", false),
+            (b"", false),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                only_version_comments(input),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

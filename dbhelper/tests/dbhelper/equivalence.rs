@@ -431,6 +431,7 @@ fn equivalence_world_and_hand_written_dumps() {
         b"/*M!999999\\- enable the sandbox mode */ \n\
           /*!40101 SET NAMES latin1 */;\n\
           /*!40101 SET @note='a;b' */;\n\
+          /*M!999998 SET @later = 1 */;\n\
           CREATE DATABASE IF NOT EXISTS `hand\nmade` /*!40100 DEFAULT CHARACTER SET latin1 */;\n\
           USE `hand\nmade`;\n\
           CREATE TABLE `t``x; y` (id INT PRIMARY KEY, s VARBINARY(20), l VARCHAR(20)) DEFAULT CHARSET=latin1;\n\

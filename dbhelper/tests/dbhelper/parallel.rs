@@ -146,6 +146,22 @@ async fn a_batch_runs_in_order_and_names_the_statement_the_server_refuses() {
         .await
         .unwrap();
     assert_eq!(got, Some((1, 2, 3, "x;\n;y".into(), 5, 6, "latin1".into())));
+    // A statement that is only a version comment this server skips (as an older server
+    // skips mariadb-dump's `/*M!100616 SET … NOTE_VERBOSITY … */`) is an empty statement
+    // for it: alone the server takes it, in a batch the `;` after it was a syntax error.
+    exec_batch(
+        &mut conn,
+        &[
+            b"SET @v1 = 1",
+            b"/*M!999998 SET @v2 = 2 */",
+            b"/*!99999 SET @v2 = 2 */",
+            b"SET @v3 = 3",
+        ],
+    )
+    .await
+    .unwrap();
+    let got: Option<(Option<i64>, Option<i64>, Option<i64>)> = conn.query_first("SELECT @v1, @v2, @v3").await.unwrap();
+    assert_eq!(got, Some((Some(1), None, Some(3))));
     // A statement that is two for the server (`SET @x = 1; SET @y = 2$$` under a
     // `DELIMITER $$`) runs whole, and the one after it is still named by its own index.
     conn.query_drop("SET @x = 0").await.unwrap();
