@@ -1072,7 +1072,13 @@ async fn create_objects(
     targets: &[Target],
 ) -> Result<(), Error> {
     let address = admin.address.clone();
-    let accounts = accounts(admin).await?;
+    // The accounts that will exist: the server's, and those the dump creates when its
+    // account statements are replayed (the client keeps a definer the dump creates later).
+    let mut accounts = accounts(admin).await?;
+    accounts.extend(dump.object_steps.iter().filter_map(|step| match &step.action {
+        Action::Sql(sql) => plan::created_account(sql),
+        _ => None,
+    }));
     let live: Vec<String> = targets.iter().map(|t| t.live.clone()).collect();
     let user: Vec<&Target> = targets.iter().filter(|t| !t.system).collect();
     let default = first_user_target(targets).map(|t| t.live.clone());

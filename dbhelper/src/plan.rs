@@ -892,6 +892,35 @@ fn account_statement(first: &[u8], mut lx: Lexer<'_>) -> Option<String> {
         .map(|what| format!("{} {}", lossy(&first), what.to_ascii_uppercase()))
 }
 
+/// The account `CREATE [OR REPLACE] USER [IF NOT EXISTS] user@host …` creates (its host in
+/// lower case; `user` alone is `user@%`), for the definers of a dump that creates them.
+#[must_use]
+pub fn created_account(stmt: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut lx = Lexer::new(stmt);
+    if !lx.keyword("create") {
+        return None;
+    }
+    let _ = lx.keyword("or") && lx.keyword("replace");
+    if !lx.keyword("user") {
+        return None;
+    }
+    if lx.keyword("if") {
+        lx.keyword("not");
+        lx.keyword("exists");
+    }
+    let user = match lx.next()? {
+        Token::Word(w) | Token::Quoted(w) | Token::Str(w) => w,
+        Token::Punct(_) => return None,
+    };
+    if !lx.punct(b'@') {
+        return Some((user, b"%".to_vec()));
+    }
+    match lx.next()? {
+        Token::Word(h) | Token::Quoted(h) | Token::Str(h) => Some((user, h.to_ascii_lowercase())),
+        Token::Punct(_) => None,
+    }
+}
+
 /// `CREATE|ALTER|DROP DATABASE …`, after its second word.
 fn database_statement<'a>(stmt: &'a [u8], verb: Verb, mut lx: Lexer<'a>) -> Kind<'a> {
     match verb {
@@ -1932,6 +1961,27 @@ mod tests {
 
     /// A dump of a database dbhelper seeded holds its marker table: the statements on it
     /// are left out (and counted), nothing else is.
+    #[test]
+    fn accounts_a_dump_creates() {
+        type Account = Option<(Vec<u8>, Vec<u8>)>;
+        let a = |u: &str, h: &str| Some((u.as_bytes().to_vec(), h.as_bytes().to_vec()));
+        let cases: &[(&str, Account)] = &[
+            (
+                "CREATE USER `reader`@`%` IDENTIFIED BY PASSWORD '*D8'",
+                a("reader", "%"),
+            ),
+            ("CREATE USER IF NOT EXISTS 'app'@'LocalHost'", a("app", "localhost")),
+            ("create or replace user bob@localhost", a("bob", "localhost")),
+            ("CREATE USER carol", a("carol", "%")),
+            ("CREATE ROLE r", None),
+            ("CREATE TABLE user (a int)", None),
+            ("GRANT SELECT ON *.* TO x@y", None),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(&created_account(sql.as_bytes()), want, "{sql}");
+        }
+    }
+
     #[test]
     fn the_marker_table_of_a_dumped_seed_is_left_out() {
         let input = b"DROP TABLE IF EXISTS `_dbhelper_seed`;\n\

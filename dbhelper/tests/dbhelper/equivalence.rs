@@ -370,7 +370,8 @@ fn equivalence_mariadb_dump_option_sets() {
     // after the swap in dump order, as the client runs them (the role exists when set).
     root_sql(
         &client,
-        "CREATE USER reader@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON c1.* TO reader@'%'",
+        "CREATE USER reader@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON c1.* TO reader@'%'; \
+         CREATE DEFINER = reader@'%' VIEW c1.v_reader AS SELECT id FROM c1.owner",
     );
     // mariadb-install-db's accounts at the machine's hostname: under --skip-name-resolve
     // mariadb-dump cannot read them back ("SHOW CREATE USER 'root'@'vm'" fails).
@@ -407,6 +408,13 @@ fn equivalence_mariadb_dump_option_sets() {
         root_sql(&helper, "SHOW GRANTS FOR reader@'%'"),
         root_sql(&client, "SHOW GRANTS FOR reader@'%'")
     );
+    // A view whose definer the dump creates keeps it (it is not rewritten to the loading
+    // user for being missing when the objects step starts).
+    assert_eq!(
+        root_sql(&helper, "SHOW CREATE VIEW c1.v_reader"),
+        root_sql(&client, "SHOW CREATE VIEW c1.v_reader")
+    );
+    assert!(!out.stderr.contains("does not exist on this server"), "{}", out.stderr);
     assert_eq!(
         root_sql(&helper, "SELECT COUNT(*) FROM c1.owner"),
         root_sql(&client, "SELECT COUNT(*) FROM c1.owner")
