@@ -125,6 +125,58 @@ pub fn quoted_end(s: &[u8], i: usize) -> Option<usize> {
     }
 }
 
+/// What the code of one statement is, as the server will read it: where its last byte of
+/// code ends, whether a `;` splits it into several statements, and whether that code is
+/// version comments only. `None` when a string or comment in it does not end.
+struct Code {
+    end: usize,
+    several: bool,
+    version: bool,
+    plain: bool,
+}
+
+fn code(s: &[u8]) -> Option<Code> {
+    let mut c = Code {
+        end: 0,
+        several: false,
+        version: false,
+        plain: false,
+    };
+    let mut semicolon = false;
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        i = if line_comment_at(s, i) {
+            end_of_line(s, i)
+        } else if let Some((block, _)) = block_at(s, i) {
+            let end = block_end(s, i)?;
+            if matches!(block, Block::Version | Block::Hint) {
+                // Code for the server; a `;` inside is one more statement (or, in a
+                // string there, more than this scan follows).
+                c.several |= semicolon || s.get(i..end)?.contains(&b';');
+                c.version |= block == Block::Version;
+                c.plain |= block == Block::Hint;
+                c.end = end;
+            }
+            end
+        } else if b == b';' {
+            semicolon = true;
+            i + 1
+        } else if is_space(b) {
+            i + 1
+        } else {
+            c.several |= semicolon;
+            c.plain = true;
+            c.end = if matches!(b, b'\'' | b'"' | b'`') {
+                quoted_end(s, i)?
+            } else {
+                i + 1
+            };
+            c.end
+        };
+    }
+    Some(c)
+}
+
 /// Where the statement `s` ends when another statement follows it in one multi-statement
 /// packet: the index after its last byte of code, without the spaces, `;` and comments
 /// after it (a `;` before a `# note` left there makes the server read an empty statement,
@@ -134,44 +186,7 @@ pub fn quoted_end(s: &[u8], i: usize) -> Option<usize> {
 /// Such a statement is sent last in its packet, as it is written, as it would be alone.
 #[must_use]
 pub fn single_statement_end(s: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    // After the last byte of code seen, and whether a `;` came after it.
-    let mut code_end = 0;
-    let mut semicolon = false;
-    while let Some(&b) = s.get(i) {
-        let next = if line_comment_at(s, i) {
-            end_of_line(s, i)
-        } else if let Some((block, _)) = block_at(s, i) {
-            let end = block_end(s, i)?;
-            if matches!(block, Block::Version | Block::Hint) {
-                // Code for the server; a `;` inside is one more statement (or, in a
-                // string there, more than this scan follows): not cut, sent as it is.
-                if semicolon || s.get(i..end)?.contains(&b';') {
-                    return None;
-                }
-                code_end = end;
-            }
-            end
-        } else if b == b';' {
-            semicolon = true;
-            i + 1
-        } else if is_space(b) {
-            i + 1
-        } else {
-            if semicolon {
-                return None;
-            }
-            let end = if matches!(b, b'\'' | b'"' | b'`') {
-                quoted_end(s, i)?
-            } else {
-                i + 1
-            };
-            code_end = end;
-            end
-        };
-        i = next;
-    }
-    (code_end > 0).then_some(code_end)
+    code(s).filter(|c| !c.several && c.end > 0).map(|c| c.end)
 }
 
 /// Whether the code of `s` is version comments only (`/*!40101 SET … */`,
@@ -179,28 +194,7 @@ pub fn single_statement_end(s: &[u8]) -> Option<usize> {
 /// older than the comment's version reads as empty.
 #[must_use]
 pub fn only_version_comments(s: &[u8]) -> bool {
-    let mut i = 0;
-    let mut seen = false;
-    while let Some(&b) = s.get(i) {
-        i = if line_comment_at(s, i) {
-            end_of_line(s, i)
-        } else if let Some((block, _)) = block_at(s, i) {
-            let Some(end) = block_end(s, i) else {
-                return false;
-            };
-            match block {
-                Block::Version => seen = true,
-                Block::Hint => return false,
-                Block::Comment | Block::Sandbox => {}
-            }
-            end
-        } else if b == b';' || is_space(b) {
-            i + 1
-        } else {
-            return false;
-        };
-    }
-    seen
+    code(s).is_some_and(|c| c.version && !c.plain)
 }
 
 /// The contents of the quoted string or identifier `s[i..end]` (as [`quoted_end`] found
