@@ -817,22 +817,9 @@ fn a_backup_of_a_seeded_database_seeds_another() {
     run(&mut seed_at(&port, &dump_arg(), &[])).assert_ok();
     let dir = tempfile::tempdir().unwrap();
     let backup = dir.path().join("backup.sql");
-    let dump = testbed::require_program("mariadb-dump", "sudo apt-get install -y mariadb-client");
-    let out = std::process::Command::new(dump)
-        .args([
-            "-h127.0.0.1",
-            &format!("-P{port}"),
-            "-uroot",
-            "--routines",
-            "--triggers",
-            "world",
-        ])
-        .env("MYSQL_PWD", db.root_password())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TABLE `_dbhelper_seed`"));
-    std::fs::write(&backup, &out.stdout).unwrap();
+    support::mariadb_dump(&db, &["--routines", "--triggers", "world"], &backup);
+    let written = std::fs::read_to_string(&backup).unwrap();
+    assert!(written.contains("CREATE TABLE `_dbhelper_seed`"));
     let out = run(&mut seed_at(&port, backup.to_str().unwrap(), &["--database", "copy"]));
     out.assert_ok();
     assert!(

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 
 use testbed::MariaDb;
 
-use super::support::{root_sql, run, seed_at, write_file};
+use super::support::{mariadb_dump, root_sql, run, seed_at, write_file};
 
 /// The databases the tests create (everything else on the servers is left out of the
 /// comparison).
@@ -43,23 +43,6 @@ fn client_load(db: &MariaDb, database: Option<&str>, file: &Path) {
         file.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// `mariadb-dump OPTS > file` from `db`.
-fn mariadb_dump(db: &MariaDb, opts: &[&str], file: &Path) {
-    let dump = testbed::require_program("mariadb-dump", "sudo apt-get install -y mariadb-client");
-    let out = Command::new(dump)
-        .args(["-h127.0.0.1", &format!("-P{}", db.port()), "-uroot"])
-        .args(opts)
-        .env("MYSQL_PWD", db.root_password())
-        .output()
-        .expect("run mariadb-dump");
-    assert!(
-        out.status.success(),
-        "mariadb-dump {opts:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(file, &out.stdout).expect("write dump");
 }
 
 /// Drops every database the tests made.

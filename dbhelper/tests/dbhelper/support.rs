@@ -350,3 +350,20 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).expect("write file");
     p
 }
+
+/// `mariadb-dump OPTS > file` from `db`.
+pub fn mariadb_dump(db: &testbed::MariaDb, opts: &[&str], file: &Path) {
+    let dump = testbed::require_program("mariadb-dump", "sudo apt-get install -y mariadb-client");
+    let out = Command::new(dump)
+        .args(["-h127.0.0.1", &format!("-P{}", db.port()), "-uroot"])
+        .args(opts)
+        .env("MYSQL_PWD", db.root_password())
+        .output()
+        .expect("run mariadb-dump");
+    assert!(
+        out.status.success(),
+        "mariadb-dump {opts:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(file, &out.stdout).expect("write dump");
+}
